@@ -1,0 +1,173 @@
+"""The `hexnode` command: one subcommand per process or tool.
+
+Each subcommand's implementation lives in the module that owns the work; this file only parses
+arguments and imports that module lazily, so `hexnode --version` or `hexnode synth` never pays for
+onnxruntime, SQLAlchemy or pynetdicom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from hexnode import __version__
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="settings file (default: $HEXNODE_CONFIG or ./hexnode.toml)")
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from hexnode.synth.cli import run_synth
+
+    return run_synth(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hexnode.train.cli import run_train  # torch lives only in the `train` extra
+
+    return run_train(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hexnode.models.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hexnode.receive.scp import run_serve
+
+    return run_serve(args)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from hexnode.worker import run_worker
+
+    return run_worker(args)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from hexnode.send.sender import run_send
+
+    return run_send(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hexnode.offline import run_offline
+
+    return run_offline(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from hexnode.status import run_status
+
+    return run_status(args)
+
+
+def _cmd_resend(args: argparse.Namespace) -> int:
+    from hexnode.send.sender import run_resend
+
+    return run_resend(args)
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from hexnode.receive.purge import run_purge
+
+    return run_purge(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hexnode.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hexnode",
+        description="DICOM inference node for hematoma expansion risk (synthetic-trained, not for clinical use)",
+    )
+    parser.add_argument("--version", action="version", version=f"hexnode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("synth", _cmd_synth, "write synthetic head NCCT series with ground truth beside them")
+    p.add_argument("--n", type=int, default=1, help="number of series")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (one case-NNNN folder per series)")
+    p.add_argument("--thin", action="store_true", help="0.625-1.25 mm slices (200-300 slices)")
+    p.add_argument("--hard", action="store_true", help="failure cases: < 3 ml, motion, streaks")
+    p.add_argument("--bayes-auc", action="store_true", help="print prevalence and Bayes-optimal AUC, no images")
+    p.add_argument("--draws", type=int, default=20000, help="draws for --bayes-auc")
+    p.add_argument("--transfer-syntax", default="explicit", help="explicit | implicit")
+
+    p = add("train", _cmd_train, "train the models (needs the `train` extra)")
+    p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
+    p.add_argument("--synth", type=int, default=0, metavar="N", help="generate N synthetic cases instead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="models", help="where the model files go")
+    p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")
+    p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
+
+    p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
+    p.add_argument("--synth", type=int, default=0, metavar="N")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--hard", action="store_true")
+    p.add_argument("--data", help="site data folder")
+    p.add_argument("--models", help="models folder (default: the repository's models/)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of the figures")
+    p.add_argument("--plots", help="write ROC / reliability / contour PNGs here")
+
+    p = add("serve", _cmd_serve, "run the C-STORE SCP (receive + spool + index + series completion)")
+    _config_arg(p)
+
+    p = add("worker", _cmd_worker, "run a worker: claim jobs, run the models, build the result objects")
+    _config_arg(p)
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+
+    p = add("send", _cmd_send, "deliver the outbox to the destinations")
+    _config_arg(p)
+    p.add_argument("--once", action="store_true", help="exit when nothing is due")
+
+    p = add("run", _cmd_run, "offline: analyse a folder of DICOM files, write SEG/SR/SC to --out")
+    p.add_argument("series_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", help="models folder (default: the repository's models/)")
+
+    p = add("status", _cmd_status, "jobs by state, last errors, queue depth, stage times")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = add("resend", _cmd_resend, "queue failed deliveries again")
+    _config_arg(p)
+    p.add_argument("--all-failed", action="store_true")
+    p.add_argument("ids", nargs="*", type=int, help="outbox ids")
+
+    p = add("purge", _cmd_purge, "delete delivered series older than the retention period")
+    _config_arg(p)
+    p.add_argument("--days", type=float, help="override spool.retention_days")
+    p.add_argument("--dry-run", action="store_true")
+
+    p = add("demo", _cmd_demo, "Orthanc + hexnode on loopback, a synthetic series in, SEG/SR/SC back")
+    p.add_argument("--once", action="store_true", help="exit after the first result")
+    p.add_argument("--workdir", default="var/demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

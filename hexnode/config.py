@@ -1,0 +1,272 @@
+"""hexnode settings: one documented TOML file (`deploy/hexnode.toml`) plus environment overrides.
+
+Every key has a sane default, so `hexnode serve` runs with no file at all. Values are validated
+at start-up; an unknown key is an error (a typo in a hospital config must not pass silently).
+
+Environment overrides use `HEXNODE_<SECTION>_<KEY>`, e.g. `HEXNODE_DATABASE_URL`,
+`HEXNODE_DICOM_PORT`. The config file itself is found from `--config`, then `HEXNODE_CONFIG`,
+then `./hexnode.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The settings file or an override is invalid; the message says which key and why."""
+
+
+@dataclass
+class TLSConfig:
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""  # when set, peers must present a certificate signed by this CA
+    require_client_cert: bool = False
+
+
+@dataclass
+class DicomConfig:
+    ae_title: str = "HEXNODE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    # Empty list: accept any calling AE. Otherwise only these may associate.
+    allowed_calling_aes: list[str] = field(default_factory=list)
+    # Reject associations whose called AE title is not ours.
+    require_called_ae: bool = True
+    max_pdu_size: int = 0  # 0 = unlimited, fastest on loopback and LAN
+    max_associations: int = 10
+    min_free_disk_mb: int = 1024  # below this, C-STORE answers 0xA700 Out of Resources
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass
+class Destination:
+    """Where results go. `kind` is "dicom" (C-STORE) or "stow" (DICOMweb STOW-RS)."""
+
+    name: str = "pacs"
+    kind: str = "dicom"
+    ae_title: str = "ORTHANC"
+    host: str = "127.0.0.1"
+    port: int = 4242
+    url: str = ""  # for kind = "stow", e.g. http://127.0.0.1:8042/dicom-web
+    # The calling AEs whose series go back to this destination; empty = every series.
+    for_calling_aes: list[str] = field(default_factory=list)
+    tls: bool = False
+
+
+@dataclass
+class DatabaseConfig:
+    # Empty: SQLite file `hexnode.sqlite` in the data dir. PostgreSQL for several workers:
+    # postgresql+psycopg://user@host:5432/db
+    url: str = ""
+
+
+@dataclass
+class SeriesConfig:
+    stable_seconds: float = 10.0
+    check_interval_seconds: float = 1.0
+    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/select.py).
+    selection: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelsConfig:
+    dir: str = ""  # empty: the repository's models/ folder
+    # Tried in order; unavailable providers are skipped (CPU is always last).
+    providers: list[str] = field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+
+
+@dataclass
+class WorkerConfig:
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 3
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class SendConfig:
+    backoff_initial_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    max_age_seconds: float = 24 * 3600.0
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class SpoolConfig:
+    dir: str = ""  # empty: `spool/` in the data dir
+    retention_days: float = 30.0
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8470
+    token: str = ""  # required when bind is not loopback
+
+
+@dataclass
+class Config:
+    data_dir: str = "var"
+    log_level: str = "INFO"
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    destinations: list[Destination] = field(default_factory=lambda: [Destination()])
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    send: SendConfig = field(default_factory=SendConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    # Derived paths, so no module builds them twice.
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool.dir).expanduser().resolve() if self.spool.dir else self.data_path / "spool"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_path / 'hexnode.sqlite'}"
+
+    @property
+    def models_path(self) -> Path:
+        if self.models.dir:
+            return Path(self.models.dir).expanduser().resolve()
+        return Path(__file__).resolve().parent.parent / "models"
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a TOML table, recursing into nested dataclasses."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(fields))})")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        elif key == "destinations":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}.destinations: expected an array of tables")
+            kwargs[key] = [_build(Destination, v, f"{where}.destinations[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(default, list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    """HEXNODE_<SECTION>_<KEY>=value → {section: {key: value}}; HEXNODE_DATA_DIR for top-level."""
+    out: dict[str, Any] = {}
+    top = {f.name for f in dataclasses.fields(Config)}
+    for name, value in env.items():
+        if not name.startswith("HEXNODE_") or name == "HEXNODE_CONFIG":
+            continue
+        rest = name[len("HEXNODE_"):].lower()
+        if rest in top:
+            out[rest] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in top and key:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate(cfg: Config) -> Config:
+    if not 0 < cfg.dicom.port < 65536:
+        raise ConfigError(f"dicom.port: {cfg.dicom.port} is not a TCP port")
+    if not cfg.dicom.ae_title or len(cfg.dicom.ae_title) > 16:
+        raise ConfigError("dicom.ae_title: 1 to 16 characters")
+    for d in cfg.destinations:
+        if d.kind not in ("dicom", "stow"):
+            raise ConfigError(f"destinations.{d.name}.kind: 'dicom' or 'stow', got {d.kind!r}")
+        if d.kind == "stow" and not d.url:
+            raise ConfigError(f"destinations.{d.name}.url: required for kind = 'stow'")
+    if cfg.dicom.tls.enabled and not (cfg.dicom.tls.cert_file and cfg.dicom.tls.key_file):
+        raise ConfigError("dicom.tls: cert_file and key_file are required when enabled")
+    loopback = cfg.http.bind in ("127.0.0.1", "::1", "localhost")
+    if cfg.http.enabled and not loopback and not cfg.http.token:
+        raise ConfigError("http.token: required when http.bind is not loopback")
+    if cfg.series.stable_seconds < 0:
+        raise ConfigError("series.stable_seconds: must be >= 0")
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the settings file (if any), apply environment overrides, validate."""
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    candidate = Path(path) if path else (Path(env["HEXNODE_CONFIG"]) if env.get("HEXNODE_CONFIG") else None)
+    if candidate is None and Path("hexnode.toml").is_file():
+        candidate = Path("hexnode.toml")
+    if candidate is not None:
+        try:
+            raw = tomllib.loads(candidate.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {candidate} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{candidate}: {exc}") from None
+    raw = _merge(raw, _env_overrides(env))
+    return validate(_build(Config, raw, "config"))

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need, once: Debian packages (as root), a venv in .venv,
+# the Python packages. Re-running is cheap: a stamp keyed on pyproject.toml skips the pip work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3.11}
+
+debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d keeps the packaged Orthanc service from starting: hexnode starts its own on loopback.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" python3-venv >/dev/null
+  else
+    echo "bootstrap: missing Debian packages ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+command -v "$PY" >/dev/null || PY=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.bootstrap-stamp"
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" -U pip setuptools wheel
+  # pyradiomics' setup.py imports numpy: build it without isolation, after its build deps.
+  "${pip[@]}" numpy setuptools wheel versioneer
+  "${pip[@]}" --no-build-isolation 'pyradiomics>=3.0.1'
+  "${pip[@]}" -e '.[train,test]'
+  echo "$want" > "$stamp"
+fi
