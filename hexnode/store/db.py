@@ -1,0 +1,308 @@
+"""The node's database: SQLAlchemy 2 models, engine set-up, schema creation and migration.
+
+Everything that crosses a process boundary (serve → worker → send) goes through these tables, so a
+restart of any process loses nothing. SQLite (WAL) is the embedded default; PostgreSQL by URL for
+several workers.
+
+API
+---
+``open_store(url, *, schema=None, create=True) -> Store``
+    Engine + session factory. ``create=True`` creates the schema and applies migrations
+    (idempotent; safe for several processes starting at once). ``schema`` (PostgreSQL only) puts
+    every table in that schema, which tests use to isolate a run.
+``Store.transaction()``
+    ``with store.transaction() as s:`` → a ``Session`` in one transaction, committed on exit,
+    rolled back on an exception. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (the
+    write lock is taken up front, so two writers queue on ``busy_timeout`` instead of failing
+    with SQLITE_BUSY on a read→write upgrade). Objects stay readable after commit
+    (``expire_on_commit=False``).
+``utcnow()``
+    Naive UTC ``datetime``; every timestamp column holds naive UTC.
+
+Tables (state machines and transitions live in ``hexnode.store.queue``)
+    ``studies``    one row per Study Instance UID.
+    ``series``     one row per Series Instance UID: state, reason, revision (bumped when
+                   instances arrive after analysis), last_instance_at (drives completion).
+    ``instances``  one row per SOP Instance UID (unique: duplicates are stored once), with the
+                   spool path (relative to the spool dir) and the indexed header fields.
+    ``jobs``       one per (series, revision): state, attempts, lease_owner/lease_until, error,
+                   timings (JSON, seconds per stage).
+    ``results``    produced objects (SEG/SR/SC) with their SOP Instance UID and spool path.
+    ``outbox``     one per (result, destination): pending/sending/delivered/failed, attempts,
+                   next_attempt_at (back-off), last_error, delivered_at.
+    ``events``     audit trail: every state change of a series, job or outbox row.
+
+No patient name, ID or birth date is stored: nothing here needs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the one clock every timestamp column uses."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Schema version, so a newer hexnode can migrate an older database in place."""
+
+    __tablename__ = "hexnode_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Text, not String(64): malformed over-long UIDs are indexed as received (and flagged by select).
+    study_uid: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(Text, unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # received | complete | queued | running | reported | delivered | rejected | failed
+    state: Mapped[str] = mapped_column(String(16), default="received", index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    # None until select has run; True for the series chosen for analysis in its study.
+    selected: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(Text, unique=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(Text)
+    transfer_syntax: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool dir
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    position: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)  # (0020,0032)
+    orientation: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)  # (0020,0037)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)
+    images_in_acquisition: Mapped[int | None] = mapped_column(Integer, nullable=True)  # (0020,1002)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("series_id", "revision"), Index("ix_jobs_state_id", "state", "id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    # queued | running | done | failed | superseded
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Result(Base):
+    __tablename__ = "results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # SEG | SR | SC
+    # Derived deterministically by the report: the same object re-sent has the same UID.
+    sop_instance_uid: Mapped[str] = mapped_column(Text, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool dir
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("result_id", "destination"),
+        Index("ix_outbox_state_due", "state", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    # pending | sending | delivered | failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_entity", "entity", "entity_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entity: Mapped[str] = mapped_column(String(16))  # series | job | outbox
+    entity_id: Mapped[int] = mapped_column(Integer)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+# Versioned migrations: MIGRATIONS[v] brings a database at version v-1 to v. Version 1 is the
+# initial schema (create_all). Later versions append a function here; never edit an old one.
+MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+
+
+@dataclass
+class Store:
+    """Engine + sessions; the one handle every process passes around."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self.sessions.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def make_engine(url: str, *, schema: str | None = None) -> Engine:
+    """An engine configured for the node's concurrency model (see module docstring)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30.0, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema name {schema!r}: lower-case letters, digits, underscore")
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process kill; only an OS crash can lose the last
+        # transactions, and the spool files (fsynced) let a restart re-index them.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_store(url: str, *, schema: str | None = None, create: bool = True) -> Store:
+    """Open (and by default create/migrate) the database at `url`."""
+    engine = make_engine(url, schema=schema)
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        db_file = url[len("sqlite:///"):]
+        if db_file and db_file != ":memory:":
+            Path(db_file).parent.mkdir(parents=True, exist_ok=True)
+    if schema and engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    store = Store(engine, sessionmaker(engine, expire_on_commit=False))
+    if create:
+        init_db(store)
+    return store
+
+
+def init_db(store: Store) -> int:
+    """Create missing tables and apply pending migrations; returns the schema version."""
+    engine = store.engine
+    if engine.dialect.name == "postgresql":
+        # Several processes may start together: serialise schema creation on an advisory lock.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            Base.metadata.create_all(conn)
+    else:
+        Base.metadata.create_all(engine)
+    with store.transaction() as s:
+        if engine.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+        row = s.get(Meta, "schema_version")
+        current = int(row.value) if row else 0
+        if current == 0:
+            current = 1  # create_all just built version 1
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](s)
+            current = version
+        if row is None:
+            s.add(Meta(key="schema_version", value=str(current)))
+        else:
+            row.value = str(current)
+    return current
+
+
+def schema_version(store: Store) -> int:
+    with store.transaction() as s:
+        value = s.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one_or_none()
+    return int(value) if value else 0

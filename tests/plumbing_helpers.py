@@ -1,0 +1,136 @@
+"""Shared helpers for the store/receive/send tests: free ports, a PostgreSQL schema per test,
+real peers (dcmtk, Orthanc) started on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_URL = os.environ.get("HEXNODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"hexnode_t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(PG_URL)
+    try:
+        yield name
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        engine.dispose()
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Without TCP_NODELAY dcmtk's small PDUs wait on Nagle's algorithm (40 ms each).
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class Orthanc:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    dicom_port: int
+    aet: str
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_orthanc(workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, list[object]] | None = None,
+                  dicomweb: bool = False, dicom_port: int | None = None, http_port: int | None = None) -> Orthanc:
+    """Debian's Orthanc on loopback with a generated config (free ports, storage in workdir)."""
+    orthanc_bin = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port = http_port or free_port()
+    dicom_port = dicom_port or free_port()
+    plugins = []
+    if dicomweb:
+        plugins = [p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",) if Path(p).exists()]
+    config = {
+        "Name": "hexnode-test",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": aet,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomModalities": modalities or {},
+        "Plugins": plugins,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "StableAge": 1,
+        "ConcurrentJobs": 1,
+        "HttpThreadsCount": 4,
+    }
+    cfg_path = workdir / "orthanc.json"
+    cfg_path.write_text(json.dumps(config, indent=2))
+    log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - kept open for the process' lifetime
+    proc = subprocess.Popen([orthanc_bin, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited: {(workdir / 'orthanc.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise TimeoutError("Orthanc did not start")
+    wait_port(dicom_port)
+    return Orthanc(proc, http_port, dicom_port, aet, workdir)
