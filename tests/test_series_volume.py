@@ -1,0 +1,211 @@
+"""load_volume on small pydicom-made series: sorting, HU, geometry and every rejection reason."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    MPEG2MPML,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
+from series_helpers import phantom, write_series
+
+from hexnode.series.volume import VolumeError, load_volume
+
+
+def test_sorted_by_position_not_file_order(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, n=12)
+    # renumber in reverse and shuffle the file list: order must come from the positions
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = 100 - int(ds.InstanceNumber)
+        ds.save_as(p)
+    shuffled = paths[:]
+    random.Random(1).shuffle(shuffled)
+    vol = load_volume(shuffled)
+    assert vol.hu.dtype == np.float32 and vol.shape == (12, 64, 64)
+    z = [float(h.ImagePositionPatient[2]) for h in vol.headers]
+    assert z == sorted(z)
+    assert vol.spacing == pytest.approx((0.5, 0.5, 5.0))
+    expected = phantom(12, 64, 64)
+    np.testing.assert_allclose(vol.hu, np.maximum(expected, -1024), atol=0.5)
+    assert vol.tilt_deg == 0.0 and vol.notes == ()
+    assert [p.name for p in vol.paths] == [f"{i:04d}.dcm" for i in range(12)]
+
+
+def test_duplicate_sop_instance_is_kept_once(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "a", n=10)
+    copy = tmp_path / "copy.dcm"
+    shutil.copy(paths[3], copy)
+    vol = load_volume([*paths, copy])
+    assert vol.shape[0] == 10
+
+
+@pytest.mark.parametrize("tilt", [15.0, 25.0])
+def test_gantry_tilt_analysed_with_normal_spacing(tmp_path: Path, tilt: float) -> None:
+    vol = load_volume(write_series(tmp_path, n=12, tilt_deg=tilt))
+    assert vol.tilt_deg == pytest.approx(tilt, abs=0.2)
+    assert vol.spacing[2] == pytest.approx(5.0, abs=1e-3)  # along the normal, not the table
+    assert any("gantry tilt" in n for n in vol.notes)
+
+
+@pytest.mark.parametrize(
+    "syntax,signed,intercept",
+    [(ImplicitVRLittleEndian, True, -1024.0), (ExplicitVRBigEndian, True, -1024.0),
+     (ExplicitVRLittleEndian, False, -1024.0), (ExplicitVRLittleEndian, True, 0.0)],
+)
+def test_syntaxes_and_pixel_representations(tmp_path: Path, syntax: str, signed: bool, intercept: float) -> None:
+    vol = load_volume(write_series(tmp_path, n=10, syntax=syntax, signed=signed, intercept=intercept))
+    expected = np.maximum(phantom(10, 64, 64), -1024)
+    np.testing.assert_allclose(vol.hu, expected, atol=0.5)
+
+
+@pytest.mark.parametrize("padding,intercept", [(-2000, 0.0), (-3024 + 1024, -1024.0)])
+def test_pixel_padding_becomes_air(tmp_path: Path, padding: int, intercept: float) -> None:
+    vol = load_volume(write_series(tmp_path, n=10, padding=padding, intercept=intercept))
+    assert float(vol.hu.min()) == -1024.0
+    assert float(vol.hu.max()) == pytest.approx(60.0, abs=0.5)
+
+
+def test_rle_compressed_is_decoded(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, n=10)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.save_as(p)
+    vol = load_volume(paths)
+    np.testing.assert_allclose(vol.hu, np.maximum(phantom(10, 64, 64), -1024), atol=0.5)
+
+
+def test_missing_decoder_is_a_clear_error(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, n=10)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = MPEG2MPML
+        ds.save_as(p)
+    with pytest.raises(VolumeError, match="cannot decode pixel data in transfer syntax MPEG2"):
+        load_volume(paths)
+
+
+def test_non_square_and_256_matrices_kept_native(tmp_path: Path) -> None:
+    vol = load_volume(write_series(tmp_path / "ns", n=10, rows=48, cols=64, pixel=0.7))
+    assert vol.shape == (10, 48, 64) and vol.spacing[:2] == pytest.approx((0.7, 0.7))
+    assert any("non-square" in n for n in vol.notes)
+    vol = load_volume(write_series(tmp_path / "256", n=3, rows=256, cols=256, pixel=0.9))
+    assert vol.shape == (3, 256, 256)
+
+
+def _reject(paths: list[Path], match: str) -> None:
+    with pytest.raises(VolumeError, match=match):
+        load_volume(paths)
+
+
+def test_rejections(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "gap", n=12)
+    _reject(paths[:5] + paths[7:], r"gap in slice positions: about 2 missing")
+    _reject(write_series(tmp_path / "one", n=1), r"1 slice")
+
+    paths = write_series(tmp_path / "dup", n=10)
+    ds = pydicom.dcmread(paths[4])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(tmp_path / "dup" / "extra.dcm")
+    _reject([*paths, tmp_path / "dup" / "extra.dcm"], r"duplicate slice positions with different SOP Instance UIDs")
+
+    paths = write_series(tmp_path / "orient", n=10)
+    ds = pydicom.dcmread(paths[2])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.save_as(paths[2])
+    _reject(paths, "mixed image orientations")
+
+    a = write_series(tmp_path / "size", n=6, series_uid="1.2.3.4")
+    b = write_series(tmp_path / "size2", n=2, rows=32, cols=32, series_uid="1.2.3.4")
+    _reject(a + b, "mixed image sizes")
+
+    bad = tmp_path / "notdicom.dcm"
+    bad.write_bytes(b"hello, not DICOM")
+    _reject([*a, bad], "unreadable DICOM file")
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    _reject([empty], "unreadable DICOM file")
+    truncated = tmp_path / "trunc.dcm"
+    truncated.write_bytes(a[0].read_bytes()[:300])
+    _reject([truncated, *a[1:]], "unreadable DICOM file")
+
+    ds = pydicom.dcmread(a[0])
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+    ds.save_as(a[0])
+    _reject(a, "not a CT image storage SOP class")
+
+
+def test_more_than_2000_slices_rejected_before_pixels(tmp_path: Path) -> None:
+    # the count check runs before any header or pixel data is read
+    first = write_series(tmp_path, n=2, rows=16, cols=16)[0]
+    paths = [first]
+    for i in range(2000):
+        paths.append(tmp_path / f"c{i}.dcm")
+        shutil.copy(first, paths[-1])
+    _reject(paths, "2001 slices: more than 2000")
+
+
+def _enhanced(tmp_path: Path, n: int = 10, reverse: bool = True) -> tuple[Path, np.ndarray]:
+    hu = phantom(n, 32, 32)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 32, 32, n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    o = Dataset()
+    o.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    m = Dataset()
+    m.PixelSpacing = [0.8, 0.8]
+    m.SliceThickness = 5.0
+    t = Dataset()
+    t.RescaleIntercept, t.RescaleSlope, t.RescaleType = -1024, 1, "HU"
+    shared.PlaneOrientationSequence = [o]
+    shared.PixelMeasuresSequence = [m]
+    shared.PixelValueTransformationSequence = [t]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    order = list(range(n))[::-1] if reverse else list(range(n))
+    frames = []
+    for z in order:
+        f = Dataset()
+        p = Dataset()
+        p.ImagePositionPatient = [0, 0, 5.0 * z]
+        f.PlanePositionSequence = [p]
+        frames.append(f)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.stack([np.round(hu[z] + 1024).astype(np.int16) for z in order]).tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, hu
+
+
+def test_enhanced_ct_multiframe(tmp_path: Path) -> None:
+    path, hu = _enhanced(tmp_path)
+    vol = load_volume([path])
+    assert vol.shape == (10, 32, 32) and vol.spacing == pytest.approx((0.8, 0.8, 5.0))
+    np.testing.assert_allclose(vol.hu, np.maximum(hu, -1024), atol=0.5)
+    assert vol.frames == list(range(10, 0, -1))  # frames were stored top-down
+    assert len(vol.headers) == 1 and "PixelData" not in vol.headers[0]
