@@ -1,0 +1,123 @@
+"""Slice geometry of a synthetic series: DICOM positions/orientation, head-frame sampling, NIfTI affine.
+
+The phantom is defined in a *head frame* (u: patient left, v: posterior, w: superior along the
+slice normal).  With gantry tilt θ the image rows stay along patient x, the columns tilt to
+(0, cos θ, sin θ) and the table moves along patient z, so each slice's origin steps by Δz along z:
+in the slice basis that is Δz·sin θ along the columns and Δz·cos θ along the normal.  Sampling the
+head frame at exactly those offsets keeps the anatomy rigid in patient space, so the DICOM
+geometry, the mask's NIfTI affine and the voxel volume (sx·sy·Δz·cos θ) all agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n: int  # rows = columns
+    pixel_mm: float  # square pixels
+    n_slices: int
+    table_step_mm: float  # ImagePositionPatient step along patient z
+    slice_thickness_mm: float
+    tilt_deg: float
+    yaw_deg: float  # in-plane rotation of the head (patients never lie perfectly straight)
+    head_offset_mm: tuple[float, float]  # head-frame (u, v) of the image centre on the middle slice
+    w_bottom_mm: float  # head-frame w of slice 0 (the most inferior)
+
+    @property
+    def normal_step_mm(self) -> float:
+        return self.table_step_mm * math.cos(math.radians(self.tilt_deg))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return (self.pixel_mm, self.pixel_mm, self.normal_step_mm)
+
+    @property
+    def orientation(self) -> tuple[float, float, float, float, float, float]:
+        t = math.radians(self.tilt_deg)
+        return (1.0, 0.0, 0.0, 0.0, math.cos(t), math.sin(t))
+
+    @property
+    def normal(self) -> np.ndarray:
+        t = math.radians(self.tilt_deg)
+        return np.array([0.0, -math.sin(t), math.cos(t)])
+
+    def slice_w(self, k: float) -> float:
+        return self.w_bottom_mm + k * self.normal_step_mm
+
+    def column_shift_mm(self, k: float) -> float:
+        """Head-frame shift along the image columns of slice k (0 without tilt)."""
+        mid = (self.n_slices - 1) / 2.0
+        return (k - mid) * self.table_step_mm * math.sin(math.radians(self.tilt_deg))
+
+    def uv_affine(self, k: float, scale: int = 1) -> np.ndarray:
+        """2x3 matrix mapping (x index, y index, 1) of a grid `scale` times coarser to head (u, v) mm."""
+        px = self.pixel_mm * scale
+        c = (self.n / scale - 1) / 2.0
+        a = math.radians(self.yaw_deg)
+        ca, sa = math.cos(a), math.sin(a)
+        # image-plane offsets of the pixel from the image centre (x right = patient left, y down = posterior)
+        # then rotate by yaw and add the head offset and the tilt shift
+        du, dv = self.head_offset_mm
+        dv += self.column_shift_mm(k)
+        return np.array(
+            [
+                [ca * px, -sa * px, du - (ca * c - sa * c) * px],
+                [sa * px, ca * px, dv - (sa * c + ca * c) * px],
+            ]
+        )
+
+    def uv_grid(self, k: float, scale: int = 1, window: tuple[slice, slice] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Head (u, v) of each pixel centre of slice k, float32 arrays (y, x)."""
+        m = self.uv_affine(k, scale)
+        size = self.n // scale
+        ys, xs = (window if window is not None else (slice(0, size), slice(0, size)))
+        y = np.arange(ys.start, ys.stop, dtype=np.float32)[:, None]
+        x = np.arange(xs.start, xs.stop, dtype=np.float32)[None, :]
+        u = (m[0, 0] * x + m[0, 1] * y + m[0, 2]).astype(np.float32)
+        v = (m[1, 0] * x + m[1, 1] * y + m[1, 2]).astype(np.float32)
+        return u, v
+
+    def pixel_of(self, k: float, u: float, v: float, scale: int = 1) -> tuple[float, float]:
+        """(x index, y index) of head point (u, v) on slice k of the `scale`-coarser grid."""
+        m = self.uv_affine(k, scale)
+        a = m[:, :2]
+        xy = np.linalg.solve(a, np.array([u - m[0, 2], v - m[1, 2]]))
+        return float(xy[0]), float(xy[1])
+
+    def slice_of(self, w: float) -> float:
+        return (w - self.w_bottom_mm) / self.normal_step_mm
+
+    # ---- DICOM / NIfTI ------------------------------------------------------------------
+    def positions(self) -> list[tuple[float, float, float]]:
+        """ImagePositionPatient (LPS mm) of each slice, slice 0 first; steps along patient z only."""
+        half = (self.n - 1) / 2.0 * self.pixel_mm
+        t = math.radians(self.tilt_deg)
+        row = np.array([1.0, 0.0, 0.0])
+        col = np.array([0.0, math.cos(t), math.sin(t)])
+        centre0 = np.array([0.0, 0.0, -(self.n_slices - 1) / 2.0 * self.table_step_mm])
+        out = []
+        for k in range(self.n_slices):
+            c = centre0 + np.array([0.0, 0.0, k * self.table_step_mm])
+            p = c - half * row - half * col
+            out.append((float(p[0]), float(p[1]), float(p[2])))
+        return out
+
+    def affine_lps(self) -> np.ndarray:
+        """4x4 mapping (x index, y index, slice index, 1) to LPS mm (sheared when tilted)."""
+        t = math.radians(self.tilt_deg)
+        p0 = np.array(self.positions()[0])
+        a = np.eye(4)
+        a[:3, 0] = np.array([1.0, 0.0, 0.0]) * self.pixel_mm
+        a[:3, 1] = np.array([0.0, math.cos(t), math.sin(t)]) * self.pixel_mm
+        a[:3, 2] = np.array([0.0, 0.0, self.table_step_mm])
+        a[:3, 3] = p0
+        return a
+
+    def affine_ras(self) -> np.ndarray:
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps()

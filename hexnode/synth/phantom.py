@@ -1,0 +1,434 @@
+"""Synthetic head NCCT with one intracerebral hematoma and a known hematoma-expansion (HE) model.
+
+`generate_case(seed, index, thin=False, hard=False, tilt_deg=0.0) -> Case` is deterministic per
+(seed, index): the same arguments give byte-identical `Case.hu`.
+
+Image: 512 x 512, pixel 0.40-0.50 mm, 20-40 slices of 5 mm (thin: 200-300 slices, 0.625-1.25 mm
+thick), int16 HU.  Scalp, skull (tables ~1,250-1,500 HU, diploe 700-900, 4-8 mm, partial-volume
+rim), grey/white matter 36-39.5 / 25.5-29.5 HU with a gyral pattern (sulci are the zero set of a
+band-limited 3D field, cortex thickness varies), CSF 2-8 HU in ventricles, sulci and fissures,
+deep grey nuclei, brainstem and cerebellum with finer folia, skull base with petrous ridges,
+mastoid/ethmoid cells, sinuses and orbits on the lowest slices, head-holder pad and shell, dural
+sinuses and vessels 45-60 HU, physiological calcifications (pineal, choroid plexus, falx, basal
+ganglia; 80-400 HU), a faint beam-hardening band under the inner table, dark streaks between the
+petrous bones, and correlated Gaussian noise (sd 3.5-7 HU).
+
+Hematoma: see `hexnode.synth.hematoma` (irregular blob from low-order spherical harmonics,
+50-80 HU, deep / lobar / flattened lobar touching the skull / cerebellar; satellites, IVH and
+hypodense foci; oedema rim 15-25 HU outside the mask).  The mask holds every voxel of blood
+(main blob, satellites, intraventricular blood) and nothing else.
+
+Generative HE model (`hexnode.synth.hemodel`, version he-gen-1)::
+
+    p = sigmoid(B0 + sum_k beta_k * x_k),   label ~ Bernoulli(p)
+
+    x_k                 definition                                    beta_k
+    log_volume          ln(mask volume ml / 15)                        +1.15
+    irregularity        relative sd of the radius / 0.1                +1.20
+    hypodense_fraction  fraction of mask voxels at 30-45 HU / 0.1      +1.30
+    blend               hypodense part is one sharp-bordered region    +1.10
+    islands             satellite blobs (0-4)                          +0.80
+    ivh                 blood in the ventricles                        +0.85
+    oedema_mm           oedema rim thickness (mm) - 3                  -0.13
+    B0                                                                 -5.90
+
+Every x_k is visible in the image (the volume and the hypodense fraction are measured on the
+rendered mask); there is no hidden noise inside p, so the Bayes-optimal AUC is the AUC of p itself:
+0.90 (20,000 draws, prevalence 0.26; `hexnode synth --bayes-auc`).  The follow-up volume is drawn
+consistently with the label: HE <=> growth > 6 ml or > 33 %.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from hexnode.synth import hemodel
+from hexnode.synth.anatomy import F32, Grid, Head, lerp_into, ramp
+from hexnode.synth.geometry import Geometry
+from hexnode.synth.hematoma import Hematoma, draw_hematoma
+from hexnode.synth.hemodel import Markers, bayes_auc
+
+__all__ = ["Case", "Truth", "generate_case", "bayes_auc"]
+
+HU_MIN, HU_MAX = -1024, 3071
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth written beside the series (never into it)."""
+
+    seed: int
+    index: int
+    volume_ml: float  # from the mask and the voxel spacing (sx * sy * sz along the normal)
+    followup_volume_ml: float
+    he_label: bool
+    he_probability: float
+    logit: float
+    markers: dict[str, float]  # the inputs of p (see module docstring), as rendered
+    location: str
+    hard: dict[str, bool]  # small (< 3 ml), motion, streaks
+    tilt_deg: float
+    thin: bool
+    n_slices: int
+    slice_thickness_mm: float
+    spacing_mm: tuple[float, float, float]
+    noise_sd: float
+    hematoma_hu: float
+    hypodense_hu: float
+    oedema_hu: float
+    tissue_hu: dict[str, float]
+    calcifications: list[dict[str, Any]]
+    centre_voxel: tuple[float, float, float]  # (z, y, x) of the main blob centre
+    model_version: str = hemodel.MODEL_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spacing_mm"] = list(self.spacing_mm)
+        d["centre_voxel"] = list(self.centre_voxel)
+        return d
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    kvp: float
+    kernel: str
+    tube_current_ma: int
+    exposure_mas: int
+    ctdi_vol: float
+    manufacturer_model: str
+
+
+@dataclass
+class Case:
+    hu: np.ndarray  # int16 (z, y, x)
+    mask: np.ndarray  # uint8 (z, y, x)
+    spacing: tuple[float, float, float]  # (sx, sy, sz) mm, sz along the slice normal
+    truth: Truth
+    geometry: Geometry
+    acquisition: Acquisition
+    seed: int
+    index: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, stream]))
+
+
+def _up2(a: np.ndarray) -> np.ndarray:
+    """Linear x2 upsampling of the last two axes (pixel-centre aligned, edge clamped)."""
+    def along(x: np.ndarray, axis: int) -> np.ndarray:
+        x = np.moveaxis(x, axis, -1)
+        prev = np.concatenate([x[..., :1], x[..., :-1]], axis=-1)
+        nxt = np.concatenate([x[..., 1:], x[..., -1:]], axis=-1)
+        out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        out[..., 0::2] = F32(0.75) * x + F32(0.25) * prev
+        out[..., 1::2] = F32(0.75) * x + F32(0.25) * nxt
+        return np.moveaxis(out, -1, axis)
+
+    return along(along(a, -1), -2)
+
+
+def _draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head: Head) -> Geometry:
+    n = 512
+    px = float(rng.uniform(0.40, 0.50))
+    if thin:
+        thk = float(rng.choice([0.625, 0.75, 1.0, 1.25]))
+        step = thk if thk <= 0.75 else thk * float(rng.uniform(0.5, 0.8))
+        nz = int(np.clip(round(rng.uniform(165.0, 190.0) / step), 200, 300))
+    else:
+        thk = 5.0
+        step = 5.0
+        nz = int(np.clip(round(rng.normal(30.0, 4.0)), 20, 40))
+    normal_step = step * math.cos(math.radians(tilt_deg))
+    vertex = head.c_up + head.skull_mm + head.scalp_mm
+    w_top = vertex + float(rng.uniform(-4.0, 6.0))
+    w_bottom = w_top - (nz - 1) * normal_step
+    return Geometry(
+        n=n, pixel_mm=px, n_slices=nz, table_step_mm=step, slice_thickness_mm=thk, tilt_deg=float(tilt_deg),
+        yaw_deg=float(rng.uniform(-6.0, 6.0)),
+        head_offset_mm=(float(rng.uniform(-6.0, 6.0)), float(head.v0 + rng.uniform(-10.0, 2.0))),
+        w_bottom_mm=float(w_bottom),
+    )
+
+
+def _draw_acquisition(rng: np.random.Generator) -> Acquisition:
+    kvp = float(rng.choice([100.0, 120.0, 120.0, 140.0]))
+    ma = int(rng.integers(180, 350))
+    return Acquisition(kvp=kvp, kernel=str(rng.choice(["H30s", "H31s", "FC21", "STANDARD", "J30s"])),
+                       tube_current_ma=ma, exposure_mas=int(ma * 1.0),
+                       ctdi_vol=float(round(rng.uniform(40.0, 60.0), 1)),
+                       manufacturer_model="hexnode-synth phantom")
+
+
+def _noise_kernel_sd(sigma: float) -> float:
+    k = np.zeros((21, 21))
+    k[10, 10] = 1.0
+    return float(np.sqrt((ndimage.gaussian_filter(k, sigma) ** 2).sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
+                  tilt_deg: float = 0.0, n_slices: int | None = None) -> Case:
+    """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
+
+    `n_slices` overrides the drawn slice count (tests use it to keep runs short).
+    """
+    r_head = _rng(seed, index, 1)
+    r_geo = _rng(seed, index, 2)
+    r_mark = _rng(seed, index, 3)
+    r_hem = _rng(seed, index, 4)
+    r_noise = _rng(seed, index, 5)
+    r_art = _rng(seed, index, 6)
+    r_label = _rng(seed, index, 7)
+
+    head = Head.draw(r_head)
+    geo = _draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head)
+    if n_slices is not None:
+        geo = _with_slices(geo, n_slices, head)
+    acq = _draw_acquisition(r_geo)
+    hard_flags = {"small": False, "motion": False, "streaks": False}
+    if hard:
+        hard_flags = {"small": r_art.random() < 0.6, "motion": r_art.random() < 0.5,
+                      "streaks": r_art.random() < 0.5}
+        if not any(hard_flags.values()):
+            hard_flags[str(r_art.choice(list(hard_flags)))] = True
+    u_loc = r_mark.random()
+    location = "deep" if u_loc < 0.45 else "cerebellar" if u_loc < 0.53 else "lobar_flat" if u_loc < 0.63 else "lobar"
+    markers = hemodel.draw_markers(r_mark, hard=hard_flags["small"], deep=location == "deep")
+    if hard_flags["small"]:
+        markers = Markers(markers.volume_ml, markers.irregularity * 0.5, markers.hypodense_fraction,
+                          markers.blend, 0, False, markers.oedema_mm * 0.5)
+    if location == "cerebellar":
+        markers = Markers(markers.volume_ml * 0.5, markers.irregularity, markers.hypodense_fraction,
+                          markers.blend, min(markers.islands, 2), False, markers.oedema_mm)
+    hem = draw_hematoma(r_hem, head, markers, location)
+    # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
+    head.calcs = [c for c in head.calcs
+                  if np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
+
+    nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
+    hu = np.empty((nz, n, n), dtype=np.int16)
+    mask = np.zeros((nz, n, n), dtype=np.uint8)
+    noise_sd = float(r_noise.uniform(3.5, 7.0))
+    noise_sigma = 0.85
+    noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
+    w_lo, w_hi = hem.w_range(head)
+    thk = geo.slice_thickness_mm
+    stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
+    motion_slices = _motion_slices(r_art, geo, head) if hard_flags["motion"] else {}
+    streak_slices = _streak_slices(r_art, geo, head) if hard_flags["streaks"] else {}
+    pf_rng = _rng(seed, index, 8)
+
+    chunk = 8
+    for k0 in range(0, nz, chunk):
+        ks = list(range(k0, min(nz, k0 + chunk)))
+        half = np.empty((len(ks), n // 2, n // 2), dtype=F32)
+        art_half = np.zeros_like(half)
+        layers = []
+        for j, k in enumerate(ks):
+            w = geo.slice_w(k)
+            grid = Grid.full(geo.uv_affine(k, 2), n // 2, 2 * px)
+            lay = head.render(grid, w, thk)
+            half[j] = lay.img
+            layers.append(lay)
+            pf = head.posterior_fossa_streaks(grid, w, pf_rng)
+            if pf is not None:
+                art_half[j] += pf * lay.ic
+        img = _up2(half)
+        art = _up2(art_half)
+        for j, k in enumerate(ks):
+            w = geo.slice_w(k)
+            if w_lo - thk <= w <= w_hi + thk:
+                lay = layers[j]
+                ic = _up2(lay.ic[None])[0]
+                vent = _up2(lay.vent[None])[0]
+                brain = _up2(lay.brain[None])[0]
+                fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
+                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats, j + k0)
+            if k in streak_slices:
+                img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
+            if k in motion_slices:
+                dy, dx, alpha = motion_slices[k]
+                ghost = ndimage.shift(img[j], (dy, dx), order=1, mode="nearest")
+                img[j] += F32(alpha) * (ghost - img[j])
+        img += art
+        noise = r_noise.standard_normal(img.shape, dtype=F32)
+        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma))
+        img += noise * noise_gain
+        np.clip(img, HU_MIN, HU_MAX, out=img)
+        hu[k0:k0 + len(ks)] = np.rint(img).astype(np.int16)
+
+    sx, sy, sz = geo.spacing
+    voxel_ml = sx * sy * sz / 1000.0
+    n_mask = int(mask.sum(dtype=np.int64))
+    volume_ml = n_mask * voxel_ml
+    realised = Markers(
+        volume_ml=max(volume_ml, 1e-3),
+        irregularity=markers.irregularity,
+        hypodense_fraction=(stats["hypo"] / n_mask) if n_mask else 0.0,
+        blend=markers.blend and stats["hypo"] > 0,
+        islands=len(stats["islands"]),
+        ivh=stats["ivh"] > 0,
+        oedema_mm=markers.oedema_mm,
+    )
+    x = hemodel.design_vector(realised)
+    logit = hemodel.B0 + sum(hemodel.BETA[key] * val for key, val in x.items())
+    p = 1.0 / (1.0 + math.exp(-logit))
+    label = bool(r_label.random() < p)
+    followup = hemodel.draw_followup(r_label, volume_ml, label)
+    cz = geo.slice_of(float(hem.centre[2]))
+    cx, cy = geo.pixel_of(cz, float(hem.centre[0]), float(hem.centre[1]))
+    calcs = []
+    for c in head.calcs:
+        kz = geo.slice_of(c.centre[2])
+        if not (-0.5 <= kz <= nz - 0.5):
+            continue
+        xx, yy = geo.pixel_of(kz, c.centre[0], c.centre[1])
+        calcs.append({"kind": c.kind, "voxel": [kz, yy, xx], "semi_mm": list(c.semi), "hu": round(c.hu, 1)})
+    truth = Truth(
+        seed=seed, index=index, volume_ml=volume_ml, followup_volume_ml=followup, he_label=label,
+        he_probability=p, logit=logit,
+        markers={
+            "volume_ml": volume_ml, "irregularity": realised.irregularity,
+            "hypodense_fraction": realised.hypodense_fraction, "blend": float(realised.blend),
+            "islands": float(realised.islands), "ivh": float(realised.ivh), "oedema_mm": realised.oedema_mm,
+        },
+        location=location, hard=hard_flags, tilt_deg=float(tilt_deg), thin=thin, n_slices=nz,
+        slice_thickness_mm=thk, spacing_mm=(sx, sy, sz), noise_sd=noise_sd, hematoma_hu=hem.hem_hu,
+        hypodense_hu=hem.hypo_hu, oedema_hu=hem.oedema_hu,
+        tissue_hu={"grey": head.gm_hu, "white": head.wm_hu, "csf": head.csf_hu},
+        calcifications=calcs, centre_voxel=(cz, cy, cx),
+    )
+    return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
+                seed=seed, index=index)
+
+
+def _with_slices(geo: Geometry, nz: int, head: Head) -> Geometry:
+    # keep the top of the stack where it was; a short stack loses the skull base first
+    w_top = geo.w_bottom_mm + (geo.n_slices - 1) * geo.normal_step_mm
+    return Geometry(n=geo.n, pixel_mm=geo.pixel_mm, n_slices=nz, table_step_mm=geo.table_step_mm,
+                    slice_thickness_mm=geo.slice_thickness_mm, tilt_deg=geo.tilt_deg, yaw_deg=geo.yaw_deg,
+                    head_offset_mm=geo.head_offset_mm, w_bottom_mm=w_top - (nz - 1) * geo.normal_step_mm)
+
+
+def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float,
+                    thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
+                    stats: dict[str, Any], k: int) -> None:
+    px = grid.px
+    blobs = [("main", hem.main)] + [(f"s{i}", s) for i, s in enumerate(hem.satellites)]
+    # oedema first (outside the blood, brain parenchyma only)
+    b = hem.main
+    if abs(w - b.centre[2]) < b.bound + hem.oedema_mm + thk:
+        win = grid.window(b.centre[0], b.centre[1], b.bound + hem.oedema_mm + 2.0)
+        if win is not None:
+            sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
+                       win[0].stop - win[0].start, win[1].stop - win[1].start)
+            u, v = sub.coords()
+            depth, _ = b.signed_depth(u, v, w)
+            wt = np.clip(1.0 + depth / F32(hem.oedema_mm), 0.0, 1.0) * (depth < 0) * brain[win]
+            lerp_into(img[win], F32(hem.oedema_hu), (wt ** F32(0.8)).astype(F32))
+    for name, blob in blobs:
+        if abs(w - blob.centre[2]) > blob.bound + thk:
+            continue
+        win = grid.window(blob.centre[0], blob.centre[1], blob.bound)
+        if win is None:
+            continue
+        sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
+                   win[0].stop - win[0].start, win[1].stop - win[1].start)
+        u, v = sub.coords()
+        depth, slope = blob.signed_depth(u, v, w)
+        width = np.sqrt(F32(0.7 * px) ** 2 + (F32(thk) * slope) ** 2)
+        frac = ramp(depth, width)
+        # blood stays inside the skull, on its own side of the falx, and out of the ventricles
+        allowed = (ic[win] >= 0.5) & (u * F32(np.sign(blob.centre[0]) or 1.0) > F32(-0.3))
+        if not hem.ivh:
+            allowed &= vent[win] < 0.5
+        inside = (depth > 0) & allowed
+        frac = frac * ic[win] * allowed
+        val = np.full(u.shape, F32(hem.hem_hu), dtype=F32)
+        if name == "main":
+            hw = hem.hypo_weight(u, v, w)
+            val += hw * F32(hem.hypo_hu - hem.hem_hu)
+            stats["hypo"] += int(np.count_nonzero(inside & (hw > 0.5) & (mask[win] == 0)))
+        lerp_into(img[win], val, frac)
+        if name != "main" and np.any(inside):
+            stats["islands"].add(name)
+        mask[win] |= inside.astype(np.uint8)
+    if hem.ivh:
+        _paint_ivh(img, mask, grid, hem, head, w, thk, stats)
+    # calcifications are never blood
+    for c in head.calcs:
+        e = c.ellipsoid
+        if not e.touches(w, thk):
+            continue
+        win = grid.window(e.c[0], e.c[1], e.bound)
+        if win is None:
+            continue
+        u, v = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
+                    win[0].stop - win[0].start, win[1].stop - win[1].start).coords()
+        cf = e.frac(u, v, w, thk, px)
+        mask[win][cf > 0.2] = 0
+
+
+def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float, thk: float,
+               stats: dict[str, Any]) -> None:
+    px = grid.px
+    side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
+    for e in side_vents:
+        if not e.touches(w, thk):
+            continue
+        win = grid.window(e.c[0], e.c[1], e.bound)
+        if win is None:
+            continue
+        u, v = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
+                    win[0].stop - win[0].start, win[1].stop - win[1].start).coords()
+        fr = e.frac(u, v, w, thk, px) * ramp(v - F32(hem.ivh_level_v), 1.0)
+        lerp_into(img[win], F32(hem.ivh_hu), fr)
+        inside = fr >= 0.5
+        new = inside & (mask[win] == 0)
+        stats["ivh"] += int(np.count_nonzero(new))
+        mask[win] |= inside.astype(np.uint8)
+
+
+def _motion_slices(rng: np.random.Generator, geo: Geometry, head: Head) -> dict[int, tuple[float, float, float]]:
+    nz = geo.n_slices
+    run = max(2, int(round(rng.uniform(0.08, 0.2) * nz)))
+    start = int(rng.integers(0, max(1, nz - run)))
+    out = {}
+    for k in range(start, min(nz, start + run)):
+        out[k] = (float(rng.uniform(-8, 8)), float(rng.uniform(-8, 8)), float(rng.uniform(0.25, 0.5)))
+    return out
+
+
+def _streak_slices(rng: np.random.Generator, geo: Geometry, head: Head) -> dict[int, Any]:
+    """Beam-hardening streaks radiating from a dense point (dense bone, a clip, dental work)."""
+    nz = geo.n_slices
+    run = max(2, int(round(rng.uniform(0.1, 0.3) * nz)))
+    start = int(rng.integers(0, max(1, nz - run)))
+    ang0 = rng.uniform(0, 2 * math.pi)
+    src_r = rng.uniform(40.0, 70.0)
+    su, sv = src_r * math.cos(ang0), head.v0 + src_r * math.sin(ang0)
+    angles = rng.uniform(0, math.pi, int(rng.integers(5, 11)))
+    amps = rng.uniform(-70.0, -30.0, angles.size)
+    amps[::3] *= -0.5  # some bright companions
+
+    def make(scale: float):
+        def streak(grid: Grid) -> np.ndarray:
+            u, v = grid.coords()
+            du, dv = u - F32(su), v - F32(sv)
+            r = np.sqrt(du * du + dv * dv)
+            out = np.zeros(u.shape, dtype=F32)
+            for a, amp in zip(angles, amps, strict=True):
+                d = np.abs(F32(math.cos(a)) * dv - F32(math.sin(a)) * du)
+                out += F32(amp * scale) * np.exp(-(d / F32(1.2)) ** 2) * np.exp(-r / F32(90.0))
+            return out
+        return streak
+
+    return {k: make(1.0 - 0.5 * abs(k - start - run / 2) / run) for k in range(start, min(nz, start + run))}
