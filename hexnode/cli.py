@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bayes-auc", action="store_true", help="print prevalence and Bayes-optimal AUC, no images")
     p.add_argument("--draws", type=int, default=20000, help="draws for --bayes-auc")
     p.add_argument("--transfer-syntax", default="explicit", help="explicit | implicit")
+    p.add_argument("--tilt", type=float, default=0.0, help="gantry tilt in degrees (15-25 is routine)")
 
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models", help="where the model files go")
     p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
+    p.add_argument("--seg-seconds", type=float, default=0, help="U-Net training time budget (default 900; quick 40)")
+    p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
+    p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="models folder (default: the repository's models/)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object of the figures")
     p.add_argument("--plots", help="write ROC / reliability / contour PNGs here")
+    p.add_argument("--workers", type=int, default=2, help="processes (each runs the whole pipeline)")
 
     p = add("serve", _cmd_serve, "run the C-STORE SCP (receive + spool + index + series completion)")
     _config_arg(p)

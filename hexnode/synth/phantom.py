@@ -137,7 +137,7 @@ def _up2(a: np.ndarray) -> np.ndarray:
 
 def _draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head: Head) -> Geometry:
     n = 512
-    px = float(rng.uniform(0.40, 0.50))
+    px = round(float(rng.uniform(0.40, 0.50)), 5)  # exactly representable in PixelSpacing (DS)
     if thin:
         thk = float(rng.choice([0.625, 0.75, 1.0, 1.25]))
         step = thk if thk <= 0.75 else thk * float(rng.uniform(0.5, 0.8))
