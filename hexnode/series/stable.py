@@ -1,0 +1,243 @@
+"""Series completion and selection, run by an APScheduler job inside `hexnode serve`.
+
+A series is *complete* `stable_seconds` after its last instance, or sooner when it is provably
+whole: every instance carries the same Images in Acquisition (0020,1002) and that many have
+arrived; or it is one Enhanced CT multi-frame object; or its positions are contiguous, evenly
+spaced and cover a whole head (≥ `WHOLE_HEAD_MM`) and nothing has arrived for a moment. Instance
+counts alone never decide (PACS resend and send in any order).
+
+Completed series of one study are then selected together (`hexnode.series.select`): the chosen
+one gets a job; a rejected CT series gets a job too, whose worker sends a "not analysed" report
+(so the reader never waits for a result that will not come); series that are not CT (e.g.
+hexnode's own results coming back) and series passed over for a better one of the same study are
+closed as `rejected` with their reason and no report.
+
+Everything lives in the database: a restart re-reads the state, and the next tick carries on.
+Late instances re-open a series (receive calls `reopen_series`: revision + 1), and it comes
+through here again to a new job and a corrected result set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hexnode.config import Config
+from hexnode.receive.spool import Spool, uid_hash
+from hexnode.series.select import SeriesInfo, Selector
+from hexnode.series.volume import VolumeError, read_header
+from hexnode.store.db import Instance, Series, Store, utcnow
+from hexnode.store.queue import enqueue_job, transition
+
+log = logging.getLogger(__name__)
+
+# Skull base to vertex is 120-160 mm; a contiguous stack this long is a whole head.
+WHOLE_HEAD_MM = 150.0
+# Even a provably whole series waits this long after its last instance (a burst may not be over).
+MIN_QUIET_SECONDS = 1.0
+# A complete series waits for siblings of its study still arriving, but not longer than this.
+STUDY_WAIT_FACTOR = 3.0
+STUDY_WAIT_MIN_SECONDS = 30.0
+
+PASSED_OVER = "another series of the study was analysed"
+
+
+@dataclass
+class Tick:
+    """What one check did (for logs and tests); series named by UID hash only."""
+
+    completed: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    not_analysed: list[str] = field(default_factory=list)  # queued for a "not analysed" report
+    closed: list[str] = field(default_factory=list)  # rejected without a report
+    waiting: list[str] = field(default_factory=list)  # complete, waiting for study siblings
+
+
+def whole_reason(instances: list[Instance]) -> str | None:
+    """Why the series is provably whole already, or None."""
+    if not instances:
+        return None
+    if len(instances) == 1 and (instances[0].number_of_frames or 1) > 1:
+        return "one multi-frame object"
+    expected = {i.images_in_acquisition for i in instances}
+    if len(expected) == 1:
+        n = expected.pop()
+        if n and len(instances) >= n:
+            return f"Images in Acquisition ({n}) reached"
+    return _coverage_reason(instances)
+
+
+def _coverage_reason(instances: list[Instance]) -> str | None:
+    if len(instances) < 3:
+        return None
+    orients = {tuple(round(float(v), 4) for v in (i.orientation or ())) for i in instances}
+    if len(orients) != 1:
+        return None
+    o = np.array(orients.pop(), dtype=np.float64)
+    if o.shape != (6,) or any(i.position is None or len(i.position) != 3 for i in instances):
+        return None
+    normal = np.cross(o[:3], o[3:])
+    d = np.sort(np.array([i.position for i in instances], dtype=np.float64) @ normal)
+    steps = np.diff(d)
+    if steps.min() <= 0.01:
+        return None
+    step = float(np.median(steps))
+    if steps.max() > 1.1 * step or steps.min() < 0.9 * step:
+        return None
+    extent = float(d[-1] - d[0])
+    if extent >= WHOLE_HEAD_MM:
+        return f"contiguous slices cover {extent:.0f} mm"
+    return None
+
+
+def _instances(s: Session, series_id: int) -> list[Instance]:
+    q = select(Instance).where(Instance.series_id == series_id).order_by(Instance.instance_number, Instance.id)
+    return list(s.execute(q).scalars())
+
+
+def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
+    """received → complete for every series that is stable or provably whole."""
+    done = []
+    stable_before = now - timedelta(seconds=cfg.series.stable_seconds)
+    quiet_before = now - timedelta(seconds=min(MIN_QUIET_SECONDS, cfg.series.stable_seconds))
+    received = s.execute(select(Series).where(Series.state == "received")).scalars().all()
+    for series in received:
+        if series.last_instance_at <= stable_before:
+            why = f"no instance for {cfg.series.stable_seconds:g} s"
+        elif series.last_instance_at <= quiet_before:
+            why = whole_reason(_instances(s, series.id)) or ""
+            if not why:
+                continue
+        else:
+            continue
+        transition(s, series, "complete", f"complete: {why} ({series.instance_count} instances)")
+        log.info("series %s complete: %s", uid_hash(series.series_uid), why)
+        done.append(series.series_uid)
+    return done
+
+
+def _info(s: Session, series: Series, spool: Spool) -> SeriesInfo | str:
+    """SeriesInfo from one spooled header, or the reason it cannot be read."""
+    instances = _instances(s, series.id)
+    if not instances:
+        return "no instances"
+    # the middle instance: the first may be a stray of another acquisition more often than the middle
+    mid = instances[len(instances) // 2]
+    try:
+        header = read_header(spool.path(mid.path))
+    except (VolumeError, ValueError) as exc:
+        return str(exc)
+    return SeriesInfo(series_uid=series.series_uid, header=header, instance_count=len(instances), ref=series.id)
+
+
+def _report_worthy(series: Series, reason: str) -> bool:
+    """A "not analysed" report only for CT images the reader may wait on."""
+    if reason.startswith(PASSED_OVER) or reason.startswith("a hexnode result object"):
+        return False
+    return (series.modality or "").upper() == "CT"
+
+
+def _reject(s: Session, series: Series, reason: str, tick: Tick) -> None:
+    series.selected = False
+    series.reason = reason
+    name = uid_hash(series.series_uid)
+    if _report_worthy(series, reason):
+        enqueue_job(s, series, f"not analysed: {reason}")
+        tick.not_analysed.append(series.series_uid)
+        log.info("series %s not analysed: %s", name, reason)
+    else:
+        transition(s, series, "rejected", reason)
+        tick.closed.append(series.series_uid)
+        log.info("series %s rejected without report: %s", name, reason)
+
+
+def select_complete(s: Session, cfg: Config, spool: Spool, selector: Selector, now: datetime, tick: Tick) -> None:
+    """Decide the complete, undecided series study by study."""
+    pending = s.execute(
+        select(Series).where(Series.state == "complete", Series.selected.is_(None)).order_by(Series.id)
+    ).scalars().all()
+    by_study: dict[int, list[Series]] = defaultdict(list)
+    for series in pending:
+        by_study[series.study_id].append(series)
+    wait = timedelta(seconds=max(STUDY_WAIT_MIN_SECONDS, STUDY_WAIT_FACTOR * cfg.series.stable_seconds))
+    for study_id, group in by_study.items():
+        siblings = s.execute(select(Series).where(Series.study_id == study_id)).scalars().all()
+        arriving = [x for x in siblings if x.state == "received"]
+        oldest = min(x.state_at for x in group)
+        if arriving and now - oldest < wait:
+            tick.waiting += [x.series_uid for x in group]
+            continue
+        chosen_before = [x for x in siblings if x.selected and x not in group]
+        infos: list[SeriesInfo] = []
+        for series in group:
+            info = _info(s, series, spool)
+            if isinstance(info, str):
+                _reject(s, series, info, tick)
+            else:
+                infos.append(info)
+        if not infos:
+            continue
+        by_id = {x.id: x for x in group}
+        if chosen_before:
+            for info in infos:
+                d = selector.decide(info)
+                _reject(s, by_id[info.ref], d.reason if not d.accepted else f"{PASSED_OVER} before", tick)
+            continue
+        choice = selector.choose(infos)
+        for info in infos:
+            series = by_id[info.ref]
+            if choice.chosen is not None and info.ref == choice.chosen.ref:
+                series.selected = True
+                series.reason = choice.note  # the report says which series and why
+                enqueue_job(s, series, choice.note)
+                tick.queued.append(series.series_uid)
+                log.info("series %s queued: %s", uid_hash(series.series_uid), _no_desc(choice.note))
+            else:
+                _reject(s, series, choice.rejected.get(info.series_uid, "not selected"), tick)
+
+
+def _no_desc(note: str) -> str:
+    # Series descriptions may carry free text; logs keep only the decision.
+    return note.split(" (", 1)[0]
+
+
+def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | None = None,
+               now: datetime | None = None) -> Tick:
+    """One pass: complete what is stable or whole, then select and queue. Safe to run repeatedly."""
+    selector = selector or Selector.from_config(cfg.series.selection)
+    now = now or utcnow()
+    tick = Tick()
+    with store.transaction() as s:
+        tick.completed = complete_ready(s, cfg, now)
+    with store.transaction() as s:
+        select_complete(s, cfg, spool, selector, now, tick)
+    return tick
+
+
+def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
+    """A BackgroundScheduler running `check_once` every `check_interval_seconds` (one at a time).
+
+    `hexnode serve` calls this after opening the store and stops it with `.shutdown()`.
+    """
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    selector = Selector.from_config(cfg.series.selection)  # a bad rule fails start-up, not a tick
+
+    def job() -> None:
+        try:
+            check_once(store, cfg, spool, selector)
+        except Exception:  # a tick must never kill the scheduler; the next one retries
+            log.exception("series completion check failed")
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(job, "interval", seconds=max(0.1, cfg.series.check_interval_seconds),
+                      id="hexnode-series-stable", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    scheduler.start()
+    return scheduler
