@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config
 from hexnode.receive.spool import Spool, uid_hash
-from hexnode.series.select import SeriesInfo, Selector
+from hexnode.series.select import Selector, SeriesInfo
 from hexnode.series.volume import VolumeError, read_header
 from hexnode.store.db import Instance, Series, Store, utcnow
 from hexnode.store.queue import enqueue_job, transition
