@@ -49,8 +49,6 @@ def _should_route(series_id):
     tags = series.get("MainDicomTags", {})
     if tags.get("Modality", "").upper() not in ROUTE:
         return False
-    if tags.get("Manufacturer", "").lower().startswith("hexnode"):
-        return False
     for instance in series.get("Instances", [])[:1]:
         try:
             origin = orthanc.RestApiGet(f"/instances/{instance}/metadata/RemoteAET").decode().strip().upper()

@@ -120,7 +120,7 @@ def test_study_choice_reports_and_closes(env: tuple[Store, Spool, Config], tmp_p
     index(store, spool, write_series(tmp_path / "c", n=2, series_uid=scout, SeriesNumber=1,
                                      ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], **kw), t0)
     # a result object of ours coming back into the same study: closed silently
-    sr = write_series(tmp_path / "r", n=2, Modality="OT", Manufacturer="hexnode", **kw)
+    sr = write_series(tmp_path / "r", n=2, Modality="OT", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", **kw)
     index(store, spool, sr, t0, calling_ae="ORTHANC")
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
     assert tick.queued == [soft]

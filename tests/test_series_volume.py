@@ -209,3 +209,19 @@ def test_enhanced_ct_multiframe(tmp_path: Path) -> None:
     np.testing.assert_allclose(vol.hu, np.maximum(hu, -1024), atol=0.5)
     assert vol.frames == list(range(10, 0, -1))  # frames were stored top-down
     assert len(vol.headers) == 1 and "PixelData" not in vol.headers[0]
+
+
+def test_synthetic_tilted_head_ncct(tmp_path: Path) -> None:
+    """hexnode.synth's realistic series (tilted 20°, shuffled files): geometry and HU round-trip."""
+    from hexnode.synth.dicom import write_series as synth_series
+    from hexnode.synth.phantom import generate_case
+
+    case = generate_case(7, 3, tilt_deg=20.0)
+    paths = synth_series(case, tmp_path)
+    random.Random(0).shuffle(paths)
+    vol = load_volume(paths)
+    assert vol.shape == case.hu.shape
+    assert vol.spacing == pytest.approx(case.spacing, rel=1e-4)
+    assert vol.tilt_deg == pytest.approx(20.0, abs=0.2)
+    np.testing.assert_array_equal(vol.hu, np.maximum(case.hu, -1024).astype(np.float32))
+    assert [int(h.InstanceNumber) for h in vol.headers] == list(range(1, len(paths) + 1))

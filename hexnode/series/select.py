@@ -88,8 +88,6 @@ BUILTIN_EXCLUDE: list[dict[str, Any]] = [
     {"name": "dose-report", "any": [_desc_any(r"(?i)dose|patient protocol|exam summary"),
                                     {"attr": "ImageType", "contains": "SCREEN SAVE"}],
      "reason": "dose report / screen capture"},
-    {"name": "derived-by-hexnode", "attr": "Manufacturer", "regex": r"(?i)^hexnode",
-     "reason": "a hexnode result object"},
 ]
 
 DEFAULT_SOFT_KERNEL = (r"(?i)soft|std|standard|brain|head|cerebr|^H[1-4]\d|^J[3-4]\d|^[BHQ]r[2-4]\d|"

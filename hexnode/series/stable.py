@@ -139,7 +139,7 @@ def _info(s: Session, series: Series, spool: Spool) -> SeriesInfo | str:
 
 def _report_worthy(series: Series, reason: str) -> bool:
     """A "not analysed" report only for CT images the reader may wait on."""
-    if reason.startswith(PASSED_OVER) or reason.startswith("a hexnode result object"):
+    if reason.startswith(PASSED_OVER):
         return False
     return (series.modality or "").upper() == "CT"
 
