@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("series_dir")
     p.add_argument("--out", required=True)
     p.add_argument("--models", help="models folder (default: the repository's models/)")
+    _config_arg(p)  # optional: selection rules and providers from a hexnode.toml
 
     p = add("status", _cmd_status, "jobs by state, last errors, queue depth, stage times")
     _config_arg(p)

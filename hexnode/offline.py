@@ -1,0 +1,92 @@
+"""`hexnode run SERIES_DIR --out OUT_DIR`: the node's pipeline on a folder, without database or network.
+
+For debugging and for site IT: the same selection, volume loading, models and result objects as
+the worker. Files that are not DICOM (truth.json, DICOMDIR leftovers, notes) are ignored. When the
+folder holds several series, the study-level rule picks one and the output says which.
+Exit status: 0 analysed, 3 not analysed (the SR/SC saying why are written anyway), 2 nothing usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from hexnode.config import load_config
+from hexnode.produce import encode, kind_of, produce
+from hexnode.series.select import Selector, SeriesInfo
+from hexnode.series.volume import VolumeError, read_header
+
+log = logging.getLogger(__name__)
+
+
+def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
+    """DICOM files under `folder` by Series Instance UID; and how many files were skipped."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = read_header(path)
+        except VolumeError:
+            skipped += 1
+            continue
+        groups[str(ds.get("SeriesInstanceUID", ""))].append(path)
+    return dict(groups), skipped
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    folder, out = Path(args.series_dir), Path(args.out)
+    if not folder.is_dir():
+        print(f"hexnode run: {folder} is not a folder", file=sys.stderr)
+        return 2
+    groups, skipped = group_series(folder)
+    if not groups:
+        print(f"hexnode run: no DICOM files in {folder} ({skipped} other files)", file=sys.stderr)
+        return 2
+    cfg = load_config(getattr(args, "config", None)) if getattr(args, "config", None) else None
+    selector = Selector.from_config(cfg.series.selection if cfg else {})
+    infos = [SeriesInfo(uid, read_header(paths[len(paths) // 2]), len(paths)) for uid, paths in groups.items()]
+    choice = selector.choose(infos)
+    if choice.chosen is not None:
+        uid, rejected, note = choice.chosen.series_uid, None, choice.note
+    else:
+        # nothing analysable: report on the first series, with its reason
+        uid = infos[0].series_uid
+        rejected, note = choice.rejected.get(uid, choice.note), None
+    from hexnode.models.pipeline import Models
+
+    models_dir = Path(args.models) if getattr(args, "models", None) else (cfg.models_path if cfg else None)
+    if models_dir is None:
+        from hexnode.config import Config
+
+        models_dir = Config().models_path
+    models = Models.load(models_dir, cfg.models.providers if cfg else None)
+    produced = produce(groups[uid], models, selection_note=note, rejected=rejected)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ds in produced.datasets:
+        path = out / f"{kind_of(ds)}.dcm"
+        path.write_bytes(encode(ds))
+        written.append(path)
+    print(f"series: {len(groups)} in {folder} ({skipped} non-DICOM files skipped)")
+    if len(groups) > 1:
+        print(f"selection: {choice.note}")
+    for line in produced.notes:
+        print(f"note: {line}")
+    if produced.prediction is None:
+        print(f"not analysed: {produced.reason}")
+    else:
+        p = produced.prediction
+        risk = "High" if p.high_risk else "Low"
+        print(f"volume: {p.volume_ml:.1f} ml" + ("" if p.hemorrhage_detected else " (no hemorrhage detected)"))
+        print(f"probability of expansion: {p.probability:.3f} (threshold {p.threshold:.3f})")
+        print(f"risk: {risk}")
+        print(f"model: {p.model.name} {p.model.version}" + (" (synthetic-trained, not for clinical use)"
+                                                            if p.model.synthetic_trained else ""))
+    print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in produced.timings.items()))
+    for path in written:
+        print(f"wrote {path}")
+    return 0 if produced.analysed else 3

@@ -1,0 +1,106 @@
+"""One series' files → result objects: the part of the pipeline the worker and `hexnode run` share.
+
+load_volume → Models.analyse → build_results, or build_not_analysed when the series was rejected
+(by select, or by load_volume) — never a crash for bad input. No database, no network.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from hexnode.analysis import Prediction
+from hexnode.series.volume import VolumeError, load_volume, read_header
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Produced:
+    """The outcome for one series: result objects ([SEG, SR, SC]) or a not-analysed set ([SR, SC])."""
+
+    datasets: list[Dataset]
+    prediction: Prediction | None = None  # None: not analysed
+    reason: str | None = None  # why not analysed
+    notes: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    shape: tuple[int, int, int] | None = None
+
+    @property
+    def analysed(self) -> bool:
+        return self.prediction is not None
+
+
+def kind_of(ds: Dataset) -> str:
+    """SEG | SR | SC: the kind column of the results table."""
+    modality = str(ds.get("Modality", "")).upper()
+    return modality if modality in ("SEG", "SR") else "SC"
+
+
+def encode(ds: Dataset) -> bytes:
+    """A dataset as a DICOM Part 10 file in memory (written to the spool atomically by the caller)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def headers_of(paths: Sequence[Path]) -> list[Dataset]:
+    """Readable headers of a series in instance order, for a not-analysed report."""
+    out = []
+    for p in paths:
+        try:
+            out.append(read_header(p))
+        except VolumeError:
+            continue
+    out.sort(key=lambda d: (int(d.get("InstanceNumber", 0) or 0), str(d.get("SOPInstanceUID", ""))))
+    return out
+
+
+def not_analysed(paths: Sequence[Path], reason: str, models: Any, *, revision: int = 0,
+                 timings: dict[str, float] | None = None) -> Produced:
+    from hexnode.report import build_not_analysed
+
+    t = time.perf_counter()
+    sources = headers_of(paths)
+    if not sources:
+        raise VolumeError(f"{reason}; and no readable header to address a report to")
+    datasets = build_not_analysed(sources, reason, models.info, revision=revision)
+    timings = dict(timings or {})
+    timings["report"] = time.perf_counter() - t
+    return Produced(datasets=datasets, reason=reason, timings=timings)
+
+
+def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_note: str | None = None,
+            rejected: str | None = None) -> Produced:
+    """Analyse the series in `paths` (or report `rejected` as not analysed)."""
+    from hexnode.report import build_results
+
+    if rejected is not None:
+        return not_analysed(paths, rejected, models, revision=revision)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    try:
+        vol = load_volume(paths)
+    except VolumeError as exc:
+        timings["load"] = time.perf_counter() - t
+        return not_analysed(paths, exc.reason, models, revision=revision, timings=timings)
+    timings["load"] = time.perf_counter() - t
+    analysis = models.analyse(vol.hu, vol.spacing, notes=vol.notes)
+    for stage, seconds in analysis.timings.items():
+        if stage != "total":
+            timings[stage] = float(seconds)
+    timings["analyse"] = float(analysis.timings.get("total", sum(analysis.timings.values())))
+    t = time.perf_counter()
+    datasets = build_results(vol.headers, vol.hu, analysis.mask, analysis.prediction, revision=revision,
+                             selection_note=selection_note)
+    timings["report"] = time.perf_counter() - t
+    out = Produced(datasets=datasets, prediction=analysis.prediction, notes=vol.notes, timings=timings, shape=vol.shape)
+    del vol, analysis  # the volume is the biggest thing a worker holds: free it before the next job
+    return out

@@ -1,0 +1,214 @@
+"""`hexnode worker`: claim a job, analyse the series, write SEG/SR/SC to the spool, queue them for sending.
+
+One process per GPU. ONNX Runtime sessions are created once per process (`Models.load`); a lease
+with a heart-beat thread marks the job as ours, so a `kill -9` leaves it to be reclaimed by
+another worker after `lease_seconds`. Results, outbox rows and the job's completion are one
+transaction: either all of them exist or none (and the derived UIDs make a rerun identical).
+
+A series that select rejected, or that cannot be loaded as a volume (gap, duplicates, 1 slice,
+missing decoder …), gets a "not analysed" SR + SC with the reason. An unexpected error is retried
+up to `max_attempts`; the last failure sends a "not analysed" report too, so the reader never
+waits for a result that will not come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hexnode.config import Config, load_config
+from hexnode.produce import Produced, encode, kind_of, not_analysed, produce
+from hexnode.receive.spool import Spool, uid_hash
+from hexnode.store.db import Job, Series, Store, open_store
+from hexnode.store.queue import (
+    LeaseLost,
+    add_result,
+    claim_job,
+    complete_job,
+    fail_job,
+    heartbeat,
+    series_instances,
+)
+
+log = logging.getLogger(__name__)
+
+
+def destinations_for(cfg: Config, calling_ae: str) -> list[str]:
+    """Destination names for a series from `calling_ae` (empty `for_calling_aes` = every series)."""
+    return [d.name for d in cfg.destinations if not d.for_calling_aes or calling_ae in d.for_calling_aes]
+
+
+class _Heartbeat:
+    """Extends the lease every `heartbeat_seconds` until stopped; remembers a lost lease."""
+
+    def __init__(self, store: Store, job_id: int, owner: str, cfg: Config) -> None:
+        self.store, self.job_id, self.owner, self.cfg = store, job_id, owner, cfg
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.cfg.worker.heartbeat_seconds):
+            try:
+                with self.store.transaction() as s:
+                    ok = heartbeat(s, self.job_id, self.owner, self.cfg.worker.lease_seconds)
+            except Exception:  # the database may be briefly away; the lease has slack
+                log.warning("job %d: heartbeat failed", self.job_id, exc_info=True)
+                continue
+            if not ok:
+                self.lost = True
+                log.warning("job %d: lease lost (reclaimed by another worker)", self.job_id)
+                return
+
+
+@dataclass
+class JobOutcome:
+    job_id: int
+    series: str  # UID hash
+    state: str  # reported | rejected | retry | failed | lost
+    reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    prediction: Any = None
+
+
+class Worker:
+    def __init__(self, store: Store, spool: Spool, cfg: Config, models: Any, owner: str | None = None) -> None:
+        self.store, self.spool, self.cfg, self.models = store, spool, cfg, models
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+
+    def run_once(self) -> JobOutcome | None:
+        """Claim and process one job; None when the queue is empty."""
+        with self.store.transaction() as s:
+            job = claim_job(s, self.owner, self.cfg.worker.lease_seconds, max_attempts=self.cfg.worker.max_attempts)
+            if job is None:
+                return None
+            series = s.get(Series, job.series_id)
+            assert series is not None
+            job_id, revision, attempts = job.id, job.revision, job.attempts
+            series_uid, calling_ae = series.series_uid, series.calling_ae
+            # select's verdict for this revision: chosen (note) or rejected (reason)
+            selected, reason = series.selected, series.reason
+            paths = [self.spool.path(i.path) for i in series_instances(s, series.id)]
+        name = uid_hash(series_uid)
+        log.info("job %d: series %s revision %d, %d instances, attempt %d", job_id, name, revision, len(paths), attempts)
+        t0 = time.perf_counter()
+        with _Heartbeat(self.store, job_id, self.owner, self.cfg) as hb:
+            try:
+                if selected is False:
+                    produced = produce(paths, self.models, revision=revision, rejected=reason or "not selected")
+                else:
+                    produced = produce(paths, self.models, revision=revision, selection_note=reason)
+            except Exception as exc:  # a bug or a resource problem: retry, and on the last attempt report it
+                return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc)
+        if hb.lost:
+            return JobOutcome(job_id, name, "lost", "lease lost")
+        produced.timings["total"] = time.perf_counter() - t0
+        return self._commit(job_id, name, series_uid, calling_ae, revision, produced)
+
+    def _write(self, series_uid: str, revision: int, produced: Produced) -> list[tuple[str, str, str, str]]:
+        rows = []
+        for ds in produced.datasets:
+            kind = kind_of(ds)
+            sop = str(ds.SOPInstanceUID)
+            rel = self.spool.result_relpath(series_uid, f"{kind}-r{revision}-{sop}.dcm")
+            self.spool.write_bytes(rel, encode(ds))
+            rows.append((kind, sop, rel, str(ds.SOPClassUID)))
+        return rows
+
+    def _commit(self, job_id: int, name: str, series_uid: str, calling_ae: str, revision: int,
+                produced: Produced) -> JobOutcome:
+        t = time.perf_counter()
+        rows = self._write(series_uid, revision, produced)
+        produced.timings["write"] = time.perf_counter() - t
+        dests = destinations_for(self.cfg, calling_ae)
+        state = "reported" if produced.analysed else "rejected"
+        try:
+            with self.store.transaction() as s:
+                job = s.get(Job, job_id)
+                assert job is not None
+                for kind, sop, rel, sop_class in rows:
+                    add_result(s, job, kind, sop, rel, dests, sop_class_uid=sop_class)
+                complete_job(s, job_id, self.owner, timings=produced.timings, series_state=state,
+                             reason=None if produced.analysed else produced.reason)
+        except LeaseLost as exc:
+            log.warning("job %d: %s; its results were not recorded", job_id, exc)
+            return JobOutcome(job_id, name, "lost", str(exc))
+        if produced.prediction is not None:
+            p = produced.prediction
+            log.info("job %d: series %s reported: %.1f ml, p=%.2f (%s), %.2f s", job_id, name, p.volume_ml,
+                     p.probability, "High" if p.high_risk else "Low", produced.timings["total"])
+        else:
+            log.info("job %d: series %s not analysed: %s", job_id, name, produced.reason)
+        return JobOutcome(job_id, name, state, produced.reason, produced.timings, produced.prediction)
+
+    def _failed(self, job_id: int, name: str, series_uid: str, calling_ae: str, paths: list[Path],
+                revision: int, attempts: int, exc: Exception) -> JobOutcome:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.error("job %d: series %s failed (attempt %d): %s", job_id, name, attempts, error, exc_info=True)
+        final = attempts >= self.cfg.worker.max_attempts
+        rows: list[tuple[str, str, str, str]] = []
+        if final:
+            try:
+                produced = not_analysed(paths, f"analysis failed: {error}", self.models, revision=revision)
+                rows = self._write(series_uid, revision, produced)
+            except Exception:
+                log.exception("job %d: cannot build the not-analysed report either", job_id)
+        try:
+            with self.store.transaction() as s:
+                job = fail_job(s, job_id, self.owner, error, max_attempts=self.cfg.worker.max_attempts)
+                if job.state == "failed" and rows:
+                    job_row = s.get(Job, job_id)
+                    assert job_row is not None
+                    for kind, sop, rel, sop_class in rows:
+                        add_result(s, job_row, kind, sop, rel, destinations_for(self.cfg, calling_ae), sop_class_uid=sop_class)
+        except LeaseLost as lost:
+            return JobOutcome(job_id, name, "lost", str(lost))
+        return JobOutcome(job_id, name, "failed" if final else "retry", error)
+
+
+def load_models(cfg: Config) -> Any:
+    from hexnode.models.pipeline import Models
+
+    return Models.load(cfg.models_path, cfg.models.providers)
+
+
+def setup_logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    cfg = load_config(getattr(args, "config", None))
+    setup_logging(cfg)
+    store = open_store(cfg.database_url)
+    spool = Spool(cfg.spool_path)  # not prepare(): that clears receive's in-flight files
+    (spool.root / "results").mkdir(parents=True, exist_ok=True)
+    models = load_models(cfg)  # verifies sha256 and opens the ONNX sessions, once per process
+    worker = Worker(store, spool, cfg, models)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
+    while not stop.is_set():
+        outcome = worker.run_once()
+        if outcome is None:
+            if getattr(args, "once", False):
+                break
+            stop.wait(cfg.worker.poll_seconds)
+    store.dispose()
+    return 0
