@@ -1,0 +1,45 @@
+"""Every coded concept the result objects use, in one place (DESIGN §4).
+
+Standard codes come from SNOMED CT (SCT), DICOM (DCM), LOINC (LN), UCUM and IHE (99IHE). Where no
+standard concept says exactly what hexnode reports (the probability of hematoma *expansion*, its
+threshold, the risk question, "not analysed"), a private scheme `99HEXNODE` is used, so that a
+reader never mistakes it for a generic probability of hemorrhage.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+# --- segment (SEG) and finding (SR) ---------------------------------------------------------
+HEMORRHAGE = Code("50960005", "SCT", "Hemorrhage")
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+BRAIN = Code("12738006", "SCT", "Brain")
+ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # DCM 123110
+
+# --- SR document ----------------------------------------------------------------------------
+TITLE = Code("126000", "DCM", "Imaging Measurement Report")
+PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion  # LN 25045-6
+DEVICE_OBSERVER = Code("121007", "DCM", "Device")
+COMMENT = Code("121106", "DCM", "Comment")  # TEXT items under TID 1500 "Qualitative Evaluations"
+
+# --- measurements -----------------------------------------------------------------------------
+VOLUME = Code("118565006", "SCT", "Volume")
+CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
+NO_UNITS = Code("1", "UCUM", "no units")
+
+PRIVATE_SCHEME = "99HEXNODE"
+HE_PROBABILITY = Code("HE-P", PRIVATE_SCHEME, "Probability of hematoma expansion")
+HE_THRESHOLD = Code("HE-THR", PRIVATE_SCHEME, "Hematoma expansion probability threshold")
+HE_RISK = Code("HE-RISK", PRIVATE_SCHEME, "Risk of hematoma expansion")
+HIGH = Code("75540009", "SCT", "High")
+LOW = Code("62482003", "SCT", "Low")
+
+# --- "not analysed" -------------------------------------------------------------------------
+ANALYSIS_STATUS = Code("HE-STATUS", PRIVATE_SCHEME, "Hematoma expansion analysis status")
+NOT_ANALYSED = Code("NOT-ANALYSED", PRIVATE_SCHEME, "Not analysed")
+
+# --- equipment and image references -------------------------------------------------------
+# IHE AI Results profile: the AI algorithm is listed in Contributing Equipment with this purpose.
+PROCESSING_ALGORITHM = Code("1630", "99IHE", "Processing Algorithm")
+SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")

@@ -1,0 +1,88 @@
+"""What every result object shares: who made it, how it is numbered, how values are rounded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from hexnode import __version__
+from hexnode.analysis import NOT_FOR_CLINICAL_USE, ModelInfo
+from hexnode.report import codes
+from hexnode.report.uids import device_uid
+
+MANUFACTURER = "hexnode"
+ALGORITHM_NAME = "hexnode"
+SOFTWARE_VERSION = __version__
+
+
+@dataclass(frozen=True)
+class SeriesLabel:
+    number: int
+    description: str
+
+
+# Fixed, high series numbers keep the outputs together at the end of a viewer's series list.
+SEG_SERIES = SeriesLabel(9901, "hexnode hematoma SEG")
+SR_SERIES = SeriesLabel(9902, "hexnode HE risk SR")
+SC_SERIES = SeriesLabel(9903, "hexnode summary")
+
+
+def series_description(label: SeriesLabel, revision: int, *, not_analysed: bool = False) -> str:
+    text = label.description + (" (not analysed)" if not_analysed else "")
+    return text + (f" (corrected, revision {revision})" if revision else "")
+
+
+def round_volume_ml(volume_ml: float) -> float:
+    """The volume as stored in the SR and shown on the SC (0.01 ml; DS keeps it exactly)."""
+    return round(float(volume_ml), 2)
+
+
+def round_probability(p: float) -> float:
+    """The probability/threshold as stored in the SR and shown on the SC."""
+    return round(float(p), 3)
+
+
+def clinical_use_note(model: ModelInfo) -> str:
+    if model.synthetic_trained:
+        return NOT_FOR_CLINICAL_USE
+    return "Research model: not for clinical use."
+
+
+def burned_in_warning(model: ModelInfo) -> str:
+    """The one-line form for the summary image (the SR carries the full sentence)."""
+    kind = "SYNTHETIC-TRAINED MODEL" if model.synthetic_trained else "RESEARCH MODEL"
+    return f"{kind}: NOT FOR CLINICAL USE"
+
+
+def model_label(model: ModelInfo) -> str:
+    return f"{model.name} {model.version}"
+
+
+def add_contributing_equipment(ds: Dataset, model: ModelInfo) -> None:
+    """IHE AI Results (AIR): list the algorithm in Contributing Equipment, purpose 99IHE 1630.
+
+    Done after the highdicom build because highdicom only accepts purposes from CID 7005 and has
+    no Device UID argument; AIR needs both.
+    """
+    purpose = Dataset()
+    purpose.CodeValue = codes.PROCESSING_ALGORITHM.value
+    purpose.CodingSchemeDesignator = codes.PROCESSING_ALGORITHM.scheme_designator
+    purpose.CodeMeaning = codes.PROCESSING_ALGORITHM.meaning
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = model.name
+    item.SoftwareVersions = [SOFTWARE_VERSION, model.version]
+    item.DeviceUID = device_uid(model.name, model.version)
+    item.ContributionDescription = f"{model_label(model)}: hematoma segmentation and expansion risk"
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    if "ContributingEquipmentSequence" not in ds:
+        ds.ContributingEquipmentSequence = []
+    ds.ContributingEquipmentSequence.append(item)
+
+
+def first_image(sources: Sequence[Dataset]) -> Dataset:
+    if not sources:
+        raise ValueError("no source datasets: the result objects need the series' headers")
+    return sources[0]

@@ -1,0 +1,72 @@
+"""'Not analysed' report: an SR and an SC saying that a series was rejected or failed, and why.
+
+The reader must never wait for a result that will not come (DESIGN §4). The SR is the same TID
+1500 document kind as a result, with one measurement group whose qualitative evaluation is
+"analysis status: not analysed" and the reason as a text comment; it uses the same SR/SC UID slot
+as a result would, so a later corrected revision supersedes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from hexnode.analysis import ModelInfo
+from hexnode.report import codes
+from hexnode.report.common import clinical_use_note, first_image
+from hexnode.report.sc import build_message_sc, source_line
+from hexnode.report.sr import (
+    TRACKING_LABEL,
+    algorithm_id,
+    document,
+    observation_context,
+    supersedes_text,
+    with_library_and_comments,
+)
+from hexnode.report.uids import derive_uid
+
+
+def not_analysed_comment(reason: str) -> str:
+    return f"Not analysed: {reason}"
+
+
+def build_not_analysed_sr(
+    sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
+) -> hd.sr.Comprehensive3DSR:
+    src = first_image(sources)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(str(src.SeriesInstanceUID), model.version, "tracking", revision),
+            identifier=TRACKING_LABEL,
+        ),
+        algorithm_id=algorithm_id(model),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS, value=codes.NOT_ANALYSED)
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(model),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=[group],
+        title=codes.TITLE,
+    )
+    comments = [
+        not_analysed_comment(reason),
+        source_line(src),
+        clinical_use_note(model),
+        supersedes_text(revision) or "",
+    ]
+    with_library_and_comments(report, sources, comments)
+    return document(sources, report, model, revision=revision, not_analysed=True)
+
+
+def build_not_analysed(
+    sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
+) -> list[Dataset]:
+    """[SR, SC] telling the reader that `sources`' series was not analysed, and why."""
+    return [
+        build_not_analysed_sr(sources, reason, model, revision=revision),
+        build_message_sc(sources, reason, model, revision=revision),
+    ]

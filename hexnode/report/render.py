@@ -1,0 +1,111 @@
+"""Pixels of the summary Secondary Capture: a key CT slice with the mask outline and burned-in text.
+
+Rendered at 512 x 512 RGB, the size a PACS thumbnail strip and a reading-room viewer both show
+legibly. Text sits in dark boxes in the corners, where a head CT has air.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+SIZE = 512
+MARGIN = 8
+WINDOW_HU = (0.0, 100.0)  # the blood window of DESIGN §3 and of every stroke reader
+OUTLINE_RGB = (255, 215, 0)
+HIGH_RGB = (255, 70, 60)
+LOW_RGB = (90, 220, 110)
+WARN_RGB = (255, 170, 40)
+TEXT_RGB = (240, 240, 240)
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    size: int = 16
+    rgb: tuple[int, int, int] = TEXT_RGB
+
+
+def key_slice(mask: np.ndarray) -> int:
+    """The axial slice with the largest hematoma area; the middle slice when there is none."""
+    areas = mask.reshape(mask.shape[0], -1).astype(bool).sum(axis=1)
+    if int(areas.max(initial=0)) == 0:
+        return mask.shape[0] // 2
+    return int(np.argmax(areas))
+
+
+def _square(img: np.ndarray, fill: float) -> np.ndarray:
+    rows, cols = img.shape
+    side = max(rows, cols)
+    out = np.full((side, side), fill, dtype=img.dtype)
+    r0, c0 = (side - rows) // 2, (side - cols) // 2
+    out[r0 : r0 + rows, c0 : c0 + cols] = img
+    return out
+
+
+def slice_rgb(hu: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """One (rows, cols) HU slice windowed 0-100 HU, scaled to 512 x 512, mask outlined."""
+    lo, hi = WINDOW_HU
+    grey = np.clip((hu.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
+    grey_img = Image.fromarray(_square(grey, 0.0).astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    rgb = np.repeat(np.asarray(grey_img)[:, :, None], 3, axis=2).copy()
+    if mask is not None and mask.any():
+        big = Image.fromarray(_square(mask.astype(np.uint8) * 255, 0)).resize((SIZE, SIZE), Image.Resampling.NEAREST)
+        inside = np.asarray(big) > 127
+        # Outer contour, 2 px: it never hides the hematoma's own edge density.
+        ring = ndimage.binary_dilation(inside, iterations=2) & ~inside
+        rgb[ring] = OUTLINE_RGB
+    return rgb
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's bundled scalable font: no system font package needed on any host.
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, line: Line, width: int) -> list[Line]:
+    font = _font(line.size)
+    words, out, current = line.text.split(), [], ""
+    for word in words:
+        trial = f"{current} {word}".strip()
+        if current and draw.textlength(trial, font=font) > width:
+            out.append(Line(current, line.size, line.rgb))
+            current = word
+        else:
+            current = trial
+    if current:
+        out.append(Line(current, line.size, line.rgb))
+    return out
+
+
+def _block(draw: ImageDraw.ImageDraw, lines: Sequence[Line], *, top: bool) -> None:
+    width = SIZE - 2 * MARGIN - 8
+    wrapped = [w for line in lines for w in _wrap(draw, line, width)]
+    if not wrapped:
+        return
+    heights = [line.size + 4 for line in wrapped]
+    box_h = sum(heights) + 8
+    box_w = max(int(draw.textlength(w.text, font=_font(w.size))) for w in wrapped) + 8
+    y0 = MARGIN if top else SIZE - MARGIN - box_h
+    draw.rectangle((MARGIN, y0, MARGIN + box_w, y0 + box_h), fill=(0, 0, 0, 170))
+    y = y0 + 4
+    for line, h in zip(wrapped, heights, strict=True):
+        draw.text((MARGIN + 4, y), line.text, font=_font(line.size), fill=(*line.rgb, 255))
+        y += h
+
+
+def annotate(rgb: np.ndarray, top: Sequence[Line], bottom: Sequence[Line]) -> np.ndarray:
+    base = Image.fromarray(rgb).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    _block(draw, top, top=True)
+    _block(draw, bottom, top=False)
+    return np.asarray(Image.alpha_composite(base, overlay).convert("RGB"))
+
+
+def blank() -> np.ndarray:
+    return np.zeros((SIZE, SIZE, 3), dtype=np.uint8)

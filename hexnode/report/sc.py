@@ -1,0 +1,171 @@
+"""Secondary Capture summary (DESIGN §4): what a radiologist sees first in an image-only viewer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from hexnode.analysis import ModelInfo, Prediction
+from hexnode.report import codes
+from hexnode.report.common import (
+    MANUFACTURER,
+    SC_SERIES,
+    add_contributing_equipment,
+    burned_in_warning,
+    first_image,
+    model_label,
+    round_probability,
+    round_volume_ml,
+    series_description,
+)
+from hexnode.report.render import HIGH_RGB, LOW_RGB, WARN_RGB, Line, annotate, blank, key_slice, slice_rgb
+from hexnode.report.uids import derive_uid
+
+
+def _letter(vector: Sequence[float]) -> str:
+    """Patient-orientation letter of the dominant axis of a direction cosine (LPS)."""
+    axis = int(np.argmax(np.abs(vector)))
+    pos, neg = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
+    return pos if vector[axis] > 0 else neg
+
+
+def patient_orientation(src: Dataset) -> tuple[str, str]:
+    iop = [float(v) for v in src.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    return _letter(iop[:3]), _letter(iop[3:])
+
+
+def source_line(src: Dataset) -> str:
+    number = src.get("SeriesNumber", "")
+    desc = str(src.get("SeriesDescription", "") or "").strip()
+    return f"Source: series {number}" + (f" '{desc}'" if desc else "")
+
+
+def sc_dataset(
+    sources: Sequence[Dataset],
+    pixels: np.ndarray,
+    model: ModelInfo,
+    *,
+    revision: int,
+    not_analysed: bool,
+    key_index: int | None,
+) -> hd.sc.SCImage:
+    src = first_image(sources)
+    series_uid = str(src.SeriesInstanceUID)
+    sc = hd.sc.SCImage(
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=str(src.StudyInstanceUID),
+        series_instance_uid=derive_uid(series_uid, model.version, "sc-series", revision),
+        series_number=SC_SERIES.number,
+        sop_instance_uid=derive_uid(series_uid, model.version, "sc", revision),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_id=src.get("PatientID"),
+        patient_name=src.get("PatientName"),
+        patient_birth_date=src.get("PatientBirthDate"),
+        patient_sex=src.get("PatientSex") or None,
+        accession_number=src.get("AccessionNumber"),
+        study_id=src.get("StudyID"),
+        study_date=src.get("StudyDate"),
+        study_time=src.get("StudyTime"),
+        referring_physician_name=src.get("ReferringPhysicianName"),
+        patient_orientation=patient_orientation(src),
+        series_description=series_description(SC_SERIES, revision, not_analysed=not_analysed),
+    )
+    sc.copy_patient_and_study_information(src)
+    sc.BurnedInAnnotation = "YES"
+    # Laterality (General Series, 2C) depends on the body part: copy both, or say "unknown".
+    if "BodyPartExamined" in src:
+        sc.BodyPartExamined = src.BodyPartExamined
+        if "Laterality" in src:
+            sc.Laterality = src.Laterality
+    else:
+        sc.Laterality = ""
+    sc.DerivationDescription = (
+        "hexnode report: reason the series was not analysed"
+        if not_analysed
+        else "hexnode summary: key slice windowed 0-100 HU, hematoma outline, results burned in"
+    )
+    if key_index is not None:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sources[key_index].SOPClassUID
+        ref.ReferencedSOPInstanceUID = sources[key_index].SOPInstanceUID
+        purpose = Dataset()
+        purpose.CodeValue = codes.SOURCE_IMAGE_FOR_PROCESSING.value
+        purpose.CodingSchemeDesignator = codes.SOURCE_IMAGE_FOR_PROCESSING.scheme_designator
+        purpose.CodeMeaning = codes.SOURCE_IMAGE_FOR_PROCESSING.meaning
+        ref.PurposeOfReferenceCodeSequence = [purpose]
+        sc.SourceImageSequence = [ref]
+    add_contributing_equipment(sc, model)
+    return sc
+
+
+def summary_lines(
+    prediction: Prediction, selection_note: str | None, key_index: int, n_slices: int
+) -> tuple[list[Line], list[Line]]:
+    model = prediction.model
+    prob = round_probability(prediction.probability)
+    thr = round_probability(model.threshold)
+    if prediction.hemorrhage_detected:
+        risk = "HIGH" if prediction.high_risk else "LOW"
+        top = [
+            Line(f"HE risk: {risk}", 24, HIGH_RGB if prediction.high_risk else LOW_RGB),
+            Line(f"Expansion probability {prob:.3f} (threshold {thr:.3f})", 16),
+            Line(f"Hematoma volume {round_volume_ml(prediction.volume_ml):.1f} ml", 16),
+        ]
+    else:
+        top = [
+            Line("No hemorrhage detected", 24, LOW_RGB),
+            Line(f"Hematoma volume 0.0 ml; HE risk LOW (threshold {thr:.3f})", 16),
+        ]
+    bottom = [Line(note, 14, WARN_RGB) for note in prediction.notes]
+    if selection_note:
+        bottom.append(Line(selection_note, 14))
+    bottom += [
+        Line(f"Model {model_label(model)}; key slice {key_index + 1} of {n_slices}", 14),
+        Line(burned_in_warning(model), 15, WARN_RGB),
+    ]
+    return top, bottom
+
+
+def build_sc(
+    sources: Sequence[Dataset],
+    hu: np.ndarray,
+    mask: np.ndarray,
+    prediction: Prediction,
+    *,
+    revision: int = 0,
+    selection_note: str | None = None,
+) -> hd.sc.SCImage:
+    if hu.shape != mask.shape or hu.shape[0] != len(sources):
+        raise ValueError(f"hu {hu.shape}, mask {mask.shape} and {len(sources)} sources disagree")
+    k = key_slice(mask)
+    top, bottom = summary_lines(prediction, selection_note, k, len(sources))
+    if revision:
+        bottom.insert(0, Line(f"Corrected result, revision {revision}", 14, WARN_RGB))
+    pixels = annotate(slice_rgb(hu[k], mask[k]), top, bottom)
+    return sc_dataset(sources, pixels, prediction.model, revision=revision, not_analysed=False, key_index=k)
+
+
+def build_message_sc(
+    sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
+) -> hd.sc.SCImage:
+    top = [
+        Line("NOT ANALYSED", 28, WARN_RGB),
+        Line(f"Reason: {reason}", 18),
+        Line(source_line(first_image(sources)), 16),
+    ]
+    if revision:
+        top.append(Line(f"Corrected report, revision {revision}", 14, WARN_RGB))
+    bottom = [
+        Line("No hematoma expansion result will follow for this series.", 14),
+        Line(f"Model {model_label(model)}", 14),
+        Line(burned_in_warning(model), 15, WARN_RGB),
+    ]
+    pixels = annotate(blank(), top, bottom)
+    return sc_dataset(sources, pixels, model, revision=revision, not_analysed=True, key_index=None)

@@ -1,0 +1,87 @@
+"""DICOM SEG of the hematoma mask (DESIGN §4): binary, one segment, every frame kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from hexnode.analysis import ModelInfo
+from hexnode.report import codes
+from hexnode.report.common import (
+    ALGORITHM_NAME,
+    MANUFACTURER,
+    SEG_SERIES,
+    SOFTWARE_VERSION,
+    add_contributing_equipment,
+    first_image,
+    series_description,
+)
+from hexnode.report.uids import derive_uid
+
+SEGMENT_NUMBER = 1
+SEGMENT_LABEL = "Hemorrhage"
+TRACKING_LABEL = "hematoma"
+# Yellow, the outline colour of the summary image (sRGB 255,215,0 in CIELab).
+DISPLAY_COLOR = hd.color.CIELabColor(88.0, -2.0, 88.0)
+
+
+def segment_description(model: ModelInfo, tracking_uid: str) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        segmented_property_type=codes.HEMORRHAGE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=ALGORITHM_NAME, version=model.version, family=codes.ALGORITHM_FAMILY
+        ),
+        anatomic_regions=[codes.BRAIN],
+        # Same tracking identity as the SR's measurement group: a viewer can pair them.
+        tracking_uid=tracking_uid,
+        tracking_id=TRACKING_LABEL,
+        display_color=DISPLAY_COLOR,
+    )
+
+
+def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *, revision: int = 0) -> Dataset:
+    """SEG referencing `sources` frame by frame (frame i is mask[i] on sources[i]).
+
+    `sources` may be headers read with stop_before_pixels: highdicom takes the geometry (position,
+    orientation, spacing, frame of reference) from the headers and never decodes source pixels,
+    so the source transfer syntax does not matter. The SEG itself is always explicit VR little
+    endian, the transfer syntax every SEG reader handles for BINARY.
+    """
+    src = first_image(sources)
+    if mask.ndim != 3 or mask.shape[0] != len(sources):
+        raise ValueError(f"mask shape {mask.shape} does not match {len(sources)} source images")
+    if mask.shape[1:] != (int(src.Rows), int(src.Columns)):
+        raise ValueError(f"mask slices {mask.shape[1:]} differ from the images {src.Rows}x{src.Columns}")
+    series_uid = str(src.SeriesInstanceUID)
+    seg = hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=(mask > 0).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            segment_description(model, derive_uid(series_uid, model.version, "tracking", revision))
+        ],
+        series_instance_uid=derive_uid(series_uid, model.version, "seg-series", revision),
+        series_number=SEG_SERIES.number,
+        sop_instance_uid=derive_uid(series_uid, model.version, "seg", revision),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name,
+        software_versions=f"{SOFTWARE_VERSION} model {model.version}",
+        device_serial_number=model.version,
+        # OHIF and several PACS viewers expect one frame per source image, empty or not.
+        omit_empty_frames=False,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=series_description(SEG_SERIES, revision),
+        content_label="HEMORRHAGE",
+        content_description=f"hexnode {model.version} hematoma segmentation",
+    )
+    add_contributing_equipment(seg, model)
+    return seg

@@ -1,0 +1,368 @@
+"""Result objects against real validators: dciodvfy, PixelMed DicomSRValidator, dcmqi, highdicom.
+
+Source CT: a small phantom series (tests/report_helpers.py) written in explicit LE, implicit LE
+(slices in descending z) and JPEG-LS, plus a gantry-tilted series; the report is built from
+headers read with stop_before_pixels, as the worker passes them. Objects and PNGs of the summary
+images are kept in tests/output/report/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.dataset import Dataset
+from report_helpers import (
+    MODEL,
+    OUTPUT,
+    Series,
+    dciodvfy,
+    prediction,
+    require,
+    sr_validator,
+    venv_tool,
+    write_series,
+)
+
+from hexnode.analysis import Prediction
+from hexnode.report import build_not_analysed, build_results, codes, derive_uid
+from hexnode.report.render import OUTLINE_RGB, key_slice, slice_rgb
+
+SELECTION = "series 3 of 4 chosen: soft-tissue kernel, 5 mm"
+TILT_NOTE = "gantry tilt 18.0 degrees"
+REASON = "bone kernel reconstruction (BONE); a soft-tissue series was analysed instead"
+# name -> (transfer syntax, descending z, gantry tilt)
+CASES = {
+    "explicit": ("explicit", False, 0.0),
+    "implicit": ("implicit", True, 0.0),
+    "jpegls": ("jpegls", False, 0.0),
+    "tilted": ("explicit", True, 18.0),
+}
+
+
+@dataclass
+class Built:
+    name: str
+    series: Series
+    sources: list[Dataset]
+    prediction: Prediction
+    files: dict[str, Path]  # seg, sr, sc, na_sr, na_sc
+
+
+def _write(objs: list[Dataset], names: list[str], out: Path) -> dict[str, Path]:
+    files = {}
+    for name, ds in zip(names, objs, strict=True):
+        path = out / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files[name] = path
+    return files
+
+
+def _png(path: Path, png: Path) -> np.ndarray:
+    rgb = pydicom.dcmread(path).pixel_array
+    Image.fromarray(rgb).save(png)
+    return rgb
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    name = request.param
+    syntax, descending, tilt = CASES[name]
+    series = write_series(tmp_path_factory.mktemp(name) / "ct", syntax=syntax, descending=descending, tilt_deg=tilt)
+    sources = series.headers()
+    notes = (TILT_NOTE,) if tilt else ()
+    pred = prediction(series, notes=notes)
+    out = OUTPUT / "report" / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    files = _write(build_results(sources, series.hu, series.mask, pred, selection_note=SELECTION), ["seg", "sr", "sc"], out)
+    files |= _write(build_not_analysed(sources, REASON, MODEL), ["na_sr", "na_sc"], out)
+    _png(files["sc"], out / "sc.png")
+    _png(files["na_sc"], out / "na_sc.png")
+    return Built(name, series, sources, pred, files)
+
+
+def _texts(ds: Dataset) -> list[str]:
+    found: list[str] = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.ValueType == "TEXT":
+                found.append(str(item.TextValue))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(list(ds.ContentSequence))
+    return found
+
+
+def test_sources_are_headers_only(built: Built) -> None:
+    # The worker passes headers without pixels; the report must never need them.
+    assert all("PixelData" not in ds for ds in built.sources)
+
+
+@pytest.mark.parametrize("kind", ["seg", "sr", "sc", "na_sr", "na_sc"])
+def test_dciodvfy_zero_errors(built: Built, kind: str) -> None:
+    require("dciodvfy")
+    errors, text = dciodvfy(built.files[kind])
+    assert errors == [], text
+    # Sanity: dciodvfy really parsed the object (it names the IOD it checked).
+    iod = {"seg": "Segmentation", "sr": "Comprehensive3DSR", "sc": "SCImage", "na_sr": "Comprehensive3DSR",
+           "na_sc": "SCImage"}[kind]
+    assert iod.lower() in text.replace(" ", "").lower()
+
+
+# Not the tilted case: an ITK image cannot hold a sheared grid, so dcmqi resamples it.
+@pytest.mark.parametrize("built", ["explicit", "implicit", "jpegls"], indirect=True)
+def test_seg_roundtrip_dcmqi_voxel_for_voxel(built: Built, tmp_path: Path) -> None:
+    tool = venv_tool("segimage2itkimage")  # PyPI dcmqi, installed by `make install`
+    proc = subprocess.run(
+        [tool, "--inputDICOM", str(built.files["seg"]), "--outputDirectory", str(tmp_path), "-t", "nrrd"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    img = sitk.ReadImage(str(tmp_path / "1.nrrd"))
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x) in dcmqi's own slice order
+    assert arr.shape == built.series.mask.shape
+    iop = np.array([float(v) for v in built.sources[0].ImageOrientationPatient])
+    direction = np.array(img.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction[:, 0], iop[:3], atol=1e-5)
+    np.testing.assert_allclose(direction[:, 1], iop[3:], atol=1e-5)
+    seen = set()
+    for k, ds in enumerate(built.sources):
+        # Where does source slice k's first pixel land in dcmqi's image? Exactly on (0, 0, z).
+        cont = img.TransformPhysicalPointToContinuousIndex([float(v) for v in ds.ImagePositionPatient])
+        np.testing.assert_allclose(cont[:2], (0.0, 0.0), atol=1e-3)
+        z = int(round(cont[2]))
+        assert abs(cont[2] - z) < 1e-3
+        seen.add(z)
+        np.testing.assert_array_equal(arr[z] > 0, built.series.mask[k] > 0, err_msg=f"slice {k}")
+    assert seen == set(range(len(built.sources)))
+    assert int((arr > 0).sum()) == int(built.series.mask.sum()) > 0
+
+
+def test_sr_values_reread_by_highdicom(built: Built) -> None:
+    sr = hd.sr.srread(built.files["sr"])
+    seg = pydicom.dcmread(built.files["seg"], stop_before_pixels=True)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 1
+    g = groups[0]
+    pred = built.prediction
+    volume = g.get_measurements(name=codes.VOLUME)[0]
+    assert volume.value == round(pred.volume_ml, 2) and volume.value > 0
+    assert volume.unit.value == "cm3" and volume.unit.scheme_designator == "UCUM"
+    prob = g.get_measurements(name=codes.HE_PROBABILITY)[0]
+    assert prob.value == round(pred.probability, 3) and prob.unit.value == "1"
+    assert g.get_measurements(name=codes.HE_THRESHOLD)[0].value == MODEL.threshold
+    risk = g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value
+    assert (risk.value, risk.scheme_designator) == ("75540009", "SCT")  # 0.612 >= 0.35: High
+    assert g.finding_type.value == "50960005" and g.finding_category.value == "49755003"
+    ref = g.referenced_segment
+    assert ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+    assert ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 1
+    assert g.tracking_uid == seg.SegmentSequence[0].TrackingUID  # SEG segment and SR group pair up
+    # Title, procedure, template
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # Every CT image in the Image Library and in the evidence, with the SEG.
+    evidence = {
+        s.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for s in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID for ds in built.sources} | {seg.SOPInstanceUID}
+    texts = _texts(sr)
+    assert any("not for clinical use" in t.lower() and "synthetic" in t.lower() for t in texts)
+    assert SELECTION in texts
+    assert (TILT_NOTE in texts) == (built.name == "tilted")
+    assert any(MODEL.name in t and MODEL.version in t for t in texts)
+
+
+def test_sr_image_library_lists_every_ct_image(built: Built) -> None:
+    sr = pydicom.dcmread(built.files["sr"])
+    library = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    assert len(library) == 1
+    listed = [
+        e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in library[0].ContentSequence
+        for e in group.ContentSequence
+        if e.ValueType == "IMAGE"
+    ]
+    assert sorted(listed) == sorted(ds.SOPInstanceUID for ds in built.sources)
+
+
+def test_air_contributing_equipment_and_patient_module(built: Built) -> None:
+    src = built.sources[0]
+    for kind in ("seg", "sr", "sc", "na_sr", "na_sc"):
+        ds = pydicom.dcmread(built.files[kind], stop_before_pixels=True)
+        air = [
+            e for e in ds.ContributingEquipmentSequence
+            if e.PurposeOfReferenceCodeSequence[0].CodeValue == "1630"
+            and e.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+        ]
+        assert len(air) == 1, kind
+        assert air[0].Manufacturer == "hexnode" and MODEL.version in air[0].SoftwareVersions
+        assert pydicom.uid.UID(air[0].DeviceUID).is_valid
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                        "AccessionNumber", "StudyID", "StudyDate", "StudyTime"):
+            assert ds[keyword].value == src[keyword].value, (kind, keyword)
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+        assert str(ds.SeriesDescription).startswith("hexnode")
+
+
+def test_series_descriptions(built: Built) -> None:
+    seg, sr, sc = (pydicom.dcmread(built.files[k], stop_before_pixels=True) for k in ("seg", "sr", "sc"))
+    assert (seg.SeriesDescription, sr.SeriesDescription, sc.SeriesDescription) == (
+        "hexnode hematoma SEG", "hexnode HE risk SR", "hexnode summary")
+    assert len({seg.SeriesNumber, sr.SeriesNumber, sc.SeriesNumber, built.sources[0].SeriesNumber}) == 4
+
+
+def test_seg_segment_and_frames(built: Built) -> None:
+    seg = pydicom.dcmread(built.files["seg"])
+    assert seg.SegmentationType == "BINARY"
+    assert seg.NumberOfFrames == len(built.sources)  # empty frames kept
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "50960005"
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert segment.AnatomicRegionSequence[0].CodeValue == "12738006"
+    assert segment.SegmentAlgorithmType == "AUTOMATIC" and segment.SegmentAlgorithmName == "hexnode"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "hexnode" and algorithm.AlgorithmVersion == MODEL.version
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # Artificial Intelligence
+    # highdicom may store frames in its own spatial order: each frame must name its source image,
+    # sit at that image's position and hold that image's mask slice.
+    index = {ds.SOPInstanceUID: k for k, ds in enumerate(built.sources)}
+    frames = seg.pixel_array.reshape(len(built.sources), *built.series.mask.shape[1:])
+    seen = set()
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        k = index[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        seen.add(k)
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [float(v) for v in built.sources[k].ImagePositionPatient], atol=1e-4)
+        np.testing.assert_array_equal(frames[f], built.series.mask[k])
+    assert seen == set(range(len(built.sources)))
+
+
+def test_summary_image(built: Built) -> None:
+    sc = pydicom.dcmread(built.files["sc"])
+    rgb = sc.pixel_array
+    assert rgb.shape == (512, 512, 3) and sc.PhotometricInterpretation == "RGB"
+    assert sc.BurnedInAnnotation == "YES"
+    k = key_slice(built.series.mask)
+    assert built.series.mask[k].sum() == built.series.mask.reshape(len(built.sources), -1).sum(axis=1).max()
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == built.sources[k].SOPInstanceUID
+    # The outline is drawn, and no text box hides any of it.
+    bare = slice_rgb(built.series.hu[k], built.series.mask[k])
+    outline = np.all(bare == OUTLINE_RGB, axis=-1)
+    assert outline.sum() > 100
+    assert np.all(np.all(rgb[outline] == OUTLINE_RGB, axis=-1))
+    # Text was burned in: bright, non-grey pixels (red/green risk, amber warning) in both boxes.
+    colourful = (rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)) > 80
+    assert colourful[:60].sum() > 200 and colourful[-60:].sum() > 200
+
+
+def test_not_analysed_sr_says_why(built: Built) -> None:
+    ds = pydicom.dcmread(built.files["na_sr"])
+    texts = _texts(ds)
+    assert f"Not analysed: {REASON}" in texts
+    codes_found = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.ValueType == "CODE":
+                codes_found.append((item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(list(ds.ContentSequence))
+    assert (codes.ANALYSIS_STATUS.value, codes.NOT_ANALYSED.value) in codes_found
+    assert ds.SeriesDescription == "hexnode HE risk SR (not analysed)"
+    sc = pydicom.dcmread(built.files["na_sc"])
+    assert sc.SeriesDescription == "hexnode summary (not analysed)"
+    assert (sc.pixel_array.max(axis=-1) > 100).sum() > 1000  # text is there
+
+
+# One JVM run (~15 s) per SR kind keeps the suite fast; the tilted case carries every optional item.
+@pytest.mark.parametrize("built", ["tilted"], indirect=True)
+def test_pixelmed_sr_validator_zero_errors(built: Built) -> None:
+    require("DicomSRValidator")
+    for kind in ("sr", "na_sr"):
+        errors, text = sr_validator(built.files[kind])
+        assert errors == [], text
+        assert "Found Root Template TID_1500" in text and "IOD validation complete" in text
+
+
+def test_rerun_gives_identical_uids(built: Built) -> None:
+    s, p = built.series, built.prediction
+    first = [pydicom.dcmread(f, stop_before_pixels=True) for f in (built.files["seg"], built.files["sr"], built.files["sc"])]
+    again = build_results(built.sources, s.hu, s.mask, p, selection_note=SELECTION)
+    assert [d.SOPInstanceUID for d in again] == [d.SOPInstanceUID for d in first]
+    assert [d.SeriesInstanceUID for d in again] == [d.SeriesInstanceUID for d in first]
+    na = build_not_analysed(built.sources, REASON, MODEL)
+    assert [d.SOPInstanceUID for d in na] == [
+        pydicom.dcmread(built.files[k], stop_before_pixels=True).SOPInstanceUID for k in ("na_sr", "na_sc")
+    ]
+
+
+def test_no_hemorrhage(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", n=8, size=96)
+    empty = np.zeros_like(series.mask)
+    pred = Prediction(volume_ml=0.0, probability=0.02, model=MODEL, hemorrhage_detected=False)
+    seg, sr, sc = build_results(series.headers(), series.hu, empty, pred)
+    out = OUTPUT / "report" / "no-hemorrhage"
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write([seg, sr, sc], ["seg", "sr", "sc"], out)
+    _png(files["sc"], out / "sc.png")
+    for path in files.values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+    assert seg.NumberOfFrames == 8  # an empty segment is still a valid SEG, every frame kept
+    assert not np.any(hd.seg.segread(files["seg"]).get_volume(combine_segments=False).array)
+    g = hd.sr.srread(files["sr"]).content.get_volumetric_roi_measurement_groups()[0]
+    assert g.get_measurements(name=codes.VOLUME)[0].value == 0.0
+    assert g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value.value == "62482003"  # Low
+    assert "No hemorrhage detected." in _texts(sr)
+
+
+def test_revision_supersedes(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", n=6, size=64)
+    sources = series.headers()
+    pred = prediction(series)
+    r0 = build_results(sources, series.hu, series.mask, pred)
+    r1 = build_results(sources, series.hu, series.mask, pred, revision=1)
+    assert {d.SOPInstanceUID for d in r0}.isdisjoint({d.SOPInstanceUID for d in r1})
+    sr1 = r1[1]
+    pred_ref = sr1.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred_ref.ReferencedSOPInstanceUID == r0[1].SOPInstanceUID
+    assert any("supersedes" in t for t in _texts(sr1))
+    assert "revision 1" in sr1.SeriesDescription
+    # A not-analysed report takes the same SR slot, so a corrected result names it as predecessor.
+    na0 = build_not_analysed(sources, "incomplete series", MODEL)
+    assert na0[0].SOPInstanceUID == r0[1].SOPInstanceUID
+    errors, text = dciodvfy(_write([sr1], ["sr1"], tmp_path)["sr1"])
+    assert errors == [], text
+
+
+def test_derive_uid_is_deterministic_and_distinct() -> None:
+    a = derive_uid("1.2.3", "1.0", "seg")
+    assert a == derive_uid("1.2.3", "1.0", "seg") and pydicom.uid.UID(a).is_valid and len(a) <= 64
+    others = {derive_uid("1.2.3", "1.0", "sr"), derive_uid("1.2.3", "1.1", "seg"), derive_uid("1.2.4", "1.0", "seg"),
+              derive_uid("1.2.3", "1.0", "seg", revision=1)}
+    assert a not in others and len(others) == 4
+    with pytest.raises(ValueError):
+        derive_uid("1.2.3", "1.0", "nonsense")
+
+
+def test_mismatched_mask_is_refused(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", n=4, size=64)
+    with pytest.raises(ValueError):
+        build_results(series.headers()[:3], series.hu, series.mask, prediction(series))
