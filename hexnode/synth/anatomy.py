@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 F32 = np.float32
+#: a HU value or a per-pixel HU map
+Value = float | np.floating[Any] | np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +66,7 @@ def ramp(x: np.ndarray | float, width: float | np.ndarray) -> np.ndarray:
     return np.clip(0.5 + np.asarray(x, dtype=F32) / np.maximum(width, 1e-3), 0.0, 1.0).astype(F32)
 
 
-def lerp_into(img: np.ndarray, value: np.ndarray | float, frac: np.ndarray) -> None:
+def lerp_into(img: np.ndarray, value: Value, frac: np.ndarray) -> None:
     img += frac * (value - img)
 
 
@@ -101,7 +104,7 @@ class Ellipsoid:
 
 
 def paint(img: np.ndarray, grid: Grid, u: np.ndarray, v: np.ndarray, e: Ellipsoid, w: float,
-          thk: float, value: float | np.ndarray, out_frac: np.ndarray | None = None) -> None:
+          thk: float, value: Value, out_frac: np.ndarray | None = None) -> None:
     """Blend `value` into img inside ellipsoid e (only the window it covers)."""
     if not e.touches(w, thk):
         return
@@ -218,7 +221,7 @@ class Head:
         texture = Field3D.draw(rng, 2.0, 2.0, ext)
         head = Head(
             a=a, b=b, c_up=rng.uniform(66.0, 74.0), c_lo=rng.uniform(66.0, 72.0), v0=v0,
-            skull_mm=rng.uniform(4.5, 7.0), scalp_mm=rng.uniform(4.0, 7.0), atrophy=atrophy,
+            skull_mm=rng.uniform(4.5, 7.0), scalp_mm=rng.uniform(5.0, 8.0), atrophy=atrophy,
             gm_hu=gm, wm_hu=wm, csf_hu=rng.uniform(2.0, 8.0), table_hu=rng.uniform(1250.0, 1500.0),
             diploe_hu=rng.uniform(700.0, 900.0), bh_hu=rng.uniform(2.0, 5.0),
             sinus_hu=rng.uniform(48.0, 58.0), vessel_hu=rng.uniform(45.0, 55.0),
@@ -328,7 +331,10 @@ class Head:
         pv = math.hypot(0.7 * px, thk * slope)
         t_sk = F32(self.skull_mm) * (F32(1.0) + F32(0.18) * np.clip((v - F32(self.v0)) / F32(self.b), -1, 1) ** 2)
         # outer contour: vault + scalp; below the vault the face and neck
-        sd_out = sd_in - t_sk - F32(self.scalp_mm)
+        # scalp, thicker over the temporalis muscles
+        lateral = (np.abs(u) / (np.sqrt(u * u + (v - F32(self.v0)) ** 2) + F32(1.0))) ** 6
+        scalp = F32(self.scalp_mm) + F32(7.0 * max(0.0, min(1.0, (30.0 - w) / 25.0))) * lateral
+        sd_out = sd_in - t_sk - scalp
         if w < -12.0:
             g = min(1.0, (-12.0 - w) / 18.0) ** 0.5
             neck = max(0.0, min(1.0, (-w - 60.0) / 40.0))
@@ -348,12 +354,12 @@ class Head:
         shell = ramp(F32(1.6) - np.abs(sd_out - F32(self.pad_mm + 1.6)), 0.7 * px) * (post > 0.35)
         lerp_into(img, F32(170.0), shell.astype(F32))
         # scalp: skin over a thin fat layer
-        soft = F32(38.0) - F32(120.0) * ramp(F32(1.2) - np.abs(sd_out + F32(self.scalp_mm * 0.55)), px)
+        soft = F32(42.0) - F32(100.0) * ramp(F32(0.7) - np.abs(sd_out + F32(self.scalp_mm * 0.55)), px)
         lerp_into(img, soft, head)
         # bone: dense tables, softer diploe
         depth = sd_in / np.maximum(t_sk, F32(1.0))
         bone_val = F32(self.diploe_hu) + F32(self.table_hu - self.diploe_hu) * np.clip(
-            np.abs(depth - F32(0.5)) * F32(4.0) - F32(0.6), 0.0, 1.0)
+            (np.abs(depth - F32(0.5)) - F32(0.12)) * F32(7.0), 0.0, 1.0)
         shell_bone = ramp(t_sk - sd_in, pv) * head
         lerp_into(img, bone_val, shell_bone)
         inner = ramp(-sd_in, pv)
@@ -387,7 +393,7 @@ class Head:
         cells = F32(-950.0) + F32(700.0) * (np.abs(sep) < 0.35)  # air cells with bony septa
         for s in (-1.0, 1.0):
             paint(base, grid, u, v, Ellipsoid((s * 33.0, v0 + 8.0, -40.0), (26.0, 8.5, 8.0), s * 40.0), w, thk,
-                  F32(1750.0))  # petrous ridge
+                  F32(1500.0))  # petrous ridge (densest skull bone)
             paint(base, grid, u, v, Ellipsoid((s * 50.0, v0 + 22.0, -44.0), (9.0, 11.0, 11.0)), w, thk, cells)
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 63.0, -36.0), (16.0, 20.0, 15.0)), w, thk,
                   F32(-85.0))  # orbit fat
@@ -422,10 +428,11 @@ class Head:
             g = g + infra * (g2 - g)
         sdist = np.abs(g) * F32(4.5)  # approx. distance (mm) to the nearest sulcal fundus plane
         hw = F32(0.35 + 0.45 * fa)
-        depth_gate = ramp(F32(14.0) + F32(5.0) * self.cortex.sample(grid, w) - d_b, 2.0)
-        sulc = ramp(hw - sdist, 0.8 * px) * depth_gate
-        cort = F32(2.2) + F32(0.8) * self.cortex.sample(grid, w, scale=1.7)
-        gmf = np.maximum(ramp(cort - d_b, px), ramp(hw + F32(2.4) - sdist, px) * depth_gate)
+        cfield = self.cortex.sample(grid, w)
+        depth_gate = ramp(F32(18.0) + F32(6.0) * cfield - d_b, 3.0)
+        sulc = ramp(hw - sdist, 0.8 * px) * ramp(F32(14.0) + F32(5.0) * cfield - d_b, 2.0)
+        cort = F32(3.0) + F32(0.8) * self.cortex.sample(grid, w, scale=1.7)
+        gmf = np.maximum(ramp(cort - d_b, px), ramp(hw + F32(3.3) - sdist, 1.2 * px) * depth_gate)
         val = F32(self.wm_hu) + F32(self.gm_hu - self.wm_hu) * gmf
         val += F32(0.9) * self.texture.sample(grid, w)
         for e, hu in self.nuclei:

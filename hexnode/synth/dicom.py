@@ -8,6 +8,7 @@ study/series/instances (a PACS deduplicates), and patient identifiers are obviou
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    generate_uid,
 )
 
 from hexnode import __version__
@@ -30,8 +31,9 @@ _SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEnd
 
 def case_uid(case: Case, kind: str, *extra: object) -> str:
     """Deterministic UID (2.25.<hash>) for this case and `kind` (study, series, frame, sop)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["hexnode-synth", str(case.seed), str(case.index), kind,
-                                                       *map(str, extra)]))
+    # pydicom's generate_uid ignores entropy_srcs when prefix is None (random UUID): hash ourselves
+    text = "|".join(["hexnode-synth", str(case.seed), str(case.index), kind, *map(str, extra)])
+    return "2.25." + str(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big"))
 
 
 def _fmt(x: float) -> str:
@@ -152,7 +154,7 @@ def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "
         ds.PixelData = pix.tobytes()
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
+        meta.MediaStorageSOPInstanceUID = UID(sop)
         meta.TransferSyntaxUID = ts
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = "HEXNODE_SYNTH"

@@ -19,7 +19,7 @@ MODEL_VERSION = "he-gen-1"
 VOLUME_MEDIAN_ML = 15.0
 VOLUME_LOG_SD = 0.95
 VOLUME_RANGE_ML = (1.0, 120.0)
-HARD_VOLUME_RANGE_ML = (0.6, 2.9)
+HARD_VOLUME_RANGE_ML = (0.6, 2.6)
 
 #: logit = B0 + sum(BETA[k] * x[k]); x as defined in `design_vector`
 BETA: dict[str, float] = {

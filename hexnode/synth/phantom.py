@@ -57,6 +57,13 @@ __all__ = ["Case", "Truth", "generate_case", "bayes_auc"]
 
 HU_MIN, HU_MAX = -1024, 3071
 
+#: codes of `Case.labels` (only with `with_labels=True`): pure tissue voxels of the noise-free phantom;
+#: voxels at tissue borders (partial volume) are OTHER
+LABELS: dict[str, int] = {
+    "outside": 0, "soft_tissue": 1, "bone": 2, "csf": 3, "grey": 4, "white": 5, "blood": 6,
+    "hypodense_blood": 7, "dense_focus": 8, "other": 9,
+}
+
 
 @dataclass(frozen=True)
 class Truth:
@@ -113,6 +120,7 @@ class Case:
     acquisition: Acquisition
     seed: int
     index: int
+    labels: np.ndarray | None = None  # uint8 (z, y, x) LABELS codes, only with with_labels=True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -175,10 +183,11 @@ def _noise_kernel_sd(sigma: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
-                  tilt_deg: float = 0.0, n_slices: int | None = None) -> Case:
+                  tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
-    `n_slices` overrides the drawn slice count (tests use it to keep runs short).
+    `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
+    keep runs short).  `with_labels` adds `Case.labels`, a tissue map of the noise-free phantom.
     """
     r_head = _rng(seed, index, 1)
     r_geo = _rng(seed, index, 2)
@@ -190,8 +199,6 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
 
     head = Head.draw(r_head)
     geo = _draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head)
-    if n_slices is not None:
-        geo = _with_slices(geo, n_slices, head)
     acq = _draw_acquisition(r_geo)
     hard_flags = {"small": False, "motion": False, "streaks": False}
     if hard:
@@ -209,6 +216,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         markers = Markers(markers.volume_ml * 0.5, markers.irregularity, markers.hypodense_fraction,
                           markers.blend, min(markers.islands, 2), False, markers.oedema_mm)
     hem = draw_hematoma(r_hem, head, markers, location)
+    if n_slices is not None:
+        geo = _with_slices(geo, n_slices, float(hem.centre[2]))
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
     head.calcs = [c for c in head.calcs
                   if np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
@@ -216,8 +225,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
     hu = np.empty((nz, n, n), dtype=np.int16)
     mask = np.zeros((nz, n, n), dtype=np.uint8)
+    labels = np.zeros((nz, n, n), dtype=np.uint8) if with_labels else None
     noise_sd = float(r_noise.uniform(3.5, 7.0))
-    noise_sigma = 0.85
+    noise_sigma = 1.3  # mm-scale grain like a soft-tissue kernel's noise power spectrum
     noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
     w_lo, w_hi = hem.w_range(head)
     thk = geo.slice_thickness_mm
@@ -238,6 +248,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
             lay = head.render(grid, w, thk)
             half[j] = lay.img
             layers.append(lay)
+            if labels is not None:
+                lab = _classify(lay, head)
+                labels[k] = np.repeat(np.repeat(lab, 2, axis=0), 2, axis=1)
             pf = head.posterior_fossa_streaks(grid, w, pf_rng)
             if pf is not None:
                 art_half[j] += pf * lay.ic
@@ -251,7 +264,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
                 vent = _up2(lay.vent[None])[0]
                 brain = _up2(lay.brain[None])[0]
                 fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
-                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats, j + k0)
+                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
+                                None if labels is None else labels[k])
             if k in streak_slices:
                 img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
             if k in motion_slices:
@@ -307,20 +321,41 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         calcifications=calcs, centre_voxel=(cz, cy, cx),
     )
     return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
-                seed=seed, index=index)
+                seed=seed, index=index, labels=labels)
 
 
-def _with_slices(geo: Geometry, nz: int, head: Head) -> Geometry:
-    # keep the top of the stack where it was; a short stack loses the skull base first
+def _classify(lay: Any, head: Head) -> np.ndarray:
+    """LABELS of one noise-free half-resolution slice; only voxels whose 4 neighbours agree are pure."""
+    img, ic = lay.img, lay.ic
+    lab = np.full(img.shape, LABELS["other"], dtype=np.uint8)
+    inside = ic > 0.99
+    outside = ic < 0.01
+    lab[img < -300] = LABELS["outside"]
+    lab[img > 300] = LABELS["bone"]
+    lab[outside & (img > -150) & (img < 150)] = LABELS["soft_tissue"]
+    lab[inside & (np.abs(img - head.csf_hu) < 1.0)] = LABELS["csf"]
+    lab[inside & (np.abs(img - head.gm_hu) < 1.5)] = LABELS["grey"]
+    lab[inside & (np.abs(img - head.wm_hu) < 1.5)] = LABELS["white"]
+    lab[(ic > 0.5) & (img > 70) & (img < 300)] = LABELS["dense_focus"]
+    p = np.pad(lab, 1, mode="edge")
+    same = (p[:-2, 1:-1] == lab) & (p[2:, 1:-1] == lab) & (p[1:-1, :-2] == lab) & (p[1:-1, 2:] == lab)
+    lab[~same] = LABELS["other"]
+    return lab
+
+
+def _with_slices(geo: Geometry, nz: int, w_centre: float) -> Geometry:
+    # a short stack centred on the bleed, inside the original coverage
     w_top = geo.w_bottom_mm + (geo.n_slices - 1) * geo.normal_step_mm
+    bottom = w_centre - (nz - 1) / 2.0 * geo.normal_step_mm
+    bottom = min(max(bottom, geo.w_bottom_mm), w_top - (nz - 1) * geo.normal_step_mm)
     return Geometry(n=geo.n, pixel_mm=geo.pixel_mm, n_slices=nz, table_step_mm=geo.table_step_mm,
                     slice_thickness_mm=geo.slice_thickness_mm, tilt_deg=geo.tilt_deg, yaw_deg=geo.yaw_deg,
-                    head_offset_mm=geo.head_offset_mm, w_bottom_mm=w_top - (nz - 1) * geo.normal_step_mm)
+                    head_offset_mm=geo.head_offset_mm, w_bottom_mm=bottom)
 
 
 def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float,
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
-                    stats: dict[str, Any], k: int) -> None:
+                    stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
     blobs = [("main", hem.main)] + [(f"s{i}", s) for i, s in enumerate(hem.satellites)]
     # oedema first (outside the blood, brain parenchyma only)
@@ -348,21 +383,29 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         frac = ramp(depth, width)
         # blood stays inside the skull, on its own side of the falx, and out of the ventricles
         allowed = (ic[win] >= 0.5) & (u * F32(np.sign(blob.centre[0]) or 1.0) > F32(-0.3))
+        # voxels dominated by bone partial volume or calcium stay bright rim, never blood
+        allowed &= img[win] < F32(120.0)
         if not hem.ivh:
             allowed &= vent[win] < 0.5
         inside = (depth > 0) & allowed
         frac = frac * ic[win] * allowed
         val = np.full(u.shape, F32(hem.hem_hu), dtype=F32)
+        hypo = np.zeros(u.shape, dtype=bool)
         if name == "main":
             hw = hem.hypo_weight(u, v, w)
             val += hw * F32(hem.hypo_hu - hem.hem_hu)
-            stats["hypo"] += int(np.count_nonzero(inside & (hw > 0.5) & (mask[win] == 0)))
+            hypo = inside & (hw > 0.5)
+            stats["hypo"] += int(np.count_nonzero(hypo & (mask[win] == 0)))
         lerp_into(img[win], val, frac)
+        if labels is not None:
+            lw = labels[win]
+            lw[inside & (mask[win] == 0)] = LABELS["blood"]
+            lw[hypo & (mask[win] == 0)] = LABELS["hypodense_blood"]
         if name != "main" and np.any(inside):
             stats["islands"].add(name)
         mask[win] |= inside.astype(np.uint8)
     if hem.ivh:
-        _paint_ivh(img, mask, grid, hem, head, w, thk, stats)
+        _paint_ivh(img, mask, grid, hem, head, w, thk, stats, labels)
     # calcifications are never blood
     for c in head.calcs:
         e = c.ellipsoid
@@ -375,10 +418,12 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
                     win[0].stop - win[0].start, win[1].stop - win[1].start).coords()
         cf = e.frac(u, v, w, thk, px)
         mask[win][cf > 0.2] = 0
+        if labels is not None:
+            labels[win][cf > 0.2] = LABELS["other"]
 
 
 def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float, thk: float,
-               stats: dict[str, Any]) -> None:
+               stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
     side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
     for e in side_vents:
@@ -394,6 +439,8 @@ def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, hea
         inside = fr >= 0.5
         new = inside & (mask[win] == 0)
         stats["ivh"] += int(np.count_nonzero(new))
+        if labels is not None:
+            labels[win][new] = LABELS["blood"]
         mask[win] |= inside.astype(np.uint8)
 
 
