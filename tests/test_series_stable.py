@@ -4,52 +4,18 @@ and the real APScheduler job — on a real SQLite database and spool."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from series_helpers import write_series
+from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
 from hexnode.receive.spool import Spool
 from hexnode.series.stable import check_once, start_scheduler, whole_reason
-from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
-from hexnode.store.queue import reopen_series
-
-
-def index(store: Store, spool: Spool, paths: list[Path], at: datetime, calling_ae: str = "SCANNER") -> None:
-    """What receive does per instance: file into the spool, header into the database."""
-    with store.transaction() as s:
-        for p in paths:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            rel = spool.instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-            spool.write_bytes(rel, p.read_bytes(), fsync=False)
-            study = s.execute(select(Study).where(Study.study_uid == ds.StudyInstanceUID)).scalar_one_or_none()
-            if study is None:
-                study = Study(study_uid=ds.StudyInstanceUID)
-                s.add(study)
-                s.flush()
-            series = s.execute(select(Series).where(Series.series_uid == ds.SeriesInstanceUID)).scalar_one_or_none()
-            if series is None:
-                series = Series(series_uid=ds.SeriesInstanceUID, study_id=study.id, calling_ae=calling_ae,
-                                modality=ds.Modality, sop_class_uid=ds.SOPClassUID, state="received",
-                                first_instance_at=at, last_instance_at=at, state_at=at)
-                s.add(series)
-                s.flush()
-            elif series.state != "received":
-                reopen_series(s, series, "late instance")
-            series.instance_count += 1
-            series.last_instance_at = at
-            s.add(Instance(sop_instance_uid=ds.SOPInstanceUID, series_id=series.id, sop_class_uid=ds.SOPClassUID,
-                           transfer_syntax=ds.file_meta.TransferSyntaxUID, path=rel, calling_ae=calling_ae,
-                           instance_number=int(ds.InstanceNumber), position=[float(v) for v in ds.ImagePositionPatient],
-                           orientation=[float(v) for v in ds.ImageOrientationPatient], rows=ds.Rows, columns=ds.Columns,
-                           slice_thickness=float(ds.SliceThickness),
-                           images_in_acquisition=int(ds.ImagesInAcquisition) if "ImagesInAcquisition" in ds else None,
-                           received_at=at))
+from hexnode.store.db import Instance, Job, Series, Store, open_store, utcnow
 
 
 @pytest.fixture
