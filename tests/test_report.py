@@ -366,3 +366,82 @@ def test_mismatched_mask_is_refused(tmp_path: Path) -> None:
     series = write_series(tmp_path / "ct", n=4, size=64)
     with pytest.raises(ValueError):
         build_results(series.headers()[:3], series.hu, series.mask, prediction(series))
+
+
+def test_enhanced_ct_multiframe_source(tmp_path: Path) -> None:
+    # Frames stored in descending z; the loader's z order (and the mask's) is ascending.
+    series = write_series(tmp_path / "ct", n=8, size=64, descending=True)
+    full = [pydicom.dcmread(p) for p in series.paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(full, hd.UID(), 5, hd.UID(), 1)
+    enhanced.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
+    header = pydicom.dcmread(tmp_path / "enhanced.dcm", stop_before_pixels=True)
+    order = np.argsort([float(ds.ImagePositionPatient[2]) for ds in full], kind="stable")  # frame of each z
+    hu_z, mask_z = series.hu[order], series.mask[order]
+    objs = build_results([header], hu_z, mask_z, prediction(series))
+    out = OUTPUT / "report" / "enhanced"
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write(objs, ["seg", "sr", "sc"], out)
+    for path in files.values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+    seg = pydicom.dcmread(files["seg"])
+    frames = seg.pixel_array.reshape(8, 64, 64)
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        source_frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        np.testing.assert_array_equal(frames[f], series.mask[source_frame - 1])  # file order = frame order
+    sc = pydicom.dcmread(files["sc"], stop_before_pixels=True)
+    k = key_slice(mask_z)
+    assert int(sc.SourceImageSequence[0].ReferencedFrameNumber) == int(order[k]) + 1
+
+
+def test_not_analysed_from_odd_headers(tmp_path: Path) -> None:
+    """A rejected series may be a dose report, and headers may lack type 2 attributes."""
+    series = write_series(tmp_path / "ct", n=3, size=64)
+    ct = series.headers()[0]
+    dose = Dataset()
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber"):
+        setattr(dose, keyword, ct[keyword].value)
+    dose.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+    dose.SOPInstanceUID = pydicom.uid.generate_uid()
+    dose.SeriesInstanceUID = pydicom.uid.generate_uid()
+    dose.Modality, dose.SeriesNumber, dose.SeriesDescription = "SR", 997, "Dose Report"
+    sr, sc = build_not_analysed([dose], "not a CT image series (dose report)", MODEL)
+    assert "PatientSex" not in dose  # the caller's header is left alone
+    files = _write([sr, sc], ["na_sr", "na_sc"], tmp_path)
+    for path in files.values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+    assert sr.PatientID == ct.PatientID and not sr.PatientSex  # present, empty (type 2)
+    assert "PatientSex" in sr
+    assert "Not analysed: not a CT image series (dose report)" in _texts(sr)
+
+
+def test_synth_series_through_load_volume(tmp_path: Path) -> None:
+    """The worker's real path: hexnode.synth files -> load_volume headers -> report."""
+    from hexnode.series.volume import load_volume
+    from hexnode.synth.dicom import write_series as synth_write
+    from hexnode.synth.phantom import generate_case
+
+    case = generate_case(5, 2, tilt_deg=12.0)
+    vol = load_volume(synth_write(case, tmp_path / "ct", transfer_syntax="implicit"))
+    assert "PixelData" not in vol.headers[0]
+    mask = case.mask  # written most inferior first; the loader's z order is the same
+    np.testing.assert_array_equal(vol.hu.astype(np.int16), case.hu)
+    pred = Prediction(volume_ml=float(mask.sum()) * vol.voxel_ml, probability=0.2, model=MODEL, notes=vol.notes)
+    objs = build_results(vol.headers, vol.hu, mask, pred, selection_note=SELECTION)
+    out = OUTPUT / "report" / "synth"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    files = _write(objs, ["seg", "sr", "sc"], out)
+    _png(files["sc"], out / "sc.png")
+    for path in files.values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+    assert any("tilt" in note for note in vol.notes)
+    assert set(vol.notes) <= set(_texts(objs[1]))
+    seg = pydicom.dcmread(files["seg"])
+    index = {ds.SOPInstanceUID: k for k, ds in enumerate(vol.headers)}
+    frames = seg.pixel_array.reshape(mask.shape)
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        k = index[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_array_equal(frames[f], mask[k])

@@ -12,6 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from hexnode.analysis import Prediction
+from hexnode.report.common import addressable
 from hexnode.report.not_analysed import build_not_analysed
 from hexnode.report.sc import build_sc
 from hexnode.report.seg import build_seg
@@ -36,6 +37,7 @@ def build_results(
     `stop_before_pixels=True` are enough (no source pixel data is read). `hu` (float32, z,y,x) is
     used only for the summary image's key slice.
     """
+    sources = addressable(sources)
     seg = build_seg(sources, mask, prediction.model, revision=revision)
     sr = build_sr(sources, seg, prediction, revision=revision, selection_note=selection_note)
     sc = build_sc(sources, hu, mask, prediction, revision=revision, selection_note=selection_note)

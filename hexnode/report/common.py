@@ -82,6 +82,34 @@ def add_contributing_equipment(ds: Dataset, model: ModelInfo) -> None:
     ds.ContributingEquipmentSequence.append(item)
 
 
+# Type 2 patient/study attributes highdicom reads from the first source without a default.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
+    """`sources` with the first header completed by empty type 2 patient/study attributes.
+
+    A sender may omit them; the report must still go back (empty, as the standard allows),
+    rather than fail. The caller's header is not modified (a shallow copy is completed).
+    """
+    src = first_image(sources)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not src.get(keyword):
+            raise ValueError(f"source header without {keyword}: a report cannot be addressed")
+    missing = [k for k in _TYPE2_PATIENT_STUDY if k not in src]
+    if not missing:
+        return list(sources)
+    head = Dataset(dict(src.items()))  # a new element dict: Dataset(src) and .copy() share it
+    if hasattr(src, "file_meta"):
+        head.file_meta = src.file_meta
+    for keyword in missing:
+        setattr(head, keyword, None)
+    return [head, *sources[1:]]
+
+
 def first_image(sources: Sequence[Dataset]) -> Dataset:
     if not sources:
         raise ValueError("no source datasets: the result objects need the series' headers")

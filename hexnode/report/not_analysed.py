@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from hexnode.analysis import ModelInfo
 from hexnode.report import codes
-from hexnode.report.common import clinical_use_note, first_image
+from hexnode.report.common import addressable, clinical_use_note, first_image
 from hexnode.report.sc import build_message_sc, source_line
 from hexnode.report.sr import (
     TRACKING_LABEL,
@@ -65,7 +65,11 @@ def build_not_analysed_sr(
 def build_not_analysed(
     sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
 ) -> list[Dataset]:
-    """[SR, SC] telling the reader that `sources`' series was not analysed, and why."""
+    """[SR, SC] telling the reader that `sources`' series was not analysed, and why.
+
+    `sources` are whatever headers of the series could be read (images or not, any order).
+    """
+    sources = addressable(sources)
     return [
         build_not_analysed_sr(sources, reason, model, revision=revision),
         build_message_sc(sources, reason, model, revision=revision),

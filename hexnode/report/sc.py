@@ -21,6 +21,7 @@ from hexnode.report.common import (
     round_volume_ml,
     series_description,
 )
+from hexnode.report.frames import n_slices, slice_source
 from hexnode.report.render import HIGH_RGB, LOW_RGB, WARN_RGB, Line, annotate, blank, key_slice, slice_rgb
 from hexnode.report.uids import derive_uid
 
@@ -50,7 +51,7 @@ def sc_dataset(
     *,
     revision: int,
     not_analysed: bool,
-    key_index: int | None,
+    key: tuple[Dataset, int | None] | None,
 ) -> hd.sc.SCImage:
     src = first_image(sources)
     series_uid = str(src.SeriesInstanceUID)
@@ -91,10 +92,13 @@ def sc_dataset(
         if not_analysed
         else "hexnode summary: key slice windowed 0-100 HU, hematoma outline, results burned in"
     )
-    if key_index is not None:
+    if key is not None:
+        key_source, frame = key
         ref = Dataset()
-        ref.ReferencedSOPClassUID = sources[key_index].SOPClassUID
-        ref.ReferencedSOPInstanceUID = sources[key_index].SOPInstanceUID
+        ref.ReferencedSOPClassUID = key_source.SOPClassUID
+        ref.ReferencedSOPInstanceUID = key_source.SOPInstanceUID
+        if frame is not None:
+            ref.ReferencedFrameNumber = frame
         purpose = Dataset()
         purpose.CodeValue = codes.SOURCE_IMAGE_FOR_PROCESSING.value
         purpose.CodingSchemeDesignator = codes.SOURCE_IMAGE_FOR_PROCESSING.scheme_designator
@@ -142,14 +146,16 @@ def build_sc(
     revision: int = 0,
     selection_note: str | None = None,
 ) -> hd.sc.SCImage:
-    if hu.shape != mask.shape or hu.shape[0] != len(sources):
-        raise ValueError(f"hu {hu.shape}, mask {mask.shape} and {len(sources)} sources disagree")
+    if hu.shape != mask.shape or hu.shape[0] != n_slices(sources):
+        raise ValueError(f"hu {hu.shape}, mask {mask.shape} and {n_slices(sources)} source slices disagree")
     k = key_slice(mask)
-    top, bottom = summary_lines(prediction, selection_note, k, len(sources))
+    top, bottom = summary_lines(prediction, selection_note, k, hu.shape[0])
     if revision:
         bottom.insert(0, Line(f"Corrected result, revision {revision}", 14, WARN_RGB))
     pixels = annotate(slice_rgb(hu[k], mask[k]), top, bottom)
-    return sc_dataset(sources, pixels, prediction.model, revision=revision, not_analysed=False, key_index=k)
+    return sc_dataset(
+        sources, pixels, prediction.model, revision=revision, not_analysed=False, key=slice_source(sources, k)
+    )
 
 
 def build_message_sc(
@@ -168,4 +174,4 @@ def build_message_sc(
         Line(burned_in_warning(model), 15, WARN_RGB),
     ]
     pixels = annotate(blank(), top, bottom)
-    return sc_dataset(sources, pixels, model, revision=revision, not_analysed=True, key_index=None)
+    return sc_dataset(sources, pixels, model, revision=revision, not_analysed=True, key=None)

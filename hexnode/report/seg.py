@@ -20,6 +20,7 @@ from hexnode.report.common import (
     first_image,
     series_description,
 )
+from hexnode.report.frames import frame_order, is_multiframe, n_slices
 from hexnode.report.uids import derive_uid
 
 SEGMENT_NUMBER = 1
@@ -50,20 +51,27 @@ def segment_description(model: ModelInfo, tracking_uid: str) -> hd.seg.SegmentDe
 def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *, revision: int = 0) -> Dataset:
     """SEG referencing `sources` frame by frame (frame i is mask[i] on sources[i]).
 
+    One Enhanced CT multi-frame source is also accepted (mask in the loader's z order).
     `sources` may be headers read with stop_before_pixels: highdicom takes the geometry (position,
     orientation, spacing, frame of reference) from the headers and never decodes source pixels,
     so the source transfer syntax does not matter. The SEG itself is always explicit VR little
     endian, the transfer syntax every SEG reader handles for BINARY.
     """
     src = first_image(sources)
-    if mask.ndim != 3 or mask.shape[0] != len(sources):
-        raise ValueError(f"mask shape {mask.shape} does not match {len(sources)} source images")
+    if mask.ndim != 3 or mask.shape[0] != n_slices(sources):
+        raise ValueError(f"mask shape {mask.shape} does not match {n_slices(sources)} source slices")
     if mask.shape[1:] != (int(src.Rows), int(src.Columns)):
         raise ValueError(f"mask slices {mask.shape[1:]} differ from the images {src.Rows}x{src.Columns}")
+    binary = (mask > 0).astype(np.uint8)
+    if is_multiframe(sources):
+        # highdicom pairs SEG frame i with source frame i: put each z slice back on its frame.
+        frames = np.empty_like(binary)
+        frames[frame_order(src)] = binary
+        binary = frames
     series_uid = str(src.SeriesInstanceUID)
     seg = hd.seg.Segmentation(
         source_images=list(sources),
-        pixel_array=(mask > 0).astype(np.uint8),
+        pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[
             segment_description(model, derive_uid(series_uid, model.version, "tracking", revision))
