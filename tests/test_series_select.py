@@ -122,3 +122,11 @@ def test_study_choice_soft_kernel_then_thickness() -> None:
 def test_study_with_nothing_analysable() -> None:
     c = BUILTIN.choose([info(Modality="MR"), info(ContrastBolusAgent="Iodine")])
     assert c.chosen is None and len(c.rejected) == 2 and "no analysable" in c.note
+
+
+@pytest.mark.parametrize("kernel", ["H30s", "H31s", "FC21", "STANDARD", "J30s", "Br40d", "SOFT"])
+def test_soft_tissue_kernels_are_accepted_and_preferred(kernel: str) -> None:
+    soft = info(ConvolutionKernel=kernel, SeriesDescription=f"HEAD 5mm {kernel} TILT", SliceThickness=2.0)
+    other = info(ConvolutionKernel="XYZ", SliceThickness=5.0)
+    assert BUILTIN.decide(soft).accepted
+    assert BUILTIN.choose([other, soft]).chosen is soft  # kernel before thickness
