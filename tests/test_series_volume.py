@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,28 @@ def test_synthetic_tilted_head_ncct(tmp_path: Path) -> None:
     assert vol.tilt_deg == pytest.approx(20.0, abs=0.2)
     np.testing.assert_array_equal(vol.hu, np.maximum(case.hu, -1024).astype(np.float32))
     assert [int(h.InstanceNumber) for h in vol.headers] == list(range(1, len(paths) + 1))
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5",
+                                    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.70"])
+def test_compressed_syntaxes_decode_losslessly(tmp_path: Path, syntax: str) -> None:
+    """JPEG-LS lossless, JPEG 2000 lossless, RLE, deflate; JPEG lossless (SV1) from a dcmtk peer."""
+    paths = write_series(tmp_path / "src", n=10, signed=False)  # unsigned: every encoder takes it
+    out = []
+    for p in paths:
+        q = tmp_path / "out" / p.name
+        q.parent.mkdir(exist_ok=True)
+        if syntax == "1.2.840.10008.1.2.4.70":
+            subprocess.run(["/usr/bin/dcmcjpeg", "+e1", str(p), str(q)], check=True, capture_output=True)
+        elif syntax == "1.2.840.10008.1.2.1.99":
+            ds = pydicom.dcmread(p)
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.save_as(q, enforce_file_format=True)
+        else:
+            ds = pydicom.dcmread(p)
+            ds.compress(syntax)
+            ds.save_as(q)
+        out.append(q)
+    assert str(pydicom.dcmread(out[0], stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+    vol = load_volume(out)
+    np.testing.assert_allclose(vol.hu, np.maximum(phantom(10, 64, 64), -1024), atol=0.5)
