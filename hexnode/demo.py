@@ -345,7 +345,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  expansion probability:  {summary['probability']:.3f}" + (f" (threshold {thr:.3f})" if thr is not None else ""))
         print(f"  risk:                   {summary.get('risk', summary.get('status', '?'))}")
         print("  synthetic-trained demonstration model: not for clinical use")
-        study = stack.orthanc.post("/tools/lookup", truth["study_instance_uid"])  # type: ignore[arg-type]
+        study = stack.orthanc.lookup(truth["study_instance_uid"])
         study_id = next((x["ID"] for x in study if x.get("Type") == "Study"), "")
         print()
         print(f"look at it: {stack.orthanc.cfg.url}/app/explorer.html#study?uuid={study_id}")

@@ -133,6 +133,10 @@ class Orthanc:
         raw = self._request("POST", path, json.dumps(payload).encode())
         return json.loads(raw) if raw else None
 
+    def lookup(self, dicom_uid: str) -> list[dict[str, Any]]:
+        """Orthanc resources whose DICOM UID is `dicom_uid` (/tools/lookup takes the bare UID)."""
+        return list(json.loads(self._request("POST", "/tools/lookup", dicom_uid.encode())))
+
     def find_instances(self, **query: str) -> list[dict[str, Any]]:
         """Instances matching DICOM tags (Orthanc /tools/find), with their tags expanded."""
         found = self.post("/tools/find", {"Level": "Instance", "Query": query, "Expand": True})
