@@ -78,10 +78,26 @@ class Blob:
 
 
 def _harmonic_sum(d: np.ndarray, dirs: np.ndarray, degrees: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    out = np.zeros(d.shape[0], dtype=np.float64)
-    dots = d @ dirs.T
-    for j in range(dirs.shape[0]):
-        out += coeffs[j] * eval_legendre(int(degrees[j]), dots[:, j])
+    """sum_j c_j P_{l_j}(g_j . d): zonal harmonics of degree l_j about axis g_j (Legendre, l = 2..4)."""
+    dtype = d.dtype if d.dtype == np.float32 else np.float64
+    x = d @ dirs.T.astype(dtype)
+    out = np.zeros(d.shape[0], dtype=dtype)
+    for lval in (2, 3, 4):
+        cols = degrees == lval
+        if not cols.any():
+            continue
+        xs = x[:, cols]
+        x2 = xs * xs
+        if lval == 2:
+            p = (3 * x2 - 1) / 2
+        elif lval == 3:
+            p = xs * (5 * x2 - 3) / 2
+        else:
+            p = (35 * x2 * x2 - 30 * x2 + 3) / 8
+        out += p @ coeffs[cols].astype(dtype)
+    rest = ~np.isin(degrees, (2, 3, 4))
+    for j in np.flatnonzero(rest):
+        out += coeffs[j] * eval_legendre(int(degrees[j]), x[:, j])
     return out
 
 
@@ -106,6 +122,7 @@ class Hematoma:
     oedema_mm: float
     oedema_hu: float
     side: float
+    parenchymal: bool = True  # False: intraventricular-only bleed (no parenchymal blob, no oedema)
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -119,7 +136,7 @@ class Hematoma:
             lo = min(lo, s.centre[2] - s.bound)
             hi = max(hi, s.centre[2] + s.bound)
         if self.ivh:
-            lo = min(lo, -4.0)
+            lo = min(lo, -12.0)
             hi = max(hi, 24.0)
         return lo, hi
 
@@ -179,6 +196,8 @@ def draw_hematoma(rng: np.random.Generator, head: Head, m: Markers, location: st
         # large deep bleeds spread laterally and up
         c[0] += side * max(0.0, r_eff - 12.0) * 0.5
         c[2] += max(0.0, r_eff - 12.0) * 0.5
+    elif location == "intraventricular":
+        c = np.array([0.0, v0 + 5.0, 10.0])
     elif location == "cerebellar":
         c = np.array([side * rng.uniform(18, 28), v0 + rng.uniform(35, 45), rng.uniform(-36, -28)])
     else:
@@ -238,4 +257,5 @@ def draw_hematoma(rng: np.random.Generator, head: Head, m: Markers, location: st
         ivh=m.ivh, ivh_side=side, ivh_level_v=float(v0 + rng.uniform(0.0, 22.0)),
         ivh_hu=float(rng.uniform(52.0, 66.0)),
         oedema_mm=m.oedema_mm, oedema_hu=float(rng.uniform(16.0, 24.0)), side=side,
+        parenchymal=location != "intraventricular",
     )

@@ -48,7 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from hexnode.synth import hemodel
-from hexnode.synth.anatomy import F32, Grid, Head, lerp_into, ramp
+from hexnode.synth.anatomy import F32, Grid, Head, lerp_into, ramp, up2
 from hexnode.synth.geometry import Geometry
 from hexnode.synth.hematoma import Hematoma, draw_hematoma
 from hexnode.synth.hemodel import Markers, bayes_auc
@@ -84,7 +84,7 @@ class Truth:
     n_slices: int
     slice_thickness_mm: float
     spacing_mm: tuple[float, float, float]
-    noise_sd: float
+    noise_sd: float  # sd of the correlated noise above the skull base (x1.3 at the foramen magnum)
     hematoma_hu: float
     hypodense_hu: float
     oedema_hu: float
@@ -129,20 +129,6 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, stream]))
 
 
-def _up2(a: np.ndarray) -> np.ndarray:
-    """Linear x2 upsampling of the last two axes (pixel-centre aligned, edge clamped)."""
-    def along(x: np.ndarray, axis: int) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1)
-        prev = np.concatenate([x[..., :1], x[..., :-1]], axis=-1)
-        nxt = np.concatenate([x[..., 1:], x[..., -1:]], axis=-1)
-        out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        out[..., 0::2] = F32(0.75) * x + F32(0.25) * prev
-        out[..., 1::2] = F32(0.75) * x + F32(0.25) * nxt
-        return np.moveaxis(out, -1, axis)
-
-    return along(along(a, -1), -2)
-
-
 def _draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head: Head) -> Geometry:
     n = 512
     px = round(float(rng.uniform(0.40, 0.50)), 5)  # exactly representable in PixelSpacing (DS)
@@ -178,7 +164,7 @@ def _draw_acquisition(rng: np.random.Generator) -> Acquisition:
 def _noise_kernel_sd(sigma: float) -> float:
     k = np.zeros((21, 21))
     k[10, 10] = 1.0
-    return float(np.sqrt((ndimage.gaussian_filter(k, sigma) ** 2).sum()))
+    return float(np.sqrt((ndimage.gaussian_filter(k, sigma, truncate=3.0) ** 2).sum()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +193,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         if not any(hard_flags.values()):
             hard_flags[str(r_art.choice(list(hard_flags)))] = True
     u_loc = r_mark.random()
-    location = "deep" if u_loc < 0.45 else "cerebellar" if u_loc < 0.53 else "lobar_flat" if u_loc < 0.63 else "lobar"
+    location = ("deep" if u_loc < 0.45 else "cerebellar" if u_loc < 0.52 else "intraventricular" if u_loc < 0.56
+                else "lobar_flat" if u_loc < 0.66 else "lobar")
     markers = hemodel.draw_markers(r_mark, hard=hard_flags["small"], deep=location == "deep")
     if hard_flags["small"]:
         markers = Markers(markers.volume_ml, markers.irregularity * 0.5, markers.hypodense_fraction,
@@ -215,12 +202,17 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     if location == "cerebellar":
         markers = Markers(markers.volume_ml * 0.5, markers.irregularity, markers.hypodense_fraction,
                           markers.blend, min(markers.islands, 2), False, markers.oedema_mm)
+    if location == "intraventricular" and not hard_flags["small"]:
+        # only the ventricles bleed: every parenchymal marker is absent, so p sees none of them
+        markers = Markers(markers.volume_ml, 0.0, 0.0, False, 0, True, 0.0)
+    elif location == "intraventricular":
+        location = "deep"
     hem = draw_hematoma(r_hem, head, markers, location)
     if n_slices is not None:
         geo = _with_slices(geo, n_slices, float(hem.centre[2]))
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
-    head.calcs = [c for c in head.calcs
-                  if np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
+    head.calcs = [c for c in head.calcs if not hem.parenchymal
+                  or np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
 
     nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
     hu = np.empty((nz, n, n), dtype=np.int16)
@@ -254,15 +246,14 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
             pf = head.posterior_fossa_streaks(grid, w, pf_rng)
             if pf is not None:
                 art_half[j] += pf * lay.ic
-        img = _up2(half)
-        art = _up2(art_half)
+        img = up2(half)
         for j, k in enumerate(ks):
             w = geo.slice_w(k)
             if w_lo - thk <= w <= w_hi + thk:
                 lay = layers[j]
-                ic = _up2(lay.ic[None])[0]
-                vent = _up2(lay.vent[None])[0]
-                brain = _up2(lay.brain[None])[0]
+                ic = up2(lay.ic[None])[0]
+                vent = up2(lay.vent[None])[0]
+                brain = up2(lay.brain[None])[0]
                 fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
                 _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
                                 None if labels is None else labels[k])
@@ -272,10 +263,13 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
                 dy, dx, alpha = motion_slices[k]
                 ghost = ndimage.shift(img[j], (dy, dx), order=1, mode="nearest")
                 img[j] += F32(alpha) * (ghost - img[j])
-        img += art
+        for j in np.flatnonzero(art_half.any(axis=(1, 2))):
+            img[j] += up2(art_half[j])
         noise = r_noise.standard_normal(img.shape, dtype=F32)
-        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma))
-        img += noise * noise_gain
+        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), truncate=3.0)
+        # fewer photons through the skull base: noisier low slices
+        gain = np.array([1.0 + 0.3 * min(1.0, max(0.0, (-15.0 - geo.slice_w(k)) / 30.0)) for k in ks], dtype=F32)
+        img += noise * (noise_gain * gain)[:, None, None]
         np.clip(img, HU_MIN, HU_MAX, out=img)
         hu[k0:k0 + len(ks)] = np.rint(img).astype(np.int16)
 
@@ -357,10 +351,11 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
                     stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
-    blobs = [("main", hem.main)] + [(f"s{i}", s) for i, s in enumerate(hem.satellites)]
+    blobs = ([("main", hem.main)] if hem.parenchymal else []) + [
+        (f"s{i}", s) for i, s in enumerate(hem.satellites)]
     # oedema first (outside the blood, brain parenchyma only)
     b = hem.main
-    if abs(w - b.centre[2]) < b.bound + hem.oedema_mm + thk:
+    if hem.parenchymal and abs(w - b.centre[2]) < b.bound + hem.oedema_mm + thk:
         win = grid.window(b.centre[0], b.centre[1], b.bound + hem.oedema_mm + 2.0)
         if win is not None:
             sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
@@ -425,7 +420,10 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
 def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float, thk: float,
                stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
-    side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
+    if hem.parenchymal:  # extension into the ipsilateral lateral ventricle
+        side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
+    else:  # primary intraventricular bleed: both lateral ventricles and the third
+        side_vents = [e for e in head.ventricles if abs(e.c[2]) < 16.0 and e.semi[0] > 1.0]
     for e in side_vents:
         if not e.touches(w, thk):
             continue
