@@ -76,6 +76,8 @@ def write_series(
     tilt_deg: float = 0.0,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    patient_name: str = "Doe^Jane",
+    charset: str | None = "ISO_IR 100",
 ) -> Series:
     """Write a CT series; files are numbered in the order of the returned volume."""
     out.mkdir(parents=True, exist_ok=True)
@@ -95,9 +97,10 @@ def write_series(
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        if charset:
+            ds.SpecificCharacterSet = charset
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.PatientName, ds.PatientID = "Doe^Jane", "HX-0001"
+        ds.PatientName, ds.PatientID = patient_name, "HX-0001"
         ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19510203", "F", "075Y"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260105", "101500", "ACC42", "S42"

@@ -445,3 +445,20 @@ def test_synth_series_through_load_volume(tmp_path: Path) -> None:
     for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         k = index[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
         np.testing.assert_array_equal(frames[f], mask[k])
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192", None])
+def test_character_sets(tmp_path: Path, charset: str | None) -> None:
+    """Patient names keep the source's character set; our own notes encode under any of them."""
+    name = "Doe^Jane" if charset is None else "M\u00fcller^J\u00fcrgen"
+    series = write_series(tmp_path / "ct", n=4, size=64, patient_name=name, charset=charset)
+    pred = prediction(series, notes=("gantry tilt 18.0\u00b0 \u2013 analysed on tilted slices",))
+    objs = build_results(series.headers(), series.hu, series.mask, pred)
+    objs += build_not_analysed(series.headers(), "gap in slice positions \u2013 3 missing", MODEL)
+    files = _write(objs, ["seg", "sr", "sc", "na_sr", "na_sc"], tmp_path)
+    for kind, path in files.items():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert str(ds.PatientName) == name, kind
+    assert "gantry tilt 18.0 deg - analysed on tilted slices" in _texts(pydicom.dcmread(files["sr"]))

@@ -6,6 +6,7 @@ The worker calls `build_results` (or `build_not_analysed`) and writes the return
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,6 +38,10 @@ def build_results(
     `stop_before_pixels=True` are enough (no source pixel data is read). `hu` (float32, z,y,x) is
     used only for the summary image's key slice.
     """
+    if not (math.isfinite(prediction.volume_ml) and prediction.volume_ml >= 0):
+        raise ValueError(f"invalid hematoma volume {prediction.volume_ml!r}")
+    if not (math.isfinite(prediction.probability) and 0.0 <= prediction.probability <= 1.0):
+        raise ValueError(f"invalid probability {prediction.probability!r}")
     sources = addressable(sources)
     seg = build_seg(sources, mask, prediction.model, revision=revision)
     sr = build_sr(sources, seg, prediction, revision=revision, selection_note=selection_note)

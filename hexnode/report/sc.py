@@ -76,6 +76,7 @@ def sc_dataset(
         study_time=src.get("StudyTime"),
         referring_physician_name=src.get("ReferringPhysicianName"),
         patient_orientation=patient_orientation(src),
+        specific_character_set=src.get("SpecificCharacterSet"),
         series_description=series_description(SC_SERIES, revision, not_analysed=not_analysed),
     )
     sc.copy_patient_and_study_information(src)

@@ -62,7 +62,8 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
         raise ValueError(f"mask shape {mask.shape} does not match {n_slices(sources)} source slices")
     if mask.shape[1:] != (int(src.Rows), int(src.Columns)):
         raise ValueError(f"mask slices {mask.shape[1:]} differ from the images {src.Rows}x{src.Columns}")
-    binary = (mask > 0).astype(np.uint8)
+    # A 600 x 512^2 mask is 150 MB: reuse it when it is already 0/1 uint8 (the usual case).
+    binary = mask if mask.dtype == np.uint8 and int(mask.max(initial=0)) <= 1 else (mask > 0).astype(np.uint8)
     if is_multiframe(sources):
         # highdicom pairs SEG frame i with source frame i: put each z slice back on its frame.
         frames = np.empty_like(binary)

@@ -13,6 +13,7 @@ Layout:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import highdicom as hd
@@ -67,6 +68,13 @@ def algorithm_id(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     )
 
 
+def plain(text: str) -> str:
+    """ASCII form of our own free text (notes, reasons): it must encode under any character set
+    the source declares (or none), whatever a note writer typed ("18°", an en dash)."""
+    text = text.replace("\u00b0", " deg").replace("\u2013", "-").replace("\u2014", "-")
+    return unicodedata.normalize("NFKD", text).encode("ascii", "replace").decode("ascii")
+
+
 def comments_container(texts: Iterable[str]) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12 'Qualitative Evaluations' holding free-text comments (row 14)."""
     container = hd.sr.ContainerContentItem(
@@ -75,7 +83,7 @@ def comments_container(texts: Iterable[str]) -> hd.sr.ContainerContentItem:
     container.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.TextContentItem(
-                name=codes.COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                name=codes.COMMENT, value=plain(text), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
             )
             for text in texts
             if text
