@@ -134,3 +134,54 @@ def start_orthanc(workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, 
         raise TimeoutError("Orthanc did not start")
     wait_port(dicom_port)
     return Orthanc(proc, http_port, dicom_port, aet, workdir)
+
+
+def write_ct(out: Path, n: int, *, size: int = 64, series_uid: str | None = None, study_uid: str | None = None,
+             sop_class: str = "1.2.840.10008.5.1.4.1.1.2", modality: str = "CT", seed: int = 0,
+             first_index: int = 0) -> list[Path]:
+    """`n` small CT (or other SOP class) slices, explicit VR little endian, one series."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    paths = []
+    for i in range(first_index, first_index + n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality = modality
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PATIENT", "PID-SECRET-42", "19700101"
+        ds.SeriesNumber, ds.InstanceNumber = 3, i + 1
+        ds.ImagePositionPatient = [-16.0, -16.0, 5.0 * i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.5, 0.5]
+        ds.SliceThickness = 5.0
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = rng.integers(0, 2000, (size, size), dtype=np.uint16).tobytes()
+        p = out / f"img{i:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def storescu(port: int, files: list[Path] | Path, *, aec: str = "HEXNODE", aet: str = "STORESCU",
+             extra: list[str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """dcmtk's storescu (/usr/bin: the venv has pynetdicom's script of the same name)."""
+    args = ["/usr/bin/storescu", "-aec", aec, "-aet", aet, *(extra or [])]
+    if isinstance(files, Path):
+        args += ["+sd", "+r", "127.0.0.1", str(port), str(files)]
+    else:
+        args += ["127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,236 @@
+"""Index received instances: read the header (never the pixels) and record study/series/instance.
+
+``read_header(path) -> Header`` parses with ``stop_before_pixels``; malformed numeric values
+become None rather than errors (select decides what is analysable, not the receiver).
+``record_instance(s, header, relpath, size, calling_ae, received_at) -> Recorded`` is idempotent
+on the SOP Instance UID; a new instance in a series that was already completed re-opens it (a new
+revision, see ``hexnode.store.queue.reopen_series``). Series whose SOP class is not CT are
+recorded and immediately ``rejected`` with the reason, so nothing sent to us disappears silently
+and the scheduler never picks them up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import UID
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hexnode.receive.spool import uid_hash
+from hexnode.store import queue
+from hexnode.store.db import Instance, Series, Study
+
+log = logging.getLogger(__name__)
+
+CT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+}
+
+
+class HeaderError(ValueError):
+    """The file is not a DICOM dataset we can index (reason in the message)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    position: list[float] | None = None
+    orientation: list[float] | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+    slice_thickness: float | None = None
+    images_in_acquisition: int | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    created: bool  # False: this SOP Instance UID was already indexed
+    series_id: int
+    series_state: str
+    reopened: bool = False
+    new_series: bool = False
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("\x00").strip()
+    return text or None
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:
+        return None
+
+
+def _float(ds: Any, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else float(value)
+    except Exception:
+        return None
+
+
+def _floats(ds: Any, keyword: str, n: int) -> list[float] | None:
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        out = [float(v) for v in value]
+        return out if len(out) == n else None
+    except Exception:
+        return None
+
+
+def read_header(path: Path) -> Header:
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise HeaderError(f"not a readable DICOM file: {type(exc).__name__}") from None
+    meta = getattr(ds, "file_meta", None)
+    sop_uid = _text(ds, "SOPInstanceUID") or (_text(meta, "MediaStorageSOPInstanceUID") if meta else None)
+    sop_class = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else None)
+    study_uid, series_uid = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
+    missing = [
+        k for k, v in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class), ("StudyInstanceUID", study_uid),
+                       ("SeriesInstanceUID", series_uid)) if not v
+    ]
+    if missing:
+        raise HeaderError(f"missing {', '.join(missing)}")
+    assert sop_uid and sop_class and study_uid and series_uid
+    return Header(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax=(_text(meta, "TransferSyntaxUID") if meta else None) or "",
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        position=_floats(ds, "ImagePositionPatient", 3),
+        orientation=_floats(ds, "ImageOrientationPatient", 6),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+        slice_thickness=_float(ds, "SliceThickness"),
+        images_in_acquisition=_int(ds, "ImagesInAcquisition"),
+    )
+
+
+def sop_class_name(uid: str) -> str:
+    name = UID(uid).name if uid else ""
+    return name if name and name != uid else f"SOP class {uid[:64]}"
+
+
+def _get_or_create_study(s: Session, study_uid: str) -> Study:
+    study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+    if study is None:
+        try:
+            with s.begin_nested():
+                study = Study(study_uid=study_uid)
+                s.add(study)
+        except IntegrityError:  # created meanwhile by another process (PostgreSQL)
+            study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+    return study
+
+
+def record_instance(
+    s: Session, h: Header, relpath: str, size: int, calling_ae: str, received_at: datetime
+) -> Recorded:
+    existing = s.execute(
+        select(Instance.series_id).where(Instance.sop_instance_uid == h.sop_instance_uid)
+    ).scalar_one_or_none()
+    if existing is not None:
+        ser = s.get(Series, existing)
+        return Recorded(created=False, series_id=existing, series_state=ser.state if ser else "?")
+
+    is_ct = h.sop_class_uid in CT_SOP_CLASSES
+    series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one_or_none()
+    new_series = series is None
+    if series is None:
+        study = _get_or_create_study(s, h.study_uid)
+        try:
+            with s.begin_nested():
+                series = Series(
+                    series_uid=h.series_uid,
+                    study_id=study.id,
+                    calling_ae=calling_ae,
+                    modality=h.modality,
+                    sop_class_uid=h.sop_class_uid,
+                    series_number=h.series_number,
+                    state="received",
+                    revision=0,
+                    instance_count=0,
+                    first_instance_at=received_at,
+                    last_instance_at=received_at,
+                    state_at=received_at,
+                )
+                s.add(series)
+        except IntegrityError:
+            series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one()
+            new_series = False
+    assert series is not None
+
+    reopened = False
+    if new_series and not is_ct:
+        series.reason = f"{sop_class_name(h.sop_class_uid)} is not CT: not analysed"
+        queue.transition(s, series, "rejected", series.reason)
+    elif not new_series and is_ct and series.state != "received":
+        queue.reopen_series(s, series, f"new instance after the series was {series.state}")
+        reopened = True
+
+    s.add(
+        Instance(
+            sop_instance_uid=h.sop_instance_uid,
+            series_id=series.id,
+            sop_class_uid=h.sop_class_uid,
+            transfer_syntax=h.transfer_syntax,
+            path=relpath,
+            size_bytes=size,
+            calling_ae=calling_ae,
+            instance_number=h.instance_number,
+            position=h.position,
+            orientation=h.orientation,
+            rows=h.rows,
+            columns=h.columns,
+            number_of_frames=h.number_of_frames,
+            slice_thickness=h.slice_thickness,
+            images_in_acquisition=h.images_in_acquisition,
+            received_at=received_at,
+        )
+    )
+    series.instance_count += 1
+    if received_at > series.last_instance_at:
+        series.last_instance_at = received_at
+    if new_series:
+        log.info("series %s: first instance from %s (%s)", uid_hash(h.series_uid), calling_ae,
+                 sop_class_name(h.sop_class_uid))
+    if reopened:
+        log.info("series %s: re-opened as revision %d (instance after completion)",
+                 uid_hash(h.series_uid), series.revision)
+    return Recorded(created=True, series_id=series.id, series_state=series.state, reopened=reopened,
+                    new_series=new_series)

@@ -1,0 +1,305 @@
+"""Receive path against real dcmtk peers: spool + index, duplicates, transfer syntaxes, policies."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plumbing_helpers import dcmtk_env, free_port, storescu, write_ct
+from pydicom import dcmread
+from sqlalchemy import func, select
+
+from hexnode.config import DicomConfig, TLSConfig
+from hexnode.receive.scp import Receiver
+from hexnode.receive.spool import Spool, instance_relpath, safe_component
+from hexnode.store import queue
+from hexnode.store.db import Event, Instance, Series, open_store
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.fixture
+def make_receiver(tmp_path: Path) -> Iterator:
+    started: list[Receiver] = []
+    old_tempdir = tempfile.tempdir
+
+    def make(**dicom_overrides) -> Receiver:
+        dicom = dataclasses.replace(DicomConfig(port=free_port(), min_free_disk_mb=1), **dicom_overrides)
+        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+        rx = Receiver(dicom, store, Spool(tmp_path / "spool"))
+        rx.start()
+        started.append(rx)
+        return rx
+
+    yield make
+    for rx in started:
+        rx.stop()
+        rx.store.dispose()
+    tempfile.tempdir = old_tempdir
+
+
+def wait_indexed(rx: Receiver, n: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with rx.store.transaction() as s:
+            if s.execute(select(func.count()).select_from(Instance)).scalar_one() >= n and rx.indexer.pending() == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} instances indexed after {timeout} s")
+
+
+def test_storescu_instances_spooled_indexed_and_duplicates_stored_once(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver()
+    files = write_ct(tmp_path / "in", 6)
+    r = storescu(rx.dicom.port, files)
+    assert r.returncode == 0, r.stderr
+    r = storescu(rx.dicom.port, files)  # the same series again
+    assert r.returncode == 0, r.stderr
+    wait_indexed(rx, 6)
+    time.sleep(0.3)
+    with rx.store.transaction() as s:
+        insts = s.execute(select(Instance)).scalars().all()
+        series = s.execute(select(Series)).scalars().all()
+    assert len(insts) == 6 and len(series) == 1
+    assert series[0].instance_count == 6 and series[0].state == "received" and series[0].calling_ae == "STORESCU"
+    assert rx.stored == 6 and rx.duplicates == 6
+    spooled = sorted((tmp_path / "spool" / "instances").rglob("*.dcm"))
+    assert len(spooled) == 6
+    by_uid = {i.sop_instance_uid: i for i in insts}
+    for f in files:
+        src = dcmread(f)
+        inst = by_uid[src.SOPInstanceUID]
+        got = dcmread(rx.spool.path(inst.path))
+        assert got.PixelData == src.PixelData and got.SeriesInstanceUID == src.SeriesInstanceUID
+        assert inst.position == [float(v) for v in src.ImagePositionPatient]
+        assert inst.rows == 64 and inst.instance_number == src.InstanceNumber
+    assert not list((tmp_path / "spool" / "incoming").iterdir()), "no temporary file left behind"
+
+
+def test_new_instance_after_completion_reopens_series(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver()
+    files = write_ct(tmp_path / "a", 4, series_uid="1.2.826.0.1.3680043.10.999.1", study_uid="1.2.3.44")
+    assert storescu(rx.dicom.port, files[:3]).returncode == 0
+    wait_indexed(rx, 3)
+    with rx.store.transaction() as s:
+        ser = s.execute(select(Series)).scalar_one()
+        queue.transition(s, ser, "complete", "stable")
+        queue.enqueue_job(s, ser)
+    assert storescu(rx.dicom.port, files[3:]).returncode == 0
+    wait_indexed(rx, 4)
+    with rx.store.transaction() as s:
+        ser = s.execute(select(Series)).scalar_one()
+        assert ser.state == "received" and ser.revision == 1 and ser.instance_count == 4
+
+
+def _convert(src: Path, dst: Path, kind: str) -> Path:
+    tools = {
+        "implicit": ["dcmconv", "+ti"], "bigendian": ["dcmconv", "+tb"], "deflate": ["dcmconv", "+td"],
+        "jpegls": ["dcmcjpls"], "rle": ["dcmcrle"], "jpeglossless": ["dcmcjpeg"],
+    }
+    if kind in tools:
+        subprocess.run([*tools[kind], str(src), str(dst)], check=True, capture_output=True)
+        return dst
+    ds = dcmread(src)  # JPEG 2000 lossless: pydicom + pylibjpeg-openjpeg (dcmtk has no J2K encoder)
+    ds.compress("1.2.840.10008.1.2.4.90")
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+def test_compressed_and_uncommon_transfer_syntaxes_are_accepted_as_sent(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver()
+    base = write_ct(tmp_path / "src", 7)
+    kinds = ["implicit", "bigendian", "deflate", "jpegls", "rle", "jpeglossless", "j2k"]
+    sent = {}
+    for kind, src in zip(kinds, base, strict=True):
+        out = _convert(src, tmp_path / f"{kind}.dcm", kind)
+        ds = dcmread(out)
+        sent[ds.SOPInstanceUID] = (kind, str(ds.file_meta.TransferSyntaxUID), dcmread(src).pixel_array)
+    # storescu proposes the file's own syntax only with the matching -x option; -R: only CT contexts
+    propose = {"implicit": "-xi", "bigendian": "-xb", "deflate": "-xd", "jpegls": "-xt", "rle": "-xr",
+               "jpeglossless": "-xs", "j2k": "-xv"}
+    for kind in kinds:
+        r = storescu(rx.dicom.port, [tmp_path / f"{kind}.dcm"], extra=["-R", propose[kind]])
+        assert r.returncode == 0, f"{kind}: {r.stderr}"
+        assert "Converting transfer syntax" not in r.stdout + r.stderr, kind
+    wait_indexed(rx, len(kinds))
+    with rx.store.transaction() as s:
+        insts = {i.sop_instance_uid: i for i in s.execute(select(Instance)).scalars()}
+    for uid, (kind, ts, pixels) in sent.items():
+        inst = insts[uid]
+        assert inst.transfer_syntax == ts, kind
+        got = dcmread(rx.spool.path(inst.path))
+        assert str(got.file_meta.TransferSyntaxUID) == ts, kind
+        assert np.array_equal(got.pixel_array, pixels), f"{kind}: pixels differ after the round trip"
+
+
+def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver(allowed_calling_aes=["CT_SCANNER"])
+    files = write_ct(tmp_path / "in", 1)
+    r = storescu(rx.dicom.port, files, aet="INTRUDER")
+    assert r.returncode != 0
+    assert "Calling AE Title Not Recognized" in r.stderr + r.stdout
+    r = storescu(rx.dicom.port, files, aet="CT_SCANNER", aec="SOMEONE_ELSE")
+    assert r.returncode != 0
+    assert "Called AE Title Not Recognized" in r.stderr + r.stdout
+    r = storescu(rx.dicom.port, files, aet="CT_SCANNER")
+    assert r.returncode == 0, r.stderr
+    wait_indexed(rx, 1)
+
+
+def test_low_disk_answers_out_of_resources_and_stores_nothing(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver(min_free_disk_mb=10**12)
+    files = write_ct(tmp_path / "in", 2)
+    r = storescu(rx.dicom.port, files, extra=["-v"])
+    assert r.returncode != 0
+    assert "Refused: OutOfResources" in r.stderr, r.stderr  # dcmtk names status 0xA700 so
+    assert not list((tmp_path / "spool" / "instances").rglob("*.dcm"))
+    assert not list((tmp_path / "spool" / "incoming").iterdir())
+
+
+def test_echo(make_receiver) -> None:
+    rx = make_receiver()
+    r = subprocess.run(["/usr/bin/echoscu", "-aec", "HEXNODE", "127.0.0.1", str(rx.dicom.port)],
+                       env=dcmtk_env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_non_ct_series_is_kept_and_rejected_with_reason(make_receiver, tmp_path: Path) -> None:
+    rx = make_receiver()
+    mr = write_ct(tmp_path / "mr", 2, sop_class="1.2.840.10008.5.1.4.1.1.4", modality="MR")
+    assert storescu(rx.dicom.port, mr).returncode == 0
+    wait_indexed(rx, 2)
+    with rx.store.transaction() as s:
+        ser = s.execute(select(Series)).scalar_one()
+        assert ser.state == "rejected" and "MR Image Storage is not CT" in ser.reason
+        assert ser.instance_count == 2
+        ev = s.execute(select(Event).where(Event.entity == "series")).scalar_one()
+        assert ev.to_state == "rejected"
+
+
+def test_unreadable_header_is_quarantined_with_an_event(make_receiver, tmp_path: Path) -> None:
+    from pynetdicom import AE
+
+    rx = make_receiver()
+    ds = dcmread(write_ct(tmp_path / "x", 1)[0])
+    del ds.SeriesInstanceUID
+    ae = AE("BADSCU")
+    ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", rx.dicom.port, ae_title="HEXNODE")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with rx.store.transaction() as s:
+            ev = s.execute(select(Event).where(Event.entity == "instance")).scalar_one_or_none()
+        if ev is not None:
+            break
+        time.sleep(0.05)
+    assert ev is not None and "missing SeriesInstanceUID" in ev.detail and "BADSCU" in ev.detail
+    assert list((tmp_path / "spool" / "quarantine").iterdir())
+
+
+def test_spool_names_never_come_from_raw_strings(tmp_path: Path) -> None:
+    assert safe_component("1.2.840.113619.2.55") == "1.2.840.113619.2.55"
+    for evil in ("../../etc/passwd", "1.2.3/../../x", "1." + "9" * 70, "01.2", "", "1.2\x00.3"):
+        name = safe_component(evil)
+        assert "/" not in name and ".." not in name and name.startswith("x") and len(name) == 41
+    assert safe_component("1.2.3\x00") == "1.2.3"  # NUL padding of an even-length UID is legal
+    rel = instance_relpath("../../../evil")
+    spool = Spool(tmp_path)
+    assert spool.path(rel).is_relative_to(tmp_path)
+    with pytest.raises(ValueError):
+        spool.path("../outside.dcm")
+
+
+def test_file_spooled_but_not_indexed_is_recovered_at_start(make_receiver, tmp_path: Path) -> None:
+    f = write_ct(tmp_path / "in", 1)[0]
+    uid = str(dcmread(f).SOPInstanceUID)
+    spool = Spool(tmp_path / "spool").prepare()
+    dest = spool.path(instance_relpath(uid))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(f.read_bytes())  # as if killed after the rename, before the index commit
+    rx = make_receiver()
+    with rx.store.transaction() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    assert inst.sop_instance_uid == uid
+
+
+def test_tls_with_dcmtk_storescu(make_receiver, tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    d.mkdir()
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+         "-days", "2", "-subj", "/CN=hexnode test CA")
+    for name in ("server", "client"):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={name}")
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext))
+    tls = TLSConfig(enabled=True, cert_file=str(d / "server.crt"), key_file=str(d / "server.key"),
+                    ca_file=str(d / "ca.crt"), require_client_cert=True)
+    rx = make_receiver(tls=tls)
+    files = write_ct(tmp_path / "in", 2)
+    r = storescu(rx.dicom.port, files,
+                 extra=["+tls", str(d / "client.key"), str(d / "client.crt"), "+cf", str(d / "ca.crt")])
+    assert r.returncode == 0, r.stderr
+    wait_indexed(rx, 2)
+    r = storescu(rx.dicom.port, files)  # plain TCP to the TLS port: no association
+    assert r.returncode != 0
+    # a client certificate not signed by our CA is refused
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.crt",
+         "-days", "2", "-subj", "/CN=rogue")
+    r = storescu(rx.dicom.port, files,
+                 extra=["+tls", str(d / "rogue.key"), str(d / "rogue.crt"), "+cf", str(d / "ca.crt")])
+    assert r.returncode != 0
+    assert os.path.exists(d / "server.crt")
+
+
+def test_hexnode_serve_process_receives_and_logs_no_patient_identifiers(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "hexnode.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "var"}"\nlog_level = "DEBUG"\n'
+                   f'[dicom]\nport = {port}\nmin_free_disk_mb = 1\n')
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([str(Path(".venv/bin/hexnode").resolve()), "serve", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        from plumbing_helpers import wait_port
+
+        wait_port(port, 30)
+        files = write_ct(tmp_path / "in", 3)
+        r = storescu(port, files)
+        assert r.returncode == 0, r.stderr
+        store = open_store(f"sqlite:///{tmp_path / 'var' / 'hexnode.sqlite'}")
+        deadline = time.monotonic() + 20
+        n = 0
+        while time.monotonic() < deadline and n < 3:
+            with store.transaction() as s:
+                n = s.execute(select(func.count()).select_from(Instance)).scalar_one()
+            time.sleep(0.1)
+        store.dispose()
+        assert n == 3
+    finally:
+        proc.terminate()
+        rc = proc.wait(20)
+        log.close()
+    assert rc == 0
+    text = (tmp_path / "serve.log").read_text()
+    assert "listening as HEXNODE" in text
+    for secret in ("SECRET", "PID-SECRET-42", "19700101"):
+        assert secret not in text
