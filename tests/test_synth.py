@@ -122,7 +122,7 @@ def test_tissue_hu_and_noise_on_written_dicom(straight: tuple[Case, Path, list[P
     assert float(np.median(hu[labels == LABELS["outside"]])) < -900
     low = range(min(8, len(paths)))
     mid = len(paths) // 2 + 2
-    assert max(float((hu[k] > 700).mean()) for k in low) > 1.5 * float((hu[mid] > 700).mean())
+    assert max(float((hu[k] > 300).mean()) for k in low) > 1.5 * float((hu[mid] > 300).mean())
 
     def enclosed_air(k: int) -> int:  # sinuses, mastoid cells: air inside the head outline
         body = ndimage.binary_fill_holes(ndimage.binary_closing(hu[k] > -300, iterations=3))

@@ -336,12 +336,16 @@ class Head:
     def floor_w(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """w of the cranial floor under (u, v): anterior, middle, central and posterior fossae."""
         dv = v - F32(self.v0)
-        t_ap = 1.0 / (1.0 + np.exp(-(dv + F32(30.0)) / F32(4.0)))
+        au = np.abs(u)
+        # the sphenoid ridge curves forward and out from the anterior clinoids
+        t_ap = 1.0 / (1.0 + np.exp(-(dv + F32(24.0) + F32(0.45) * au) / F32(3.0)))
         t_pm = 1.0 / (1.0 + np.exp(-(dv - F32(8.0)) / F32(5.0)))
-        lat = 1.0 / (1.0 + np.exp(-(np.abs(u) - F32(20.0)) / F32(4.0)))
+        lat = 1.0 / (1.0 + np.exp(-(au - F32(20.0)) / F32(4.0)))
         middle = F32(-26.0) + F32(-16.0) * lat
         post = F32(-58.0) + F32(0.004) * u * u + F32(0.002) * (dv - F32(40.0)) ** 2
-        return (F32(-17.0) * (1 - t_ap) + t_ap * ((1 - t_pm) * middle + t_pm * post)).astype(F32)
+        # orbital roofs dome up on both sides of the low cribriform plate
+        anterior = F32(-23.0) + F32(11.0) * np.exp(-(((au - F32(28.0)) / F32(13.0)) ** 2))
+        return (anterior * (1 - t_ap) + t_ap * ((1 - t_pm) * middle + t_pm * post)).astype(F32)
 
     def tentorium_w(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         dv = v - F32(self.v0)
@@ -363,8 +367,8 @@ class Head:
         if w < -12.0:
             g = min(1.0, (-12.0 - w) / 18.0) ** 0.5
             neck = max(0.0, min(1.0, (-w - 60.0) / 40.0))
-            fa = F32(max(self.a + 10.0, 1.0) * g * (1.0 - 0.2 * neck))
-            fb = F32(max(self.b + 12.0, 1.0) * g * (1.0 - 0.3 * neck))
+            fa = F32(max(self.a + 3.0, 1.0) * g * (1.0 - 0.2 * neck))
+            fb = F32(max(self.b + 6.0, 1.0) * g * (1.0 - 0.25 * neck))
             fc = F32(self.v0 - 12.0 * (1 - neck))
             dv = v - fc
             f = np.sqrt((u / fa) ** 2 + (dv / fb) ** 2) + F32(1e-6)
@@ -386,6 +390,8 @@ class Head:
         bone_val = F32(self.diploe_hu) + F32(self.table_hu - self.diploe_hu) * np.clip(
             (np.abs(depth - F32(0.5)) - F32(0.12)) * F32(7.0), 0.0, 1.0)
         shell_bone = ramp(t_sk - sd_in, pv) * head
+        if w < -50.0:  # no vault below the foramen magnum: the neck is soft tissue around the spine
+            shell_bone *= F32(max(0.0, min(1.0, (w + 64.0) / 14.0)))
         lerp_into(img, bone_val, shell_bone)
         inner = ramp(-sd_in, pv)
         ic = inner
@@ -400,32 +406,35 @@ class Head:
         lerp_into(img, icv, ic)
         brain *= ic
         vent *= ic
+        if w < -15.0 + thk:
+            self._face(grid, img, u, v, w, thk, ic)
         # dural sinuses along the inner table
         self._sinuses(grid, img, u, v, w, thk, sd_in, ic)
         for c in self.calcs:
             paint(img, grid, u, v, c.ellipsoid, w, thk, F32(c.hu))
         return SliceLayers(img, ic, vent, brain)
 
-    def _skull_base(self, grid: Grid, u: np.ndarray, v: np.ndarray, w: float, thk: float,
-                    floor: np.ndarray) -> np.ndarray:
-        """HU below the cranial floor: bone plate, then face/neck soft tissue; air sinuses, orbits."""
-        px = grid.px
+    def _face(self, grid: Grid, img: np.ndarray, u: np.ndarray, v: np.ndarray, w: float, thk: float,
+              ic: np.ndarray) -> None:
+        """Petrous ridges, air sinuses and mastoid cells, orbits, airway and spine (outside the brain)."""
         v0 = self.v0
-        base = np.full(u.shape, 40.0, dtype=F32)
-        plate = ramp(F32(w) - (floor - F32(12.0)), max(thk, px))
-        lerp_into(base, F32(self.diploe_hu + 150.0), plate)
+        base = img.copy()
         sep = self.texture.sample(grid, w, scale=2.5)
         cells = F32(-950.0) + F32(700.0) * (np.abs(sep) < 0.35)  # air cells with bony septa
         for s in (-1.0, 1.0):
             paint(base, grid, u, v, Ellipsoid((s * 33.0, v0 + 8.0, -40.0), (26.0, 8.5, 8.0), s * 40.0), w, thk,
                   F32(1500.0))  # petrous ridge (densest skull bone)
-            paint(base, grid, u, v, Ellipsoid((s * 50.0, v0 + 22.0, -44.0), (9.0, 11.0, 11.0)), w, thk, cells)
+            paint(base, grid, u, v, Ellipsoid((s * 50.0, v0 + 22.0, -46.0), (9.0, 10.0, 9.0)), w, thk, cells)
+            paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 62.0, -37.0), (18.0, 21.0, 17.0)), w, thk,
+                  F32(self.diploe_hu))  # orbit walls
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 63.0, -36.0), (16.0, 20.0, 15.0)), w, thk,
                   F32(-85.0))  # orbit fat
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 71.0, -36.0), (11.5, 11.5, 11.5)), w, thk,
                   F32(12.0))  # globe
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 82.0, -36.0), (4.0, 1.6, 4.0)), w, thk,
                   F32(105.0))  # lens
+            paint(base, grid, u, v, Ellipsoid((s * 28.0, v0 - 56.0, -70.0), (17.5, 19.5, 19.0)), w, thk,
+                  F32(self.diploe_hu - 100.0))  # maxilla
             paint(base, grid, u, v, Ellipsoid((s * 28.0, v0 - 55.0, -70.0), (15.0, 17.0, 18.0)), w, thk,
                   F32(-960.0))  # maxillary sinus
         paint(base, grid, u, v, Ellipsoid((0.0, v0 - 58.0, -38.0), (9.0, 18.0, 12.0)), w, thk, cells)  # ethmoid
@@ -435,6 +444,16 @@ class Head:
         paint(base, grid, u, v, Ellipsoid((0.0, v0 + 22.0, -100.0), (13.0, 11.0, 40.0)), w, thk, F32(600.0))
         paint(base, grid, u, v, Ellipsoid((0.0, v0 + 29.0, -100.0), (7.0, 6.5, 40.0)), w, thk, F32(20.0))
         paint(base, grid, u, v, Ellipsoid((0.0, v0 - 12.0, -105.0), (9.0, 7.0, 30.0)), w, thk, F32(-970.0))
+        lerp_into(img, base, F32(1.0) - ic)
+
+    def _skull_base(self, grid: Grid, u: np.ndarray, v: np.ndarray, w: float, thk: float,
+                    floor: np.ndarray) -> np.ndarray:
+        """HU below the cranial floor: a bone plate, then face/neck soft tissue."""
+        px = grid.px
+        base = np.full(u.shape, 40.0, dtype=F32)
+        plate = ramp(F32(w) - (floor - F32(12.0)), max(thk, px))
+        tex = self.texture.sample(grid, w, scale=1.3)
+        lerp_into(base, F32(self.diploe_hu + 100.0) + F32(180.0) * np.clip(tex, -2.0, 2.0), plate)
         return base
 
     def _intracranial(self, grid: Grid, u: np.ndarray, v: np.ndarray, w: float, thk: float,

@@ -263,8 +263,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
                 dy, dx, alpha = motion_slices[k]
                 ghost = ndimage.shift(img[j], (dy, dx), order=1, mode="nearest")
                 img[j] += F32(alpha) * (ghost - img[j])
-        for j in np.flatnonzero(art_half.any(axis=(1, 2))):
-            img[j] += up2(art_half[j])
+        for jj in np.flatnonzero(art_half.any(axis=(1, 2))):
+            img[jj] += up2(art_half[jj])
         noise = r_noise.standard_normal(img.shape, dtype=F32)
         noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), truncate=3.0)
         # fewer photons through the skull base: noisier low slices
