@@ -229,6 +229,8 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     selector = Selector.from_config(cfg.series.selection)  # a bad rule fails start-up, not a tick
+    # APScheduler logs every run at INFO: four lines a second that drown the node's own log
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     def job() -> None:
         try:
