@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -94,6 +95,8 @@ def main() -> int:
             measure(n, args.repeat, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # Includes the synthetic series (hu float32) the bench itself holds.
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return 0
 
 

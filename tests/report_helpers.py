@@ -48,22 +48,21 @@ class Series:
 def phantom(n: int, size: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Skull, brain, ventricles and a lobar hematoma that spans a few slices."""
     rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(np.arange(n), np.arange(size), np.arange(size), indexing="ij")
+    y, x = np.ogrid[:size, :size]  # one slice at a time: a 300 x 512^2 phantom stays small
     c = (size - 1) / 2
     r = np.hypot((x - c) / (0.40 * size), (y - c) / (0.46 * size))
-    hu = np.full((n, size, size), -1000.0, dtype=np.float32)
-    hu[r < 1.0] = 1000.0  # skull
-    hu[r < 0.92] = 32.0  # brain
-    hu[(np.hypot((x - c) / (0.05 * size), (y - c) / (0.12 * size)) < 1)] = 6.0  # ventricles
-    zc = n / 2
-    blob = (
-        ((x - (c + 0.16 * size)) / (0.09 * size)) ** 2
-        + ((y - (c - 0.08 * size)) / (0.12 * size)) ** 2
-        + ((z - zc) / max(n / 6, 1.0)) ** 2
-    ) < 1.0
-    hu[blob] = 65.0
-    hu += rng.normal(0, 4, hu.shape).astype(np.float32)
-    return np.round(hu).astype(np.float32), blob.astype(np.uint8)
+    plane = np.full((size, size), -1000.0, dtype=np.float32)
+    plane[r < 1.0] = 1000.0  # skull
+    plane[r < 0.92] = 32.0  # brain
+    plane[(np.hypot((x - c) / (0.05 * size), (y - c) / (0.12 * size)) < 1)] = 6.0  # ventricles
+    ellipse = ((x - (c + 0.16 * size)) / (0.09 * size)) ** 2 + ((y - (c - 0.08 * size)) / (0.12 * size)) ** 2
+    hu = np.empty((n, size, size), dtype=np.float32)
+    mask = np.zeros((n, size, size), dtype=np.uint8)
+    for z in range(n):
+        mask[z] = ellipse + ((z - n / 2) / max(n / 6, 1.0)) ** 2 < 1.0
+        hu[z] = np.where(mask[z] > 0, 65.0, plane) + rng.normal(0, 4, (size, size))
+    np.round(hu, out=hu)
+    return hu, mask
 
 
 def write_series(
