@@ -59,6 +59,11 @@ class Destination:
     # The calling AEs whose series go back to this destination; empty = every series.
     for_calling_aes: list[str] = field(default_factory=list)
     tls: bool = False
+    tls_ca_file: str = ""  # verify the peer against this CA (empty: system CAs)
+    tls_cert_file: str = ""  # our client certificate, if the peer requires one
+    tls_key_file: str = ""
+    bearer_token: str = ""  # STOW-RS: sent as "Authorization: Bearer ..." when set
+    timeout_seconds: float = 30.0
 
 
 @dataclass

@@ -46,11 +46,11 @@ def store(tmp_path: Path):
 def test_schema_created_versioned_and_reopenable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite'}"
     st = open_store(url)
-    assert schema_version(st) == 1
+    assert schema_version(st) == 2
     _series(st)
     st.dispose()
     st2 = open_store(url)  # second start: no error, data kept
-    assert schema_version(st2) == 1
+    assert schema_version(st2) == 2
     with st2.transaction() as s:
         assert s.execute(select(func.count()).select_from(Series)).scalar_one() == 1
         mode = s.connection().exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -179,3 +179,23 @@ def test_two_threads_claim_each_job_exactly_once_on_sqlite(store) -> None:
     for t in threads:
         t.join(30)
     assert sorted(j for _, j in claimed) == sorted(ids)
+
+
+def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from hexnode.store.db import SCHEMA_VERSION
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    open_store(url).dispose()
+    con = sqlite3.connect(tmp_path / "old.sqlite")  # make it look like a version-1 database
+    con.execute("ALTER TABLE outbox DROP COLUMN queued_at")
+    con.execute("UPDATE hexnode_meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    st = open_store(url)
+    assert schema_version(st) == SCHEMA_VERSION
+    with st.transaction() as s:
+        cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(outbox)")]
+    assert "queued_at" in cols
+    st.dispose()

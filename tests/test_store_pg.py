@@ -41,7 +41,7 @@ def _queued(store, n: int) -> list[int]:
 
 def test_schema_is_isolated_and_versioned(store) -> None:
     assert store.dialect == "postgresql"
-    assert schema_version(store) == 1
+    assert schema_version(store) == 2
     with store.transaction() as s:
         path = s.connection().exec_driver_sql("SHOW search_path").scalar()
     assert path.startswith("hexnode_t_")

@@ -58,12 +58,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -180,6 +181,8 @@ class Outbox(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Start of the current delivery period: the maximum age counts from here (reset by resend).
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -198,7 +201,14 @@ class Event(Base):
 
 # Versioned migrations: MIGRATIONS[v] brings a database at version v-1 to v. Version 1 is the
 # initial schema (create_all). Later versions append a function here; never edit an old one.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+def _v2_outbox_queued_at(s: Session) -> None:
+    cols = {c["name"] for c in inspect(s.connection()).get_columns("outbox")}
+    if "queued_at" not in cols:
+        s.execute(text("ALTER TABLE outbox ADD COLUMN queued_at TIMESTAMP"))
+    s.execute(text("UPDATE outbox SET queued_at = created_at WHERE queued_at IS NULL"))
+
+
+MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _v2_outbox_queued_at}
 
 
 @dataclass
@@ -291,7 +301,7 @@ def init_db(store: Store) -> int:
         row = s.get(Meta, "schema_version")
         current = int(row.value) if row else 0
         if current == 0:
-            current = 1  # create_all just built version 1
+            current = SCHEMA_VERSION  # a new database: create_all just built the current schema
         for version in range(current + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version](s)
             current = version

@@ -1,0 +1,91 @@
+"""C-STORE of result objects to a DICOM destination, one association per batch.
+
+``store_files(dest, files, calling_ae) -> dict[sop_uid, Outcome]``: every file gets an outcome;
+an association that cannot be opened (peer down, rejected) fails the whole batch with that
+reason, so the caller backs off. Status 0x0000 and the warning statuses (0x0001, 0xBxxx) count as
+delivered: the PACS has the object.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+
+from hexnode.config import Destination
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    detail: str
+
+
+def _client_ssl(dest: Destination) -> ssl.SSLContext | None:
+    if not dest.tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=dest.tls_ca_file or None)
+    ctx.check_hostname = False  # DICOM peers are addressed by IP; the CA check still applies
+    if dest.tls_cert_file:
+        ctx.load_cert_chain(dest.tls_cert_file, dest.tls_key_file or None)
+    return ctx
+
+
+def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> dict[str, Outcome]:
+    """`files`: SOP Instance UID → path. Returns an outcome per SOP Instance UID."""
+    datasets: dict[str, Dataset] = {}
+    outcomes: dict[str, Outcome] = {}
+    for uid, path in files.items():
+        try:
+            datasets[uid] = dcmread(path)
+        except Exception as exc:  # the spool file is gone or damaged: report it, don't crash
+            outcomes[uid] = Outcome(False, f"cannot read {path.name}: {type(exc).__name__}")
+    if not datasets:
+        return outcomes
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
+    ae.connection_timeout = min(10.0, dest.timeout_seconds)
+    wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}
+    for sop_class, ts in sorted(wanted):
+        ae.add_requested_context(sop_class, [ts])
+    tls = _client_ssl(dest)
+    opened: list[bool] = []
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                         tls_args=(tls, "") if tls is not None else None,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
+    if not assoc.is_established:
+        if not opened:
+            why = "peer down or unreachable (no TCP connection)"
+        elif assoc.is_rejected:
+            why = "association rejected"
+        else:
+            why = "association aborted"
+        for uid in datasets:
+            outcomes[uid] = Outcome(False, f"{dest.name} {dest.host}:{dest.port}: {why}")
+        return outcomes
+    try:
+        for uid, ds in datasets.items():
+            try:
+                status = assoc.send_c_store(ds)
+            except Exception as exc:
+                outcomes[uid] = Outcome(False, f"C-STORE error: {type(exc).__name__}: {exc}")
+                continue
+            code = getattr(status, "Status", None)
+            if code is None:
+                outcomes[uid] = Outcome(False, "no C-STORE response (connection lost or timeout)")
+            elif code == 0x0000 or code == 0x0001 or (code & 0xF000) == 0xB000:
+                outcomes[uid] = Outcome(True, f"C-STORE status 0x{code:04X}")
+            else:
+                outcomes[uid] = Outcome(False, f"C-STORE status 0x{code:04X}")
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    for uid in datasets:
+        outcomes.setdefault(uid, Outcome(False, "association ended before this object was sent"))
+    return outcomes
