@@ -1,0 +1,204 @@
+"""Features for the HE classifier: pyradiomics, the CNN crop, and a few peri-hematomal measures.
+
+Radiomics runs on the CT cropped to the mask's bounding box plus a margin: the filters (LoG up to
+sigma 5 mm, wavelets) only need a few millimetres of context, and filtering the whole 512x512xN
+volume would cost ~10x more for identical features inside the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+log = logging.getLogger(__name__)
+
+RADIOMICS_MARGIN_MM = 12.0
+
+# Written to models/radiomics.yaml by `hexnode train`; the manifest pins its sha256.
+RADIOMICS_YAML = """\
+# pyradiomics 3.0.1 settings for hexnode (the seeds' ~1,300-1,400 feature set).
+# Run by hexnode/models/features.py on the CT cropped to the mask's bounding box plus a
+# 12 mm margin (enough for LoG sigma 5 mm and the wavelet kernels), which is what keeps
+# extraction within seconds per case.
+imageType:
+  Original: {}
+  LoG:
+    sigma: [1.0, 2.0, 3.0, 4.0, 5.0]   # mm
+  Wavelet: {}                         # coif1, 8 decompositions
+featureClass:
+  shape:
+  firstorder:
+  glcm:
+  glrlm:
+  glszm:
+  gldm:
+  ngtdm:
+setting:
+  # In-plane resampling to 1 mm (slice spacing kept: 0 means "as acquired"); B-spline for the
+  # image, nearest neighbour for the mask. Thin series are resampled to 1 mm in z too by the
+  # caller when their slice spacing is below 1 mm.
+  resampledPixelSpacing: [1.0, 1.0, 0]
+  interpolator: sitkBSpline
+  # Fixed bin width in HU (and in filter-response units for LoG/Wavelet).
+  binWidth: 5
+  label: 1
+  normalize: false
+  padDistance: 8
+  correctMask: true
+  geometryTolerance: 0.001
+  minimumROIDimensions: 1
+  minimumROISize: 1
+  force2D: false
+"""
+CNN_SIZE = 64
+CNN_WINDOW = (0.0, 100.0)
+
+
+def crop_box(mask: NDArray[Any], spacing: Sequence[float], margin_mm: float) -> tuple[slice, slice, slice]:
+    zz, yy, xx = np.nonzero(mask)
+    sx, sy, sz = (float(s) for s in spacing)
+    mz = int(np.ceil(margin_mm / sz))
+    my = int(np.ceil(margin_mm / sy))
+    mx = int(np.ceil(margin_mm / sx))
+    z, y, x = mask.shape
+    return (
+        slice(max(int(zz.min()) - mz, 0), min(int(zz.max()) + mz + 1, z)),
+        slice(max(int(yy.min()) - my, 0), min(int(yy.max()) + my + 1, y)),
+        slice(max(int(xx.min()) - mx, 0), min(int(xx.max()) + mx + 1, x)),
+    )
+
+
+class RadiomicsExtractor:
+    """pyradiomics with the settings in models/radiomics.yaml; feature names in a fixed order."""
+
+    def __init__(self, params: Path, names: Sequence[str] | None = None) -> None:
+        from radiomics import featureextractor
+
+        logging.getLogger("radiomics").setLevel(logging.ERROR)
+        self._ext = featureextractor.RadiomicsFeatureExtractor(str(params))
+        self.names: list[str] | None = list(names) if names is not None else None
+
+    def extract(self, hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[float]) -> dict[str, float]:
+        import SimpleITK as sitk
+
+        if not np.any(mask):
+            return {}
+        box = crop_box(mask, spacing, RADIOMICS_MARGIN_MM)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(hu[box], np.float32))
+        msk = sitk.GetImageFromArray(np.ascontiguousarray((mask[box] > 0).astype(np.uint8)))
+        for im in (img, msk):
+            im.SetSpacing(tuple(float(s) for s in spacing))
+        try:
+            result = self._ext.execute(img, msk, label=1)
+        except Exception as exc:  # e.g. a one-voxel mask: texture matrices are undefined
+            log.warning("radiomics failed (%s); features left missing", type(exc).__name__)
+            return {}
+        out: dict[str, float] = {}
+        for key, val in result.items():
+            if key.startswith("diagnostics"):
+                continue
+            try:
+                out[key] = float(val)
+            except (TypeError, ValueError):
+                continue
+        return out
+
+    def vector(self, feats: dict[str, float]) -> NDArray[np.float64]:
+        if self.names is None:
+            raise ValueError("feature names unknown: set them from the manifest")
+        return np.array([feats.get(n, np.nan) for n in self.names], np.float64)
+
+
+def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[float]) -> dict[str, float]:
+    """Volume plus the NCCT expansion markers of the literature, measured on the mask: satellite
+    islands (component count), hypodensity (30-45 HU fraction) and whether it is one contiguous
+    region (blend sign), shape irregularity (radial spread of the surface), and the perihematomal
+    ring density (oedema lies outside the mask, so pyradiomics on the mask cannot see it)."""
+    sx, sy, sz = (float(s) for s in spacing)
+    m = np.asarray(mask) > 0
+    vox_ml = sx * sy * sz / 1000.0
+    vol = float(m.sum()) * vox_ml
+    if not m.any():
+        return {"volume_ml": 0.0}
+    box = crop_box(m, spacing, 8.0)
+    mc = m[box]
+    hc = np.asarray(hu[box], np.float32)
+    full = np.ones((3, 3, 3), bool)
+    labels, n = ndi.label(mc, structure=full)
+    sizes = np.bincount(labels.ravel())[1:] * vox_ml
+    main = labels == (int(np.argmax(sizes)) + 1)
+    # in-plane ring of ~1-4 mm around the mask, per slice (slices are thick), soft tissue only
+    r_in = max(1, int(round(1.0 / sy)))
+    r_out = max(r_in + 1, int(round(4.0 / sy)))
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndi.generate_binary_structure(2, 1)
+    d_in = ndi.binary_dilation(mc, st, iterations=r_in)
+    d_out = ndi.binary_dilation(mc, st, iterations=r_out)
+    ring = d_out & ~d_in & (hc > -5) & (hc < 60)
+    inside = hc[mc]
+    ring_vals = hc[ring] if ring.any() else np.array([np.nan])
+    # the interior only: the mask's partial-volume border is at 20-45 HU whatever the blood is
+    core = ndi.binary_erosion(mc, st)
+    if not core.any():
+        core = mc
+    hypo = core & (hc >= 28) & (hc <= 46)
+    hypo_frac = float(hypo.sum() / core.sum())
+    if hypo.any():
+        hl, hn = ndi.label(hypo, structure=full)
+        largest_hypo = float(np.bincount(hl.ravel())[1:].max() / hypo.sum())
+    else:
+        hn, largest_hypo = 0, 0.0
+    # radial spread of the main component's surface, in mm, relative to its mean radius
+    surf = main & ~ndi.binary_erosion(main, st)
+    pz, py, px = np.nonzero(surf)
+    cz, cy, cx = (float(v.mean()) for v in np.nonzero(main))
+    r = np.sqrt(((pz - cz) * sz) ** 2 + ((py - cy) * sy) ** 2 + ((px - cx) * sx) ** 2)
+    return {
+        "volume_ml": vol,
+        "log_volume": float(np.log(max(vol, 1e-3))),
+        "n_components": float(n),
+        "satellite_ml": float(sizes.sum() - sizes.max()) if n > 1 else 0.0,
+        "ring_mean_hu": float(np.nanmean(ring_vals)),
+        "ring_p10_hu": float(np.nanpercentile(ring_vals, 10)),
+        # blood bordering CSF (0-12 HU): intraventricular extension
+        "csf_contact": float(((hc > -5) & (hc < 12) & d_out & ~d_in).sum() / max(int((d_out & ~d_in).sum()), 1)),
+        "hypodense_fraction": hypo_frac,
+        "hypodense_regions": float(hn),
+        "hypodense_largest_share": largest_hypo,
+        "inside_mean_hu": float(inside.mean()),
+        "inside_std_hu": float(inside.std()),
+        "radius_rel_sd": float(r.std() / max(r.mean(), 1e-6)) if r.size else 0.0,
+    }
+
+
+def cnn_input(hu: NDArray[Any], mask: NDArray[np.generic], spacing: Sequence[float]) -> NDArray[np.float32]:
+    """(1, 4, 64, 64): the slice of largest hematoma area and its two neighbours (0-100 HU window)
+    plus that slice's mask, cropped to a square of 1.6x the hematoma extent + 10 mm so the
+    network sees the perihematomal tissue."""
+    m = np.asarray(mask) > 0
+    z = m.shape[0]
+    areas = m.reshape(z, -1).sum(1)
+    k = int(np.argmax(areas))
+    ks = [min(max(k + d, 0), z - 1) for d in (-1, 0, 1)]
+    sx, sy = float(spacing[0]), float(spacing[1])
+    yy, xx = np.nonzero(m[k])
+    cy, cx = (yy.min() + yy.max()) / 2.0, (xx.min() + xx.max()) / 2.0
+    extent_mm = max((yy.max() - yy.min() + 1) * sy, (xx.max() - xx.min() + 1) * sx)
+    side_mm = 1.6 * extent_mm + 10.0
+    # sample a CNN_SIZE grid over the square (bilinear), outside the image = air
+    gy = cy + (np.arange(CNN_SIZE) - (CNN_SIZE - 1) / 2.0) * (side_mm / CNN_SIZE) / sy
+    gx = cx + (np.arange(CNN_SIZE) - (CNN_SIZE - 1) / 2.0) * (side_mm / CNN_SIZE) / sx
+    coords = np.stack(np.meshgrid(gy, gx, indexing="ij"))
+    lo, hi = CNN_WINDOW
+    chans = []
+    for kk in ks:
+        sl = ndi.map_coordinates(np.asarray(hu[kk], np.float32), coords, order=1, cval=-1000.0)
+        chans.append(np.clip((sl - lo) / (hi - lo), 0.0, 1.0))
+    chans.append(ndi.map_coordinates(m[k].astype(np.float32), coords, order=1, cval=0.0))
+    return np.stack(chans)[None].astype(np.float32)

@@ -1,0 +1,135 @@
+"""The model stage the worker calls: `Models.load(dir).analyse(hu, spacing)`.
+
+One `Models` per process: ONNX sessions, the pyradiomics extractor and the booster are created
+once at load time, after every file's sha256 has been checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hexnode.analysis import ModelInfo, Prediction
+from hexnode.models import features as F
+from hexnode.models.predict import Booster, Calibration
+from hexnode.models.registry import (
+    Manifest,
+    ModelIntegrityError,
+    choose_providers,
+    load_manifest,
+    make_session,
+)
+from hexnode.models.segment import PostProcessing, postprocess, predict_probability, volume_ml
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Analysis", "Models", "ModelIntegrityError", "Scores"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    mask: NDArray[np.uint8]
+    prediction: Prediction
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Everything the evaluation needs for one case besides the mask."""
+
+    probability: float  # fused, calibrated
+    radiomics_raw: float  # radiomics-only booster (ablation)
+    cnn_logit: float  # CNN-only (ablation)
+    volume_ml: float
+
+
+class Models:
+    def __init__(self, manifest: Manifest, providers: list[str], threads: int = 0) -> None:
+        self.manifest = manifest
+        data = manifest.data
+        self.seg = make_session(manifest.path("seg"), providers, threads)
+        self.cnn = make_session(manifest.path("cnn"), providers, threads)
+        self.radiomics = F.RadiomicsExtractor(manifest.path("radiomics"))
+        self.fused = Booster(manifest.path("lgbm"))
+        self.radiomics_only = Booster(manifest.path("lgbm_radiomics"))
+        self.calibration = Calibration.from_manifest(data["calibration"])
+        pp = data["preprocessing"]["postprocessing"]
+        self.post = PostProcessing(
+            threshold=float(pp["threshold"]),
+            min_component_ml=float(pp["min_component_ml"]),
+            fill_holes=bool(pp["fill_holes"]),
+        )
+        self.info = ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            threshold=manifest.threshold,
+            synthetic_trained=manifest.synthetic_trained,
+        )
+        self.provider = self.seg.get_providers()[0]
+        log.info("models %s %s on %s", self.info.name, self.info.version, self.provider)
+
+    @classmethod
+    def load(cls, models_dir: str | Path, providers: Sequence[str] | None = None, *, threads: int = 0) -> Models:
+        """Verify every file against the manifest, then open the sessions (`threads` 0: ORT default)."""
+        manifest = load_manifest(models_dir, verify=True)
+        return cls(manifest, choose_providers(tuple(providers) if providers else None), threads)
+
+    # -- stages -------------------------------------------------------------------------------
+    def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float]) -> NDArray[np.uint8]:
+        prob = predict_probability(self.seg, np.asarray(hu, np.float32))
+        return postprocess(prob, spacing, self.post)
+
+    def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:
+        x = F.cnn_input(hu, mask, spacing)
+        emb, logit = self.cnn.run(["embedding", "logit"], {"crop": x})
+        out = {f"cnn_{i:02d}": float(v) for i, v in enumerate(np.asarray(emb)[0])}
+        out["cnn_logit"] = float(np.asarray(logit).ravel()[0])
+        return out
+
+    def features(
+        self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float], timings: dict[str, float]
+    ) -> dict[str, float]:
+        t = time.perf_counter()
+        feats = dict(self.radiomics.extract(hu, mask, spacing))
+        timings["radiomics"] = time.perf_counter() - t
+        t = time.perf_counter()
+        feats.update(F.context_features(hu, mask, spacing))
+        feats.update(self.cnn_outputs(hu, mask, spacing))
+        timings["cnn"] = time.perf_counter() - t
+        return feats
+
+    def scores(self, feats: dict[str, float]) -> Scores:
+        raw = self.fused.raw([feats])
+        return Scores(
+            probability=float(self.calibration.apply(raw)[0]),
+            radiomics_raw=float(self.radiomics_only.raw([feats])[0]),
+            cnn_logit=float(feats["cnn_logit"]),
+            volume_ml=float(feats["volume_ml"]),
+        )
+
+    # -- the worker's entry point ---------------------------------------------------------------
+    def analyse(
+        self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = ()
+    ) -> Analysis:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        mask = self.segment(hu, spacing)
+        timings["segmentation"] = time.perf_counter() - t0
+        if not mask.any():
+            pred = Prediction(0.0, 0.0, self.info, hemorrhage_detected=False, notes=tuple(notes))
+            timings["total"] = time.perf_counter() - t0
+            return Analysis(mask, pred, timings)
+        feats = self.features(hu, mask, spacing, timings)
+        t = time.perf_counter()
+        prob = float(self.calibration.apply(self.fused.raw([feats]))[0])
+        timings["fusion"] = time.perf_counter() - t
+        pred = Prediction(volume_ml(mask, spacing), prob, self.info, hemorrhage_detected=True, notes=tuple(notes))
+        timings["total"] = time.perf_counter() - t0
+        return Analysis(mask, pred, timings)

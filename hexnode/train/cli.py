@@ -1,0 +1,378 @@
+"""`hexnode train`: cases → split by patient → U-Net → CNN → features → LightGBM → calibration → manifest.
+
+Splits (by a hash of the case id, so a patient never crosses splits):
+- `segcnn`: trains the segmentation U-Net and the HE CNN (ground-truth masks);
+- `fusion`: trains LightGBM on radiomics + CNN embedding + context features (ground-truth masks,
+  as the seeds' radiologist-traced ROIs; the CNN never saw these cases, so its embedding is not
+  over-fitted here);
+- `val`: the full pipeline (predicted masks): early stopping, Platt calibration, thresholds;
+- `test`: the full pipeline, touched once for the manifest's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hexnode.models import features as F
+from hexnode.models import metrics as M
+from hexnode.models.segment import PostProcessing, postprocess, predict_probability
+from hexnode.train.data import TrainCase, read_labels, site_case, synth_case
+
+log = logging.getLogger("hexnode.train")
+
+SPLITS = {"segcnn": 0.25, "fusion": 0.45, "val": 0.18, "test": 0.12}
+POST = PostProcessing()
+
+
+@dataclass
+class Plan:
+    quick: bool
+    seg_seconds: float
+    cnn_seconds: float
+    width: int
+    k_features: int
+    workers: int
+
+
+@dataclass
+class Record:
+    case_id: str
+    split: str
+    label: int
+    he_probability: float | None
+    volume_ml: float
+    crop: np.ndarray | None = None  # CNN input from the mask used for features
+    feats: dict[str, float] = field(default_factory=dict)
+    slices: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+    seg: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- worker-side functions (module level so multiprocessing can pickle them) -----------------
+# Per-worker-process resources (extractor, ONNX sessions), set once by the pool initializer so
+# that each task does not rebuild them; never used in the parent process.
+_G: dict[str, Any] = {}
+
+
+def _init_worker(params_yaml: str, workdir: str, seg_path: str | None, cnn_path: str | None) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _G["extractor"] = F.RadiomicsExtractor(Path(params_yaml))
+    _G["workdir"] = Path(workdir)
+    if seg_path:
+        from hexnode.models.registry import make_session
+
+        _G["seg"] = make_session(Path(seg_path), ["CPUExecutionProvider"], threads=1)
+        _G["cnn"] = make_session(Path(cnn_path), ["CPUExecutionProvider"], threads=1) if cnn_path else None
+
+
+def _stage1(job: tuple[str, str, Callable[[], TrainCase]]) -> Record:
+    """Load one case; keep what its split needs (slices, crop, GT-mask features, or the volume)."""
+    split, case_id, loader = job
+    c = loader()
+    rec = Record(case_id, split, c.label, c.he_probability, float(c.mask.sum()) * float(np.prod(c.spacing)) / 1000.0)
+    if not c.mask.any():
+        rec.split = "skip"  # nothing to learn HE from; still fine for segmentation
+    if split == "segcnn":
+        rng = np.random.default_rng(abs(hash(case_id)) % (2**32))
+        from hexnode.train.seg_train import SliceBank
+
+        bank = SliceBank()
+        bank.add_case(c.hu, c.mask, rng)
+        rec.slices = (bank.hu, bank.mask)
+        if c.mask.any():
+            rec.crop = F.cnn_input(c.hu, c.mask, c.spacing)
+    elif split == "fusion" and c.mask.any():
+        hu = c.hu.astype(np.float32)
+        rec.feats = dict(_G["extractor"].extract(hu, c.mask, c.spacing))
+        rec.feats.update(F.context_features(hu, c.mask, c.spacing))
+        rec.crop = F.cnn_input(hu, c.mask, c.spacing)
+    elif split in ("val", "test"):
+        np.savez(_G["workdir"] / f"{case_id}.npz", hu=c.hu, mask=c.mask, spacing=np.array(c.spacing))
+        rec.split = split
+    return rec
+
+
+def _stage2(rec: Record) -> Record:
+    """Full pipeline on a val/test case: predicted mask, then features from it."""
+    path = _G["workdir"] / f"{rec.case_id}.npz"
+    with np.load(path) as z:
+        hu, gt, spacing = z["hu"].astype(np.float32), z["mask"], tuple(float(s) for s in z["spacing"])
+    path.unlink()
+    pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST)
+    rec.seg = {
+        "iou": M.iou(gt, pred), "dice": M.dice(gt, pred), "slice_ious": M.slice_ious(gt, pred),
+        "vol_true": rec.volume_ml, "vol_pred": float(pred.sum()) * float(np.prod(spacing)) / 1000.0,
+    }
+    if pred.any():
+        rec.feats = dict(_G["extractor"].extract(hu, pred, spacing))
+        rec.feats.update(F.context_features(hu, pred, spacing))
+        x = F.cnn_input(hu, pred, spacing)
+        emb, logit = _G["cnn"].run(["embedding", "logit"], {"crop": x})
+        rec.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(np.asarray(emb)[0])})
+        rec.feats["cnn_logit"] = float(np.asarray(logit).ravel()[0])
+    else:
+        rec.feats = {"volume_ml": 0.0}
+    return rec
+
+
+# ---- orchestration -----------------------------------------------------------------------------
+def _jobs(args: argparse.Namespace, n_quick: int) -> tuple[list[tuple[str, str, Callable[[], TrainCase]]], dict[str, Any]]:
+    from functools import partial
+
+    ids: list[tuple[str, Callable[[], TrainCase]]] = []
+    if args.data:
+        root = Path(args.data)
+        for cid, lab in sorted(read_labels(root).items()):
+            ids.append((cid, partial(site_case, root, cid, lab)))
+        desc = {"synthetic": False, "source": f"site data folder ({len(ids)} cases)"}
+    else:
+        n = args.synth or n_quick
+        for i in range(n):
+            hard = i % 10 == 9  # a tenth are the generator's hard cases (< 3 ml, motion, streaks)
+            ids.append((f"synth-{args.seed}-{i}{'-hard' if hard else ''}", partial(synth_case, args.seed, i, hard=hard)))
+        desc = {
+            "synthetic": True,
+            "source": f"hexnode synthetic generator (hexnode.synth.phantom), seed {args.seed}, {n} cases, every 10th --hard",
+        }
+    # rank by a hash of the id, then cut by the split fractions: deterministic per patient, and
+    # even a handful of cases (--quick) fills every split
+    order = sorted(ids, key=lambda t: hashlib.sha256(t[0].encode()).hexdigest())
+    jobs = []
+    cum = np.cumsum(list(SPLITS.values())) * len(order)
+    for r, (cid, loader) in enumerate(order):
+        split = list(SPLITS)[int(np.searchsorted(cum, r, side="right"))]
+        jobs.append((split, cid, loader))
+    jobs.sort(key=lambda j: list(SPLITS).index(j[0]))  # segcnn first
+    return jobs, desc
+
+
+def _pool(workers: int, init_args: tuple[Any, ...]) -> Any:
+    ctx = mp.get_context("fork")
+    return ctx.Pool(workers, initializer=_init_worker, initargs=init_args, maxtasksperchild=50)
+
+
+def _matrix(recs: list[Record], names: list[str]) -> np.ndarray:
+    return np.array([[r.feats.get(n, np.nan) for n in names] for r in recs], np.float64)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from hexnode.train import cnn_train, seg_train
+
+    if getattr(args, "refit", None):
+        import pickle
+
+        with open(Path(args.refit) / "features.pkl", "rb") as fh:
+            finish(Path(args.out), pickle.load(fh))
+        return 0
+    quick = bool(args.quick)
+    plan = Plan(
+        quick=quick,
+        seg_seconds=float(getattr(args, "seg_seconds", 0) or (40 if quick else 900)),
+        cnn_seconds=float(getattr(args, "cnn_seconds", 0) or (8 if quick else 150)),
+        width=8,  # 12 segments marginally better but costs 2.6x at inference on CPU (bench/models.py)
+        k_features=30 if quick else 60,
+        workers=int(getattr(args, "workers", 0) or 2),
+    )
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hexnode-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    params = out / "radiomics.yaml"
+    params.write_text(F.RADIOMICS_YAML)
+
+    jobs, desc = _jobs(args, n_quick=20)
+    log.info("%d cases: %s", len(jobs), {s: sum(j[0] == s for j in jobs) for s in SPLITS})
+    with _pool(plan.workers, (str(params), str(work), None, None)) as pool:
+        recs = list(pool.imap(_stage1, jobs, chunksize=1))
+    t_data = time.monotonic() - t_start
+    log.info("stage 1 (data, GT-mask features) %.0f s", t_data)
+
+    # --- segmentation -----------------------------------------------------------------------
+    bank = seg_train.SliceBank()
+    for r in recs:
+        if r.slices:
+            bank.hu.extend(r.slices[0])
+            bank.mask.extend(r.slices[1])
+            r.slices = None
+    log.info("segmentation: %d slices", len(bank))
+    seg = seg_train.train_seg(bank, seconds=plan.seg_seconds, width=plan.width, seed=args.seed)
+    sample = np.stack([bank.hu[i] for i in range(min(4, len(bank)))])
+    seg_diff = seg_train.export_seg(seg, out / "seg.onnx", sample)
+    print(f"seg.onnx max |onnxruntime - torch| = {seg_diff:.3g}", flush=True)
+    del bank
+
+    # --- CNN ------------------------------------------------------------------------------------
+    cnn_recs = [r for r in recs if r.split == "segcnn" and r.crop is not None]
+    xc = np.concatenate([r.crop for r in cnn_recs])
+    yc = np.array([r.label for r in cnn_recs])
+    cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, seed=args.seed)
+    cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
+    print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
+    fus = [r for r in recs if r.split == "fusion"]
+    if fus:
+        emb, logit = cnn_train.embed(cnn, np.concatenate([r.crop for r in fus]))
+        for r, e, lo in zip(fus, emb, logit, strict=True):
+            r.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(e)})
+            r.feats["cnn_logit"] = float(lo)
+
+    # --- full pipeline on val and test ------------------------------------------------------------
+    held = [r for r in recs if r.split in ("val", "test")]
+    t = time.monotonic()
+    with _pool(plan.workers, (str(params), str(work), str(out / "seg.onnx"), str(out / "cnn.onnx"))) as pool:
+        held = list(pool.imap(_stage2, held, chunksize=1))
+    log.info("val/test full pipeline on %d cases: %.0f s", len(held), time.monotonic() - t)
+    val = [r for r in held if r.split == "val"]
+    test = [r for r in held if r.split == "test"]
+
+    state = {"fus": fus, "val": val, "test": test, "desc": desc, "plan": plan, "seed": args.seed,
+             "seg_diff": seg_diff, "cnn_diff": cnn_diff, "t_start_offset": time.monotonic() - t_start,
+             "splits": {s: sum(r.split == s for r in recs) for s in SPLITS}}
+    for r in fus + val + test:
+        r.crop = None
+    import pickle
+
+    # kept so that the fusion stage can be refitted (`--refit WORKDIR`) without new images
+    with open(work / "features.pkl", "wb") as fh:
+        pickle.dump(state, fh)
+    finish(out, state)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def finish(out: Path, state: dict[str, Any]) -> None:
+    """Fusion, calibration, thresholds, test figures and the manifest, from extracted features."""
+    from hexnode.models.registry import sha256_file
+    from hexnode.train import fusion_train
+
+    t_fit = time.monotonic()
+    fus, val, test, plan = state["fus"], state["val"], state["test"], state["plan"]
+    desc, seg_diff, cnn_diff = state["desc"], state["seg_diff"], state["cnn_diff"]
+    quick = plan.quick
+    # --- fusion -------------------------------------------------------------------------------
+    names = sorted({k for r in fus for k in r.feats})
+    radiomics_names = [n for n in names if n.startswith(("original_", "log-", "wavelet-"))]
+    cnn_names = [n for n in names if n.startswith("cnn_") and n != "cnn_logit"]
+    context_names = [n for n in names if n not in radiomics_names and not n.startswith("cnn_")]
+    y_tr = np.array([r.label for r in fus])
+    y_va = np.array([r.label for r in val])
+    x_all = _matrix(fus, radiomics_names)
+    sel_rad = fusion_train.select_features(x_all, y_tr, radiomics_names, plan.k_features, always=[])
+    fused_names = context_names + cnn_names + sel_rad
+    fb = fusion_train.fit_booster(_matrix(fus, fused_names), y_tr, _matrix(val, fused_names), y_va, fused_names, out / "lgbm.txt", seed=state["seed"])
+    rb = fusion_train.fit_booster(_matrix(fus, sel_rad), y_tr, _matrix(val, sel_rad), y_va, sel_rad, out / "lgbm_radiomics.txt", seed=state["seed"])
+
+    from hexnode.models.predict import Booster, Calibration
+
+    fused = Booster(out / "lgbm.txt")
+    raw_va = fused.raw([r.feats for r in val])
+    a, b = fusion_train.fit_platt(raw_va, y_va)
+    cal = Calibration(a, b)
+    p_va = cal.apply(raw_va)
+    one_class = len(set(y_va.tolist())) < 2
+    thr_youden = 0.5 if one_class else M.youden_threshold(y_va, p_va)
+    thr_sens = 0.5 if one_class else M.sensitivity_threshold(y_va, p_va, 0.90)
+
+    # --- test: touched once, for the manifest -----------------------------------------------------
+    rad_only = Booster(out / "lgbm_radiomics.txt")
+    test_metrics = summarise(test, fused, rad_only, cal, thr_youden)
+    val_metrics = {"auc": M.auc(y_va, p_va), "n": len(val), "ece": M.ece(y_va, p_va)}
+    train_seconds = state["t_start_offset"] + time.monotonic() - t_fit
+
+    files = {
+        "seg.onnx": {"role": "seg", "inputs": {"image": ["batch", 3, 512, 512]}, "outputs": {"logits": ["batch", 1, 512, 512]},
+                     "opset": 17, "max_abs_diff_vs_torch": seg_diff},
+        "cnn.onnx": {"role": "cnn", "inputs": {"crop": ["batch", 4, F.CNN_SIZE, F.CNN_SIZE]},
+                     "outputs": {"embedding": ["batch", len(cnn_names)], "logit": ["batch", 1]}, "opset": 17,
+                     "max_abs_diff_vs_torch": cnn_diff},
+        "radiomics.yaml": {"role": "radiomics", "features_total": len(radiomics_names)},
+        "lgbm.txt": {"role": "lgbm", "features": len(fused_names), "best_iteration": fb.best_iteration},
+        "lgbm_radiomics.txt": {"role": "lgbm_radiomics", "features": len(sel_rad), "best_iteration": rb.best_iteration,
+                               "purpose": "ablation (radiomics-only AUC in hexnode evaluate)"},
+    }
+    for name, entry in files.items():
+        entry["sha256"] = sha256_file(out / name)
+        entry["bytes"] = (out / name).stat().st_size
+    from hexnode.models.segment import WINDOWS
+
+    manifest = {
+        "name": "hexnode-he",
+        "version": f"{'quick-' if quick else ''}synth-{time.strftime('%Y%m%d')}-s{state['seed']}",
+        "quick": quick,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+        "preprocessing": {
+            "seg_input": "axial slices padded (air, -1000 HU) to >= 512x512 and a multiple of 8; channels = HU windows scaled to [0, 1]",
+            "windows_hu": [list(w) for w in WINDOWS],
+            "postprocessing": {"threshold": POST.threshold, "min_component_ml": POST.min_component_ml,
+                               "fill_holes": POST.fill_holes, "connectivity": 26},
+            "radiomics": "pyradiomics 3.0.1 on the CT cropped to the mask bbox + 12 mm; see radiomics.yaml",
+            "cnn_input": "slice of largest mask area and its neighbours (0-100 HU) + mask, square 1.6x extent + 10 mm, 64x64",
+            "features": {"context": context_names, "cnn": cnn_names, "radiomics_selected": sel_rad},
+        },
+        "calibration": {"method": "platt", "a": a, "b": b, "fitted_on": f"val split ({len(val)} cases, predicted masks)"
+                        + (" -- one class only: identity (a=1, b=0)" if one_class else "")},
+        "threshold": {"value": thr_youden, "method": "Youden on validation", "sensitivity_0_90": thr_sens},
+        "training_data": dict(desc, splits=state["splits"]),
+        "training": {"seconds": round(train_seconds, 1), "seg_seconds": plan.seg_seconds, "cnn_seconds": plan.cnn_seconds,
+                     "cpu_threads": 2, "seg_width": plan.width},
+        "metrics": {"validation": val_metrics, "test": test_metrics},
+        "intended_use": "synthetic-trained demonstration models, not for clinical use; retrain on site data with `hexnode train --data`",
+    }
+    (out / "manifest.json").write_text(json.dumps(_finite(manifest), indent=2) + "\n")
+    print(json.dumps({"train_seconds": round(train_seconds, 1), "test": test_metrics}, default=float), flush=True)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON without NaN/Infinity (not valid JSON): undefined figures become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def summarise(test: list[Record], fused: Any, rad_only: Any, cal: Any, threshold: float) -> dict[str, Any]:
+    if not test:
+        return {"n": 0}
+    y = np.array([r.label for r in test])
+    p = cal.apply(fused.raw([r.feats for r in test]))
+    stats = M.binary_stats(y, p, threshold)
+    slice_iou = [v for r in test for v in r.seg.get("slice_ious", [])]
+    out: dict[str, Any] = {
+        "n": len(test),
+        "auc": M.bootstrap(lambda i: M.auc(y[i], p[i]), len(y)).__dict__,
+        "ece": M.ece(y, p),
+        "sensitivity": stats.sensitivity,
+        "specificity": stats.specificity,
+        "auc_radiomics": M.auc(y, rad_only.raw([r.feats for r in test])),
+        "auc_cnn": M.auc(y, np.array([r.feats.get("cnn_logit", -1e9) for r in test])),
+        "auc_volume": M.auc(y, np.array([r.feats.get("volume_ml", 0.0) for r in test])),
+        "iou_patient": M.mean_ci([r.seg["iou"] for r in test]).__dict__,
+        "iou_slice": float(np.mean(slice_iou)) if slice_iou else float("nan"),
+    }
+    if all(r.he_probability is not None for r in test):
+        out["bayes_auc"] = M.auc(y, np.array([r.he_probability for r in test]))
+    return out

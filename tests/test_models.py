@@ -1,0 +1,156 @@
+"""The committed models (real ONNX files) and the training pipeline, end to end.
+
+Budget (issue 4): all tests/test_models*.py together within ~5 minutes on 2 loaded cores; the
+quick training run dominates (~2-3 min).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hexnode.models.registry import ModelIntegrityError, load_manifest, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def test_committed_files_match_manifest_and_onnx_io():
+    import onnxruntime as ort
+
+    m = load_manifest(MODELS)  # raises on any sha256 mismatch
+    assert m.version and 0.0 < m.threshold < 1.0
+    total = 0
+    for name, entry in m.data["files"].items():
+        assert sha256_file(MODELS / name) == entry["sha256"]
+        total += (MODELS / name).stat().st_size
+        if name.endswith(".onnx"):
+            sess = ort.InferenceSession(str(MODELS / name), providers=["CPUExecutionProvider"])
+            assert [i.name for i in sess.get_inputs()] == list(entry["inputs"])
+            assert [o.name for o in sess.get_outputs()] == list(entry["outputs"])
+            for i in sess.get_inputs():
+                want = entry["inputs"][i.name]
+                assert len(i.shape) == len(want)
+                assert not isinstance(i.shape[0], int), "batch axis must be dynamic"
+                assert i.shape[1] == want[1]
+            assert entry["opset"] >= 17
+            assert entry["max_abs_diff_vs_torch"] < 1e-3
+    assert total < 50 * 2**20
+    assert set(m.data["metrics"]) >= {"validation", "test"}
+    assert m.data["calibration"]["method"] == "platt"
+
+
+def test_tampered_or_missing_file_is_refused(tmp_path):
+    from hexnode.models.pipeline import Models
+
+    bad = tmp_path / "models"
+    shutil.copytree(MODELS, bad)
+    data = bytearray((bad / "seg.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "seg.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="seg.onnx"):
+        Models.load(bad)
+    shutil.copy(MODELS / "seg.onnx", bad / "seg.onnx")
+    (bad / "lgbm.txt").unlink()
+    with pytest.raises(ModelIntegrityError, match="missing"):
+        Models.load(bad)
+    shutil.copy(MODELS / "lgbm.txt", bad / "lgbm.txt")
+    Models.load(bad)  # restored: loads again
+
+
+@pytest.fixture(scope="module")
+def committed():
+    from hexnode.models.pipeline import Models
+
+    return Models.load(MODELS, providers=["CPUExecutionProvider"])
+
+
+def test_committed_pipeline_on_a_synthetic_case(committed):
+    from hexnode.synth.phantom import generate_case
+
+    c = generate_case(777, 3)
+    a = committed.analyse(c.hu.astype(np.float32), c.spacing, notes=("test",))
+    assert a.mask.shape == c.hu.shape and a.mask.dtype == np.uint8
+    p = a.prediction
+    assert p.model.version == committed.info.version and p.notes == ("test",)
+    assert 0.0 <= p.probability <= 1.0
+    assert {"segmentation", "total"} <= set(a.timings)
+    if p.hemorrhage_detected:
+        assert p.volume_ml == pytest.approx(a.mask.sum() * np.prod(c.spacing) / 1000)
+        assert {"radiomics", "cnn", "fusion"} <= set(a.timings)
+
+
+def test_committed_pipeline_without_blood_reports_none(committed):
+    hu = np.full((4, 512, 512), -1000.0, np.float32)  # air only: nothing to segment
+    a = committed.analyse(hu, (0.45, 0.45, 5.0))
+    assert not a.mask.any()
+    assert a.prediction.hemorrhage_detected is False
+    assert a.prediction.volume_ml == 0.0 and a.prediction.probability == 0.0
+    assert a.prediction.high_risk is False
+
+
+def _write_site_layout(root: Path, n: int) -> None:
+    """Synthetic cases in the site-data layout: DICOM series + NIfTI mask for even cases, NIfTI
+    image + mask for odd ones, labels.csv."""
+    import SimpleITK as sitk
+
+    from hexnode.synth.dicom import write_case
+    from hexnode.synth.phantom import generate_case
+
+    rows = ["case_id,he_label,followup_volume_ml"]
+    for i in range(n):
+        c = generate_case(4242, i)
+        cid = f"case{i:02d}"
+        d = root / cid
+        if i % 2 == 0:
+            write_case(c, d)
+        else:
+            d.mkdir(parents=True)
+            for arr, name in ((c.hu, "image.nii.gz"), (c.mask, "mask.nii.gz")):
+                img = sitk.GetImageFromArray(arr)
+                img.SetSpacing(tuple(float(s) for s in c.spacing))
+                sitk.WriteImage(img, str(d / name))
+        rows.append(f"{cid},{int(c.truth.he_label)},{c.truth.followup_volume_ml:.2f}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.slow
+def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
+    from hexnode.models.pipeline import Models
+    from hexnode.train.data import read_labels, site_case
+
+    data = tmp_path / "site"
+    _write_site_layout(data, 14)
+    first = site_case(data, "case00", 0)
+    assert first.mask.any() and first.hu[first.mask > 0].mean() > 40  # mask lies on the blood
+    out = tmp_path / "models"
+    hexnode = [sys.executable, "-m", "hexnode.cli"]
+    r = subprocess.run([*hexnode, "train", "--quick", "--data", str(data), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "seg.onnx max |onnxruntime - torch|" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quick"] is True and manifest["training_data"]["synthetic"] is False
+    assert sum(manifest["training_data"]["splits"].values()) == len(read_labels(data))
+
+    models = Models.load(out)
+    c = site_case(data, "case01", 0)
+    a = models.analyse(c.hu.astype(np.float32), c.spacing)
+    assert a.mask.shape == c.hu.shape
+    assert 0.0 <= a.prediction.probability <= 1.0
+
+    r = subprocess.run([*hexnode, "evaluate", "--data", str(data), "--models", str(out), "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["n"] == 14
+    for k in ("iou_slice", "iou_patient", "dice", "auc", "ece", "auc_radiomics", "auc_cnn", "auc_volume",
+              "sensitivity", "specificity"):
+        assert k in obj
+    assert 0.0 <= obj["iou_patient"] <= 1.0

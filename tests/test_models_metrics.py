@@ -1,0 +1,104 @@
+"""Evaluation metrics on hand-made cases (fast, no models needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hexnode.models import metrics as M
+from hexnode.models.evaluate import CaseResult, json_line, summarise
+
+
+def _blob(shape=(6, 40, 40), centre=(3, 20, 20), r=8):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (((y - centre[1]) ** 2 + (x - centre[2]) ** 2) < r * r) & (np.abs(z - centre[0]) <= 1)
+
+
+def test_perfect_mask_gives_iou_one_and_disjoint_gives_zero():
+    m = _blob()
+    assert M.iou(m, m) == 1.0
+    assert M.dice(m, m) == 1.0
+    assert M.slice_ious(m, m) == [1.0, 1.0, 1.0]
+    other = np.roll(m, 25, axis=2)
+    assert M.iou(m, other) == 0.0
+    assert M.slice_ious(m, other) == [0.0, 0.0, 0.0]
+
+
+def test_half_overlap_iou_and_dice_values():
+    a = np.zeros((1, 4, 4), bool)
+    b = np.zeros((1, 4, 4), bool)
+    a[0, :, :2] = True  # 8 px
+    b[0, :, 1:3] = True  # 8 px, 4 shared
+    assert M.iou(a, b) == pytest.approx(4 / 12)
+    assert M.dice(a, b) == pytest.approx(8 / 16)
+
+
+def test_auc_perfect_reversed_and_shuffled():
+    rng = np.random.default_rng(0)
+    y = rng.random(4000) < 0.25
+    s = y + rng.normal(0, 0.01, y.size)
+    assert M.auc(y, s) == 1.0
+    assert M.auc(y, -s) == 0.0
+    assert abs(M.auc(rng.permutation(y), s) - 0.5) < 0.03
+    assert M.auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # ties count one half
+
+
+def test_auc_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.random(300) < 0.3
+    s = np.round(y * 0.7 + rng.normal(0, 0.5, y.size), 1)  # with ties
+    assert M.auc(y, s) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_ece_calibrated_vs_miscalibrated():
+    rng = np.random.default_rng(2)
+    p = rng.random(20000)
+    y = rng.random(p.size) < p
+    assert M.ece(y, p) < 0.02
+    assert M.ece(y, np.clip(p + 0.3, 0, 1)) > 0.2
+
+
+def test_thresholds_youden_and_sensitivity():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    assert M.youden_threshold(y, s) == pytest.approx(0.7)  # sens 0.75, spec 1.0
+    t = M.sensitivity_threshold(y, s, 0.9)
+    assert M.binary_stats(y, s, t).sensitivity >= 0.9
+    assert t == pytest.approx(0.4)
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    rng = np.random.default_rng(3)
+    v = rng.normal(0.8, 0.05, 200)
+    e = M.mean_ci(v.tolist())
+    assert e.lo < e.value < e.hi
+    assert e.hi - e.lo < 0.03
+
+
+def _case(i, label, prob, gt, pred, true_p):
+    return CaseResult(f"c{i}", label, true_p, prob, prob, prob, float(gt.sum()), float(pred.sum()),
+                      M.iou(gt, pred), M.dice(gt, pred), M.slice_ious(gt, pred))
+
+
+def test_summarise_hand_made_cases():
+    rng = np.random.default_rng(4)
+    m = _blob()
+    # perfect masks, random labels, scores unrelated to labels: IoU 1 everywhere, AUC near 0.5
+    results = []
+    for i in range(400):
+        lab = int(rng.random() < 0.3)
+        results.append(_case(i, lab, float(rng.random()), m, m, float(rng.random())))
+    s = summarise(results, threshold=0.5, reps=200)
+    assert s["iou_slice"].value == 1.0 and s["iou_patient"].value == 1.0 and s["dice"].value == 1.0
+    assert abs(s["auc"].value - 0.5) < 0.08
+    assert s["auc"].lo < 0.5 < s["auc"].hi
+    last = json_line(s)
+    import json
+
+    obj = json.loads(last)
+    for k in ("iou_slice", "iou_patient", "dice", "auc", "bayes_auc", "ece", "auc_radiomics", "auc_cnn",
+              "auc_volume", "sensitivity", "specificity"):
+        assert k in obj
+    assert obj["iou_patient"] == 1.0
