@@ -68,16 +68,36 @@ def ramp(x: np.ndarray | float, width: float | np.ndarray) -> np.ndarray:
 
 def up2(a: np.ndarray) -> np.ndarray:
     """Linear x2 upsampling of the last two axes (pixel-centre aligned, edges clamped)."""
-    def along(x: np.ndarray, axis: int) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1)
-        prev = np.concatenate([x[..., :1], x[..., :-1]], axis=-1)
-        nxt = np.concatenate([x[..., 1:], x[..., -1:]], axis=-1)
-        out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        out[..., 0::2] = F32(0.75) * x + F32(0.25) * prev
-        out[..., 1::2] = F32(0.75) * x + F32(0.25) * nxt
-        return np.moveaxis(out, -1, axis)
+    q, h = F32(0.25), F32(0.75)
 
-    return along(along(a, -1), -2)
+    def along_last(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        np.multiply(x, h, out=out[..., 0::2])
+        np.multiply(x, h, out=out[..., 1::2])
+        out[..., 2::2] += q * x[..., :-1]
+        out[..., 0] += q * x[..., 0]
+        out[..., 1:-1:2] += q * x[..., 1:]
+        out[..., -1] += q * x[..., -1]
+        return out
+
+    def along_rows(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[:-2] + (2 * x.shape[-2], x.shape[-1]), dtype=x.dtype)
+        np.multiply(x, h, out=out[..., 0::2, :])
+        np.multiply(x, h, out=out[..., 1::2, :])
+        out[..., 2::2, :] += q * x[..., :-1, :]
+        out[..., 0, :] += q * x[..., 0, :]
+        out[..., 1:-1:2, :] += q * x[..., 1:, :]
+        out[..., -1, :] += q * x[..., -1, :]
+        return out
+
+    return along_rows(along_last(a))
+
+
+def _even(sl: slice, size: int) -> slice:
+    """Widen a window to even start and length (coarse field sampling pairs pixels) inside [0, size)."""
+    start = int(sl.start) - int(sl.start) % 2
+    stop = min(int(sl.stop) + int(sl.stop) % 2, size - size % 2)
+    return slice(start, max(stop, start))
 
 
 def lerp_into(img: np.ndarray, value: Value, frac: np.ndarray) -> None:
@@ -351,7 +371,35 @@ class Head:
         dv = v - F32(self.v0)
         return (F32(-4.0) - F32(0.30) * (dv - F32(10.0)) + F32(0.004) * u * u).astype(F32)
 
+    def extent(self, w: float) -> tuple[float, float, float]:
+        """(u, v, radius) of a disc holding everything drawn on level w (head, face, head holder)."""
+        s, _ = self._level_scale(w)
+        r = 1.06 * max(self.a, self.b) * s + 1.2 * self.skull_mm + self.scalp_mm + 7.0
+        if w < -12.0:
+            r = max(r, self.b + 6.0 + 12.0)
+        return 0.0, self.v0, r + self.pad_mm + 6.0
+
     # ---- rendering -------------------------------------------------------------------------
+    def render_slice(self, m: np.ndarray, size: int, px: float, w: float, thk: float) -> SliceLayers:
+        """Render a whole slice (grid `m`, size x size), computing only the window the head covers."""
+        full = Grid.full(m, size, px)
+        cu, cv, r = self.extent(w)
+        win = full.window(cu, cv, r)
+        img = np.full((size, size), -1000.0, dtype=F32)
+        ic = np.zeros((size, size), dtype=F32)
+        vent = np.zeros_like(ic)
+        brain = np.zeros_like(ic)
+        if win is None:
+            return SliceLayers(img, ic, vent, brain)
+        ys, xs = (_even(win[0], size), _even(win[1], size))
+        sub = Grid(m, (size, size), px, ys.start, xs.start, ys.stop - ys.start, xs.stop - xs.start)
+        lay = self.render(sub, w, thk)
+        img[ys, xs] = lay.img
+        ic[ys, xs] = lay.ic
+        vent[ys, xs] = lay.vent
+        brain[ys, xs] = lay.brain
+        return SliceLayers(img, ic, vent, brain)
+
     def render(self, grid: Grid, w: float, thk: float) -> SliceLayers:
         u, v = grid.coords()
         px = grid.px
@@ -475,7 +523,7 @@ class Head:
         cfield = self.cortex.sample(grid, w)
         depth_gate = ramp(F32(18.0) + F32(6.0) * cfield - d_b, 3.0)
         sulc = ramp(hw - sdist, 0.8 * px) * ramp(F32(14.0) + F32(5.0) * cfield - d_b, 2.0)
-        cort = F32(3.0) + F32(0.8) * self.cortex.sample(grid, w, scale=1.7)
+        cort = F32(3.0) + F32(0.8) * cfield
         gmf = np.maximum(ramp(cort - d_b, px), ramp(hw + F32(3.3) - sdist, 1.2 * px) * depth_gate)
         val = F32(self.wm_hu) + F32(self.gm_hu - self.wm_hu) * gmf
         val += F32(0.9) * self.texture.sample(grid, w)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from scipy.special import eval_legendre, ndtri
 
 from hexnode.synth.anatomy import F32, Head, ramp
@@ -36,6 +37,9 @@ class Blob:
     dirs: np.ndarray  # (J, 3) harmonic axes
     degrees: np.ndarray  # (J,)
     coeffs: np.ndarray  # (J,), normalised so S has unit sd over the sphere
+    s_lo: float = -4.0  # range of S over the sphere (with a margin)
+    s_hi: float = 4.0
+    _table: np.ndarray | None = None  # relative radius on a (theta, phi) grid, filled lazily
 
     @staticmethod
     def draw(rng: np.random.Generator, centre: np.ndarray, volume_ml: float, amp: float,
@@ -53,25 +57,60 @@ class Blob:
         scales = np.ones(3) if scales is None else scales
         mean_cube = float(np.mean(rel**3))
         r0 = (volume_ml * 1000.0 / (4.0 / 3.0 * math.pi * mean_cube * float(np.prod(scales)))) ** (1 / 3)
-        return Blob(np.asarray(centre, float), r0, amp, axes, scales, dirs, degrees, coeffs)
+        return Blob(np.asarray(centre, float), r0, amp, axes, scales, dirs, degrees, coeffs,
+                    float(s.min()) * 1.1, float(s.max()) * 1.1)
 
     @property
     def bound(self) -> float:
-        return float(self.r0 * (1 + 3.2 * self.amp) * self.scales.max() + 1.0)
+        """Radius (mm, head frame) of a sphere about the centre that holds the whole blob."""
+        return float(self.r0 * (1 + self.amp * self.s_hi) * self.scales.max() + 1.0)
+
+    def section_radius(self, w: float, margin: float = 0.0) -> float:
+        """Radius of the bounding sphere (grown by `margin`) on level w; 0 when the level misses it."""
+        r = self.bound + margin
+        dw = w - self.centre[2]
+        return math.sqrt(r * r - dw * dw) if abs(dw) < r else 0.0
 
     def radius_along(self, d: np.ndarray) -> np.ndarray:
+        """Exact radius along unit directions d (N, 3)."""
         s = _harmonic_sum(d, self.dirs, self.degrees, self.coeffs)
         return self.r0 * np.maximum(1 + self.amp * s, 0.35)
 
-    def signed_depth(self, u: np.ndarray, v: np.ndarray, w: float) -> tuple[np.ndarray, np.ndarray]:
-        """(mm inside the surface, positive inside; through-plane slope) at the given points."""
+    def radius_lookup(self, d: np.ndarray) -> np.ndarray:
+        """Radius along unit directions d (N, 3) from a 2-degree table (degree <= 4 varies slowly)."""
+        nt, nphi = 91, 180
+        if self._table is None:
+            th = np.linspace(0.0, math.pi, nt)
+            ph = np.arange(nphi + 1) * (2 * math.pi / nphi)
+            tt, pp = np.meshgrid(th, ph, indexing="ij")
+            dirs = np.stack([np.sin(tt) * np.cos(pp), np.sin(tt) * np.sin(pp), np.cos(tt)], axis=-1)
+            self._table = self.radius_along(dirs.reshape(-1, 3)).reshape(nt, nphi + 1).astype(np.float32)
+        theta = np.arccos(np.clip(d[:, 2], -1.0, 1.0)) * ((nt - 1) / math.pi)
+        phi = np.mod(np.arctan2(d[:, 1], d[:, 0]), 2 * math.pi) * (nphi / (2 * math.pi))
+        return ndimage.map_coordinates(self._table, np.stack([theta, phi]), order=1, mode="nearest")
+
+    def signed_depth(self, u: np.ndarray, v: np.ndarray, w: float, reach: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(mm inside the surface, positive inside; through-plane slope) at the given points.
+
+        Exact within 3 mm inside and `reach` + 3 mm outside the surface; further away only a bound
+        (deep inside: less than the true depth, far outside: more negative than -reach - 3 mm).
+        """
         x = np.stack([u - F32(self.centre[0]), v - F32(self.centre[1]),
                       np.full_like(u, F32(w - self.centre[2]))], axis=-1)
         y = (x @ self.axes.astype(F32)) / self.scales.astype(F32)
         r = np.linalg.norm(y, axis=-1) + F32(1e-6)
         d = y / r[..., None]
-        rad = self.radius_along(d.reshape(-1, 3)).reshape(r.shape).astype(F32)
         stretch = np.linalg.norm(d * self.scales.astype(F32), axis=-1)
+        rad_lo = self.r0 * max(1 + self.amp * self.s_lo, 0.35)
+        rad_hi = self.r0 * (1 + self.amp * self.s_hi)
+        smin = float(self.scales.min())
+        deep = r <= rad_lo - 3.0 / smin
+        far = r >= rad_hi + (reach + 3.0) / smin
+        rad = np.where(deep, F32(rad_lo), F32(rad_hi)).astype(F32)
+        shell = ~(deep | far)
+        if shell.any():
+            rad[shell] = self.radius_lookup(d[shell]).astype(F32)
         depth = (rad - r) * stretch
         slope = np.abs(x[..., 2]) / (np.linalg.norm(x, axis=-1) + F32(1e-3))
         return depth.astype(F32), slope.astype(F32)

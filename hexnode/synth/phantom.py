@@ -237,7 +237,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         for j, k in enumerate(ks):
             w = geo.slice_w(k)
             grid = Grid.full(geo.uv_affine(k, 2), n // 2, 2 * px)
-            lay = head.render(grid, w, thk)
+            lay = head.render_slice(grid.m, n // 2, 2 * px, w, thk)
             half[j] = lay.img
             layers.append(lay)
             if labels is not None:
@@ -266,12 +266,14 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         for jj in np.flatnonzero(art_half.any(axis=(1, 2))):
             img[jj] += up2(art_half[jj])
         noise = r_noise.standard_normal(img.shape, dtype=F32)
-        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), truncate=3.0)
+        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), output=noise, truncate=3.0)
         # fewer photons through the skull base: noisier low slices
         gain = np.array([1.0 + 0.3 * min(1.0, max(0.0, (-15.0 - geo.slice_w(k)) / 30.0)) for k in ks], dtype=F32)
-        img += noise * (noise_gain * gain)[:, None, None]
+        noise *= (noise_gain * gain)[:, None, None]
+        img += noise
         np.clip(img, HU_MIN, HU_MAX, out=img)
-        hu[k0:k0 + len(ks)] = np.rint(img).astype(np.int16)
+        np.rint(img, out=img)
+        hu[k0:k0 + len(ks)] = img  # exact: integral values in the int16 range
 
     sx, sy, sz = geo.spacing
     voxel_ml = sx * sy * sz / 1000.0
@@ -355,19 +357,21 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         (f"s{i}", s) for i, s in enumerate(hem.satellites)]
     # oedema first (outside the blood, brain parenchyma only)
     b = hem.main
-    if hem.parenchymal and abs(w - b.centre[2]) < b.bound + hem.oedema_mm + thk:
-        win = grid.window(b.centre[0], b.centre[1], b.bound + hem.oedema_mm + 2.0)
+    sec = b.section_radius(w, hem.oedema_mm + 2.0)
+    if hem.parenchymal and sec > 0:
+        win = grid.window(b.centre[0], b.centre[1], sec)
         if win is not None:
             sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
                        win[0].stop - win[0].start, win[1].stop - win[1].start)
             u, v = sub.coords()
-            depth, _ = b.signed_depth(u, v, w)
+            depth, _ = b.signed_depth(u, v, w, reach=hem.oedema_mm)
             wt = np.clip(1.0 + depth / F32(hem.oedema_mm), 0.0, 1.0) * (depth < 0) * brain[win]
             lerp_into(img[win], F32(hem.oedema_hu), (wt ** F32(0.8)).astype(F32))
     for name, blob in blobs:
-        if abs(w - blob.centre[2]) > blob.bound + thk:
+        sec = blob.section_radius(w, thk / 2 + 1.0)
+        if sec <= 0:
             continue
-        win = grid.window(blob.centre[0], blob.centre[1], blob.bound)
+        win = grid.window(blob.centre[0], blob.centre[1], sec)
         if win is None:
             continue
         sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
