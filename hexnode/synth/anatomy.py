@@ -261,7 +261,7 @@ class Head:
         gm = rng.uniform(36.0, 39.5)
         wm = rng.uniform(25.5, min(29.5, gm - 7.5))
         ext = (-95.0, 95.0, -115.0, 115.0, -100.0, 100.0)
-        gyri = Field3D.draw(rng, 4.2, 2.0, ext)
+        gyri = Field3D.draw(rng, 3.6, 2.0, ext)
         cortex = Field3D.draw(rng, 6.0, 3.0, ext)
         texture = Field3D.draw(rng, 2.0, 2.0, ext)
         head = Head(
@@ -518,8 +518,9 @@ class Head:
         if scale > 1.0:
             g2 = self.gyri.sample(grid, w, scale=2.4)
             g = g + infra * (g2 - g)
-        sdist = np.abs(g) * F32(4.5)  # approx. distance (mm) to the nearest sulcal fundus plane
-        hw = F32(0.35 + 0.45 * fa)
+        sdist = np.abs(g) * F32(3.9)  # approx. distance (mm) to the nearest sulcal fundus plane
+        # sulci open up towards the surface (and with age)
+        hw = F32(0.3 + 0.4 * fa) + F32(0.5 + 0.7 * fa) * np.clip(F32(1.0) - d_b / F32(6.0), 0.0, 1.0)
         cfield = self.cortex.sample(grid, w)
         depth_gate = ramp(F32(18.0) + F32(6.0) * cfield - d_b, 3.0)
         sulc = ramp(hw - sdist, 0.8 * px) * ramp(F32(14.0) + F32(5.0) * cfield - d_b, 2.0)
