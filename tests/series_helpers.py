@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -17,11 +16,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from sqlalchemy import select
 
-from hexnode.receive.spool import Spool
-from hexnode.store.db import Instance, Series, Store, Study
-from hexnode.store.queue import reopen_series
+from hexnode.receive.index import read_header, record_instance
+from hexnode.receive.spool import Spool, instance_relpath
+from hexnode.store.db import Store
 
 
 def phantom(n: int, rows: int, cols: int) -> np.ndarray:
@@ -130,32 +128,10 @@ def write_series(
 
 
 def index(store: Store, spool: Spool, paths: list[Path], at: datetime, calling_ae: str = "SCANNER") -> None:
-    """What receive does per instance: file into the spool, header into the database."""
+    """What receive does per instance (its own functions): file into the spool, header into the database."""
     with store.transaction() as s:
         for p in paths:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            rel = spool.instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            header = read_header(p)
+            rel = instance_relpath(header.sop_instance_uid)
             spool.write_bytes(rel, p.read_bytes(), fsync=False)
-            study = s.execute(select(Study).where(Study.study_uid == ds.StudyInstanceUID)).scalar_one_or_none()
-            if study is None:
-                study = Study(study_uid=ds.StudyInstanceUID)
-                s.add(study)
-                s.flush()
-            series = s.execute(select(Series).where(Series.series_uid == ds.SeriesInstanceUID)).scalar_one_or_none()
-            if series is None:
-                series = Series(series_uid=ds.SeriesInstanceUID, study_id=study.id, calling_ae=calling_ae,
-                                modality=ds.Modality, sop_class_uid=ds.SOPClassUID, state="received",
-                                first_instance_at=at, last_instance_at=at, state_at=at)
-                s.add(series)
-                s.flush()
-            elif series.state != "received":
-                reopen_series(s, series, "late instance")
-            series.instance_count += 1
-            series.last_instance_at = at
-            s.add(Instance(sop_instance_uid=ds.SOPInstanceUID, series_id=series.id, sop_class_uid=ds.SOPClassUID,
-                           transfer_syntax=ds.file_meta.TransferSyntaxUID, path=rel, calling_ae=calling_ae,
-                           instance_number=int(ds.InstanceNumber), position=[float(v) for v in ds.ImagePositionPatient],
-                           orientation=[float(v) for v in ds.ImageOrientationPatient], rows=ds.Rows, columns=ds.Columns,
-                           slice_thickness=float(ds.SliceThickness),
-                           images_in_acquisition=int(ds.ImagesInAcquisition) if "ImagesInAcquisition" in ds else None,
-                           received_at=at))
+            record_instance(s, header, rel, p.stat().st_size, calling_ae, at)

@@ -85,13 +85,15 @@ def test_study_choice_reports_and_closes(env: tuple[Store, Spool, Config], tmp_p
     index(store, spool, write_series(tmp_path / "t", n=40, dz=1.0, series_uid=thin, ConvolutionKernel="H40s", SeriesNumber=5, **kw), t0)
     index(store, spool, write_series(tmp_path / "c", n=2, series_uid=scout, SeriesNumber=1,
                                      ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], **kw), t0)
-    # a result object of ours coming back into the same study: closed silently
-    sr = write_series(tmp_path / "r", n=2, Modality="OT", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", **kw)
-    index(store, spool, sr, t0, calling_ae="ORTHANC")
+    # a result object of ours coming back into the same study: receive closes it, no report, no job
+    sc_uid = generate_uid()
+    sc = write_series(tmp_path / "r", n=2, Modality="OT", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", series_uid=sc_uid, **kw)
+    index(store, spool, sc, t0, calling_ae="ORTHANC")
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
     assert tick.queued == [soft]
     assert set(tick.not_analysed) == {bone, scout}
-    assert len(tick.closed) == 2 and thin in tick.closed
+    assert tick.closed == [thin]
+    assert series_row(store, sc_uid).state == "rejected" and jobs(store, sc_uid) == []
     assert series_row(store, thin).reason.startswith("another series of the study was analysed (#3")
     assert series_row(store, thin).state == "rejected"
     assert series_row(store, bone).reason.startswith("bone or sharp kernel")
