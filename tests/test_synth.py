@@ -279,3 +279,18 @@ def test_cli_bayes_prints_formula(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0 and "bayes_auc=" in out and "prevalence=" in out
     for k, b in hemodel.BETA.items():
         assert k in out and f"{b:+.2f}" in out
+
+
+def test_thin_series_geometry() -> None:
+    from hexnode.synth.anatomy import Head
+    from hexnode.synth.phantom import _draw_geometry, _rng
+
+    head = Head.draw(_rng(0, 0, 1))
+    for i in range(40):
+        geo = _draw_geometry(_rng(0, i, 2), thin=True, tilt_deg=0.0, head=head)
+        assert 200 <= geo.n_slices <= 300
+        assert 0.625 <= geo.slice_thickness_mm <= 1.25 and geo.table_step_mm <= geo.slice_thickness_mm
+        geo = _draw_geometry(_rng(0, i, 2), thin=False, tilt_deg=0.0, head=head)
+        assert 20 <= geo.n_slices <= 40 and geo.slice_thickness_mm == 5.0
+    case = generate_case(8, 0, thin=True, n_slices=12)
+    assert case.hu.shape == (12, 512, 512) and case.spacing[2] <= 1.25 and case.mask.any()

@@ -472,7 +472,7 @@ class Head:
         for s in (-1.0, 1.0):
             paint(base, grid, u, v, Ellipsoid((s * 33.0, v0 + 8.0, -40.0), (26.0, 8.5, 8.0), s * 40.0), w, thk,
                   F32(1500.0))  # petrous ridge (densest skull bone)
-            paint(base, grid, u, v, Ellipsoid((s * 50.0, v0 + 22.0, -46.0), (9.0, 10.0, 9.0)), w, thk, cells)
+            paint(base, grid, u, v, Ellipsoid((s * 45.0, v0 + 20.0, -45.0), (8.0, 9.0, 8.0)), w, thk, cells)
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 62.0, -37.0), (18.0, 21.0, 17.0)), w, thk,
                   F32(self.diploe_hu))  # orbit walls
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 63.0, -36.0), (16.0, 20.0, 15.0)), w, thk,

@@ -1,22 +1,32 @@
-"""Synthetic head NCCT with one intracerebral hematoma and a known hematoma-expansion (HE) model.
+"""Synthetic head NCCT with one intracranial hematoma and a known hematoma-expansion (HE) model.
 
-`generate_case(seed, index, thin=False, hard=False, tilt_deg=0.0) -> Case` is deterministic per
-(seed, index): the same arguments give byte-identical `Case.hu`.
+`generate_case(seed, index, *, thin=False, hard=False, tilt_deg=0.0) -> Case` is deterministic per
+(seed, index): the same arguments give byte-identical `Case.hu` (same numpy/scipy versions).
+`Case.hu` int16 (z, y, x) HU, slice 0 the most inferior; `Case.mask` uint8 blood mask; `Case.spacing`
+(sx, sy, sz) mm with sz along the slice normal (tilted series: table step x cos(tilt));
+`Case.truth` the ground truth (`Truth`); `Case.geometry` the DICOM geometry; with
+`with_labels=True` also `Case.labels`, a map of pure tissue voxels (`LABELS`).
 
 Image: 512 x 512, pixel 0.40-0.50 mm, 20-40 slices of 5 mm (thin: 200-300 slices, 0.625-1.25 mm
-thick), int16 HU.  Scalp, skull (tables ~1,250-1,500 HU, diploe 700-900, 4-8 mm, partial-volume
-rim), grey/white matter 36-39.5 / 25.5-29.5 HU with a gyral pattern (sulci are the zero set of a
-band-limited 3D field, cortex thickness varies), CSF 2-8 HU in ventricles, sulci and fissures,
-deep grey nuclei, brainstem and cerebellum with finer folia, skull base with petrous ridges,
-mastoid/ethmoid cells, sinuses and orbits on the lowest slices, head-holder pad and shell, dural
-sinuses and vessels 45-60 HU, physiological calcifications (pineal, choroid plexus, falx, basal
-ganglia; 80-400 HU), a faint beam-hardening band under the inner table, dark streaks between the
-petrous bones, and correlated Gaussian noise (sd 3.5-7 HU).
+thick), int16 HU.  Scalp (thicker over the temporalis), skull (tables up to 1,250-1,500 HU,
+diploe 700-900, 4-8 mm, partial-volume rim), grey/white matter 36-39.5 / 25.5-29.5 HU with a
+gyral pattern (sulci are the zero set of a band-limited 3D field, widening towards the surface;
+cortex 3-4 mm with white-matter cores in the gyri), CSF 2-8 HU in ventricles, sulci, cisterns and
+fissures, deep grey nuclei, brainstem and cerebellum with finer folia, skull base (orbital roofs,
+sphenoid ridge, petrous ridges, mastoid/ethmoid cells, sphenoid/maxillary sinuses, orbits with
+globes and lenses) and face/neck below, head-holder pad and shell, dural sinuses, falx and
+vessels 45-60 HU, physiological calcifications (pineal, choroid plexus, falx, basal ganglia;
+80-400 HU, often bilateral), a faint beam-hardening band under the inner table, dark streaks
+between the petrous bones, and spatially correlated Gaussian noise (sd 3.5-7 HU, x1.3 at the skull
+base).  `hard=True` draws bleeds < 3 ml and/or motion ghosting and/or beam-hardening streaks
+(recorded in `Truth.hard`).
 
 Hematoma: see `hexnode.synth.hematoma` (irregular blob from low-order spherical harmonics,
-50-80 HU, deep / lobar / flattened lobar touching the skull / cerebellar; satellites, IVH and
-hypodense foci; oedema rim 15-25 HU outside the mask).  The mask holds every voxel of blood
-(main blob, satellites, intraventricular blood) and nothing else.
+50-80 HU; deep 45 % / cerebellar 7 % / intraventricular-only 4 % / flattened lobar touching the
+skull 10 % / lobar 34 %; satellites, intraventricular extension with a fluid level, hypodense
+swirl or blend sign 30-45 HU; oedema rim 15-25 HU outside the mask).  The mask holds every voxel
+of blood (main blob, satellites, intraventricular blood) and nothing else (never bone partial
+volume or calcium).
 
 Generative HE model (`hexnode.synth.hemodel`, version he-gen-1)::
 
@@ -91,6 +101,7 @@ class Truth:
     tissue_hu: dict[str, float]
     calcifications: list[dict[str, Any]]
     centre_voxel: tuple[float, float, float]  # (z, y, x) of the main blob centre
+    artefact_slices: dict[str, list[int]] = field(default_factory=dict)  # motion / streaks: slice indices
     model_version: str = hemodel.MODEL_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -315,6 +326,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         hypodense_hu=hem.hypo_hu, oedema_hu=hem.oedema_hu,
         tissue_hu={"grey": head.gm_hu, "white": head.wm_hu, "csf": head.csf_hu},
         calcifications=calcs, centre_voxel=(cz, cy, cx),
+        artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
     )
     return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)
