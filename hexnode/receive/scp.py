@@ -5,15 +5,18 @@ Receive path of one instance (nothing here decodes pixel data):
 1. pynetdicom writes the dataset as it arrives into ``spool/incoming/`` (chunked receive,
    ``STORE_RECV_CHUNKED_DATASET``); the temporary directory is inside the spool, so step 2 is
    a rename on one file system.
-2. The C-STORE handler fsyncs the file and renames it to ``instances/<aa>/<sop>.dcm`` (name
-   from the SOP Instance UID if it is a valid UID, else its hash; ``aa`` spreads files over 256
-   directories), fsyncs the directory, and only then answers Success (0x0000). A second copy of
-   the same SOP Instance UID is dropped (the first complete one is kept).
-3. The indexer thread reads the header (``stop_before_pixels``) and records study, series and
-   instance in the database in batches. Indexing is deliberately off the response path: parsing
-   a header and committing a row per instance would double the receive time. A file that is in
-   the spool but not indexed (process killed between 2 and 3) is indexed at the next start
-   (``Indexer.recover``), so an acknowledged instance is never lost.
+2. The C-STORE handler renames the complete file to ``instances/<aa>/<sop>.dcm`` (name from
+   the SOP Instance UID if it is a valid UID, else its hash; ``aa`` spreads files over 256
+   directories) and only then answers Success (0x0000): a killed process never leaves a partial
+   file under a final name, nor loses an acknowledged one. A second copy of the same SOP
+   Instance UID is dropped (the first complete one is kept).
+3. The indexer process (``hexnode.receive.indexer``) fsyncs the file and its directory, reads
+   the header (``stop_before_pixels``) and records study, series and instance in the database,
+   in batches. Both are off the response path: an fsync costs 1-10 ms per instance on a busy
+   disk and header parsing holds the GIL; together they made receiving 4-10 × slower
+   (bench/receive.py). ``[spool] fsync_before_success = true`` fsyncs before Success instead,
+   for sites that want power-cut durability at answer time. A file that is in the spool but not
+   indexed (killed between 2 and 3) is indexed when the indexer starts again.
 
 Policies (``[dicom]`` in hexnode.toml):
 
@@ -31,6 +34,7 @@ Policies (``[dicom]`` in hexnode.toml):
   read later; a syntax without a decoder is refused at negotiation (the sender can convert).
 * A dataset whose header cannot be read (truncated, no UIDs) is moved to ``spool/quarantine/``
   and recorded as an ``events`` row (entity ``instance``), since by then Success was answered.
+  The indexer process is restarted by serve if it dies.
 
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
@@ -42,15 +46,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import queue as queue_mod
 import signal
 import ssl
 import tempfile
 import threading
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +61,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import func, select
 
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
-from hexnode.receive.index import CT_SOP_CLASSES, HeaderError, read_header, record_instance
+from hexnode.receive.index import CT_SOP_CLASSES
+from hexnode.receive.indexer import IndexerProcess, Item
 from hexnode.receive.spool import Spool, instance_relpath, uid_hash
-from hexnode.store.db import Event, Instance, Store, open_store, utcnow
+from hexnode.store.db import Store, open_store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -97,145 +96,16 @@ def accepted_transfer_syntaxes() -> list[str]:
     return out
 
 
-@dataclass
-class _Item:
-    relpath: str
-    calling_ae: str
-    received_at: datetime
-    size: int
-
-
-@dataclass
-class Indexer:
-    """Indexes spooled files in batches on its own thread (see module docstring, step 3)."""
-
-    store: Store
-    spool: Spool
-    batch_size: int = 200
-    _queue: queue_mod.Queue[_Item | None] = field(default_factory=queue_mod.Queue)
-    _thread: threading.Thread | None = None
-    indexed: int = 0
-
-    def submit(self, item: _Item) -> None:
-        self._queue.put(item)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hexnode-indexer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def _run(self) -> None:
-        done = False
-        while not done:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue_mod.Empty:
-                    break
-                if nxt is None:
-                    done = True
-                    break
-                batch.append(nxt)
-            self._index_with_retry(batch)
-
-    def _index_with_retry(self, batch: list[_Item]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                self.index_batch(batch)
-                return
-            except Exception:
-                # The database is down or locked: the files are safe in the spool; keep trying.
-                log.exception("indexing %d instances failed; retrying in %.1f s", len(batch), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    def index_batch(self, batch: list[_Item]) -> None:
-        parsed = []
-        for item in batch:
-            path = self.spool.path(item.relpath)
-            try:
-                parsed.append((item, read_header(path)))
-            except HeaderError as exc:
-                self._quarantine(item, str(exc))
-        if not parsed:
-            return
-        with self.store.transaction() as s:
-            for item, header in parsed:
-                rec = record_instance(s, header, item.relpath, item.size, item.calling_ae, item.received_at)
-                if not rec.created and header.sop_instance_uid:
-                    expected = instance_relpath(header.sop_instance_uid)
-                    if item.relpath != expected:
-                        # Same SOP Instance UID stored under another name (command and dataset
-                        # UIDs disagreed): keep the indexed copy only.
-                        self.spool.path(item.relpath).unlink(missing_ok=True)
-        self.indexed += len(parsed)
-
-    def _quarantine(self, item: _Item, reason: str) -> None:
-        src = self.spool.path(item.relpath)
-        dest_rel = "quarantine/" + Path(item.relpath).name
-        dest = self.spool.path(dest_rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(src, dest)
-        except FileNotFoundError:
-            pass
-        with self.store.transaction() as s:
-            s.add(Event(entity="instance", entity_id=0, from_state=None, to_state="rejected",
-                        detail=f"{dest_rel} from {item.calling_ae}: {reason}"))
-        log.warning("instance from %s quarantined as %s: %s", item.calling_ae, dest_rel, reason)
-
-    def recover(self, window: timedelta = timedelta(minutes=10)) -> int:
-        """Index spooled files the database does not know (a crash between rename and index)."""
-        root = self.spool.root / "instances"
-        if not root.is_dir():
-            return 0
-        with self.store.transaction() as s:
-            latest = s.execute(select(func.max(Instance.received_at))).scalar_one_or_none()
-        # received_at is naive UTC and mtimes POSIX seconds: compare in POSIX seconds.
-        cutoff = 0.0 if latest is None else (latest - window).replace(tzinfo=UTC).timestamp()
-        candidates: list[str] = []
-        for bucket in root.iterdir():
-            if not bucket.is_dir() or bucket.stat().st_mtime < cutoff:
-                continue
-            for f in bucket.iterdir():
-                if f.suffix == ".dcm" and f.stat().st_mtime >= cutoff:
-                    candidates.append(f"instances/{bucket.name}/{f.name}")
-        if not candidates:
-            return 0
-        with self.store.transaction() as s:
-            known = set(s.execute(select(Instance.path).where(Instance.path.in_(candidates))).scalars())
-        missing = [c for c in candidates if c not in known]
-        items = []
-        for rel in missing:
-            st = self.spool.path(rel).stat()
-            items.append(_Item(rel, "", datetime.fromtimestamp(st.st_mtime, UTC).replace(tzinfo=None), st.st_size))
-        for i in range(0, len(items), self.batch_size):
-            self.index_batch(items[i:i + self.batch_size])
-        if items:
-            log.info("recovered %d spooled instances that were not indexed", len(items))
-        return len(items)
-
-
 class Receiver:
     """The SCP: pynetdicom AE + handlers; `start()` returns once it listens."""
 
-    def __init__(self, dicom: DicomConfig, store: Store, spool: Spool) -> None:
+    def __init__(self, dicom: DicomConfig, store: Store, spool: Spool, *, fsync_before_success: bool = False,
+                 log_level: str = "INFO") -> None:
         self.dicom = dicom
         self.store = store
         self.spool = spool
-        self.indexer = Indexer(store, spool)
+        self.fsync_before_success = fsync_before_success
+        self.indexer = IndexerProcess(store, spool, log_level)
         self.server: Any = None
         self.stored = 0
         self.duplicates = 0
@@ -278,8 +148,7 @@ class Receiver:
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.incoming)
         fastpath.install()
-        self.indexer.recover()
-        self.indexer.start()
+        self.indexer.start()  # recovers spooled-but-unindexed files before we listen
         handlers: list[Any] = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo)]
         ae = self.build_ae()
         self.server = ae.start_server(
@@ -312,14 +181,14 @@ class Receiver:
         relpath = instance_relpath(sop_uid)
         try:
             size = tmp.stat().st_size
-            _, created = self.spool.commit_file(tmp, relpath)
+            _, created = self.spool.commit_file(tmp, relpath, fsync=self.fsync_before_success)
         except OSError:
             log.exception("C-STORE from %s: could not write the spool", calling_ae)
             tmp.unlink(missing_ok=True)
             return STATUS_OUT_OF_RESOURCES
         if created:
             self.stored += 1
-            self.indexer.submit(_Item(relpath, calling_ae, utcnow(), size))
+            self.indexer.submit(Item(relpath, calling_ae, utcnow(), size))
         else:
             self.duplicates += 1
             log.debug("instance %s from %s already spooled", uid_hash(sop_uid), calling_ae)
@@ -337,7 +206,8 @@ def run_serve(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level)
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)
-    receiver = Receiver(cfg.dicom, store, spool)
+    receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,
+                        log_level=cfg.log_level)
     stop = threading.Event()
 
     def _signal(signum: int, _frame: Any) -> None:
@@ -349,7 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
     scheduler = _start_scheduler(cfg, store, spool)
     try:
         while not stop.wait(1.0):
-            pass
+            receiver.indexer.restart_if_dead()
     finally:
         log.info("stopping")
         if scheduler is not None:

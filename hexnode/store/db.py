@@ -217,6 +217,8 @@ class Store:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    url: str = ""  # what open_store was given, so another process can open the same store
+    schema: str | None = None
 
     @property
     def dialect(self) -> str:
@@ -279,7 +281,7 @@ def open_store(url: str, *, schema: str | None = None, create: bool = True) -> S
     if schema and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    store = Store(engine, sessionmaker(engine, expire_on_commit=False))
+    store = Store(engine, sessionmaker(engine, expire_on_commit=False), url=url, schema=schema)
     if create:
         init_db(store)
     return store
