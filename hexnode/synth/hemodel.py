@@ -31,7 +31,7 @@ BETA: dict[str, float] = {
     "ivh": 0.85,  # blood in the ventricles
     "oedema_mm": -0.13,  # per mm of perihematomal oedema rim, centred at 3 mm
 }
-B0 = -5.90
+B0 = -5.60
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,29 @@ def draw_markers(rng: np.random.Generator, *, hard: bool = False, deep: bool = F
     ivh = bool(rng.random() < (0.35 if deep else 0.15))
     oedema = float(rng.uniform(0.5, 6.0))
     return Markers(volume, irregularity, hypo, blend, islands, ivh, oedema)
+
+
+#: where the bleed sits (cumulative probabilities; the phantom renders each)
+LOCATIONS = (("deep", 0.45), ("cerebellar", 0.52), ("intraventricular", 0.56), ("lobar_flat", 0.66),
+             ("lobar", 1.0))
+
+
+def draw_case(rng: np.random.Generator, *, small: bool = False) -> tuple[str, Markers]:
+    """Location and markers of one case, as the phantom draws them (also used by `bayes_auc`)."""
+    u = rng.random()
+    location = next(name for name, cum in LOCATIONS if u < cum)
+    if small and location == "intraventricular":
+        location = "deep"
+    m = draw_markers(rng, hard=small, deep=location == "deep")
+    if small:  # the BioMind failure case: a tiny bleed with little else to see
+        m = Markers(m.volume_ml, m.irregularity * 0.5, m.hypodense_fraction, m.blend, 0, False, m.oedema_mm * 0.5)
+    if location == "cerebellar":  # the posterior fossa holds smaller bleeds and no IVH here
+        m = Markers(m.volume_ml * 0.5, m.irregularity, m.hypodense_fraction, m.blend, min(m.islands, 2), False,
+                    m.oedema_mm)
+    elif location == "intraventricular":
+        # only the ventricles bleed: every parenchymal marker is absent, so p sees none of them
+        m = Markers(m.volume_ml, 0.0, 0.0, False, 0, True, 0.0)
+    return location, m
 
 
 def design_vector(m: Markers) -> dict[str, float]:
@@ -134,7 +157,6 @@ def bayes_auc(draws: int = 20000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBA7E5]))
     p = np.empty(draws)
     for i in range(draws):
-        deep = bool(rng.random() < 0.5)
-        p[i] = he_probability(draw_markers(rng, deep=deep))
+        p[i] = he_probability(draw_case(rng)[1])
     label = rng.random(draws) < p
     return float(label.mean()), roc_auc(p, label)

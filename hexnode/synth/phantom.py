@@ -40,11 +40,11 @@ Generative HE model (`hexnode.synth.hemodel`, version he-gen-1)::
     islands             satellite blobs (0-4)                          +0.80
     ivh                 blood in the ventricles                        +0.85
     oedema_mm           oedema rim thickness (mm) - 3                  -0.13
-    B0                                                                 -5.90
+    B0                                                                 -5.60
 
 Every x_k is visible in the image (the volume and the hypodense fraction are measured on the
 rendered mask); there is no hidden noise inside p, so the Bayes-optimal AUC is the AUC of p itself:
-0.90 (20,000 draws, prevalence 0.26; `hexnode synth --bayes-auc`).  The follow-up volume is drawn
+0.907 (20,000 draws, prevalence 0.273; `hexnode synth --bayes-auc`).  The follow-up volume is drawn
 consistently with the label: HE <=> growth > 6 ml or > 33 %.
 """
 
@@ -203,21 +203,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
                       "streaks": r_art.random() < 0.5}
         if not any(hard_flags.values()):
             hard_flags[str(r_art.choice(list(hard_flags)))] = True
-    u_loc = r_mark.random()
-    location = ("deep" if u_loc < 0.45 else "cerebellar" if u_loc < 0.52 else "intraventricular" if u_loc < 0.56
-                else "lobar_flat" if u_loc < 0.66 else "lobar")
-    markers = hemodel.draw_markers(r_mark, hard=hard_flags["small"], deep=location == "deep")
-    if hard_flags["small"]:
-        markers = Markers(markers.volume_ml, markers.irregularity * 0.5, markers.hypodense_fraction,
-                          markers.blend, 0, False, markers.oedema_mm * 0.5)
-    if location == "cerebellar":
-        markers = Markers(markers.volume_ml * 0.5, markers.irregularity, markers.hypodense_fraction,
-                          markers.blend, min(markers.islands, 2), False, markers.oedema_mm)
-    if location == "intraventricular" and not hard_flags["small"]:
-        # only the ventricles bleed: every parenchymal marker is absent, so p sees none of them
-        markers = Markers(markers.volume_ml, 0.0, 0.0, False, 0, True, 0.0)
-    elif location == "intraventricular":
-        location = "deep"
+    location, markers = hemodel.draw_case(r_mark, small=hard_flags["small"])
     hem = draw_hematoma(r_hem, head, markers, location)
     if n_slices is not None:
         geo = _with_slices(geo, n_slices, float(hem.centre[2]))
