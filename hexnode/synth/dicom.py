@@ -95,6 +95,12 @@ def _base_dataset(case: Case, *, series_number: int, series_description: str) ->
     ds.FilterType = "HEAD"
     ds.ConvolutionKernel = acq.kernel
     ds.PatientPosition = "HFS"
+    ds.RevolutionTime = 1.0
+    ds.SingleCollimationWidth = 0.625
+    ds.TotalCollimationWidth = 40.0
+    ds.SpiralPitchFactor = 0.55
+    ds.TableSpeed = round(0.55 * 40.0, 3)
+    ds.TableFeedPerRotation = round(0.55 * 40.0, 3)
     ds.CTDIvol = float(acq.ctdi_vol)
     phantom = Dataset()
     phantom.CodeValue = "113691"
