@@ -83,6 +83,7 @@ def write_series(
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     vol = phantom(n, rows, cols) if hu is None else hu
+    header.setdefault("FrameOfReferenceUID", generate_uid())  # one per series
     t = math.radians(tilt_deg)
     # Tilted gantry: image rows along x, columns lean in the y-z plane; the table moves along z.
     row_dir = [1.0, 0.0, 0.0]

@@ -136,6 +136,12 @@ def test_rejections(tmp_path: Path) -> None:
     b = write_series(tmp_path / "size2", n=2, rows=32, cols=32, series_uid="1.2.3.4")
     _reject(a + b, "mixed image sizes")
 
+    paths = write_series(tmp_path / "for", n=10)
+    ds = pydicom.dcmread(paths[3])
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.save_as(paths[3])
+    _reject(paths, "2 frames of reference in one series")
+
     bad = tmp_path / "notdicom.dcm"
     bad.write_bytes(b"hello, not DICOM")
     _reject([*a, bad], "unreadable DICOM file")

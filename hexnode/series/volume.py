@@ -220,6 +220,9 @@ def _load_single_frames(headers: list[tuple[Path, Dataset]]) -> Volume:
     if rows < 16 or cols < 16:
         raise VolumeError(f"image matrix {rows}x{cols} is too small")
     first = headers[0][1]
+    frames_of_ref = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in headers}
+    if len(frames_of_ref) > 1:  # positions from different coordinate systems cannot be stacked
+        raise VolumeError(f"{len(frames_of_ref)} frames of reference in one series")
     row, col, normal = _orientation(first.get("ImageOrientationPatient"))
     for _, ds in headers[1:]:
         r, c, _ = _orientation(ds.get("ImageOrientationPatient"))
