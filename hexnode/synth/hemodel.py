@@ -31,7 +31,7 @@ BETA: dict[str, float] = {
     "ivh": 0.85,  # blood in the ventricles
     "oedema_mm": -0.13,  # per mm of perihematomal oedema rim, centred at 3 mm
 }
-B0 = -5.60
+B0 = -5.50
 
 
 @dataclass(frozen=True)
