@@ -187,3 +187,24 @@ def test_postgres_two_workers_ten_series_exactly_once(tmp_path: Path) -> None:
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+def test_late_instance_gives_a_corrected_result_set(stack: DemoStack, tmp_path: Path) -> None:
+    """A slice that arrives after the series was analysed re-opens it: revision 1, new objects, the
+    first set stays (superseded, and the new SR says so) — never a silent mix."""
+    from hexnode.synth.dicom import write_case
+    from hexnode.synth.phantom import generate_case
+
+    paths = write_case(generate_case(5, 2), tmp_path / "c")
+    truth = json.loads((tmp_path / "c" / "truth.json").read_text())
+    stack.send(paths[:-1])
+    first = stack.wait_results(truth["study_instance_uid"], 240)
+    stack.send(paths[-1:])  # Orthanc's series changes, becomes stable again and is routed again
+    wait_for(lambda: len(stack.results(truth["study_instance_uid"]).sr) >= 2, 240, "no corrected result set")
+    time.sleep(2)
+    both = stack.results(truth["study_instance_uid"])
+    assert (len(both.seg), len(both.sr), len(both.sc)) == (2, 2, 2)
+    assert first.sop_uids < both.sop_uids
+    assert hexnode_jobs(stack, truth["series_instance_uid"]) == [(0, "done"), (1, "done")]
+    seg_frames = sorted(int(stack.instance(oid).NumberOfFrames) for oid in both.seg)
+    assert seg_frames == [len(paths) - 1, len(paths)]  # the corrected SEG covers every slice
