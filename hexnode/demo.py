@@ -190,6 +190,10 @@ backoff_initial_seconds = 0.5
         name = name or command
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
+        # `-m` puts the cwd first on sys.path, and the data dir `workdir/hexnode` then shadows the
+        # (editable-installed) package as an empty namespace package once it exists: every process
+        # spawned after serve created it (worker, send, any restart) died on import.
+        env["PYTHONSAFEPATH"] = "1"
         proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", command, "--config", str(self.config_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         log.close()
@@ -339,7 +343,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print()
         print("result (read back from the SR stored in Orthanc):")
         if "volume_ml" in summary:
-            print(f"  hematoma volume:        {summary['volume_ml']:.1f} ml (ground truth {case.truth.volume_ml:.1f} ml)")
+            found = "" if summary["volume_ml"] > 0 else " — no hemorrhage detected"
+            print(f"  hematoma volume:        {summary['volume_ml']:.1f} ml{found} (ground truth {case.truth.volume_ml:.1f} ml)")
         if "probability" in summary:
             thr = summary.get("threshold")
             print(f"  expansion probability:  {summary['probability']:.3f}" + (f" (threshold {thr:.3f})" if thr is not None else ""))
