@@ -17,6 +17,13 @@ Both keep the original timeout, so every periodic check (ARTIM, idle and release
 still runs at least as often as before, and idle CPU use does not grow. It also reads PDUs with
 ``recv_into`` in large chunks instead of 4 KiB ``recv`` calls.
 
+Per received instance it also replaces two helpers of pynetdicom's chunked receive that cost
+more than the data copy itself: ``NamedTemporaryFile`` (random-name generation and a wrapper
+whose every ``write`` goes through ``__getattr__``) becomes a plain unbuffered file created with
+``O_EXCL`` in the same directory, and the File Meta Information header, built as a pydicom
+dataset and encoded element by element, is written from a few ``struct.pack`` calls (same
+bytes: explicit VR little endian group 0002 with its group length).
+
 The patch is process-wide (pynetdicom's reactors are module code) and applied by ``hexnode serve``
 only. It checks the pynetdicom major version and the patched functions' presence; if anything
 is unexpected it does nothing and returns False (the node then runs at pynetdicom's own speed).
@@ -24,10 +31,13 @@ is unexpected it does nothing and returns False (the node then runs at pynetdico
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
+import struct
 import sys
+import tempfile
 import threading
 import time as _time
 import types
@@ -113,6 +123,47 @@ def install() -> bool:
                 except (BlockingIOError, OSError):
                     pass  # pipe full: the reactor is already due to wake up
 
+        import pynetdicom.dimse_messages as dimse_mod
+
+        if hasattr(dimse_mod, "NamedTemporaryFile") and hasattr(dimse_mod, "write_file_meta_info") and hasattr(
+            dimse_mod, "create_file_meta"
+        ):
+            original_write_meta = dimse_mod.write_file_meta_info
+
+            def write_meta(fp: Any, meta: Any, *args: Any, **kwargs: Any) -> None:
+                if isinstance(meta, _Meta):
+                    fp.write(meta.encode())
+                else:
+                    original_write_meta(fp, meta, *args, **kwargs)
+
+            dimse_mod.NamedTemporaryFile = _SpoolTemp  # type: ignore[attr-defined,assignment]
+            dimse_mod.create_file_meta = _Meta.create  # type: ignore[attr-defined,assignment]
+            dimse_mod.write_file_meta_info = write_meta  # type: ignore[attr-defined,assignment]
+        import pynetdicom.dimse as dimse_provider_mod
+        from pynetdicom.dimse_primitives import C_STORE
+        from pynetdicom.events import EVT_DIMSE_SENT
+        from pynetdicom.pdu_primitives import P_DATA
+
+        provider_cls = dimse_provider_mod.DIMSEServiceProvider
+        original_send_msg = provider_cls.send_msg
+
+        def send_msg(self: Any, primitive: Any, context_id: int) -> None:
+            # C-STORE-RSP without optional fields and with nobody listening to EVT_DIMSE_SENT:
+            # encode the seven command elements directly (pydicom's encoder was ~1/4 of the
+            # receive path's CPU per instance); anything else takes pynetdicom's path.
+            if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+                encoded = encode_store_rsp(primitive)
+                limit = self.maximum_pdu_size
+                if encoded is not None and (not limit or len(encoded) <= limit - 6) and not self.assoc.get_handlers(
+                    EVT_DIMSE_SENT
+                ):
+                    pdata = P_DATA()
+                    pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+                    self.dul.send_pdu(pdata)
+                    return
+            original_send_msg(self, primitive, context_id)
+
+        provider_cls.send_msg = send_msg  # type: ignore[method-assign]
         dul_mod.time = shim  # type: ignore[attr-defined]
         assoc_mod.time = shim  # type: ignore[attr-defined]
         dul_cls.send_pdu = send_pdu  # type: ignore[method-assign]
@@ -169,3 +220,108 @@ def _recv(self: Any, nr_bytes: int) -> bytearray:
         nr_read += n
     del view
     return buf
+
+
+_counter = itertools.count()
+
+
+class _SpoolTemp:
+    """Stand-in for the NamedTemporaryFile pynetdicom writes a received dataset into."""
+
+    __slots__ = ("name", "_f")
+
+    def __init__(self, delete: bool = False, mode: str = "wb", suffix: str = ".dcm") -> None:
+        # tempfile.gettempdir() is the spool's incoming/ directory (set by the receiver).
+        self.name = os.path.join(
+            tempfile.gettempdir(), f"rx-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}{suffix}"
+        )
+        fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._f = os.fdopen(fd, "wb", buffering=0)
+
+    @property
+    def file(self) -> _SpoolTemp:
+        return self
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            n = self._f.write(view)
+            view = view[n or 0:]
+        return len(data)
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write is already with the OS
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Meta:
+    """File Meta Information for a received dataset, encoded without building a Dataset."""
+
+    __slots__ = ("sop_class", "sop_instance", "transfer_syntax", "impl_uid", "impl_version")
+
+    def __init__(self, sop_class: str, sop_instance: str, transfer_syntax: str, impl_uid: str,
+                 impl_version: str) -> None:
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.transfer_syntax = transfer_syntax
+        self.impl_uid = impl_uid
+        self.impl_version = impl_version
+
+    @classmethod
+    def create(cls, *, sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any,
+               implementation_uid: Any = None, implementation_version: Any = None) -> _Meta:
+        from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+        return cls(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax),
+                   str(implementation_uid or PYNETDICOM_IMPLEMENTATION_UID),
+                   str(implementation_version or PYNETDICOM_IMPLEMENTATION_VERSION))
+
+    @staticmethod
+    def _short(elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) % 2:
+            value += pad
+        return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+    def encode(self) -> bytes:
+        def ui(v: str) -> bytes:
+            return v.encode("ascii", "replace")
+
+        body = (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+            + self._short(0x0002, b"UI", ui(self.sop_class), b"\x00")
+            + self._short(0x0003, b"UI", ui(self.sop_instance), b"\x00")
+            + self._short(0x0010, b"UI", ui(self.transfer_syntax), b"\x00")
+            + self._short(0x0012, b"UI", ui(self.impl_uid), b"\x00")
+            + self._short(0x0013, b"SH", self.impl_version.encode("ascii", "replace")[:16], b" ")
+        )
+        return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def encode_store_rsp(primitive: Any) -> bytes | None:
+    """Implicit VR little endian command set of a C-STORE-RSP (None: has optional fields)."""
+    if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
+        return None
+    sop_class = str(primitive.AffectedSOPClassUID or "").encode("ascii", "replace")
+    sop_inst = str(primitive.AffectedSOPInstanceUID or "").encode("ascii", "replace")
+    if not sop_class or not sop_inst:
+        return None
+
+    def ui(elem: int, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\x00"
+        return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+
+    def us(elem: int, value: int) -> bytes:
+        return struct.pack("<HHIH", 0x0000, elem, 2, value)
+
+    body = (
+        ui(0x0002, sop_class)
+        + us(0x0100, 0x8001)
+        + us(0x0120, int(primitive.MessageIDBeingRespondedTo))
+        + us(0x0800, 0x0101)
+        + us(0x0900, int(primitive.Status))
+        + ui(0x1000, sop_inst)
+    )
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body

@@ -39,7 +39,8 @@ Policies (``[dicom]`` in hexnode.toml):
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
 The series scheduler (``hexnode.series.stable.start_scheduler(store, cfg, spool)``, owned by the
-pipeline) is started by :func:`run_serve`; it returns an object with ``shutdown()``.
+pipeline) is started by :func:`run_serve` inside the indexer process (see
+``hexnode.receive.indexer``); it returns an object with ``shutdown()``.
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ class Receiver:
     """The SCP: pynetdicom AE + handlers; `start()` returns once it listens."""
 
     def __init__(self, dicom: DicomConfig, store: Store, spool: Spool, *, fsync_before_success: bool = False,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", scheduler_cfg: Config | None = None) -> None:
         self.dicom = dicom
         self.store = store
         self.spool = spool
         self.fsync_before_success = fsync_before_success
-        self.indexer = IndexerProcess(store, spool, log_level)
+        # scheduler_cfg: run the series scheduler in the indexer process (serve does; tests need not)
+        self.indexer = IndexerProcess(store, spool, log_level, cfg=scheduler_cfg)
         self.server: Any = None
         self.stored = 0
         self.duplicates = 0
@@ -146,6 +148,9 @@ class Receiver:
         # Chunked receive writes into tempfile's directory: point it into the spool so that
         # committing a file is a rename (pynetdicom offers no per-AE setting for either).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        # pynetdicom's standard handlers log every PDU and DIMSE message at DEBUG; we keep its
+        # logger at WARNING anyway, and unbound handlers cost nothing per message.
+        _config.LOG_HANDLER_LEVEL = "none"
         tempfile.tempdir = str(self.spool.incoming)
         fastpath.install()
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
@@ -207,7 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)
     receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,
-                        log_level=cfg.log_level)
+                        log_level=cfg.log_level, scheduler_cfg=cfg)
     stop = threading.Event()
 
     def _signal(signum: int, _frame: Any) -> None:
@@ -216,27 +221,11 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     receiver.start()
-    scheduler = _start_scheduler(cfg, store, spool)
     try:
         while not stop.wait(1.0):
             receiver.indexer.restart_if_dead()
     finally:
         log.info("stopping")
-        if scheduler is not None:
-            scheduler.shutdown()
         receiver.stop()
         store.dispose()
     return 0
-
-
-def _start_scheduler(cfg: Config, store: Store, spool: Spool) -> Any:
-    try:
-        from hexnode.series import stable
-    except ImportError:
-        log.warning("hexnode.series.stable is not available: series will not be completed by this process")
-        return None
-    start = getattr(stable, "start_scheduler", None)
-    if start is None:
-        log.warning("hexnode.series.stable has no start_scheduler: series will not be completed")
-        return None
-    return start(store, cfg, spool)

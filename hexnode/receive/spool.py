@@ -21,6 +21,7 @@ file under a final name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -84,11 +85,16 @@ class Spool:
             raise ValueError(f"result file name {name!r}: letters, digits, '.', '_', '-' only")
         return "/".join(("results", safe_component(series_uid), name))
 
+    def __post_init__(self) -> None:
+        # Resolved once: path() runs per received instance and must not hit the file system.
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
     def path(self, relpath: str) -> Path:
-        p = (self.root / relpath).resolve()
-        if not p.is_relative_to(self.root.resolve()):
+        root = str(self.root)
+        full = os.path.normpath(os.path.join(root, relpath))
+        if not full.startswith(root + os.sep):
             raise ValueError(f"{relpath!r} is outside the spool")
-        return p
+        return Path(full)
 
     def commit_file(
         self, src: Path, relpath: str, *, fsync: bool = True, overwrite: bool = False
@@ -108,13 +114,19 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        created_dir = not dest.parent.is_dir()
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        created_dir = False
         try:
             os.replace(src, dest)
-        except OSError as exc:
-            if exc.errno != 18:  # EXDEV: temp dir on another file system
+        except FileNotFoundError:
+            if not src.exists():
                 raise
+            dest.parent.mkdir(parents=True, exist_ok=True)  # first file in this directory
+            created_dir = True
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # the temporary file is on another file system: copy
+                raise
+            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".part")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
