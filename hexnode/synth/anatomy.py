@@ -369,7 +369,9 @@ class Head:
 
     def tentorium_w(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         dv = v - F32(self.v0)
-        return (F32(-4.0) - F32(0.30) * (dv - F32(10.0)) + F32(0.004) * u * u).astype(F32)
+        # a tent: highest at the incisura, sloping down backwards (transverse sinuses) and sideways
+        # (petrous ridges)
+        return (F32(-2.0) - F32(0.35) * np.maximum(dv - F32(5.0), 0.0) - F32(0.28) * np.abs(u)).astype(F32)
 
     def extent(self, w: float) -> tuple[float, float, float]:
         """(u, v, radius) of a disc holding everything drawn on level w (head, face, head holder)."""
@@ -512,7 +514,7 @@ class Head:
         d_b = -sd_in - gap  # depth below the brain surface
         infra = np.zeros(u.shape, dtype=F32)
         if w < 12.0:
-            infra = ramp(self.tentorium_w(u, v) - F32(w), max(thk * 0.6, px)) * (v > F32(self.v0 - 5.0))
+            infra = ramp(self.tentorium_w(u, v) - F32(w), max(thk * 0.6, px)) * (v > F32(self.v0 + 5.0))
         scale = 1.0 + 1.3 * float(infra.max()) if infra.size else 1.0
         g = self.gyri.sample(grid, w)
         if scale > 1.0:
