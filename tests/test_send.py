@@ -155,3 +155,34 @@ def test_past_max_age_fails_visibly_and_resend_delivers(tmp_path: Path) -> None:
         assert _orthanc_has(o, uids[0]) == 1
     finally:
         o.stop()
+
+
+def test_rows_held_by_a_killed_sender_are_sent_again_at_once(orthanc: Orthanc, tmp_path: Path, capsys) -> None:
+    import json
+    import socket
+    import subprocess
+    from datetime import timedelta
+
+    from hexnode.status import run_status
+    from hexnode.store.db import utcnow
+
+    dest = Destination(name="pacs", kind="dicom", ae_title=orthanc.aet, port=orthanc.dicom_port)
+    cfg, store, sender, uids = _setup(tmp_path, dest, n=1)
+    p = subprocess.Popen(["true"])
+    p.wait()
+    with store.transaction() as s:  # as if `hexnode send` was killed -9 in the middle of a C-STORE
+        row = s.execute(select(Outbox)).scalar_one()
+        queue.transition(s, row, "sending", "attempt 1")
+        row.lease_owner = f"send@{socket.gethostname()}:{p.pid}"
+        row.lease_until = utcnow() + timedelta(hours=1)
+    assert sender.run_once() == 1
+    assert _states(store) == ["delivered"]
+    assert _orthanc_has(orthanc, uids[0]) == 1
+    cfg_file = tmp_path / "hexnode.toml"
+    cfg_file.write_text(f'data_dir = "{tmp_path / "var"}"\n')
+    assert run_status(argparse.Namespace(config=str(cfg_file), json=True)) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["outbox"] == {"delivered": 1} and st["series"] == {"delivered": 1}
+    assert st["queue_depth"] == {"jobs": 0, "outbox": 0} and "delivery" in st["median_seconds"]
+    assert run_status(argparse.Namespace(config=str(cfg_file), json=False)) == 0
+    assert "deliveries:  delivered 1" in capsys.readouterr().out

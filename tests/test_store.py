@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
@@ -199,3 +200,21 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(outbox)")]
     assert "queued_at" in cols
     st.dispose()
+
+
+def test_job_of_a_dead_local_worker_is_reclaimed_before_its_lease_ends(store) -> None:
+    import socket
+    import subprocess
+
+    (jid,) = _queued(store, 1)
+    p = subprocess.Popen(["true"])
+    p.wait()  # a pid that no longer exists
+    dead_owner = f"{socket.gethostname()}:{p.pid}"
+    with store.transaction() as s:
+        assert queue.claim_job(s, dead_owner, 3600, max_attempts=3).id == jid
+    assert queue.owner_is_dead(dead_owner)
+    assert not queue.owner_is_dead(f"{socket.gethostname()}:{os.getpid()}")
+    assert not queue.owner_is_dead(f"some-other-host:{p.pid}")
+    with store.transaction() as s:
+        job = queue.claim_job(s, "w2", 30, max_attempts=3)
+        assert job is not None and job.id == jid and job.attempts == 2

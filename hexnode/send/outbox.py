@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import SendConfig
 from hexnode.store.db import Outbox, Result, Series, utcnow
-from hexnode.store.queue import transition
+from hexnode.store.queue import owner_is_dead, transition
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,17 @@ def backoff_seconds(attempts: int, cfg: SendConfig) -> float:
 
 
 def reclaim_stale(s: Session, now: datetime) -> int:
-    q = select(Outbox).where(Outbox.state == "sending", Outbox.lease_until < now)
+    """`sending` rows whose lease expired or whose sender died on this host → pending, due now."""
+    q = select(Outbox).where(Outbox.state == "sending")
     if s.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     n = 0
     for row in s.execute(q).scalars():
-        transition(s, row, "pending", f"lease of {row.lease_owner} expired")
+        expired = row.lease_until is not None and row.lease_until < now
+        if not expired and not owner_is_dead(row.lease_owner):
+            continue
+        transition(s, row, "pending", f"lease of {row.lease_owner} expired" if expired else
+                   f"sender {row.lease_owner} died")
         row.lease_owner = None
         row.lease_until = None
         row.next_attempt_at = now

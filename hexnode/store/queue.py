@@ -31,7 +31,8 @@ Queue API
 ``fail_job(s, job_id, owner, error, *, max_attempts, retry=True) -> Job``
     job → queued again (retry) while attempts < max_attempts, else job and series → failed.
 ``reclaim_expired(s, *, max_attempts, now=None) -> list[int]``
-    Running jobs whose lease expired → queued (or failed at max attempts).
+    Running jobs whose lease expired, or whose owner ("[name@]host:pid") is a dead process on
+    this host (``owner_is_dead``) → queued (or failed at max attempts).
 ``add_result(s, job, kind, sop_instance_uid, path, destinations, sop_class_uid="") -> Result``
     Records a produced object and one pending outbox row per destination; idempotent on the
     SOP Instance UID (a retry of the same job re-uses the rows).
@@ -43,6 +44,8 @@ Queue API
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -236,14 +239,40 @@ def _retry_or_fail(s: Session, job: Job, error: str, *, max_attempts: int, retry
         transition(s, series, "failed", reason)
 
 
+def owner_is_dead(owner: str | None) -> bool:
+    """True when `owner` ("[name@]host:pid") is a process on this host that no longer exists.
+
+    Lets a restarted worker or sender take back what its killed predecessor held at once instead
+    of waiting for the lease to expire. Owners on other hosts are never judged (lease only).
+    """
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid_text = owner.rpartition(":")
+    host = host.rpartition("@")[2]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def reclaim_expired(s: Session, *, max_attempts: int, now: datetime | None = None) -> list[int]:
+    """Running jobs whose lease expired, or whose owner died on this host → retry or fail."""
     now = now or utcnow()
-    q = select(Job).where(Job.state == "running", Job.lease_until < now).order_by(Job.id)
+    q = select(Job).where(Job.state == "running").order_by(Job.id)
     if s.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     ids = []
     for job in s.execute(q).scalars():
-        error = f"lease of {job.lease_owner} expired"
+        expired = job.lease_until is not None and job.lease_until < now
+        dead = not expired and owner_is_dead(job.lease_owner)
+        if not (expired or dead):
+            continue
+        error = f"lease of {job.lease_owner} expired" if expired else f"owner {job.lease_owner} died"
         job.error = error
         job.lease_until = None
         _retry_or_fail(s, job, error, max_attempts=max_attempts, retry=True)
