@@ -185,3 +185,23 @@ def storescu(port: int, files: list[Path] | Path, *, aec: str = "HEXNODE", aet: 
     else:
         args += ["127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def make_pki(d: Path) -> Path:
+    """A throw-away CA with server, client and an unsigned "rogue" certificate (openssl)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+         "-days", "2", "-subj", "/CN=hexnode test CA")
+    for name in ("server", "client"):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.crt",
+         "-days", "2", "-subj", "/CN=rogue")
+    return d

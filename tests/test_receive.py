@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plumbing_helpers import dcmtk_env, free_port, storescu, write_ct
+from plumbing_helpers import dcmtk_env, free_port, make_pki, storescu, write_ct
 from pydicom import dcmread
 from sqlalchemy import func, select
 
@@ -235,21 +235,7 @@ def test_file_spooled_but_not_indexed_is_recovered_at_start(make_receiver, tmp_p
 
 
 def test_tls_with_dcmtk_storescu(make_receiver, tmp_path: Path) -> None:
-    d = tmp_path / "pki"
-    d.mkdir()
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-         "-days", "2", "-subj", "/CN=hexnode test CA")
-    for name in ("server", "client"):
-        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={name}")
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext))
+    d = make_pki(tmp_path / "pki")
     tls = TLSConfig(enabled=True, cert_file=str(d / "server.crt"), key_file=str(d / "server.key"),
                     ca_file=str(d / "ca.crt"), require_client_cert=True)
     rx = make_receiver(tls=tls)
@@ -261,12 +247,22 @@ def test_tls_with_dcmtk_storescu(make_receiver, tmp_path: Path) -> None:
     r = storescu(rx.dicom.port, files)  # plain TCP to the TLS port: no association
     assert r.returncode != 0
     # a client certificate not signed by our CA is refused
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.crt",
-         "-days", "2", "-subj", "/CN=rogue")
     r = storescu(rx.dicom.port, files,
                  extra=["+tls", str(d / "rogue.key"), str(d / "rogue.crt"), "+cf", str(d / "ca.crt")])
     assert r.returncode != 0
-    assert os.path.exists(d / "server.crt")
+    # hexnode's own sender over TLS (client certificate, server checked against the CA)
+    from hexnode.config import Config, Destination
+    from hexnode.send.scu import store_files
+
+    dest = Destination(name="node", ae_title="HEXNODE", port=rx.dicom.port, tls=True, tls_ca_file=str(d / "ca.crt"),
+                       tls_cert_file=str(d / "client.crt"), tls_key_file=str(d / "client.key"))
+    extra = write_ct(tmp_path / "more", 1)
+    uid = str(dcmread(extra[0]).SOPInstanceUID)
+    out = store_files(dest, {uid: extra[0]}, Config().dicom.ae_title)
+    assert out[uid].ok, out[uid].detail
+    wait_indexed(rx, 3)
+    rogue = dataclasses.replace(dest, tls_cert_file=str(d / "rogue.crt"), tls_key_file=str(d / "rogue.key"))
+    assert not store_files(rogue, {uid: extra[0]}, "HEXNODE")[uid].ok
 
 
 def test_hexnode_serve_process_receives_and_logs_no_patient_identifiers(tmp_path: Path) -> None:

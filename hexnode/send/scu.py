@@ -55,7 +55,7 @@ def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> d
     tls = _client_ssl(dest)
     opened: list[bool] = []
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                         tls_args=(tls, "") if tls is not None else None,
+                         tls_args=(tls, dest.host) if tls is not None else None,
                          evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
     if not assoc.is_established:
         if not opened:
