@@ -184,3 +184,53 @@ def test_cli_worker_once_and_offline_run(tmp_path: Path, synth_case: tuple[Any, 
     assert sorted(p.name for p in out.iterdir()) == ["SC.dcm", "SEG.dcm", "SR.dcm"]
     assert np.isfinite(vol)
     assert sr_summary(pydicom.dcmread(out / "SR.dcm")).get("volume_ml", 0.0) == pytest.approx(vol, abs=0.05)
+
+
+class ThresholdModels:
+    """The real models' identity with a transparent segmenter (50-90 HU), so the test can tell which
+    slice's mask landed in which SEG frame."""
+
+    def __init__(self, real: Any) -> None:
+        self.info = real.info
+
+    def analyse(self, hu: Any, spacing: Any, notes: Any = ()) -> Any:
+        from hexnode.analysis import Prediction
+        from hexnode.models.pipeline import Analysis
+
+        mask = ((hu >= 50) & (hu <= 90)).astype(np.uint8)
+        ml = float(mask.sum()) * spacing[0] * spacing[1] * spacing[2] / 1000
+        return Analysis(mask, Prediction(ml, 0.3, self.info, hemorrhage_detected=bool(mask.any()), notes=tuple(notes)))
+
+
+def test_enhanced_ct_multiframe_is_analysed_with_matching_frames(models: Any, synth_case: tuple[Any, list[Path]],
+                                                                 tmp_path: Path) -> None:
+    """A Legacy Converted Enhanced CT (highdicom's converter stores frames top-down): each SEG frame
+    holds the mask of the slice at the position of the source frame it references."""
+    import highdicom as hd
+
+    from hexnode.produce import produce
+    from hexnode.series.volume import load_volume
+
+    _, paths = synth_case
+    enh = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=[pydicom.dcmread(p) for p in paths], series_instance_uid=generate_uid(), series_number=9,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    enh.save_as(tmp_path / "enh.dcm")
+    out = produce([tmp_path / "enh.dcm"], ThresholdModels(models))
+    assert out.analysed and [str(d.Modality) for d in out.datasets][:2] == ["SEG", "SR"]
+    seg = out.datasets[0]
+    src = pydicom.dcmread(tmp_path / "enh.dcm", stop_before_pixels=True)
+    src_z = {i + 1: round(float(f.PlanePositionSequence[0].ImagePositionPatient[2]), 2)
+             for i, f in enumerate(src.PerFrameFunctionalGroupsSequence)}
+    single = load_volume(paths)  # the same slices as single-frame files: position → expected mask
+    expected = {round(float(h.ImagePositionPatient[2]), 2): ((single.hu[z] >= 50) & (single.hu[z] <= 90))
+                for z, h in enumerate(single.headers)}
+    pixels = seg.pixel_array.reshape(-1, *single.hu.shape[1:])
+    assert list(src_z.values()) != sorted(src_z.values())  # the file's frames really are not in z order
+    checked = 0
+    for frame, arr in zip(seg.PerFrameFunctionalGroupsSequence, pixels, strict=True):
+        ref = int(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        want = expected[src_z[ref]]
+        np.testing.assert_array_equal(arr.astype(bool), want)
+        checked += int(want.any())
+    assert checked > 3
