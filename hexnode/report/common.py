@@ -114,3 +114,16 @@ def first_image(sources: Sequence[Dataset]) -> Dataset:
     if not sources:
         raise ValueError("no source datasets: the result objects need the series' headers")
     return sources[0]
+
+
+def character_set(src: Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set in a form highdicom accepts.
+
+    With code extensions the first value is often empty (the default repertoire, e.g.
+    ``\\ISO 2022 IR 87`` for Japanese); highdicom's enum only knows it as ``ISO 2022 IR 6``.
+    """
+    value = src.get("SpecificCharacterSet")
+    if value is None or isinstance(value, str):
+        return value or None
+    values = [str(v).strip() or "ISO 2022 IR 6" for v in value]
+    return values[0] if len(values) == 1 else values

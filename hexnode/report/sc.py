@@ -15,6 +15,7 @@ from hexnode.report.common import (
     SC_SERIES,
     add_contributing_equipment,
     burned_in_warning,
+    character_set,
     first_image,
     model_label,
     round_probability,
@@ -76,7 +77,7 @@ def sc_dataset(
         study_time=src.get("StudyTime"),
         referring_physician_name=src.get("ReferringPhysicianName"),
         patient_orientation=patient_orientation(src),
-        specific_character_set=src.get("SpecificCharacterSet"),
+        specific_character_set=character_set(src),
         series_description=series_description(SC_SERIES, revision, not_analysed=not_analysed),
     )
     sc.copy_patient_and_study_information(src)

@@ -17,6 +17,7 @@ from hexnode.report.common import (
     SEG_SERIES,
     SOFTWARE_VERSION,
     add_contributing_equipment,
+    character_set,
     first_image,
     series_description,
 )
@@ -91,6 +92,7 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
         series_description=series_description(SEG_SERIES, revision),
         content_label="HEMORRHAGE",
         content_description=f"hexnode {model.version} hematoma segmentation",
+        specific_character_set=character_set(src),
     )
     add_contributing_equipment(seg, model)
     return seg

@@ -28,6 +28,7 @@ from hexnode.report.common import (
     MANUFACTURER,
     SR_SERIES,
     add_contributing_equipment,
+    character_set,
     clinical_use_note,
     first_image,
     model_label,
@@ -160,6 +161,7 @@ def document(
         performed_procedure_codes=[codes.PROCEDURE_REPORTED],
         previous_versions=predecessor(str(src.StudyInstanceUID), series_uid, model, revision) or None,
         series_description=series_description(SR_SERIES, revision, not_analysed=not_analysed),
+        specific_character_set=character_set(src),
     )
     add_contributing_equipment(sr, model)
     return sr
