@@ -32,7 +32,11 @@ def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
         except VolumeError:
             skipped += 1
             continue
-        groups[str(ds.get("SeriesInstanceUID", ""))].append(path)
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        if not series_uid:  # a file cut inside its header: it must not become a series of its own
+            skipped += 1
+            continue
+        groups[series_uid].append(path)
     return dict(groups), skipped
 
 
