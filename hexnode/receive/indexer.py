@@ -18,6 +18,7 @@ A file whose header cannot be read (truncated, not DICOM, no UIDs) is moved to
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import multiprocessing as mp
@@ -46,7 +47,7 @@ class Item:
     relpath: str
     calling_ae: str
     received_at: datetime  # naive UTC
-    size: int
+    size: int  # bytes; -1: not known yet (the indexer stats the file)
 
     # A tab-separated line: cheaper than pickle, and none of the fields can contain a tab
     # (relpath is built from validated or hashed UIDs, AE titles are checked by pynetdicom).
@@ -74,8 +75,12 @@ class Indexer:
         dirs: set[Path] = set()
         for item in batch:
             path = self.spool.path(item.relpath)
-            if not path.exists():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
                 continue  # purged or replaced meanwhile
+            if item.size < 0:
+                item = dataclasses.replace(item, size=size)
             if self.fsync:
                 fd = os.open(path, os.O_RDONLY)
                 try:

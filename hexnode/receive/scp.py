@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import ssl
 import tempfile
 import threading
-from pathlib import Path
+import time
 from typing import Any
 
 from pydicom.uid import (
@@ -109,6 +110,8 @@ class Receiver:
         # scheduler_cfg: run the series scheduler in the indexer process (serve does; tests need not)
         self.indexer = IndexerProcess(store, spool, log_level, cfg=scheduler_cfg)
         self.server: Any = None
+        self._disk_checked_at = float("-inf")
+        self._disk_low_cached = False
         self.stored = 0
         self.duplicates = 0
 
@@ -172,32 +175,47 @@ class Receiver:
     def handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
 
+    def _disk_low(self) -> bool:
+        # statvfs once a second, not per instance: the answer cannot change faster than that
+        # matters, and every syscall on this path costs a GIL round trip.
+        now = time.monotonic()
+        if now - self._disk_checked_at > 1.0:
+            self._disk_low_cached = self.spool.free_mb() < self.dicom.min_free_disk_mb
+            self._disk_checked_at = now
+        return self._disk_low_cached
+
     def handle_store(self, event: Any) -> int:
-        tmp = Path(event.dataset_path)
+        tmp = str(event.dataset_path)
         calling_ae = str(event.assoc.requestor.ae_title).strip()[:16]
-        if self.spool.free_mb() < self.dicom.min_free_disk_mb:
-            tmp.unlink(missing_ok=True)
+        if self._disk_low():
+            _unlink(tmp)
             log.warning("C-STORE from %s refused: free disk below %d MB", calling_ae, self.dicom.min_free_disk_mb)
             return STATUS_OUT_OF_RESOURCES
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         if not sop_uid:
-            tmp.unlink(missing_ok=True)
+            _unlink(tmp)
             return STATUS_CANNOT_UNDERSTAND
         relpath = instance_relpath(sop_uid)
         try:
-            size = tmp.stat().st_size
-            _, created = self.spool.commit_file(tmp, relpath, fsync=self.fsync_before_success)
+            created = self.spool.commit_received(tmp, relpath, fsync=self.fsync_before_success)
         except OSError:
             log.exception("C-STORE from %s: could not write the spool", calling_ae)
-            tmp.unlink(missing_ok=True)
+            _unlink(tmp)
             return STATUS_OUT_OF_RESOURCES
         if created:
             self.stored += 1
-            self.indexer.submit(Item(relpath, calling_ae, utcnow(), size))
+            self.indexer.submit(Item(relpath, calling_ae, utcnow(), -1))  # size: the indexer stats
         else:
             self.duplicates += 1
             log.debug("instance %s from %s already spooled", uid_hash(sop_uid), calling_ae)
         return STATUS_SUCCESS
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _setup_logging(level: str) -> None:

@@ -74,6 +74,8 @@ class Spool:
         """Create the layout and drop leftovers of transfers a crash interrupted (never answered)."""
         for sub in ("incoming", "instances", "results"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(256):  # the instance buckets: no mkdir on the receive path
+            (self.root / "instances" / f"{i:02x}").mkdir(exist_ok=True)
         for leftover in self.incoming.iterdir():
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
@@ -136,6 +138,30 @@ class Spool:
             if created_dir:
                 fsync_dir(dest.parent.parent)
         return dest, True
+
+    def commit_received(self, src: str, relpath: str, *, fsync: bool = False) -> bool:
+        """`commit_file` for the C-STORE handler: plain strings and os calls only (it runs once
+        per received instance), `relpath` from :func:`instance_relpath`. Returns created."""
+        dest = os.path.join(str(self.root), relpath)
+        if os.path.exists(dest):
+            os.unlink(src)
+            return False
+        if fsync:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            if not os.path.exists(src):
+                raise
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(src, dest)
+        if fsync:
+            fsync_dir(Path(os.path.dirname(dest)))
+        return True
 
     def write_bytes(self, relpath: str, data: bytes, *, fsync: bool = True) -> Path:
         """Write `data` to `relpath` atomically (results, tests)."""
