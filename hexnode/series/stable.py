@@ -47,6 +47,11 @@ STUDY_WAIT_FACTOR = 3.0
 STUDY_WAIT_MIN_SECONDS = 30.0
 
 PASSED_OVER = "another series of the study was analysed"
+# A series whose own headers say it is incomplete (Images in Acquisition not reached) waits this
+# many stable periods before it is completed anyway: a sender or node that died mid-series resends
+# within that time (Orthanc's routing retries after 1, 2, 4, 8 s), and completing early would send
+# a "not analysed"/partial result first and a corrected one later (two result sets in the PACS).
+INCOMPLETE_WAIT_FACTOR = 6.0
 
 
 @dataclass
@@ -97,6 +102,15 @@ def _coverage_reason(instances: list[Instance]) -> str | None:
     return None
 
 
+def announced_missing(instances: list[Instance]) -> bool:
+    """Fewer instances than the Images in Acquisition (0020,1002) they all announce."""
+    expected = {i.images_in_acquisition for i in instances}
+    if len(expected) != 1:
+        return False
+    n = expected.pop()
+    return bool(n) and len(instances) < (n or 0)
+
+
 def _instances(s: Session, series_id: int) -> list[Instance]:
     q = select(Instance).where(Instance.series_id == series_id).order_by(Instance.instance_number, Instance.id)
     return list(s.execute(q).scalars())
@@ -108,8 +122,11 @@ def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
     stable_before = now - timedelta(seconds=cfg.series.stable_seconds)
     quiet_before = now - timedelta(seconds=min(MIN_QUIET_SECONDS, cfg.series.stable_seconds))
     received = s.execute(select(Series).where(Series.state == "received")).scalars().all()
+    incomplete_before = now - timedelta(seconds=INCOMPLETE_WAIT_FACTOR * cfg.series.stable_seconds)
     for series in received:
         if series.last_instance_at <= stable_before:
+            if series.last_instance_at > incomplete_before and announced_missing(_instances(s, series.id)):
+                continue
             why = f"no instance for {cfg.series.stable_seconds:g} s"
         elif series.last_instance_at <= quiet_before:
             why = whole_reason(_instances(s, series.id)) or ""
