@@ -52,10 +52,15 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def storescu(paths: list[Path], port: int, *, calling: str = "SCANNER", called: str = "ORTHANC") -> float:
-    """C-STORE files with dcmtk's storescu (not pynetdicom's script of the same name); seconds taken."""
+def storescu(paths: list[Path], port: int, *, calling: str = "SCANNER", called: str = "ORTHANC",
+             options: tuple[str, ...] = ()) -> float:
+    """C-STORE files with dcmtk's storescu (not pynetdicom's script of the same name); seconds taken.
+
+    `options`: e.g. ("-xt",) to propose JPEG-LS lossless for files stored that way (storescu
+    proposes uncompressed syntaxes only unless told).
+    """
     t = time.perf_counter()
-    subprocess.run([STORESCU, "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, paths)],
+    subprocess.run([STORESCU, *options, "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, paths)],
                    check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
     return time.perf_counter() - t
 
@@ -219,9 +224,10 @@ backoff_initial_seconds = 0.5
                 log = (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"hexnode {name} exited with {proc.returncode}:\n{log}")
 
-    def send(self, paths: list[Path], calling: str = "SCANNER") -> float:
+    def send(self, paths: list[Path], calling: str = "SCANNER", options: tuple[str, ...] = ()) -> float:
         assert self.orthanc is not None
-        return storescu(paths, self.orthanc.cfg.dicom_port, calling=calling, called=self.orthanc.cfg.aet)
+        return storescu(paths, self.orthanc.cfg.dicom_port, calling=calling, called=self.orthanc.cfg.aet,
+                        options=options)
 
     def results(self, study_uid: str) -> ResultSet:
         assert self.orthanc is not None

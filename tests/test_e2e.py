@@ -208,3 +208,43 @@ def test_late_instance_gives_a_corrected_result_set(stack: DemoStack, tmp_path: 
     assert hexnode_jobs(stack, truth["series_instance_uid"]) == [(0, "done"), (1, "done")]
     seg_frames = sorted(int(stack.instance(oid).NumberOfFrames) for oid in both.seg)
     assert seg_frames == [len(paths) - 1, len(paths)]  # the corrected SEG covers every slice
+
+
+@pytest.mark.parametrize("syntax,propose", [("1.2.840.10008.1.2.4.80", "-xt"), ("1.2.840.10008.1.2.4.90", "-xv"),
+                                            ("1.2.840.10008.1.2.5", "-xr"), ("1.2.840.10008.1.2.1.99", "-xd")])
+def test_compressed_series_through_orthanc_are_analysed(stack: DemoStack, tmp_path: Path, syntax: str,
+                                                        propose: str) -> None:
+    """JPEG-LS lossless, JPEG 2000 lossless, RLE, deflate: storescu → Orthanc → hexnode → results."""
+    import pydicom
+
+    study = generate_uid()
+    files = []
+    for p in write_series(tmp_path / "src", n=12, rows=64, cols=64, signed=False, study_uid=study):
+        ds = pydicom.dcmread(p)
+        if syntax == "1.2.840.10008.1.2.1.99":
+            ds.file_meta.TransferSyntaxUID = syntax
+        else:
+            ds.compress(syntax)
+        q = tmp_path / "c" / p.name
+        q.parent.mkdir(exist_ok=True)
+        ds.save_as(q, enforce_file_format=True)
+        files.append(q)
+    stack.send(files, options=(propose, "-R"))  # -R: only this syntax, so it really crosses the wire compressed
+    res = stack.wait_results(study, 240, want_seg=False)
+    assert len(res.sr) == 1 and len(res.sc) == 1
+    assert stack.orthanc is not None
+    stored = stack.orthanc.lookup(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
+    ts = stack.orthanc.get_bytes(f"/instances/{stored[0]['ID']}/metadata/TransferSyntax").decode()
+    assert ts == syntax  # Orthanc kept it as sent
+    from hexnode.config import load_config
+    from hexnode.store.db import Instance
+
+    store = open_store(load_config(stack.config_path, env={}).database_url, create=False)
+    with store.transaction() as s:
+        got = set(s.execute(select(Instance.transfer_syntax).where(Instance.sop_instance_uid.in_(
+            [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]))).scalars())
+    store.dispose()
+    assert got == {syntax}  # and hexnode received it that way from Orthanc
+    summary = sr_summary(stack.instance(res.sr[0]))
+    assert summary.get("status") != "Not analysed", summary["comments"]
+    assert len(res.seg) == 1
