@@ -111,11 +111,9 @@ def test_sr_volume_within_10_percent_of_ground_truth(stack: DemoStack, case: tup
 
 
 def test_shuffled_and_duplicated_instances_give_one_result_set(stack: DemoStack, tmp_path: Path) -> None:
-    from hexnode.synth.dicom import write_case
-    from hexnode.synth.phantom import generate_case
-
-    paths = write_case(generate_case(5, 1), tmp_path / "c")
-    truth = json.loads((tmp_path / "c" / "truth.json").read_text())
+    study, series = generate_uid(), generate_uid()
+    paths = write_series(tmp_path / "c", n=16, rows=64, cols=64, study_uid=study, series_uid=series)
+    truth = {"study_instance_uid": study, "series_instance_uid": series}
     dup = paths + random.Random(3).sample(paths, 8)
     random.Random(4).shuffle(dup)
     # duplicates as separate files (storescu sends each file it is given)
@@ -126,7 +124,7 @@ def test_shuffled_and_duplicated_instances_give_one_result_set(stack: DemoStack,
         shutil.copy(p, q)
         copies.append(q)
     stack.send(copies)
-    res = stack.wait_results(truth["study_instance_uid"], 240)
+    stack.wait_results(truth["study_instance_uid"], 240)
     time.sleep(3)
     res = stack.results(truth["study_instance_uid"])
     assert (len(res.seg), len(res.sr), len(res.sc)) == (1, 1, 1)
@@ -192,11 +190,9 @@ def test_postgres_two_workers_ten_series_exactly_once(tmp_path: Path) -> None:
 def test_late_instance_gives_a_corrected_result_set(stack: DemoStack, tmp_path: Path) -> None:
     """A slice that arrives after the series was analysed re-opens it: revision 1, new objects, the
     first set stays (superseded, and the new SR says so) — never a silent mix."""
-    from hexnode.synth.dicom import write_case
-    from hexnode.synth.phantom import generate_case
-
-    paths = write_case(generate_case(5, 2), tmp_path / "c")
-    truth = json.loads((tmp_path / "c" / "truth.json").read_text())
+    study, series = generate_uid(), generate_uid()
+    paths = write_series(tmp_path / "c", n=13, rows=64, cols=64, study_uid=study, series_uid=series)
+    truth = {"study_instance_uid": study, "series_instance_uid": series}
     stack.send(paths[:-1])
     first = stack.wait_results(truth["study_instance_uid"], 240)
     stack.send(paths[-1:])  # Orthanc's series changes, becomes stable again and is routed again
