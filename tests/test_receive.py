@@ -335,3 +335,31 @@ def test_fast_store_response_is_byte_identical_to_pynetdicom() -> None:
         assert data == b"\x03" + encode_store_rsp(rsp)
     rsp.ErrorComment = "details"
     assert encode_store_rsp(rsp) is None  # optional fields: pynetdicom's own encoder
+
+
+def test_large_instances_multi_pdu_arrive_byte_exact(make_receiver, tmp_path: Path, monkeypatch) -> None:
+    import hexnode.receive.fastpath as fastpath
+
+    fast_pdus = []
+    original = fastpath._write_middle_fragments
+
+    def counting(dul, body):
+        done = original(dul, body)
+        fast_pdus.append(done)
+        return done
+
+    monkeypatch.setattr(fastpath, "_write_middle_fragments", counting)
+    rx = make_receiver()
+    files = write_ct(tmp_path / "big", 3, size=512)  # 512 KiB each: several P-DATA PDUs per instance
+    r = storescu(rx.dicom.port, files)
+    assert r.returncode == 0, r.stderr
+    wait_indexed(rx, 3)
+    assert sum(fast_pdus) >= 3, "middle fragments took the direct path"
+    with rx.store.transaction() as s:
+        insts = {i.sop_instance_uid: i for i in s.execute(select(Instance)).scalars()}
+    for f in files:
+        src = dcmread(f)
+        got = dcmread(rx.spool.path(insts[src.SOPInstanceUID].path))
+        assert got.PixelData == src.PixelData
+        assert got.file_meta.MediaStorageSOPInstanceUID == src.SOPInstanceUID
+        assert insts[src.SOPInstanceUID].size_bytes == rx.spool.path(insts[src.SOPInstanceUID].path).stat().st_size

@@ -17,6 +17,11 @@ Both keep the original timeout, so every periodic check (ARTIM, idle and release
 still runs at least as often as before, and idle CPU use does not grow. It also reads PDUs with
 ``recv_into`` in large chunks instead of 4 KiB ``recv`` calls.
 
+P-DATA-TF PDUs that carry only middle fragments of a C-STORE dataset being received to a file
+(all but the last PDU of a large instance) are written straight from the receive buffer to that
+file, without building PDU and primitive objects or a state-machine round trip (Sta6 + Evt10 →
+DT-2 → Sta6 changes nothing else); every other PDU takes pynetdicom's path unchanged.
+
 Per received instance it also replaces two helpers of pynetdicom's chunked receive that cost
 more than the data copy itself: ``NamedTemporaryFile`` (random-name generation and a wrapper
 whose every ``write`` goes through ``__getattr__``) becomes a plain unbuffered file created with
@@ -164,6 +169,8 @@ def install() -> bool:
             original_send_msg(self, primitive, context_id)
 
         provider_cls.send_msg = send_msg  # type: ignore[method-assign]
+        if hasattr(dul_cls, "_read_pdu_data") and hasattr(dul_cls, "_decode_pdu"):
+            dul_cls._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
         dul_mod.time = shim  # type: ignore[attr-defined]
         assoc_mod.time = shim  # type: ignore[attr-defined]
         dul_cls.send_pdu = send_pdu  # type: ignore[method-assign]
@@ -325,3 +332,81 @@ def encode_store_rsp(primitive: Any) -> bytes | None:
         + ui(0x1000, sop_inst)
     )
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+_LOG_PDU = logging.getLogger("pynetdicom.dul")
+
+
+def _read_pdu_data(self: Any) -> None:
+    """pynetdicom's DULServiceProvider._read_pdu_data with the middle-fragment fast path."""
+    sock = self.socket
+    try:
+        header = sock.recv(6)
+    except (OSError, TimeoutError) as exc:
+        _LOG_PDU.error("Connection closed before the entire PDU was received")
+        _LOG_PDU.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+    except struct.error:
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        _LOG_PDU.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")
+        return
+    try:
+        body = sock.recv(pdu_length)
+    except (OSError, TimeoutError) as exc:
+        _LOG_PDU.error("Connection closed before the entire PDU was received")
+        _LOG_PDU.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        _LOG_PDU.error(
+            f"The received PDU is shorter than expected ({len(body) + 6} of {6 + pdu_length} bytes received)"
+        )
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type == 0x04 and _write_middle_fragments(self, body):
+        return
+    bytestream = header + body
+    try:
+        pdu, event = self._decode_pdu(bytestream)
+        self.event_queue.put(event)
+    except Exception as exc:
+        _LOG_PDU.error("Unable to decode the received PDU data")
+        _LOG_PDU.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(pdu)
+
+
+def _write_middle_fragments(dul: Any, body: bytearray) -> bool:
+    """Write the PDU's dataset fragments to the message's file if none completes the message."""
+    if dul.state_machine.current_state != "Sta6":
+        return False
+    msg = dul.assoc.dimse.message
+    out = getattr(msg, "_data_set_file", None) if msg is not None else None
+    if out is None:
+        return False
+    view = memoryview(body)
+    spans = []
+    pos, end = 0, len(body)
+    while pos < end:
+        if end - pos < 6:
+            return False
+        item_length = int.from_bytes(view[pos:pos + 4], "big")
+        if item_length < 2 or pos + 4 + item_length > end:
+            return False
+        control = view[pos + 5]
+        if control & 0x03:  # a command fragment or the last dataset fragment: pynetdicom's path
+            return False
+        spans.append((pos + 6, pos + 4 + item_length))
+        pos += 4 + item_length
+    if not spans:
+        return False
+    for a, b in spans:
+        out.write(view[a:b])
+    return True
