@@ -294,3 +294,11 @@ def test_thin_series_geometry() -> None:
         assert 20 <= geo.n_slices <= 40 and geo.slice_thickness_mm == 5.0
     case = generate_case(8, 0, thin=True, n_slices=12)
     assert case.hu.shape == (12, 512, 512) and case.spacing[2] <= 1.25 and case.mask.any()
+
+
+def test_short_stack_still_covers_a_posterior_fossa_bleed() -> None:
+    case = generate_case(79, 5)  # 23 slices from the vertex would stop above this cerebellar bleed
+    assert case.truth.location == "cerebellar" and case.truth.n_slices == 23
+    assert case.mask.any() and case.truth.volume_ml > 1.0
+    k = np.flatnonzero(case.mask.any(axis=(1, 2)))
+    assert k.min() > 0 and k.max() < case.truth.n_slices - 1  # the whole bleed is inside the stack

@@ -54,7 +54,7 @@ HE <=> growth > 6 ml or > 33 %.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -210,6 +210,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     hem = draw_hematoma(r_hem, head, markers, location)
     if n_slices is not None:
         geo = _with_slices(geo, n_slices, float(hem.centre[2]))
+    else:
+        geo = _covering(geo, *hem.w_range(head))
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
     head.calcs = [c for c in head.calcs if not hem.parenchymal
                   or np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
@@ -338,6 +340,15 @@ def _classify(lay: Any, head: Head) -> np.ndarray:
     same = (p[:-2, 1:-1] == lab) & (p[2:, 1:-1] == lab) & (p[1:-1, :-2] == lab) & (p[1:-1, 2:] == lab)
     lab[~same] = LABELS["other"]
     return lab
+
+
+def _covering(geo: Geometry, w_lo: float, w_hi: float) -> Geometry:
+    """Move a short stack down (losing the vertex) until it covers the whole bleed."""
+    if geo.w_bottom_mm <= w_lo:
+        return geo
+    height = (geo.n_slices - 1) * geo.normal_step_mm
+    bottom = w_lo if w_lo + height >= w_hi else (w_lo + w_hi - height) / 2
+    return replace(geo, w_bottom_mm=min(geo.w_bottom_mm, bottom))
 
 
 def _with_slices(geo: Geometry, nz: int, w_centre: float) -> Geometry:
