@@ -140,7 +140,8 @@ def test_compressed_and_uncommon_transfer_syntaxes_are_accepted_as_sent(make_rec
         assert np.array_equal(got.pixel_array, pixels), f"{kind}: pixels differ after the round trip"
 
 
-def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path: Path) -> None:
+def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path: Path, caplog) -> None:
+    caplog.set_level("WARNING", logger="hexnode.receive.scp")
     rx = make_receiver(allowed_calling_aes=["CT_SCANNER"])
     files = write_ct(tmp_path / "in", 1)
     r = storescu(rx.dicom.port, files, aet="INTRUDER")
@@ -149,6 +150,8 @@ def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path
     r = storescu(rx.dicom.port, files, aet="CT_SCANNER", aec="SOMEONE_ELSE")
     assert r.returncode != 0
     assert "Called AE Title Not Recognized" in r.stderr + r.stdout
+    assert "association from INTRUDER" in caplog.text and "not in dicom.allowed_calling_aes" in caplog.text
+    assert "called AE title is not HEXNODE" in caplog.text
     r = storescu(rx.dicom.port, files, aet="CT_SCANNER")
     assert r.returncode == 0, r.stderr
     wait_indexed(rx, 1)

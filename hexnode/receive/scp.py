@@ -157,7 +157,11 @@ class Receiver:
         tempfile.tempdir = str(self.spool.incoming)
         fastpath.install()
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
-        handlers: list[Any] = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_REJECTED, self.on_rejected),
+        ]
         ae = self.build_ae()
         self.server = ae.start_server(
             (self.dicom.bind, self.dicom.port), block=False, evt_handlers=handlers,
@@ -171,6 +175,20 @@ class Receiver:
             self.server.shutdown()
             self.server = None
         self.indexer.stop()
+
+    def on_rejected(self, event: Any) -> None:
+        # Site IT needs to see who was turned away and why (AE titles and addresses are not PHI).
+        req = event.assoc.requestor
+        calling = str(req.ae_title).strip()
+        rq = getattr(req, "primitive", None)
+        called = str(getattr(rq, "called_ae_title", None) or event.assoc.acceptor.ae_title).strip()
+        if self.dicom.allowed_calling_aes and calling not in self.dicom.allowed_calling_aes:
+            why = "calling AE title not in dicom.allowed_calling_aes"
+        elif self.dicom.require_called_ae and called != self.dicom.ae_title:
+            why = f"called AE title is not {self.dicom.ae_title}"
+        else:
+            why = f"more than dicom.max_associations = {self.dicom.max_associations} at once"
+        log.warning("association from %s (%s:%s) to %s rejected: %s", calling, req.address, req.port, called, why)
 
     def handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
