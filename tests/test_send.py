@@ -186,3 +186,18 @@ def test_rows_held_by_a_killed_sender_are_sent_again_at_once(orthanc: Orthanc, t
     assert st["queue_depth"] == {"jobs": 0, "outbox": 0} and "delivery" in st["median_seconds"]
     assert run_status(argparse.Namespace(config=str(cfg_file), json=False)) == 0
     assert "deliveries:  delivered 1" in capsys.readouterr().out
+
+
+def test_send_command_once_attempts_due_deliveries_and_exits(tmp_path: Path) -> None:
+    from hexnode.send.sender import run_send
+
+    port = free_port()
+    dest = Destination(name="pacs", ae_title="ORTHANC", port=port, timeout_seconds=5)
+    cfg, store, _, _ = _setup(tmp_path, dest, n=2, send=SendConfig(backoff_initial_seconds=600))
+    cfg_file = tmp_path / "hexnode.toml"
+    cfg_file.write_text(f'data_dir = "{tmp_path / "var"}"\n[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
+                        f'port = {port}\ntimeout_seconds = 5.0\n[send]\nbackoff_initial_seconds = 600.0\n')
+    assert run_send(argparse.Namespace(config=str(cfg_file), once=True)) == 0
+    with store.transaction() as s:
+        rows = s.execute(select(Outbox)).scalars().all()
+    assert [r.state for r in rows] == ["pending", "pending"] and all(r.attempts == 1 for r in rows)
