@@ -190,6 +190,9 @@ def load_models(cfg: Config) -> Any:
 
 def setup_logging(cfg: Config) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # highdicom logs every source SOP Instance UID at INFO ("copy ... attributes from dataset");
+    # logs name series by a UID hash only (tests/test_phi_logs.py)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -205,7 +208,12 @@ def run_worker(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
     while not stop.is_set():
-        outcome = worker.run_once()
+        try:
+            outcome = worker.run_once()
+        except Exception:  # the database away for a moment: the job's lease brings it back later
+            log.exception("worker loop: claim or commit failed; retrying")
+            stop.wait(max(2.0, 10 * cfg.worker.poll_seconds))
+            continue
         if outcome is None:
             if getattr(args, "once", False):
                 break
