@@ -366,3 +366,23 @@ def test_large_instances_multi_pdu_arrive_byte_exact(make_receiver, tmp_path: Pa
         assert got.PixelData == src.PixelData
         assert got.file_meta.MediaStorageSOPInstanceUID == src.SOPInstanceUID
         assert insts[src.SOPInstanceUID].size_bytes == rx.spool.path(insts[src.SOPInstanceUID].path).stat().st_size
+
+
+def test_association_limit_refuses_the_extra_association(make_receiver, tmp_path: Path, caplog) -> None:
+    from pynetdicom import AE
+
+    caplog.set_level("WARNING", logger="hexnode.receive.scp")
+    rx = make_receiver(max_associations=1)
+    ae = AE("HOLDER")
+    ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
+    held = ae.associate("127.0.0.1", rx.dicom.port, ae_title="HEXNODE")
+    assert held.is_established
+    try:
+        r = storescu(rx.dicom.port, write_ct(tmp_path / "in", 1), extra=["-v"])
+        assert r.returncode != 0
+        assert "Local Limit Exceeded" in r.stderr, r.stderr
+        assert "max_associations = 1" in caplog.text
+    finally:
+        held.release()
+    r = storescu(rx.dicom.port, write_ct(tmp_path / "in2", 1))
+    assert r.returncode == 0, r.stderr
