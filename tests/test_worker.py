@@ -234,3 +234,14 @@ def test_enhanced_ct_multiframe_is_analysed_with_matching_frames(models: Any, sy
         np.testing.assert_array_equal(arr.astype(bool), want)
         checked += int(want.any())
     assert checked > 3
+
+
+@pytest.mark.parametrize("rows,cols", [(256, 256), (400, 512), (600, 520)])
+def test_matrix_sizes_analysed_on_their_own_grid(models: Any, tmp_path: Path, rows: int, cols: int) -> None:
+    """256², non-square and larger-than-512 matrices: analysed, SEG on the source grid (the models pad)."""
+    from hexnode.produce import produce
+
+    out = produce(write_series(tmp_path, n=10, rows=rows, cols=cols), models)
+    assert out.analysed and out.shape == (10, rows, cols)
+    seg = out.datasets[0]
+    assert (seg.Rows, seg.Columns, int(seg.NumberOfFrames)) == (rows, cols, 10)
