@@ -51,3 +51,30 @@ def test_routing_sends_stable_ct_and_skips_hexnode_results(tmp_path: Path) -> No
         orthanc.stop()
         sink.terminate()
         sink.wait(10)
+
+
+def test_routing_retries_until_hexnode_is_back(tmp_path: Path) -> None:
+    sink_port = free_port()  # nothing listens here yet: hexnode is "down"
+    cfg = OrthancConfig(workdir=tmp_path / "orthanc", http_port=free_port(), dicom_port=free_port(), stable_age=1)
+    orthanc = Orthanc.start(cfg, route_to=("SINK", "127.0.0.1", sink_port))
+    received = tmp_path / "received"
+    received.mkdir()
+    sink = None
+    try:
+        storescu(write_series(tmp_path / "ct", n=3, rows=32, cols=32), cfg.dicom_port, "SCANNER")
+        log = cfg.workdir / "orthanc.log"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "send failed" not in log.read_text(errors="replace"):
+            time.sleep(0.2)
+        assert "send failed" in log.read_text(errors="replace")
+        sink = subprocess.Popen(["/usr/bin/storescp", "-aet", "SINK", "-od", str(received), str(sink_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(list(received.iterdir())) < 3:
+            time.sleep(0.3)
+        assert len(list(received.iterdir())) == 3
+    finally:
+        orthanc.stop()
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
