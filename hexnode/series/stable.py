@@ -3,7 +3,7 @@
 A series is *complete* `stable_seconds` after its last instance, or sooner when it is provably
 whole: every instance carries the same Images in Acquisition (0020,1002) and that many have
 arrived; or it is one Enhanced CT multi-frame object; or its positions are contiguous, evenly
-spaced and cover a whole head (≥ `WHOLE_HEAD_MM`) and nothing has arrived for a moment. Instance
+spaced and cover a whole head (≥ `WHOLE_HEAD_MM`) and nothing has arrived for half the stable time. Instance
 counts alone never decide (PACS resend and send in any order).
 
 Completed series of one study are then selected together (`hexnode.series.select`): the chosen
@@ -123,6 +123,7 @@ def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
     quiet_before = now - timedelta(seconds=min(MIN_QUIET_SECONDS, cfg.series.stable_seconds))
     received = s.execute(select(Series).where(Series.state == "received")).scalars().all()
     incomplete_before = now - timedelta(seconds=INCOMPLETE_WAIT_FACTOR * cfg.series.stable_seconds)
+    coverage_before = now - timedelta(seconds=max(MIN_QUIET_SECONDS, cfg.series.stable_seconds / 2))
     for series in received:
         if series.last_instance_at <= stable_before:
             if series.last_instance_at > incomplete_before and announced_missing(_instances(s, series.id)):
@@ -131,6 +132,10 @@ def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
         elif series.last_instance_at <= quiet_before:
             why = whole_reason(_instances(s, series.id)) or ""
             if not why:
+                continue
+            # Coverage is a weaker proof than a count: a scanner that sends slice by slice as it
+            # reconstructs may still be going. Half the stable time still saves most of the wait.
+            if why.startswith("contiguous") and series.last_instance_at > coverage_before:
                 continue
         else:
             continue
