@@ -190,6 +190,10 @@ def load_models(cfg: Config) -> Any:
 
 def setup_logging(cfg: Config) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # highdicom names every source dataset by its SOP Instance UID at INFO (logs name series by a
+    # UID hash only); pykwalify announces each radiomics settings validation.
+    for noisy in ("highdicom", "pykwalify"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     # highdicom logs every source SOP Instance UID at INFO ("copy ... attributes from dataset");
     # logs name series by a UID hash only (tests/test_phi_logs.py)
     logging.getLogger("highdicom").setLevel(logging.WARNING)
