@@ -17,10 +17,11 @@ Both keep the original timeout, so every periodic check (ARTIM, idle and release
 still runs at least as often as before, and idle CPU use does not grow. It also reads PDUs with
 ``recv_into`` in large chunks instead of 4 KiB ``recv`` calls.
 
-P-DATA-TF PDUs that carry only middle fragments of a C-STORE dataset being received to a file
-(all but the last PDU of a large instance) are written straight from the receive buffer to that
-file, without building PDU and primitive objects or a state-machine round trip (Sta6 + Evt10 →
-DT-2 → Sta6 changes nothing else); every other PDU takes pynetdicom's path unchanged.
+P-DATA-TF PDUs that carry only dataset fragments of a C-STORE being received to a file are
+written straight from the receive buffer to that file, without building PDU and primitive
+objects or a state-machine round trip (Sta6 + Evt10 → DT-2 → Sta6 changes nothing else); the
+last fragment then completes the DIMSE message through pynetdicom's own provider. Every other
+PDU takes pynetdicom's path unchanged.
 
 Per received instance it also replaces two helpers of pynetdicom's chunked receive that cost
 more than the data copy itself: ``NamedTemporaryFile`` (random-name generation and a wrapper
@@ -384,29 +385,45 @@ def _read_pdu_data(self: Any) -> None:
 
 
 def _write_middle_fragments(dul: Any, body: bytearray) -> bool:
-    """Write the PDU's dataset fragments to the message's file if none completes the message."""
-    if dul.state_machine.current_state != "Sta6":
+    """Write a PDU of dataset fragments straight to the message's file.
+
+    Handles PDUs whose PDVs are all dataset fragments of the C-STORE being received to a file;
+    when the last one ends the dataset, pynetdicom's DIMSE provider gets an empty final fragment
+    (exactly what DT-2 would pass it, minus the bytes already written) and completes the
+    message as usual. Anything else (command fragments, no file, pending FSM events) → False.
+    """
+    if dul.state_machine.current_state != "Sta6" or not dul.event_queue.empty():
         return False
-    msg = dul.assoc.dimse.message
+    dimse = dul.assoc.dimse
+    msg = dimse.message
     out = getattr(msg, "_data_set_file", None) if msg is not None else None
     if out is None:
         return False
     view = memoryview(body)
     spans = []
+    last_cx = None
     pos, end = 0, len(body)
     while pos < end:
-        if end - pos < 6:
-            return False
+        if end - pos < 6 or last_cx is not None:
+            return False  # truncated item, or data after the last fragment: let pynetdicom judge
         item_length = int.from_bytes(view[pos:pos + 4], "big")
         if item_length < 2 or pos + 4 + item_length > end:
             return False
         control = view[pos + 5]
-        if control & 0x03:  # a command fragment or the last dataset fragment: pynetdicom's path
+        if control & 0x01:  # a command fragment
             return False
+        if control & 0x02:
+            last_cx = view[pos + 4]
         spans.append((pos + 6, pos + 4 + item_length))
         pos += 4 + item_length
     if not spans:
         return False
     for a, b in spans:
         out.write(view[a:b])
+    if last_cx is not None:
+        from pynetdicom.pdu_primitives import P_DATA
+
+        final = P_DATA()
+        final.presentation_data_value_list.append((int(last_cx), b"\x02"))
+        dimse.receive_primitive(final)
     return True
