@@ -1,15 +1,16 @@
 """Receive rate: 320 × 512² CT instances sent with dcmtk `storescu` to `hexnode serve` and to dcmtk
 `storescp` (default mode), interleaved in the same run, TCP_NODELAY=1 for both dcmtk tools.
 
-    .venv/bin/python bench/receive.py [--rounds 3] [--n 320]
+    .venv/bin/python bench/receive.py [--rounds 3] [--n 320] [--fsync-before-success]
 
 For every round both receivers start empty (hexnode: a fresh data dir and a fresh `hexnode serve`
 process, so no instance is a duplicate). Printed per round and as medians: seconds for the
 transfer (storescu start → exit, i.e. until the last Success), MB/s, the ratio hexnode/storescp
 rate (DESIGN §6 target ≥ 0.5; "best" compares the fastest round of each, the one least disturbed
 by other processes on a shared machine), and for hexnode also the time until the last instance was indexed
-in the database. hexnode answers Success only after the file is fsynced and renamed into place;
-storescp does not fsync.
+in the database. hexnode answers Success once the complete file is renamed into place and fsyncs
+it when indexing (``--fsync-before-success``: before answering, as `[spool] fsync_before_success`);
+storescp never fsyncs.
 """
 
 from __future__ import annotations
@@ -90,14 +91,15 @@ def round_storescp(folder: Path, work: Path) -> float:
         proc.wait(10)
 
 
-def round_hexnode(folder: Path, work: Path, n: int) -> tuple[float, float]:
+def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False) -> tuple[float, float]:
     data = work / "hexnode-var"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     port = free_port()
     cfg = data / "hexnode.toml"
     cfg.write_text(f'data_dir = "{data}"\nlog_level = "WARNING"\n[dicom]\nport = {port}\nmin_free_disk_mb = 1\n'
-                   "[series]\nstable_seconds = 3600\n")
+                   "[series]\nstable_seconds = 3600\n"
+                   f"[spool]\nfsync_before_success = {'true' if fsync else 'false'}\n")
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "hexnode"), "serve", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "wb"))  # noqa: SIM115
     try:
@@ -119,6 +121,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=320)
     ap.add_argument("--work", default=str(ROOT / "bench" / "output" / "receive"))
+    ap.add_argument("--fsync-before-success", action="store_true",
+                    help="hexnode fsyncs each instance before answering (default: when indexing)")
     args = ap.parse_args()
     work = Path(args.work)
     folder = work / f"ct{args.n}"
@@ -126,11 +130,12 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
         write_ct_series(folder, args.n)
     mb = sum(p.stat().st_size for p in folder.glob("*.dcm")) / 1e6
-    print(f"{args.n} instances, {mb:.1f} MB, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(f"{args.n} instances, {mb:.1f} MB, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+          f"hexnode fsync {'before Success' if args.fsync_before_success else 'when indexed'}")
     ref, hx, idx = [], [], []
     for r in range(args.rounds):
         t_ref = round_storescp(folder, work)
-        t_hx, t_idx = round_hexnode(folder, work, args.n)
+        t_hx, t_idx = round_hexnode(folder, work, args.n, args.fsync_before_success)
         ref.append(t_ref)
         hx.append(t_hx)
         idx.append(t_idx)
