@@ -41,8 +41,7 @@ featureClass:
   ngtdm:
 setting:
   # In-plane resampling to 1 mm (slice spacing kept: 0 means "as acquired"); B-spline for the
-  # image, nearest neighbour for the mask. Thin series are resampled to 1 mm in z too by the
-  # caller when their slice spacing is below 1 mm.
+  # image, nearest neighbour for the mask.
   resampledPixelSpacing: [1.0, 1.0, 0]
   interpolator: sitkBSpline
   # Fixed bin width in HU (and in filter-response units for LoG/Wavelet).
@@ -58,6 +57,17 @@ setting:
 """
 CNN_SIZE = 64
 CNN_WINDOW = (0.0, 100.0)
+
+
+# `hexnode train --quick` (tests): the same settings with the original image only and three
+# classes, so a barely trained U-Net's large masks cannot make the test slow.
+RADIOMICS_YAML_QUICK = RADIOMICS_YAML.split("imageType:")[0] + """imageType:
+  Original: {}
+featureClass:
+  shape:
+  firstorder:
+  glcm:
+setting:""" + RADIOMICS_YAML.split("setting:", 1)[1]
 
 
 def crop_box(mask: NDArray[Any], spacing: Sequence[float], margin_mm: float) -> tuple[slice, slice, slice]:

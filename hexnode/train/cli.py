@@ -196,7 +196,7 @@ def run_train(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     params = out / "radiomics.yaml"
-    params.write_text(F.RADIOMICS_YAML)
+    params.write_text(F.RADIOMICS_YAML_QUICK if quick else F.RADIOMICS_YAML)
 
     jobs, desc = _jobs(args, n_quick=20)
     log.info("%d cases: %s", len(jobs), {s: sum(j[0] == s for j in jobs) for s in SPLITS})
@@ -270,6 +270,8 @@ def finish(out: Path, state: dict[str, Any]) -> None:
     # --- fusion -------------------------------------------------------------------------------
     names = sorted({k for r in fus for k in r.feats})
     radiomics_names = [n for n in names if n.startswith(("original_", "log-", "wavelet-"))]
+    if not radiomics_names:  # e.g. every fusion mask failed extraction: keep the booster buildable
+        radiomics_names = [n for n in names if n.startswith("inside_")]
     cnn_names = [n for n in names if n.startswith("cnn_") and n != "cnn_logit"]
     context_names = [n for n in names if n not in radiomics_names and not n.startswith("cnn_")]
     y_tr = np.array([r.label for r in fus])
@@ -338,6 +340,10 @@ def finish(out: Path, state: dict[str, Any]) -> None:
         "intended_use": "synthetic-trained demonstration models, not for clinical use; retrain on site data with `hexnode train --data`",
     }
     (out / "manifest.json").write_text(json.dumps(_finite(manifest), indent=2) + "\n")
+    from hexnode.train.card import render
+
+    # the card is not in the manifest's file list: `hexnode evaluate` figures are added to it later
+    (out / "model_card.md").write_text(render(_finite(manifest)))
     print(json.dumps({"train_seconds": round(train_seconds, 1), "test": test_metrics}, default=float), flush=True)
 
 

@@ -38,9 +38,12 @@ def select_features(x: NDArray[np.float64], y: NDArray[np.int64], names: list[st
         if n in always or ok.sum() < 3 or np.nanstd(col[ok]) == 0:
             scores.append(-1.0)
             continue
-        scores.append(abs(M.auc(y[ok], col[ok]) - 0.5))
+        a = M.auc(y[ok], col[ok])  # NaN when the split has one class (tiny --quick runs)
+        scores.append(abs(a - 0.5) if np.isfinite(a) else 0.0)
     order = np.argsort(scores)[::-1]
     chosen = [names[j] for j in order[:k] if scores[j] >= 0]
+    if not chosen and not always:
+        raise ValueError("no usable feature: every candidate is missing or constant on the training split")
     return [n for n in names if n in always] + chosen
 
 

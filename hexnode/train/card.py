@@ -1,0 +1,82 @@
+"""models/model_card.md, rendered from the manifest (and, when given, `hexnode evaluate` output)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEEDS = """| figure | BioMind (seed 1, real NCCT) | ResNet50 + radiomics (seed 2, real NCCT) |
+|---|---|---|
+| segmentation IoU slice / patient | 0.863 / 0.831 | — (manual ROI) |
+| HE AUC | 0.778 (val 1), 0.780 (val 2) | fused 0.895, DL 0.867, radiomics 0.833 (test n = 47) |
+| sensitivity / specificity | 0.818 / 0.601 | — |"""
+
+
+def _v(x: Any, digits: int = 3) -> str:
+    if isinstance(x, dict) and "value" in x:
+        lo, hi = x.get("lo"), x.get("hi")
+        ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if isinstance(lo, float) and isinstance(hi, float) else ""
+        return f"{x['value']:.{digits}f}{ci}" if isinstance(x["value"], float) else "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else ("n/a" if x is None else str(x))
+
+
+def render(m: dict[str, Any], evaluation: str | None = None) -> str:
+    t = m["metrics"].get("test", {})
+    files = m["files"]
+    size = sum(int(e.get("bytes", 0)) for e in files.values())
+    quick = m.get("quick", False)
+    lines = [
+        f"# hexnode-he model card — version `{m['version']}`",
+        "",
+        "**Synthetic-trained demonstration models, not for clinical use; retrain on site data with "
+        "`hexnode train --data`.**" + (" **QUICK run: untrained placeholder, figures meaningless.**" if quick else ""),
+        "",
+        "## What it does",
+        "- Segmentation: 2D U-Net (strided-conv encoder 512→64, residual dilated bottleneck d = 1, 2, 4, "
+        "transposed-conv decoder with additive skips, full-resolution head), 3 HU windows as channels "
+        f"{m['preprocessing']['windows_hu']}, Dice + BCE, random 192² crops with rotation/scale/flip/HU gain/"
+        "offset/blur/correlated-noise augmentation; threshold 0.5, per-slice hole filling, 3D components "
+        f"< {m['preprocessing']['postprocessing']['min_component_ml']} ml removed. `seg.onnx`, opset 17, dynamic batch; "
+        f"max |ORT − torch| = {files['seg.onnx']['max_abs_diff_vs_torch']:.2g}.",
+        "- CNN features: small CNN on hematoma-centred crops (slice of largest area ± 1, 0–100 HU, + mask; "
+        "square 1.6 × extent + 10 mm so the perihematomal tissue is seen), trained on the HE label; 16-d "
+        f"embedding + logit. `cnn.onnx`; max |ORT − torch| = {files['cnn.onnx']['max_abs_diff_vs_torch']:.2g}.",
+        f"- Radiomics: pyradiomics 3.0.1, `radiomics.yaml`: Original + LoG σ 1–5 mm + Wavelet, all classes "
+        f"({files['radiomics.yaml'].get('features_total', '?')} features), in-plane resampling to 1 mm (slice spacing "
+        "kept), B-spline, bin width 5. The CT is cropped to the mask's bounding box + 12 mm before filtering "
+        "(pyradiomics then crops again after resampling), which keeps extraction to about a second per case.",
+        "- Context features (NCCT expansion markers of the literature, measured on the mask): volume, log volume, "
+        "component count and satellite volume (island sign), interior 28–46 HU fraction, hypodense region count and "
+        "largest share (blend sign), surface radial spread (irregularity), perihematomal ring density and CSF contact "
+        "(oedema, intraventricular extension).",
+        f"- Fusion: LightGBM (depth 2, 4 leaves, lr 0.03, early stopping on validation) on context + CNN embedding + "
+        f"the {len(m['preprocessing']['features']['radiomics_selected'])} radiomics features of largest univariate "
+        f"|AUC − 0.5| on the fusion split ({files['lgbm.txt']['features']} features). Platt calibration "
+        f"(a = {m['calibration']['a']:.3f}, b = {m['calibration']['b']:.3f}) on validation. Threshold "
+        f"{m['threshold']['value']:.3f} (Youden on validation); sensitivity ≥ 0.90 operating point "
+        f"{m['threshold']['sensitivity_0_90']:.3f}.",
+        "",
+        "## Training data",
+        f"{m['training_data']['source']}. Splits by patient: {m['training_data']['splits']} — `segcnn` trains the "
+        "U-Net and the CNN, `fusion` trains LightGBM (ground-truth masks, like the seeds' traced ROIs), `val` "
+        "(predicted masks) early-stops, calibrates and sets the thresholds, `test` (predicted masks) is used once.",
+        f"Training time: {m['training']['seconds'] / 60:.1f} min wall on 2 shared CPU cores "
+        f"(U-Net {m['training']['seg_seconds']:.0f} s, CNN {m['training']['cnn_seconds']:.0f} s budgets). "
+        f"models/ size: {size / 2**20:.2f} MB.",
+        "",
+        "Generative HE model (hexnode.synth.hemodel he-gen-1): p = sigmoid(−5.90 + 1.15 ln(V/15) + 1.20 irr/0.1 + "
+        "1.30 hypodense/0.1 + 1.10 blend + 0.80 islands + 0.85 IVH − 0.13 (oedema mm − 3)); label ~ Bernoulli(p); "
+        "Bayes-optimal AUC 0.90, prevalence 0.26 (`hexnode synth --bayes-auc`).",
+        "",
+        f"## Test split of the training run (n = {t.get('n', 0)}, predicted masks)",
+        f"- IoU slice {_v(t.get('iou_slice'))}, patient {_v(t.get('iou_patient'))}",
+        f"- HE AUC {_v(t.get('auc'))}; Bayes AUC of the same cases {_v(t.get('bayes_auc'))}; radiomics-only "
+        f"{_v(t.get('auc_radiomics'))}, CNN-only {_v(t.get('auc_cnn'))}, volume-only {_v(t.get('auc_volume'))}",
+        f"- ECE {_v(t.get('ece'))}, sensitivity {_v(t.get('sensitivity'))}, specificity {_v(t.get('specificity'))}",
+        "",
+    ]
+    if evaluation:
+        lines += ["## Held-out evaluation (`hexnode evaluate`, fresh seed)", "", "```", evaluation.strip(), "```", ""]
+    lines += ["## The seeds, side by side", "", SEEDS, "",
+              "The seeds are real patients; these figures are synthetic, where the ceiling (Bayes AUC) is known. "
+              "They are not comparable as clinical performance.", ""]
+    return "\n".join(lines)
