@@ -32,10 +32,12 @@ class SegUNet(nn.Module):
         self.up2 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
         self.dec1 = _cbr(c1, c1)
         self.up1 = nn.ConvTranspose2d(c1, 8, 2, stride=2)
-        self.head = nn.Sequential(_cbr(8 + in_ch, 8), nn.Conv2d(8, 1, 1))
+        out = nn.Conv2d(8, 1, 1)
         # prior: blood is ~1 % of a slice; an under-trained net then predicts little rather than
         # half the brain (which would also make radiomics on its mask very slow)
-        nn.init.constant_(self.head[1].bias, -4.0)
+        assert out.bias is not None
+        nn.init.constant_(out.bias, -4.0)
+        self.head = nn.Sequential(_cbr(8 + in_ch, 8), out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(x)
