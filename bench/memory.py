@@ -35,19 +35,51 @@ def rss_mb():
     return 0.0
 
 paths = sorted(Path(sys.argv[1]).glob("*.dcm"))
+import threading
+import hexnode.produce as P
+import hexnode.report as R
 from hexnode.models.pipeline import Models
-from hexnode.produce import encode, produce
 models = Models.load(Path(sys.argv[2]), ["CPUExecutionProvider"])
 after_load = rss_mb()
 peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+# which stage holds the memory: label the running stage, sample VmRSS every 50 ms
+stage = ["other"]
+stage_peak = {}
+def wrap(obj, name, label):
+    f = getattr(obj, name)
+    def g(*a, **k):
+        prev, stage[0] = stage[0], label
+        try:
+            return f(*a, **k)
+        finally:
+            stage[0] = prev
+    setattr(obj, name, g)
+wrap(P, "load_volume", "load volume")
+import hexnode.models.pipeline as MP
+wrap(MP, "predict_probability", "segmentation: U-Net")
+wrap(MP, "postprocess", "segmentation: post-processing")
+wrap(models.radiomics, "extract", "radiomics")
+wrap(MP.F, "context_features", "context features")
+wrap(models, "cnn_outputs", "cnn features")
+wrap(R, "build_results", "SEG/SR/SC build")
+done = threading.Event()
+def sample():
+    while not done.wait(0.05):
+        label = stage[0]
+        stage_peak[label] = max(stage_peak.get(label, 0.0), rss_mb())
+threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
-produced = produce(paths, models)
-sizes = [len(encode(ds)) for ds in produced.datasets]
+produced = P.produce(paths, models)
+stage[0] = "encode"
+sizes = [len(P.encode(ds)) for ds in produced.datasets]
 seconds = time.perf_counter() - t
+done.set()
 print(json.dumps({"slices": len(paths), "after_load_mb": after_load, "peak_after_load_mb": peak_load,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                   "seconds": seconds, "analysed": produced.analysed, "reason": produced.reason,
-                  "shape": produced.shape, "outputs_mb": sum(sizes) / 2**20, "timings": produced.timings}))
+                  "shape": produced.shape, "outputs_mb": sum(sizes) / 2**20, "timings": produced.timings, "stage_peak_mb": stage_peak,
+                  "mask_ml": produced.prediction.volume_ml if produced.prediction else None}))
 """
 
 
@@ -88,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"series: {r['slices']} slices, volume {r['shape']}, "
           f"{'analysed' if r['analysed'] else 'NOT analysed: ' + str(r['reason'])}, {r['seconds']:.1f} s")
     print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))
+    print("sampled RSS peak per stage: " + ", ".join(f"{k} {v:.0f} MB" for k, v in r["stage_peak_mb"].items()))
+    if r.get("mask_ml") is not None:
+        print(f"segmented volume {r['mask_ml']:.1f} ml (radiomics and CNN work on the mask's bounding box)")
     print(f"RSS after loading the models (reference): {r['after_load_mb']:.0f} MB")
     print(f"peak RSS of the worker process:            {r['peak_mb']:.0f} MB "
           f"({r['peak_mb'] / TARGET_MB:.2f} × the 2 GB target; "
