@@ -80,7 +80,7 @@ def routed(stack: DemoStack, case: tuple[Any, list[Path], dict[str, Any]]) -> An
     """The synthetic series sent once through Orthanc; its result set as Orthanc stores it."""
     _, paths, truth = case
     stack.send(paths)
-    return stack.wait_results(truth["study_instance_uid"], 240)
+    return stack.wait_results(truth["study_instance_uid"], 120)
 
 
 def test_series_through_orthanc_and_back(stack: DemoStack, case: tuple[Any, list[Path], dict[str, Any]],
@@ -124,7 +124,7 @@ def test_shuffled_and_duplicated_instances_give_one_result_set(stack: DemoStack,
         shutil.copy(p, q)
         copies.append(q)
     stack.send(copies)
-    stack.wait_results(truth["study_instance_uid"], 240)
+    stack.wait_results(truth["study_instance_uid"], 120)
     time.sleep(3)
     res = stack.results(truth["study_instance_uid"])
     assert (len(res.seg), len(res.sr), len(res.sc)) == (1, 1, 1)
@@ -165,7 +165,7 @@ def test_postgres_two_workers_ten_series_exactly_once(tmp_path: Path) -> None:
             files += write_series(tmp_path / f"s{i}", n=12, rows=64, cols=64, study_uid=study, SeriesNumber=2)
         stack.send(files)
         for study in studies:
-            stack.wait_results(study, 240, want_seg=False)
+            stack.wait_results(study, 120, want_seg=False)
         time.sleep(2)
         counts = [stack.results(study) for study in studies]
         assert all(len(r.sr) == 1 and len(r.sc) == 1 and len(r.seg) <= 1 for r in counts)
@@ -194,9 +194,9 @@ def test_late_instance_gives_a_corrected_result_set(stack: DemoStack, tmp_path: 
     paths = write_series(tmp_path / "c", n=13, rows=64, cols=64, study_uid=study, series_uid=series)
     truth = {"study_instance_uid": study, "series_instance_uid": series}
     stack.send(paths[:-1])
-    first = stack.wait_results(truth["study_instance_uid"], 240)
+    first = stack.wait_results(truth["study_instance_uid"], 120)
     stack.send(paths[-1:])  # Orthanc's series changes, becomes stable again and is routed again
-    wait_for(lambda: len(stack.results(truth["study_instance_uid"]).sr) >= 2, 240, "no corrected result set")
+    wait_for(lambda: len(stack.results(truth["study_instance_uid"]).sr) >= 2, 120, "no corrected result set")
     time.sleep(2)
     both = stack.results(truth["study_instance_uid"])
     assert (len(both.seg), len(both.sr), len(both.sc)) == (2, 2, 2)
@@ -226,7 +226,7 @@ def test_compressed_series_through_orthanc_are_analysed(stack: DemoStack, tmp_pa
         ds.save_as(q, enforce_file_format=True)
         files.append(q)
     stack.send(files, options=(propose, "-R"))  # -R: only this syntax, so it really crosses the wire compressed
-    res = stack.wait_results(study, 240, want_seg=False)
+    res = stack.wait_results(study, 120, want_seg=False)
     assert len(res.sr) == 1 and len(res.sc) == 1
     assert stack.orthanc is not None
     stored = stack.orthanc.lookup(str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID))
@@ -244,3 +244,22 @@ def test_compressed_series_through_orthanc_are_analysed(stack: DemoStack, tmp_pa
     summary = sr_summary(stack.instance(res.sr[0]))
     assert summary.get("status") != "Not analysed", summary["comments"]
     assert len(res.seg) == 1
+
+
+def test_no_patient_identifiers_in_hexnode_logs(stack: DemoStack, case: tuple[Any, list[Path], dict[str, Any]],
+                                                routed: Any) -> None:
+    """Runs after the module's other tests: every hexnode log of this stack, grepped for the names and
+    IDs the series carried (synthetic case and the small test series)."""
+    import pydicom
+
+    ds = pydicom.dcmread(case[1][0], stop_before_pixels=True)
+    needles = {str(ds.PatientName), str(ds.PatientID), "Test^Series", "SER-0001"}
+    if ds.get("PatientBirthDate"):
+        needles.add(str(ds.PatientBirthDate))
+    logs = list((stack.workdir / "logs").glob("*.log"))
+    assert {p.stem for p in logs} >= {"serve", "worker", "send"}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert text.strip(), log
+        for needle in needles:
+            assert needle not in text, f"{needle!r} in {log.name}"
