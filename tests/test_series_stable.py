@@ -152,3 +152,27 @@ def test_apscheduler_job_in_the_background(env: tuple[Store, Spool, Config], tmp
     finally:
         scheduler.shutdown()
     assert series_row(store, uid).state == "queued"
+
+
+def test_indexer_lag_does_not_complete_a_series_mid_indexing(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """Rows appearing with old C-STORE times (the indexer behind a fast sender) keep the series open
+    until its count has been still for the stable time; the count proof (Images in Acquisition) is
+    not delayed."""
+    from hexnode.series.stable import CountWatch
+
+    store, spool, cfg = env
+    watch = CountWatch()
+    t0 = utcnow()
+    uid, counted = generate_uid(), generate_uid()
+    paths = write_series(tmp_path / "a", n=24, rows=16, cols=16, series_uid=uid)
+    index(store, spool, paths[:12], t0)  # received at t0, indexed late
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=11), watch=watch).completed == []
+    index(store, spool, paths[12:], t0)  # more rows, still stamped t0
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=15), watch=watch).completed == []
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=24), watch=watch).completed == []
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=25.5), watch=watch).completed == [uid]
+    assert series_row(store, uid).instance_count == 24
+    # a series whose count reaches its Images in Acquisition completes after 1 s, watch or not
+    index(store, spool, write_series(tmp_path / "b", n=12, rows=16, cols=16, series_uid=counted,
+                                     ImagesInAcquisition=12), t0 + timedelta(seconds=30))
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=31.5), watch=watch).completed == [counted]

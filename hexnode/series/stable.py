@@ -116,7 +116,32 @@ def _instances(s: Session, series_id: int) -> list[Instance]:
     return list(s.execute(q).scalars())
 
 
-def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
+class CountWatch:
+    """When each received series' instance count last changed, as this process has seen it.
+
+    `last_instance_at` is the C-STORE time of the newest *indexed* instance; when the indexer lags
+    behind a fast sender (thousands of instances in seconds), rows keep appearing with old
+    timestamps, and the stable time alone would complete the series mid-indexing. A series is
+    therefore quiet only when its count has also not changed for the same time. Kept in memory:
+    after a restart every series waits one more quiet period, which errs on the safe side.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[int, datetime]] = {}
+
+    def changed_at(self, series_id: int, count: int, now: datetime) -> datetime:
+        last = self._seen.get(series_id)
+        if last is None or last[0] != count:
+            self._seen[series_id] = (count, now)
+            return now
+        return last[1]
+
+    def keep_only(self, series_ids: set[int]) -> None:
+        for sid in set(self._seen) - series_ids:
+            del self._seen[sid]
+
+
+def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | None = None) -> list[str]:
     """received → complete for every series that is stable or provably whole."""
     done = []
     stable_before = now - timedelta(seconds=cfg.series.stable_seconds)
@@ -124,18 +149,23 @@ def complete_ready(s: Session, cfg: Config, now: datetime) -> list[str]:
     received = s.execute(select(Series).where(Series.state == "received")).scalars().all()
     incomplete_before = now - timedelta(seconds=INCOMPLETE_WAIT_FACTOR * cfg.series.stable_seconds)
     coverage_before = now - timedelta(seconds=max(MIN_QUIET_SECONDS, cfg.series.stable_seconds / 2))
+    if watch is not None:
+        watch.keep_only({x.id for x in received})
     for series in received:
-        if series.last_instance_at <= stable_before:
-            if series.last_instance_at > incomplete_before and announced_missing(_instances(s, series.id)):
+        last = series.last_instance_at
+        if watch is not None:
+            last = max(last, watch.changed_at(series.id, series.instance_count, now))
+        if last <= stable_before:
+            if last > incomplete_before and announced_missing(_instances(s, series.id)):
                 continue
             why = f"no instance for {cfg.series.stable_seconds:g} s"
-        elif series.last_instance_at <= quiet_before:
+        elif last <= quiet_before or (watch is not None and series.last_instance_at <= quiet_before):
             why = whole_reason(_instances(s, series.id)) or ""
             if not why:
                 continue
             # Coverage is a weaker proof than a count: a scanner that sends slice by slice as it
             # reconstructs may still be going. Half the stable time still saves most of the wait.
-            if why.startswith("contiguous") and series.last_instance_at > coverage_before:
+            if why.startswith("contiguous") and last > coverage_before:
                 continue
         else:
             continue
@@ -231,13 +261,16 @@ def _no_desc(note: str) -> str:
 
 
 def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | None = None,
-               now: datetime | None = None) -> Tick:
-    """One pass: complete what is stable or whole, then select and queue. Safe to run repeatedly."""
+               now: datetime | None = None, watch: CountWatch | None = None) -> Tick:
+    """One pass: complete what is stable or whole, then select and queue. Safe to run repeatedly.
+
+    `watch` (the scheduler keeps one) also waits for the instance count to stop changing.
+    """
     selector = selector or Selector.from_config(cfg.series.selection)
     now = now or utcnow()
     tick = Tick()
     with store.transaction() as s:
-        tick.completed = complete_ready(s, cfg, now)
+        tick.completed = complete_ready(s, cfg, now, watch)
     with store.transaction() as s:
         select_complete(s, cfg, spool, selector, now, tick)
     return tick
@@ -254,9 +287,11 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
     # APScheduler logs every run at INFO: four lines a second that drown the node's own log
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
+    watch = CountWatch()
+
     def job() -> None:
         try:
-            check_once(store, cfg, spool, selector)
+            check_once(store, cfg, spool, selector, watch=watch)
         except Exception:  # a tick must never kill the scheduler; the next one retries
             log.exception("series completion check failed")
 
