@@ -117,6 +117,9 @@ def make_session(path: Path, providers: list[str], threads: int = 0) -> Any:
     """
     import onnxruntime as ort
 
+    # the GPU wheel lists CUDA even where its libraries are missing and logs an ERROR while
+    # falling back; the provider actually used is logged once by the caller instead
+    ort.set_default_logger_severity(3)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # provider fallback warnings are summarised in our own log line
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
