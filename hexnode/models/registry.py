@@ -119,7 +119,7 @@ def make_session(path: Path, providers: list[str], threads: int = 0) -> Any:
 
     # the GPU wheel lists CUDA even where its libraries are missing and logs an ERROR while
     # falling back; the provider actually used is logged once by the caller instead
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # provider fallback warnings are summarised in our own log line
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -129,7 +129,9 @@ def make_session(path: Path, providers: list[str], threads: int = 0) -> Any:
     for i in range(len(providers)):
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers[i:])
+            ort.set_default_logger_severity(2)
             return sess
         except Exception as exc:  # a provider that cannot start: try the next one
             last = exc
+    ort.set_default_logger_severity(2)
     raise ModelIntegrityError(f"cannot create an ONNX session for {path.name}: {last}")
