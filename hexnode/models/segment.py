@@ -69,12 +69,18 @@ def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostPro
                 mask[k] = ndi.binary_fill_holes(mask[k])
     if not mask.any():
         return mask.astype(np.uint8)
-    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    # Label only the mask's bounding box: components never leave it, and an int32 label image of
+    # a whole 600 x 512^2 series (plus its temporaries) was the worker's peak memory (bench/memory.py).
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1)
+                for i in (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))))
+    labels, n = ndi.label(mask[box], structure=np.ones((3, 3, 3), bool))
     voxel_ml = float(spacing[0]) * float(spacing[1]) * float(spacing[2]) / 1000.0
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes * voxel_ml >= pp.min_component_ml
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    out = np.zeros(mask.shape, np.uint8)
+    out[box] = keep[labels]
+    return out
 
 
 def volume_ml(mask: NDArray[np.generic], spacing: Sequence[float]) -> float:
