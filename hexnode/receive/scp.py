@@ -257,11 +257,19 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     receiver.start()
+    http = None
+    if cfg.http.enabled:
+        from hexnode.web.server import StatusServer
+
+        http = StatusServer(cfg.http, store)
+        http.start()
     try:
         while not stop.wait(1.0):
             receiver.indexer.restart_if_dead()
     finally:
         log.info("stopping")
+        if http is not None:
+            http.stop()
         receiver.stop()
         store.dispose()
     return 0

@@ -1,0 +1,120 @@
+"""Status and metrics over HTTP for IT monitoring (`[http]` in hexnode.toml; started by `hexnode serve`).
+
+GET /healthz   "ok" — liveness, no token (it says nothing about the data)
+GET /status    the JSON of `hexnode status --json` (no patient identifiers)
+GET /metrics   Prometheus text: series/jobs/deliveries by state, queue depths, stage medians
+
+A token (`Authorization: Bearer <token>`) guards /status and /metrics whenever one is configured;
+config validation refuses a non-loopback bind without one, so the queue's health and the series
+hashes are never readable from the network by anyone who can reach the port.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from hexnode.config import HttpConfig
+from hexnode.status import collect
+from hexnode.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def metrics_text(st: dict[str, Any]) -> str:
+    """Prometheus exposition format of a `collect()` result."""
+    lines: list[str] = []
+
+    def family(name: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+
+    family("hexnode_series", "Series by state.", [({"state": k}, v) for k, v in sorted(st["series"].items())])
+    family("hexnode_jobs", "Jobs by state.", [({"state": k}, v) for k, v in sorted(st["jobs"].items())])
+    family("hexnode_deliveries", "Outbox deliveries by state.",
+           [({"state": k}, v) for k, v in sorted(st["outbox"].items())])
+    family("hexnode_queue_depth", "Jobs queued or running; deliveries pending or sending.",
+           [({"queue": k}, v) for k, v in sorted(st["queue_depth"].items())])
+    family("hexnode_stage_median_seconds", "Median seconds per stage over the last finished jobs.",
+           [({"stage": k}, v) for k, v in sorted(st["median_seconds"].items())])
+    family("hexnode_quarantined_instances", "Received files whose header could not be read.",
+           [({}, st["quarantined_instances"])])
+    return "\n".join(lines) + "\n"
+
+
+class StatusServer:
+    """A small threaded HTTP server over one Store; `start()` runs it in a daemon thread."""
+
+    def __init__(self, cfg: HttpConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._httpd = ThreadingHTTPServer((cfg.bind, cfg.port), self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def _authorised(self, header: str | None) -> bool:
+        if not self.cfg.token:
+            return True
+        expected = f"Bearer {self.cfg.token}".encode()
+        return header is not None and hmac.compare_digest(header.encode(), expected)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._send(200, "text/plain", b"ok\n")
+                    return
+                if path not in ("/status", "/metrics"):
+                    self._send(404, "text/plain", b"not found\n")
+                    return
+                if not server._authorised(self.headers.get("Authorization")):
+                    self._send(401, "text/plain", b"token required\n", {"WWW-Authenticate": "Bearer"})
+                    return
+                try:
+                    st = collect(server.store)
+                except Exception:
+                    log.exception("status collection failed")
+                    self._send(500, "text/plain", b"status unavailable\n")
+                    return
+                if path == "/status":
+                    self._send(200, "application/json", json.dumps(st).encode())
+                else:
+                    self._send(200, "text/plain; version=0.0.4", metrics_text(st).encode())
+
+            def _send(self, code: int, ctype: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                # http.server writes every request to stderr; keep the node's log for what matters.
+                log.debug("http %s", format % args)
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hexnode-http", daemon=True)
+        self._thread.start()
+        log.info("status HTTP on %s:%d (%s)", self.cfg.bind, self.port,
+                 "token required" if self.cfg.token else "no token: loopback only")
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

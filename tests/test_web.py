@@ -1,0 +1,80 @@
+"""The status/metrics HTTP endpoint: token enforced, no identifiers, real figures from the database."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from hexnode.config import ConfigError, HttpConfig, load_config
+from hexnode.receive.spool import uid_hash
+from hexnode.store.db import Series, Study, open_store
+from hexnode.store.queue import enqueue_job, transition
+from hexnode.web.server import StatusServer
+
+SERIES_UID = "1.2.826.0.1.3680043.8.498.4242"
+
+
+@pytest.fixture()
+def server(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+    with store.transaction() as s:
+        study = Study(study_uid="1.2.826.0.1.3680043.8.498.1")
+        s.add(study)
+        s.flush()
+        series = Series(series_uid=SERIES_UID, study_id=study.id, calling_ae="ORTHANC", modality="CT")
+        s.add(series)
+        s.flush()
+        transition(s, series, "complete", "test")
+        enqueue_job(s, series, "test")
+    srv = StatusServer(HttpConfig(enabled=True, bind="127.0.0.1", port=0, token="s3cret"), store)
+    srv.start()
+    yield srv
+    srv.stop()
+    store.dispose()
+
+
+def _get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_status_and_metrics_need_the_token(server):
+    assert _get(server.port, "/status")[0] == 401
+    assert _get(server.port, "/metrics", token="wrong")[0] == 401
+    assert _get(server.port, "/healthz") == (200, "ok\n")
+    assert _get(server.port, "/nothing", token="s3cret")[0] == 404
+
+
+def test_status_reports_the_queue_without_uids(server):
+    code, body = _get(server.port, "/status", token="s3cret")
+    assert code == 200
+    st = json.loads(body)
+    assert st["jobs"] == {"queued": 1}
+    assert st["series"] == {"queued": 1}
+    assert st["queue_depth"]["jobs"] == 1
+    assert SERIES_UID not in body
+
+
+def test_metrics_are_prometheus_text(server):
+    code, body = _get(server.port, "/metrics", token="s3cret")
+    assert code == 200
+    assert 'hexnode_jobs{state="queued"} 1' in body.splitlines()
+    assert 'hexnode_queue_depth{queue="jobs"} 1' in body.splitlines()
+    assert "# TYPE hexnode_series gauge" in body
+    assert SERIES_UID not in body and uid_hash(SERIES_UID) not in body
+
+
+def test_non_loopback_bind_requires_a_token():
+    env = {"HEXNODE_HTTP_ENABLED": "true", "HEXNODE_HTTP_BIND": "0.0.0.0"}
+    with pytest.raises(ConfigError, match="http.token"):
+        load_config(env=env)
+    assert load_config(env={**env, "HEXNODE_HTTP_TOKEN": "t"}).http.token == "t"
