@@ -28,28 +28,14 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from hexnode.orthanc_local import Orthanc, OrthancConfig, free_port
+from hexnode.netutil import free_port, wait_port
+from hexnode.orthanc_local import Orthanc, OrthancConfig
 
 STORESCU = "/usr/bin/storescu"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
 SC_CLASSES = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"}
 RESULT_TIMEOUT_S = 300.0
-
-
-def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
 def storescu(paths: list[Path], port: int, *, calling: str = "SCANNER", called: str = "ORTHANC",

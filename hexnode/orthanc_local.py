@@ -8,7 +8,6 @@ few REST calls the demo and tests need (urllib only: nothing to install).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,13 +19,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _plugin(name: str) -> str:

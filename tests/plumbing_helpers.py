@@ -16,13 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hexnode.netutil import dcmtk_env, free_port, wait_port  # noqa: F401  (re-exported for the tests)
+
 PG_URL = os.environ.get("HEXNODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pg_available() -> bool:
@@ -46,22 +42,6 @@ def pg_schema() -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         engine.dispose()
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def dcmtk_env() -> dict[str, str]:
-    # Without TCP_NODELAY dcmtk's small PDUs wait on Nagle's algorithm (40 ms each).
-    return {**os.environ, "TCP_NODELAY": "1"}
 
 
 @dataclass

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from series_helpers import write_series
 
-from hexnode.orthanc_local import ORTHANC_BIN, Orthanc, OrthancConfig, free_port
+from hexnode.netutil import free_port
+from hexnode.orthanc_local import ORTHANC_BIN, Orthanc, OrthancConfig
 
 pytestmark = pytest.mark.skipif(not Path(ORTHANC_BIN).exists(), reason="Debian orthanc not installed")
 

@@ -1,0 +1,35 @@
+"""Loopback helpers shared by the demo, the benchmarks and the tests: free ports, waiting for a
+listener, and the environment dcmtk's tools need to be measured fairly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once something accepts on 127.0.0.1:`port`; fail early if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Without TCP_NODELAY dcmtk's small PDUs wait on Nagle's algorithm (40 ms each).
+    return {**os.environ, "TCP_NODELAY": "1"}
