@@ -279,7 +279,7 @@ backoff_initial_seconds = 0.5
                 span("receive (first → last instance)", series.first_instance_at, series.last_instance_at)
                 span("completion wait (stable / provably whole)", series.last_instance_at, first_at.get("complete"))
                 span("select + queue", first_at.get("complete"), first_at.get("queued"))
-                span("queue wait", first_at.get("queued"), job.started_at if job else None)
+                span("queue wait", job.created_at if job else None, job.started_at if job else None)
                 for stage, seconds in (job.timings or {}).items() if job else []:
                     out.append((f"  worker: {stage}", float(seconds)))
                 done = [d for d in delivered if d is not None]
