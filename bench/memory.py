@@ -57,8 +57,8 @@ def wrap(obj, name, label):
     setattr(obj, name, g)
 wrap(P, "load_volume", "load volume")
 import hexnode.models.pipeline as MP
-wrap(MP, "predict_probability", "segmentation: U-Net")
-wrap(MP, "postprocess", "segmentation: post-processing")
+wrap(MP, "predict_mask", "segmentation: U-Net")
+wrap(MP, "clean_mask", "segmentation: post-processing")
 wrap(models.radiomics, "extract", "radiomics")
 wrap(MP.F, "context_features", "context features")
 wrap(models, "cnn_outputs", "cnn features")

@@ -26,7 +26,7 @@ from hexnode.models.registry import (
     load_manifest,
     make_session,
 )
-from hexnode.models.segment import PostProcessing, postprocess, predict_probability, volume_ml
+from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, volume_ml
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,9 @@ class Models:
 
     # -- stages -------------------------------------------------------------------------------
     def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float]) -> NDArray[np.uint8]:
-        prob = predict_probability(self.seg, np.asarray(hu, np.float32))
-        return postprocess(prob, spacing, self.post)
+        # thresholded batch by batch: no float32 probability volume next to the HU volume
+        mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
+        return clean_mask(mask, spacing, self.post)
 
     def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:
         x = F.cnn_input(hu, mask, spacing)

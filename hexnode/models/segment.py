@@ -6,7 +6,7 @@ two can never drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,15 @@ STRIDE = 8  # the network downsamples three times
 def window(hu: NDArray[np.floating[Any]], windows: Sequence[tuple[float, float]] = WINDOWS) -> NDArray[np.float32]:
     """(n, H, W) HU → (n, C, H, W) float32 in [0, 1]."""
     x = np.asarray(hu, np.float32)
-    chans = [np.clip((x - lo) / (hi - lo), 0.0, 1.0) for lo, hi in windows]
-    return np.stack(chans, axis=1).astype(np.float32)
+    out = np.empty((x.shape[0], len(windows), *x.shape[1:]), np.float32)
+    # filled channel by channel in place: the same float32 arithmetic as clip((x - lo) / (hi - lo))
+    # without a temporary per operation
+    for c, (lo, hi) in enumerate(windows):
+        ch = out[:, c]
+        np.subtract(x, np.float32(lo), out=ch)
+        np.divide(ch, np.float32(hi - lo), out=ch)
+        np.clip(ch, 0.0, 1.0, out=ch)
+    return out
 
 
 def _pad_amounts(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -45,30 +52,64 @@ class PostProcessing:
     fill_holes: bool = True  # per slice: hypodense swirl inside a hematoma is part of it
 
 
-def predict_probability(session: Any, hu: NDArray[np.floating[Any]], *, batch: int = 8) -> NDArray[np.float32]:
-    """Hematoma probability per voxel, (z, y, x) float32, slices batched through the ONNX net."""
+# Slices per ONNX run. The net's activations scale with it (ONNX Runtime sizes its buffers for the
+# whole batch); 2 slices of 512^2 keep them small, and the throughput on CPU is the same as with 8.
+BATCH = 2
+
+
+def _probability_batches(
+    session: Any, hu: NDArray[np.floating[Any]], batch: int
+) -> Iterator[tuple[int, NDArray[np.float32]]]:
+    """(first slice, probabilities of the batch's slices) for each batch of slices, in z order."""
     z, h, w = hu.shape
     (pt, pb), (pl, pr) = _pad_amounts(h, w)
     in_name = session.get_inputs()[0].name
-    out = np.empty((z, h, w), np.float32)
     for s in range(0, z, batch):
         chunk = np.asarray(hu[s : s + batch], np.float32)
         chunk = np.pad(chunk, ((0, 0), (pt, pb), (pl, pr)), constant_values=-1000.0)
         logits = session.run(None, {in_name: window(chunk)})[0][:, 0]
         prob = 1.0 / (1.0 + np.exp(-logits))
-        out[s : s + batch] = prob[:, pt : pt + h, pl : pl + w]
+        yield s, prob[:, pt : pt + h, pl : pl + w]
+
+
+def predict_probability(session: Any, hu: NDArray[np.floating[Any]], *, batch: int = BATCH) -> NDArray[np.float32]:
+    """Hematoma probability per voxel, (z, y, x) float32, slices batched through the ONNX net."""
+    out = np.empty(hu.shape, np.float32)
+    for s, prob in _probability_batches(session, hu, batch):
+        out[s : s + len(prob)] = prob
+    return out
+
+
+def predict_mask(
+    session: Any, hu: NDArray[np.floating[Any]], threshold: float, *, batch: int = BATCH
+) -> NDArray[np.bool_]:
+    """`predict_probability(...) >= threshold`, thresholded batch by batch.
+
+    The worker never needs the probabilities themselves, and a float32 probability volume of a
+    600 x 512^2 series is 630 MB next to the 630 MB HU volume (bench/memory.py); the bool mask is
+    a quarter of that.
+    """
+    out = np.empty(hu.shape, bool)
+    for s, prob in _probability_batches(session, hu, batch):
+        np.greater_equal(prob, threshold, out=out[s : s + len(prob)])
     return out
 
 
 def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostProcessing) -> NDArray[np.uint8]:
     """Threshold, then keep the 3D connected components (26-neighbourhood) of at least `min_component_ml`."""
-    mask = prob >= pp.threshold
+    return clean_mask(prob >= pp.threshold, spacing, pp)
+
+
+def clean_mask(mask: NDArray[np.bool_], spacing: Sequence[float], pp: PostProcessing) -> NDArray[np.uint8]:
+    """The post-processing of a thresholded mask: fill holes per slice, drop small 3D components
+    (26-neighbourhood). Works in place: `mask` is overwritten and returned viewed as uint8 0/1,
+    so no second mask-sized array is allocated."""
     if pp.fill_holes:
         for k in range(mask.shape[0]):
             if mask[k].any():
                 mask[k] = ndi.binary_fill_holes(mask[k])
     if not mask.any():
-        return mask.astype(np.uint8)
+        return mask.view(np.uint8)
     # Label only the mask's bounding box: components never leave it, and an int32 label image of
     # a whole 600 x 512^2 series (plus its temporaries) was the worker's peak memory (bench/memory.py).
     box = tuple(slice(int(i[0]), int(i[-1]) + 1)
@@ -78,9 +119,8 @@ def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostPro
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes * voxel_ml >= pp.min_component_ml
     keep[0] = False
-    out = np.zeros(mask.shape, np.uint8)
-    out[box] = keep[labels]
-    return out
+    mask[box] = keep[labels]  # outside the box the mask is already empty
+    return mask.view(np.uint8)
 
 
 def volume_ml(mask: NDArray[np.generic], spacing: Sequence[float]) -> float:
