@@ -71,16 +71,20 @@ setting:""" + RADIOMICS_YAML.split("setting:", 1)[1]
 
 
 def crop_box(mask: NDArray[Any], spacing: Sequence[float], margin_mm: float) -> tuple[slice, slice, slice]:
-    zz, yy, xx = np.nonzero(mask)
+    # extent from the per-axis projections, not np.nonzero: three int64 coordinate arrays of a large
+    # mask cost 24 bytes per voxel (GBs for a whole-head mask of a 600-slice series)
+    m = np.asarray(mask)
+    extent = [np.flatnonzero(m.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
     sx, sy, sz = (float(s) for s in spacing)
     mz = int(np.ceil(margin_mm / sz))
     my = int(np.ceil(margin_mm / sy))
     mx = int(np.ceil(margin_mm / sx))
-    z, y, x = mask.shape
+    z, y, x = m.shape
+    (z0, z1), (y0, y1), (x0, x1) = ((int(e[0]), int(e[-1])) for e in extent)
     return (
-        slice(max(int(zz.min()) - mz, 0), min(int(zz.max()) + mz + 1, z)),
-        slice(max(int(yy.min()) - my, 0), min(int(yy.max()) + my + 1, y)),
-        slice(max(int(xx.min()) - mx, 0), min(int(xx.max()) + mx + 1, x)),
+        slice(max(z0 - mz, 0), min(z1 + mz + 1, z)),
+        slice(max(y0 - my, 0), min(y1 + my + 1, y)),
+        slice(max(x0 - mx, 0), min(x1 + mx + 1, x)),
     )
 
 
@@ -131,13 +135,13 @@ def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[flo
     region (blend sign), shape irregularity (radial spread of the surface), and the perihematomal
     ring density (oedema lies outside the mask, so pyradiomics on the mask cannot see it)."""
     sx, sy, sz = (float(s) for s in spacing)
-    m = np.asarray(mask) > 0
+    # thresholded on the bounding box only: a full-size bool copy of a 600 x 512^2 mask is 157 MB
     vox_ml = sx * sy * sz / 1000.0
-    vol = float(m.sum()) * vox_ml
-    if not m.any():
+    vol = float(np.count_nonzero(mask)) * vox_ml
+    if vol == 0.0:
         return {"volume_ml": 0.0}
-    box = crop_box(m, spacing, 8.0)
-    mc = m[box]
+    box = crop_box(mask, spacing, 8.0)
+    mc = np.asarray(mask[box]) > 0
     hc = np.asarray(hu[box], np.float32)
     full = np.ones((3, 3, 3), bool)
     labels, n = ndi.label(mc, structure=full)
@@ -191,13 +195,14 @@ def cnn_input(hu: NDArray[Any], mask: NDArray[np.generic], spacing: Sequence[flo
     """(1, 4, 64, 64): the slice of largest hematoma area and its two neighbours (0-100 HU window)
     plus that slice's mask, cropped to a square of 1.6x the hematoma extent + 10 mm so the
     network sees the perihematomal tissue."""
-    m = np.asarray(mask) > 0
+    m = np.asarray(mask)  # no full-size `> 0` copy: only slice k is thresholded
     z = m.shape[0]
-    areas = m.reshape(z, -1).sum(1)
+    areas = np.count_nonzero(m.reshape(z, -1), axis=1)
     k = int(np.argmax(areas))
     ks = [min(max(k + d, 0), z - 1) for d in (-1, 0, 1)]
     sx, sy = float(spacing[0]), float(spacing[1])
-    yy, xx = np.nonzero(m[k])
+    mk = m[k] > 0
+    yy, xx = np.nonzero(mk)
     cy, cx = (yy.min() + yy.max()) / 2.0, (xx.min() + xx.max()) / 2.0
     extent_mm = max((yy.max() - yy.min() + 1) * sy, (xx.max() - xx.min() + 1) * sx)
     side_mm = 1.6 * extent_mm + 10.0
@@ -210,5 +215,5 @@ def cnn_input(hu: NDArray[Any], mask: NDArray[np.generic], spacing: Sequence[flo
     for kk in ks:
         sl = ndi.map_coordinates(np.asarray(hu[kk], np.float32), coords, order=1, cval=-1000.0)
         chans.append(np.clip((sl - lo) / (hi - lo), 0.0, 1.0))
-    chans.append(ndi.map_coordinates(m[k].astype(np.float32), coords, order=1, cval=0.0))
+    chans.append(ndi.map_coordinates(mk.astype(np.float32), coords, order=1, cval=0.0))
     return np.stack(chans)[None].astype(np.float32)
