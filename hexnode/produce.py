@@ -92,7 +92,14 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
         timings["load"] = time.perf_counter() - t
         return not_analysed(paths, exc.reason, models, revision=revision, timings=timings)
     timings["load"] = time.perf_counter() - t
-    analysis = models.analyse(vol.hu, vol.spacing, notes=vol.notes)
+    from hexnode.models.pipeline import ImplausibleSegmentation
+
+    try:
+        analysis = models.analyse(vol.hu, vol.spacing, notes=vol.notes)
+    except ImplausibleSegmentation as exc:
+        # Deterministic for this series and model: a retry would give the same answer.
+        del vol
+        return not_analysed(paths, exc.reason, models, revision=revision, timings=timings)
     for stage, seconds in analysis.timings.items():
         if stage != "total":
             timings[stage] = float(seconds)

@@ -127,6 +127,32 @@ def test_rejected_and_unloadable_series_get_not_analysed_reports(env: tuple[Stor
     assert "Not analysed: bone or sharp kernel" in text
 
 
+def test_implausible_segmentation_is_reported_not_analysed_without_retry(
+        env: tuple[Store, Spool, Config], models: Any, synth_case: tuple[Any, list[Path]]) -> None:
+    """A mask above the plausible volume (here: a limit below this bleed's volume) stops before the
+    feature stages and becomes a not-analysed report at once: retrying cannot change it."""
+    store, spool, cfg = env
+    case, paths = synth_case
+    assert case.truth.volume_ml > 1.0
+    queue(store, spool, cfg, paths)
+    limit = models.max_plausible_ml
+    models.max_plausible_ml = 0.5
+    try:
+        outcome = Worker(store, spool, cfg, models).run_once()
+    finally:
+        models.max_plausible_ml = limit
+    assert outcome is not None and outcome.state == "rejected", outcome
+    assert (outcome.reason or "").startswith("segmentation implausible:")
+    results, outbox, series = rows(store)
+    assert sorted(r.kind for r in results) == ["SC", "SR"] and len(outbox) == 2
+    assert series[0].state == "rejected" and "more than 0 ml" in (series[0].reason or "")
+    with store.transaction() as s:
+        job = s.execute(select(Job)).scalar_one()
+        assert job.attempts == 1
+    sr = pydicom.dcmread(spool.path(next(r.path for r in results if r.kind == "SR")))
+    assert "segmentation implausible" in json.dumps(sr.to_json_dict())
+
+
 class FailingModels:
     """The real models whose analyse() raises, as an out-of-memory GPU would."""
 

@@ -30,7 +30,21 @@ from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, vol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Analysis", "Models", "ModelIntegrityError", "Scores"]
+__all__ = ["Analysis", "ImplausibleSegmentation", "Models", "ModelIntegrityError", "Scores"]
+
+# The largest spontaneous hemorrhages reported are about 200-300 ml; far more than that means the
+# segmentation failed (e.g. a scanner or reconstruction the model never saw), and running the
+# feature stages on a whole-head mask would cost several GB of memory for a meaningless answer.
+MAX_PLAUSIBLE_ML = 500.0
+
+
+class ImplausibleSegmentation(ValueError):
+    """The segmentation marked more than `Models.max_plausible_ml` as hemorrhage: not analysed."""
+
+    def __init__(self, volume: float, limit: float) -> None:
+        self.reason = (f"segmentation implausible: {volume:.0f} ml marked as hemorrhage "
+                       f"(more than {limit:.0f} ml); not analysed")
+        super().__init__(self.reason)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Scores:
 class Models:
     def __init__(self, manifest: Manifest, providers: list[str], threads: int = 0) -> None:
         self.manifest = manifest
+        self.max_plausible_ml = MAX_PLAUSIBLE_ML
         data = manifest.data
         self.seg = make_session(manifest.path("seg"), providers, threads)
         self.cnn = make_session(manifest.path("cnn"), providers, threads)
@@ -82,9 +97,16 @@ class Models:
         return cls(manifest, choose_providers(tuple(providers) if providers else None), threads)
 
     # -- stages -------------------------------------------------------------------------------
-    def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float]) -> NDArray[np.uint8]:
+    def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], *,
+                max_raw_ml: float | None = None) -> NDArray[np.uint8]:
         # thresholded batch by batch: no float32 probability volume next to the HU volume
         mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
+        if max_raw_ml is not None:
+            # Labelling the components of a whole-head mask costs GBs; post-processing only removes
+            # islands smaller than min_component_ml, so it cannot rescue a mask this large.
+            raw = volume_ml(mask, spacing)
+            if raw > max_raw_ml:
+                raise ImplausibleSegmentation(raw, self.max_plausible_ml)
         return clean_mask(mask, spacing, self.post)
 
     def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:
@@ -121,16 +143,19 @@ class Models:
     ) -> Analysis:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        mask = self.segment(hu, spacing)
+        mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml)
         timings["segmentation"] = time.perf_counter() - t0
         if not mask.any():
             pred = Prediction(0.0, 0.0, self.info, hemorrhage_detected=False, notes=tuple(notes))
             timings["total"] = time.perf_counter() - t0
             return Analysis(mask, pred, timings)
+        volume = volume_ml(mask, spacing)
+        if volume > self.max_plausible_ml:
+            raise ImplausibleSegmentation(volume, self.max_plausible_ml)
         feats = self.features(hu, mask, spacing, timings)
         t = time.perf_counter()
         prob = float(self.calibration.apply(self.fused.raw([feats]))[0])
         timings["fusion"] = time.perf_counter() - t
-        pred = Prediction(volume_ml(mask, spacing), prob, self.info, hemorrhage_detected=True, notes=tuple(notes))
+        pred = Prediction(volume, prob, self.info, hemorrhage_detected=True, notes=tuple(notes))
         timings["total"] = time.perf_counter() - t0
         return Analysis(mask, pred, timings)
