@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hexnode.synth import hemodel
+
 SEEDS = """| figure | BioMind (seed 1, real NCCT) | ResNet50 + radiomics (seed 2, real NCCT) |
 |---|---|---|
 | segmentation IoU slice / patient | 0.863 / 0.831 | — (manual ROI) |
@@ -63,9 +65,12 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         f"(U-Net {m['training']['seg_seconds']:.0f} s, CNN {m['training']['cnn_seconds']:.0f} s budgets). "
         f"models/ size: {size / 2**20:.2f} MB.",
         "",
-        "Generative HE model (hexnode.synth.hemodel he-gen-1): p = sigmoid(−5.90 + 1.15 ln(V/15) + 1.20 irr/0.1 + "
-        "1.30 hypodense/0.1 + 1.10 blend + 0.80 islands + 0.85 IVH − 0.13 (oedema mm − 3)); label ~ Bernoulli(p); "
-        "Bayes-optimal AUC 0.90, prevalence 0.26 (`hexnode synth --bayes-auc`).",
+        f"Generative HE model (hexnode.synth.hemodel {hemodel.MODEL_VERSION}; its Bayes-optimal AUC and "
+        "prevalence: `hexnode synth --bayes-auc`):",
+        "",
+        "```",
+        hemodel.formula_text(),
+        "```",
         "",
         f"## Test split of the training run (n = {t.get('n', 0)}, predicted masks)",
         f"- IoU slice {_v(t.get('iou_slice'))}, patient {_v(t.get('iou_patient'))}",
