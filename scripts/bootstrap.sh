@@ -16,9 +16,16 @@ if ((${#missing[@]})); then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d keeps the packaged Orthanc service from starting: hexnode starts its own on loopback.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" python3-venv >/dev/null
+    # A policy-rc.d for the length of this install keeps the packaged Orthanc service from starting
+    # (hexnode starts its own on loopback); one the machine already had is left alone.
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" python3-venv >/dev/null || rc=$?
+    [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
+    [ "${rc:-0}" = 0 ] || exit "$rc"
   else
     echo "bootstrap: missing Debian packages ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
     exit 1
