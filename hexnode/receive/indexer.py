@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 
 from hexnode.config import Config
 from hexnode.receive.index import HeaderError, read_header, record_instance
-from hexnode.receive.spool import Spool, fsync_dir, instance_relpath
+from hexnode.receive.spool import Spool, fsync_dir, fsync_file, instance_relpath
 from hexnode.store.db import Event, Instance, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,7 @@ class Indexer:
             if item.size < 0:
                 item = dataclasses.replace(item, size=size)
             if self.fsync:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(path)
                 dirs.add(path.parent)
             try:
                 parsed.append((item, read_header(path)))

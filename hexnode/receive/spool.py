@@ -54,12 +54,16 @@ def uid_hash(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:10]
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_file(path: str | Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fsync_file(path, os.O_DIRECTORY)
 
 
 @dataclass(frozen=True)
@@ -111,11 +115,7 @@ class Spool:
             src.unlink(missing_ok=True)
             return dest, False
         if fsync:
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(src)
         created_dir = False
         try:
             os.replace(src, dest)
@@ -147,11 +147,7 @@ class Spool:
             os.unlink(src)
             return False
         if fsync:
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(src)
         try:
             os.replace(src, dest)
         except FileNotFoundError:
