@@ -47,6 +47,11 @@ class Grid:
         v = m[1, 0] * x + m[1, 1] * y + m[1, 2]
         return u, v
 
+    def sub(self, win: tuple[slice, slice]) -> Grid:
+        """The grid of a `window()` of the full slice grid."""
+        return Grid(self.m, self.shape, self.px, win[0].start, win[1].start,
+                    win[0].stop - win[0].start, win[1].stop - win[1].start)
+
     def window(self, cu: float, cv: float, radius: float) -> tuple[slice, slice] | None:
         """Index window (relative to this grid) covering a disc of `radius` mm, or None."""
         a = self.m[:, :2]

@@ -373,8 +373,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
     if hem.parenchymal and sec > 0:
         win = grid.window(b.centre[0], b.centre[1], sec)
         if win is not None:
-            sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
-                       win[0].stop - win[0].start, win[1].stop - win[1].start)
+            sub = grid.sub(win)
             u, v = sub.coords()
             depth, _ = b.signed_depth(u, v, w, reach=hem.oedema_mm)
             wt = np.clip(1.0 + depth / F32(hem.oedema_mm), 0.0, 1.0) * (depth < 0) * brain[win]
@@ -386,8 +385,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         win = grid.window(blob.centre[0], blob.centre[1], sec)
         if win is None:
             continue
-        sub = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
-                   win[0].stop - win[0].start, win[1].stop - win[1].start)
+        sub = grid.sub(win)
         u, v = sub.coords()
         depth, slope = blob.signed_depth(u, v, w)
         width = np.sqrt(F32(0.7 * px) ** 2 + (F32(thk) * slope) ** 2)
@@ -425,8 +423,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         win = grid.window(e.c[0], e.c[1], e.bound)
         if win is None:
             continue
-        u, v = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
-                    win[0].stop - win[0].start, win[1].stop - win[1].start).coords()
+        u, v = grid.sub(win).coords()
         cf = e.frac(u, v, w, thk, px)
         mask[win][cf > 0.2] = 0
         if labels is not None:
@@ -446,8 +443,7 @@ def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, hea
         win = grid.window(e.c[0], e.c[1], e.bound)
         if win is None:
             continue
-        u, v = Grid(grid.m, grid.shape, px, win[0].start, win[1].start,
-                    win[0].stop - win[0].start, win[1].stop - win[1].start).coords()
+        u, v = grid.sub(win).coords()
         fr = e.frac(u, v, w, thk, px) * ramp(v - F32(hem.ivh_level_v), 1.0)
         lerp_into(img[win], F32(hem.ivh_hu), fr)
         inside = fr >= 0.5
