@@ -46,6 +46,32 @@ def test_committed_files_match_manifest_and_onnx_io():
     assert m.data["calibration"]["method"] == "platt"
 
 
+def test_gpu_providers_without_their_runtime_are_skipped_quietly(monkeypatch, capfd):
+    """A GPU provider whose libraries are missing is not offered to onnxruntime (which would print
+    an 'EP Error' block per session before falling back); one whose libraries load is kept."""
+    import onnxruntime as ort
+
+    from hexnode.models import registry
+    from hexnode.models.pipeline import Models
+
+    libc = "libc.so.6"
+    monkeypatch.setattr(registry, "_PROVIDER_LIBS", {"TensorrtExecutionProvider": ("libnvinfer-absent.so.99",),
+                                                     "CUDAExecutionProvider": (libc,)})
+    listed = set(ort.get_available_providers())
+    chosen = registry.choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert "TensorrtExecutionProvider" not in chosen
+    assert ("CUDAExecutionProvider" in chosen) == ("CUDAExecutionProvider" in listed)
+    assert chosen[-1] == "CPUExecutionProvider"
+
+    monkeypatch.undo()
+    capfd.readouterr()
+    models = Models.load(MODELS)
+    err = capfd.readouterr()
+    if not registry._runtime_present("CUDAExecutionProvider"):  # this CPU-only machine (CI)
+        assert models.provider == "CPUExecutionProvider"
+        assert "EP Error" not in err.out + err.err
+
+
 def test_tampered_or_missing_file_is_refused(tmp_path):
     from hexnode.models.pipeline import Models
 

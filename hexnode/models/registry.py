@@ -96,13 +96,37 @@ def verify_files(manifest: Manifest) -> None:
             )
 
 
+# Shared libraries a GPU provider cannot start without. onnxruntime-gpu lists TensorRT and CUDA
+# as available on any machine and, asked for them where these are missing, prints an "EP Error"
+# block for every session it creates before falling back; probing first keeps CPU-only hosts quiet.
+_PROVIDER_LIBS: dict[str, tuple[str, ...]] = {
+    "TensorrtExecutionProvider": ("libnvinfer.so.10", "libnvinfer.so.8", "nvinfer_10.dll"),
+    "CUDAExecutionProvider": ("libcuda.so.1", "nvcuda.dll"),  # the NVIDIA driver
+}
+
+
+def _runtime_present(provider: str) -> bool:
+    import ctypes
+
+    libs = _PROVIDER_LIBS.get(provider)
+    if libs is None:
+        return True
+    for name in libs:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def choose_providers(requested: tuple[str, ...] | list[str] | None = None) -> list[str]:
     """The requested providers (default TensorRT, CUDA, CPU) that this onnxruntime build offers."""
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
     wanted = list(requested) if requested else list(DEFAULT_PROVIDERS)
-    chosen = [p for p in wanted if p in available]
+    chosen = [p for p in wanted if p in available and _runtime_present(p)]
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
