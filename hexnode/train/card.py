@@ -35,7 +35,10 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "## What it does",
         "- Segmentation: 2D U-Net (strided-conv encoder 512→64, residual dilated bottleneck d = 1, 2, 4, "
         "transposed-conv decoder with additive skips, full-resolution head), 3 HU windows as channels "
-        f"{m['preprocessing']['windows_hu']}, Dice + BCE, random 192² crops with rotation/scale/flip/HU gain/"
+        f"{m['preprocessing']['windows_hu']}, Dice + BCE (hypodense blood, < 47 HU, weighted 3× in the BCE), random "
+        "192² crops — 60 % around blood (half of them on its hypodense part), 20 % on blood-like tissue that is not "
+        "blood (50–100 HU: skull base, facial soft tissue, falx, sinuses; blood-free slices are also drawn in "
+        "proportion to such tissue), 20 % anywhere — with rotation/scale/flip/HU gain/"
         "offset/blur/correlated-noise augmentation; threshold 0.5, per-slice hole filling, 3D components "
         f"< {m['preprocessing']['postprocessing']['min_component_ml']} ml removed. `seg.onnx`, opset 17, dynamic batch; "
         f"max |ORT − torch| = {files['seg.onnx']['max_abs_diff_vs_torch']:.2g}.",
@@ -59,7 +62,7 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "",
         "## Training data",
         f"{m['training_data']['source']}. Splits by patient: {m['training_data']['splits']} — `segcnn` trains the "
-        "U-Net and the CNN, `fusion` trains LightGBM (ground-truth masks, like the seeds' traced ROIs), `val` "
+        "U-Net and the CNN, `fusion` trains LightGBM (features from the U-Net's predicted masks, as at inference), `val` "
         "(predicted masks) early-stops, calibrates and sets the thresholds, `test` (predicted masks) is used once.",
         f"Training time: {m['training']['seconds'] / 60:.1f} min wall on 2 shared CPU cores "
         f"(U-Net {m['training']['seg_seconds']:.0f} s, CNN {m['training']['cnn_seconds']:.0f} s budgets). "

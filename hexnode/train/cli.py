@@ -2,9 +2,10 @@
 
 Splits (by a hash of the case id, so a patient never crosses splits):
 - `segcnn`: trains the segmentation U-Net and the HE CNN (ground-truth masks);
-- `fusion`: trains LightGBM on radiomics + CNN embedding + context features (ground-truth masks,
-  as the seeds' radiologist-traced ROIs; the CNN never saw these cases, so its embedding is not
-  over-fitted here);
+- `fusion`: trains LightGBM on radiomics + CNN embedding + context features, measured on the
+  U-Net's predicted masks exactly as at inference (the first models were fitted on ground-truth
+  masks like the seeds' traced ROIs, and lost most of their AUC to that train/test shift); neither
+  network saw these cases;
 - `val`: the full pipeline (predicted masks): early stopping, Platt calibration, thresholds;
 - `test`: the full pipeline, touched once for the manifest's figures.
 """
@@ -34,7 +35,7 @@ from hexnode.train.data import TrainCase, read_labels, site_case, synth_case
 
 log = logging.getLogger("hexnode.train")
 
-SPLITS = {"segcnn": 0.25, "fusion": 0.45, "val": 0.18, "test": 0.12}
+SPLITS = {"segcnn": 0.35, "fusion": 0.38, "val": 0.16, "test": 0.11}
 POST = PostProcessing()
 
 
@@ -94,19 +95,14 @@ def _stage1(job: tuple[str, str, Callable[[], TrainCase]]) -> Record:
         rec.slices = (bank.hu, bank.mask)
         if c.mask.any():
             rec.crop = F.cnn_input(c.hu, c.mask, c.spacing)
-    elif split == "fusion" and c.mask.any():
-        hu = c.hu.astype(np.float32)
-        rec.feats = dict(_G["extractor"].extract(hu, c.mask, c.spacing))
-        rec.feats.update(F.context_features(hu, c.mask, c.spacing))
-        rec.crop = F.cnn_input(hu, c.mask, c.spacing)
-    elif split in ("val", "test"):
+    elif split in ("val", "test") or (split == "fusion" and c.mask.any()):
         np.savez(_G["workdir"] / f"{case_id}.npz", hu=c.hu, mask=c.mask, spacing=np.array(c.spacing))
         rec.split = split
     return rec
 
 
 def _stage2(rec: Record) -> Record:
-    """Full pipeline on a val/test case: predicted mask, then features from it."""
+    """Full pipeline on a fusion/val/test case: predicted mask, then features from it."""
     path = _G["workdir"] / f"{rec.case_id}.npz"
     with np.load(path) as z:
         hu, gt, spacing = z["hu"].astype(np.float32), z["mask"], tuple(float(s) for s in z["spacing"])
@@ -203,7 +199,7 @@ def run_train(args: argparse.Namespace) -> int:
     with _pool(plan.workers, (str(params), str(work), None, None)) as pool:
         recs = list(pool.imap(_stage1, jobs, chunksize=1))
     t_data = time.monotonic() - t_start
-    log.info("stage 1 (data, GT-mask features) %.0f s", t_data)
+    log.info("stage 1 (data) %.0f s", t_data)
 
     # --- segmentation -----------------------------------------------------------------------
     bank = seg_train.SliceBank()
@@ -226,19 +222,13 @@ def run_train(args: argparse.Namespace) -> int:
     cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, seed=args.seed)
     cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
     print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
-    fus = [r for r in recs if r.split == "fusion"]
-    if fus:
-        emb, logit = cnn_train.embed(cnn, np.concatenate([r.crop for r in fus]))
-        for r, e, lo in zip(fus, emb, logit, strict=True):
-            r.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(e)})
-            r.feats["cnn_logit"] = float(lo)
-
-    # --- full pipeline on val and test ------------------------------------------------------------
-    held = [r for r in recs if r.split in ("val", "test")]
+    # --- full pipeline (predicted masks) on fusion, val and test -----------------------------------
+    held = [r for r in recs if r.split in ("fusion", "val", "test")]
     t = time.monotonic()
     with _pool(plan.workers, (str(params), str(work), str(out / "seg.onnx"), str(out / "cnn.onnx"))) as pool:
         held = list(pool.imap(_stage2, held, chunksize=1))
-    log.info("val/test full pipeline on %d cases: %.0f s", len(held), time.monotonic() - t)
+    log.info("fusion/val/test full pipeline on %d cases: %.0f s", len(held), time.monotonic() - t)
+    fus = [r for r in held if r.split == "fusion"]
     val = [r for r in held if r.split == "val"]
     test = [r for r in held if r.split == "test"]
 
@@ -317,7 +307,9 @@ def finish(out: Path, state: dict[str, Any]) -> None:
 
     manifest = {
         "name": "hexnode-he",
-        "version": f"{'quick-' if quick else ''}synth-{time.strftime('%Y%m%d')}-s{state['seed']}",
+        # the result objects' UIDs derive from this string, so two trainings must never share it
+        # (two runs on the same day and seed did): the files' hashes make it unique
+        "version": f"{'quick-' if quick else ''}synth-{time.strftime('%Y%m%d')}-s{state['seed']}-{_files_tag(files)}",
         "quick": quick,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": files,
@@ -345,6 +337,12 @@ def finish(out: Path, state: dict[str, Any]) -> None:
     # the card is not in the manifest's file list: `hexnode evaluate` figures are added to it later
     (out / "model_card.md").write_text(render(_finite(manifest)))
     print(json.dumps({"train_seconds": round(train_seconds, 1), "test": test_metrics}, default=float), flush=True)
+
+
+def _files_tag(files: dict[str, dict[str, Any]]) -> str:
+    """8 hex digits identifying the model files (their sha256s together)."""
+    joined = "".join(f"{name}:{files[name]['sha256']}" for name in sorted(files))
+    return hashlib.sha256(joined.encode()).hexdigest()[:8]
 
 
 def _finite(obj: Any) -> Any:

@@ -19,6 +19,13 @@ from hexnode.train.nets import SegUNet
 log = logging.getLogger(__name__)
 
 
+#: HU range of tissue that looks like blood on the 0-100 window without being blood (partial-volume
+#: bone, facial soft tissue, falx, dural sinuses, faint calcification): hard negatives
+CONFUSER_HU = (50, 100)
+#: HU below which a voxel of the mask is hypodense blood (the swirl / blend-sign part, 30-45 HU)
+HYPODENSE_MAX_HU = 47
+
+
 @dataclass
 class SliceBank:
     """Axial slices (padded to >= 512) kept for segmentation training."""
@@ -26,16 +33,25 @@ class SliceBank:
     hu: list[NDArray[np.int16]] = field(default_factory=list)
     mask: list[NDArray[np.uint8]] = field(default_factory=list)
 
-    def add_case(self, hu: NDArray[np.int16], mask: NDArray[np.uint8], rng: np.random.Generator, *, max_pos: int = 8, n_neg: int = 3) -> None:
+    def add_case(self, hu: NDArray[np.int16], mask: NDArray[np.uint8], rng: np.random.Generator, *, max_pos: int = 8, n_neg: int = 3, n_confuser: int = 3) -> None:
+        """Up to `max_pos` slices with blood, `n_neg` random slices without, and `n_confuser` more
+        blood-free slices drawn in proportion to their blood-like (50-100 HU) pixels: the skull
+        base, facial soft tissue, falx and sinuses were where the first model's false positives
+        sat, and uniformly drawn slices rarely show them."""
         z = hu.shape[0]
         pos = np.nonzero(mask.reshape(z, -1).any(1))[0]
         neg = np.setdiff1d(np.arange(z), pos)
         if pos.size > max_pos:
             pos = rng.choice(pos, max_pos, replace=False)
+        picked = np.empty(0, int)
         if neg.size:
-            neg = rng.choice(neg, min(n_neg, neg.size), replace=False)
+            picked = rng.choice(neg, min(n_neg, neg.size), replace=False)
+            rest = np.setdiff1d(neg, picked)
+            if rest.size and n_confuser:
+                dense = ((hu[rest] > CONFUSER_HU[0]) & (hu[rest] < CONFUSER_HU[1])).reshape(rest.size, -1).sum(1) + 1.0
+                picked = np.concatenate([picked, rng.choice(rest, min(n_confuser, rest.size), replace=False, p=dense / dense.sum())])
         (pt, pb), (pl, pr) = _pad_amounts(hu.shape[1], hu.shape[2])
-        for k in np.concatenate([pos, neg]).astype(int):
+        for k in np.concatenate([pos, picked]).astype(int):
             self.hu.append(np.pad(hu[k], ((pt, pb), (pl, pr)), constant_values=-1000).astype(np.int16))
             self.mask.append(np.pad(mask[k], ((pt, pb), (pl, pr))).astype(np.uint8))
 
@@ -54,22 +70,38 @@ def _crop(a: NDArray[np.generic], cy: int, cx: int, size: int, fill: float) -> N
     return out
 
 
+def _pick(rng: np.random.Generator, where: NDArray[np.bool_]) -> tuple[int, int] | None:
+    yy, xx = np.nonzero(where)
+    if yy.size == 0:
+        return None
+    j = int(rng.integers(yy.size))
+    return int(yy[j]), int(xx[j])
+
+
 def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops: 60 % around blood (half of those on its hypodense part when it has one, the
+    part the first model missed), 20 % on blood-like tissue that is not blood, 20 % anywhere."""
     hus, ms = [], []
     for _ in range(batch):
         i = int(rng.integers(len(bank)))
         hu, m = bank.hu[i], bank.mask[i]
         h, w = hu.shape
-        if m.any() and rng.random() < 0.7:
-            yy, xx = np.nonzero(m)
-            j = int(rng.integers(yy.size))
-            cy = int(yy[j] + rng.integers(-size // 3, size // 3 + 1))
-            cx = int(xx[j] + rng.integers(-size // 3, size // 3 + 1))
-        else:  # anywhere in the head: calcifications, skull rim, skull base are negatives
-            cy = int(rng.integers(size // 4, h - size // 4))
-            cx = int(rng.integers(size // 4, w - size // 4))
-        hus.append(_crop(hu, cy, cx, size, -1000))
-        ms.append(_crop(m, cy, cx, size, 0))
+        u = rng.random()
+        at = None
+        if m.any() and u < 0.6:
+            if u < 0.3:
+                at = _pick(rng, (m > 0) & (hu < HYPODENSE_MAX_HU))
+            if at is None:
+                at = _pick(rng, m > 0)
+            assert at is not None
+            jitter = rng.integers(-size // 3, size // 3 + 1, 2)
+            at = (at[0] + int(jitter[0]), at[1] + int(jitter[1]))
+        elif u < 0.8:
+            at = _pick(rng, (hu > CONFUSER_HU[0]) & (hu < CONFUSER_HU[1]) & (m == 0))
+        if at is None:  # anywhere in the head: calcifications, skull rim, skull base are negatives
+            at = (int(rng.integers(size // 4, h - size // 4)), int(rng.integers(size // 4, w - size // 4)))
+        hus.append(_crop(hu, at[0], at[1], size, -1000))
+        ms.append(_crop(m, at[0], at[1], size, 0))
     return (torch.from_numpy(np.stack(hus).astype(np.float32))[:, None],
             torch.from_numpy(np.stack(ms).astype(np.float32))[:, None])
 
@@ -119,8 +151,8 @@ def augment(hu: torch.Tensor, m: torch.Tensor, rng: np.random.Generator) -> tupl
     return hu, m
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bce = TF.binary_cross_entropy_with_logits(logits, target)
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    bce = TF.binary_cross_entropy_with_logits(logits, target, weight=weight)
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     dice = 1.0 - (2.0 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
@@ -143,7 +175,9 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
         hu, m = sample_batch(bank, rng, batch, crop)
         hu, m = augment(hu, m, rng)
-        loss = dice_bce(model(torch_window(hu)), m)
+        # hypodense blood counts three times in the BCE: it is rare and the HE markers live there
+        weight = 1.0 + 2.0 * m * (hu < HYPODENSE_MAX_HU).float()
+        loss = dice_bce(model(torch_window(hu)), m, weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
