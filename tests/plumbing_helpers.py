@@ -18,6 +18,19 @@ from pathlib import Path
 
 from hexnode.netutil import dcmtk_env, free_port, wait_port  # noqa: F401  (re-exported for the tests)
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def models_dir() -> Path:
+    """The committed models (HEXNODE_TEST_MODELS may point at another trained set)."""
+    import pytest
+
+    path = Path(os.environ.get("HEXNODE_TEST_MODELS", REPO / "models"))
+    if not (path / "manifest.json").exists():
+        pytest.fail(f"no trained models in {path} (models/manifest.json is committed by the models team)")
+    return path
+
+
 PG_URL = os.environ.get("HEXNODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

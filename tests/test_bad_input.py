@@ -27,7 +27,7 @@ import badinput as bad
 import numpy as np
 import pydicom
 import pytest
-from plumbing_helpers import free_port, storescu, wait_port
+from plumbing_helpers import free_port, models_dir, storescu, wait_port
 from sqlalchemy import func, select
 
 from hexnode.config import load_config
@@ -43,12 +43,6 @@ CALLING = "SCANNER"
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk not installed")
 
-
-def models_dir() -> Path:
-    path = Path(os.environ.get("HEXNODE_TEST_MODELS", REPO / "models"))
-    if not (path / "manifest.json").exists():
-        pytest.fail(f"no trained models in {path} (models/manifest.json is committed by the models team)")
-    return path
 
 
 @dataclass

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from plumbing_helpers import models_dir
 from series_helpers import index, write_series
 from sqlalchemy import select
 
@@ -22,12 +23,6 @@ from hexnode.store.db import Series, open_store, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def models_dir() -> Path:
-    path = Path(os.environ.get("HEXNODE_TEST_MODELS", REPO / "models"))
-    if not (path / "manifest.json").exists():
-        pytest.fail(f"no trained models in {path} (models/manifest.json is committed by the models team)")
-    return path
 
 
 @pytest.mark.slow

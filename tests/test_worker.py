@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from plumbing_helpers import models_dir
 from pydicom.uid import generate_uid
 from series_helpers import index, write_series
 from sqlalchemy import select
@@ -28,13 +29,6 @@ from hexnode.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def models_dir() -> Path:
-    """The committed models (HEXNODE_TEST_MODELS may point at another trained set)."""
-    path = Path(os.environ.get("HEXNODE_TEST_MODELS", REPO / "models"))
-    if not (path / "manifest.json").exists():
-        pytest.fail(f"no trained models in {path} (models/manifest.json is committed by the models team)")
-    return path
 
 
 @pytest.fixture(scope="module")
