@@ -102,3 +102,20 @@ def test_summarise_hand_made_cases():
               "auc_volume", "sensitivity", "specificity"):
         assert k in obj
     assert obj["iou_patient"] == 1.0
+
+
+def test_bayes_ece_is_the_finite_sample_floor():
+    # labels drawn from the true probability: its ECE is only sampling noise, and it shrinks with n
+    rng = np.random.default_rng(5)
+    m = _blob()
+
+    def run(n):
+        tp = rng.uniform(0.02, 0.9, n)
+        y = (rng.random(n) < tp).astype(int)
+        res = [_case(i, int(y[i]), float(np.clip(tp[i] + 0.25, 0, 1)), m, m, float(tp[i])) for i in range(n)]
+        return summarise(res, threshold=0.5, reps=50)
+
+    small, large = run(200), run(5000)
+    assert small["bayes_ece"].value > large["bayes_ece"].value
+    assert large["bayes_ece"].value < 0.03
+    assert small["ece"].value > 0.15  # the miscalibrated scores stay far above the floor

@@ -142,6 +142,9 @@ def summarise(results: list[CaseResult], *, threshold: float, reps: int = 1000) 
     if n and all(r.he_probability is not None for r in results):
         tp = np.array([r.he_probability for r in results], float)
         out["bayes_auc"] = est(lambda i: M.auc(y[i], tp[i]))
+        # the true probability is calibrated by construction, so its ECE on the same cases is the
+        # part of the fused model's ECE that finite bins and Bernoulli labels alone produce
+        out["bayes_ece"] = est(lambda i: M.ece(y[i], tp[i]))
     out["ece"] = est(lambda i: M.ece(y[i], p[i]))
     for key in ("sensitivity", "specificity", "ppv", "npv"):
         out[key] = est(lambda i, k=key: getattr(M.binary_stats(y[i], p[i], threshold), k))
@@ -160,7 +163,8 @@ def report_lines(s: dict[str, Any], title: str) -> list[str]:
     for name, b in s["by_volume"].items():
         lines.append(f"  {name:8s} n={b['n']:4d}  IoU patient {b['iou_patient'].fmt()}  slice {b['iou_slice'].fmt()}")
     lines += ["", "hematoma expansion"]
-    for k in ("auc", "bayes_auc", "auc_radiomics", "auc_cnn", "auc_volume", "ece", "sensitivity", "specificity", "ppv", "npv"):
+    for k in ("auc", "bayes_auc", "auc_radiomics", "auc_cnn", "auc_volume", "ece", "bayes_ece", "sensitivity",
+              "specificity", "ppv", "npv"):
         if k in s:
             lines.append(f"  {k:18s} {_fmt(s[k])}")
     if "bayes_auc" in s and s["bayes_auc"].value > 0:
@@ -170,7 +174,7 @@ def report_lines(s: dict[str, Any], title: str) -> list[str]:
 
 def json_line(s: dict[str, Any]) -> str:
     keys = ("iou_slice", "iou_patient", "dice", "auc", "bayes_auc", "ece", "auc_radiomics", "auc_cnn", "auc_volume",
-            "sensitivity", "specificity")
+            "sensitivity", "specificity", "bayes_ece")
     obj: dict[str, Any] = {}
     for k in keys:
         v = s.get(k)
