@@ -165,7 +165,11 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
     assert manifest["quick"] is True and manifest["training_data"]["synthetic"] is False
     assert sum(manifest["training_data"]["splits"].values()) == len(read_labels(data))
 
+    assert manifest["files"]["markers.json"]["role"] == "markers"
+    assert "marker_logit" in manifest["preprocessing"]["features"]["context"]
+
     models = Models.load(out)
+    assert models.markers is not None
     c = site_case(data, "case01", 0)
     a = models.analyse(c.hu.astype(np.float32), c.spacing)
     assert a.mask.shape == c.hu.shape

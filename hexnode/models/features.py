@@ -131,9 +131,9 @@ class RadiomicsExtractor:
 
 def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[float]) -> dict[str, float]:
     """Volume plus the NCCT expansion markers of the literature, measured on the mask: satellite
-    islands (component count), hypodensity (30-45 HU fraction) and whether it is one contiguous
-    region (blend sign), shape irregularity (radial spread of the surface), and the perihematomal
-    ring density (oedema lies outside the mask, so pyradiomics on the mask cannot see it)."""
+    islands, hypodensity (30-45 HU fraction) and whether it is one contiguous region (blend sign),
+    shape irregularity, intraventricular extension, and the perihematomal ring density (oedema lies
+    outside the mask, so pyradiomics on the mask cannot see it)."""
     sx, sy, sz = (float(s) for s in spacing)
     # thresholded on the bounding box only: a full-size bool copy of a 600 x 512^2 mask is 157 MB
     vox_ml = sx * sy * sz / 1000.0
@@ -146,7 +146,8 @@ def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[flo
     full = np.ones((3, 3, 3), bool)
     labels, n = ndi.label(mc, structure=full)
     sizes = np.bincount(labels.ravel())[1:] * vox_ml
-    main = labels == (int(np.argmax(sizes)) + 1)
+    main_label = int(np.argmax(sizes)) + 1
+    main = labels == main_label
     # in-plane ring of ~1-4 mm around the mask, per slice (slices are thick), soft tissue only
     r_in = max(1, int(round(1.0 / sy)))
     r_out = max(r_in + 1, int(round(4.0 / sy)))
@@ -173,22 +174,113 @@ def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[flo
     pz, py, px = np.nonzero(surf)
     cz, cy, cx = (float(v.mean()) for v in np.nonzero(main))
     r = np.sqrt(((pz - cz) * sz) ** 2 + ((py - cy) * sy) ** 2 + ((px - cx) * sx) ** 2)
+    irr_sphere, irr_ellipsoid, axis_ratio = radial_irregularity(main, (sx, sy, sz))
+    csf_ml, csf_best = csf_bordered_blood(labels, n, hc, (sx, sy, sz))
     return {
         "volume_ml": vol,
         "log_volume": float(np.log(max(vol, 1e-3))),
         "n_components": float(n),
+        "islands_near": float(near_islands(labels, main_label, (sx, sy, sz), ISLAND_REACH_MM)),
         "satellite_ml": float(sizes.sum() - sizes.max()) if n > 1 else 0.0,
         "ring_mean_hu": float(np.nanmean(ring_vals)),
         "ring_p10_hu": float(np.nanpercentile(ring_vals, 10)),
         # blood bordering CSF (0-12 HU): intraventricular extension
         "csf_contact": float(((hc > -5) & (hc < 12) & d_out & ~d_in).sum() / max(int((d_out & ~d_in).sum()), 1)),
+        "csf_bordered_ml": csf_ml,
+        "csf_bordered_max": csf_best,
         "hypodense_fraction": hypo_frac,
         "hypodense_regions": float(hn),
         "hypodense_largest_share": largest_hypo,
         "inside_mean_hu": float(inside.mean()),
         "inside_std_hu": float(inside.std()),
         "radius_rel_sd": float(r.std() / max(r.mean(), 1e-6)) if r.size else 0.0,
+        "irregularity_radial": irr_sphere,
+        "irregularity_ellipsoid": irr_ellipsoid,
+        "axis_ratio": axis_ratio,
     }
+
+
+#: satellites sit 3-8 mm off the main hematoma in the literature's island sign; further away a
+#: blob is more often something else (a second bleed, a false positive)
+ISLAND_REACH_MM = 12.0
+_RAY_DIRECTIONS = 300
+_RAY_STEP_MM = 0.5
+
+
+def _sphere_directions(n: int) -> NDArray[np.float64]:
+    """n unit vectors spread evenly over the sphere (Fibonacci lattice), as (x, y, z) rows."""
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    theta = np.pi * (1 + 5**0.5) * i
+    return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+
+
+def radial_irregularity(main: NDArray[np.bool_], spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """(relative sd of the radius over evenly spread directions, the same after the mask's
+    inertia ellipsoid is made a sphere, longest / shortest ellipsoid axis).
+
+    The radius is sampled along rays from the centroid, so every direction counts once; surface
+    voxels (`radius_rel_sd`) over-weight the in-plane contour of thick slices. The ellipsoid
+    variant separates a flattened but smooth bleed (lobar, against the skull) from an irregular one.
+    """
+    sx, sy, sz = spacing
+    pz, py, px = np.nonzero(main)
+    pts = np.stack([px * sx, py * sy, pz * sz], axis=1).astype(np.float64)
+    c = pts.mean(axis=0)
+    if len(pts) < 4:
+        return 0.0, 0.0, 1.0
+    cov = np.cov((pts - c).T) + np.diag([sx * sx, sy * sy, sz * sz]) / 12.0  # voxel extent
+    w, v = np.linalg.eigh(cov)
+    axes = np.sqrt(np.maximum(w, 1e-9))
+    dirs = _sphere_directions(_RAY_DIRECTIONS)
+    mainf = main.astype(np.float32)
+    reach = float(np.linalg.norm(np.array(main.shape) * np.array([sz, sy, sx]))) + _RAY_STEP_MM
+    steps = np.arange(_RAY_STEP_MM / 2, reach, _RAY_STEP_MM)
+    out = []
+    for shape in (np.ones(3), axes / np.prod(axes) ** (1.0 / 3.0)):
+        d = (dirs * shape) @ v.T  # the unit sphere of the (normalised) ellipsoid frame, in mm
+        stretch = np.linalg.norm(d, axis=1)
+        d = d / stretch[:, None]
+        p = c[None, None, :] + d[:, None, :] * steps[None, :, None]
+        coords = np.stack([p[..., 2] / sz, p[..., 1] / sy, p[..., 0] / sx]).reshape(3, -1)
+        inside = ndi.map_coordinates(mainf, coords, order=1, cval=0.0).reshape(len(d), -1) >= 0.5
+        radius = inside.sum(axis=1) * _RAY_STEP_MM / stretch
+        out.append(float(radius.std() / max(float(radius.mean()), 1e-6)))
+    return out[0], out[1], float(axes.max() / max(float(axes.min()), 1e-6))
+
+
+def near_islands(labels: NDArray[np.int32], main_label: int, spacing: tuple[float, float, float], reach_mm: float) -> int:
+    """Components other than the main one that come within `reach_mm` of it (island sign)."""
+    sx, sy, sz = spacing
+    main = labels == main_label
+    sl = ndi.find_objects(main.astype(np.int8))[0]
+    grow = (int(np.ceil(reach_mm / sz)), int(np.ceil(reach_mm / sy)), int(np.ceil(reach_mm / sx)))
+    box = tuple(slice(max(s.start - g, 0), min(s.stop + g, n)) for s, g, n in zip(sl, grow, labels.shape, strict=True))
+    dist = ndi.distance_transform_edt(~main[box], sampling=(sz, sy, sx))
+    near = np.unique(labels[box][(dist <= reach_mm) & (labels[box] > 0)])
+    return int(np.count_nonzero(near != main_label))
+
+
+def csf_bordered_blood(labels: NDArray[np.int32], n: int, hu: NDArray[np.float32], spacing: tuple[float, float, float]) -> tuple[float, float]:
+    """(ml of blood in components whose 1.5 mm in-plane border is > 15 % CSF, largest such share):
+    blood in a ventricle borders CSF (0-12 HU), a parenchymal bleed borders brain and oedema."""
+    sx, sy, sz = spacing
+    it = max(1, int(round(1.5 / sy)))
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndi.generate_binary_structure(2, 1)
+    ml, best = 0.0, 0.0
+    for j, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(s.start, s.stop) for s in sl[:1]) + tuple(
+            slice(max(s.start - it, 0), s.stop + it) for s in sl[1:])
+        comp = labels[box] == j
+        border = ndi.binary_dilation(comp, st, iterations=it) & (labels[box] == 0)
+        share = float(((hu[box] > -5) & (hu[box] < 12) & border).sum() / max(int(border.sum()), 1))
+        best = max(best, share)
+        if share > 0.15:
+            ml += float(comp.sum()) * sx * sy * sz / 1000.0
+    return ml, best
 
 
 def cnn_input(hu: NDArray[Any], mask: NDArray[np.generic], spacing: Sequence[float]) -> NDArray[np.float32]:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from hexnode.analysis import ModelInfo, Prediction
 from hexnode.models import features as F
-from hexnode.models.predict import Booster, Calibration
+from hexnode.models.predict import Booster, Calibration, MarkerScore
 from hexnode.models.registry import (
     Manifest,
     ModelIntegrityError,
@@ -72,6 +72,8 @@ class Models:
         self.seg = make_session(manifest.path("seg"), providers, threads)
         self.cnn = make_session(manifest.path("cnn"), providers, threads)
         self.radiomics = F.RadiomicsExtractor(manifest.path("radiomics"))
+        # model sets trained before the marker score existed have no markers.json
+        self.markers = MarkerScore.load(manifest.path("markers")) if manifest.has("markers") else None
         self.fused = Booster(manifest.path("lgbm"))
         self.radiomics_only = Booster(manifest.path("lgbm_radiomics"))
         self.calibration = Calibration.from_manifest(data["calibration"])
@@ -124,6 +126,8 @@ class Models:
         timings["radiomics"] = time.perf_counter() - t
         t = time.perf_counter()
         feats.update(F.context_features(hu, mask, spacing))
+        if self.markers is not None:
+            feats["marker_logit"] = self.markers.logit(feats)
         feats.update(self.cnn_outputs(hu, mask, spacing))
         timings["cnn"] = time.perf_counter() - t
         return feats

@@ -60,6 +60,9 @@ class Manifest:
                 return self.root / name
         raise ModelIntegrityError(f"manifest lists no file with role {role!r}")
 
+    def has(self, role: str) -> bool:
+        return any(entry.get("role") == role for entry in self.data["files"].values())
+
     def entry(self, role: str) -> dict[str, Any]:
         for entry in self.data["files"].values():
             if entry.get("role") == role:

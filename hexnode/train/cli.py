@@ -257,6 +257,17 @@ def finish(out: Path, state: dict[str, Any]) -> None:
     fus, val, test, plan = state["fus"], state["val"], state["test"], state["plan"]
     desc, seg_diff, cnn_diff = state["desc"], state["seg_diff"], state["cnn_diff"]
     quick = plan.quick
+    # --- marker score (its out-of-fold logit on the fusion split is one of the booster's inputs) --
+    y_tr = np.array([r.label for r in fus])
+    y_va = np.array([r.label for r in val])
+    marker_names = [n for n in fusion_train.MARKER_FEATURES if any(n in r.feats for r in fus)]
+    markers, oof = fusion_train.fit_marker_score(_matrix(fus, marker_names), y_tr, marker_names, seed=state["seed"])
+    (out / "markers.json").write_text(markers.to_json())
+    for r, v in zip(fus, oof, strict=True):
+        r.feats["marker_logit"] = float(v)
+    for r in val + test:
+        if r.feats.get("volume_ml", 0.0) > 0:  # as at inference: no mask, no features
+            r.feats["marker_logit"] = markers.logit(r.feats)
     # --- fusion -------------------------------------------------------------------------------
     names = sorted({k for r in fus for k in r.feats})
     radiomics_names = [n for n in names if n.startswith(("original_", "log-", "wavelet-"))]
@@ -264,8 +275,6 @@ def finish(out: Path, state: dict[str, Any]) -> None:
         radiomics_names = [n for n in names if n.startswith("inside_")]
     cnn_names = [n for n in names if n.startswith("cnn_") and n != "cnn_logit"]
     context_names = [n for n in names if n not in radiomics_names and not n.startswith("cnn_")]
-    y_tr = np.array([r.label for r in fus])
-    y_va = np.array([r.label for r in val])
     x_all = _matrix(fus, radiomics_names)
     sel_rad = fusion_train.select_features(x_all, y_tr, radiomics_names, plan.k_features, always=[])
     fused_names = context_names + cnn_names + sel_rad
@@ -296,6 +305,8 @@ def finish(out: Path, state: dict[str, Any]) -> None:
                      "outputs": {"embedding": ["batch", len(cnn_names)], "logit": ["batch", 1]}, "opset": 17,
                      "max_abs_diff_vs_torch": cnn_diff},
         "radiomics.yaml": {"role": "radiomics", "features_total": len(radiomics_names)},
+        "markers.json": {"role": "markers", "features": len(marker_names),
+                         "purpose": "logistic marker score; its logit is the booster's feature marker_logit"},
         "lgbm.txt": {"role": "lgbm", "features": len(fused_names), "best_iteration": fb.best_iteration},
         "lgbm_radiomics.txt": {"role": "lgbm_radiomics", "features": len(sel_rad), "best_iteration": rb.best_iteration,
                                "purpose": "ablation (radiomics-only AUC in hexnode evaluate)"},
@@ -320,7 +331,8 @@ def finish(out: Path, state: dict[str, Any]) -> None:
                                "fill_holes": POST.fill_holes, "connectivity": 26},
             "radiomics": "pyradiomics 3.0.1 on the CT cropped to the mask bbox + 12 mm; see radiomics.yaml",
             "cnn_input": "slice of largest mask area and its neighbours (0-100 HU) + mask, square 1.6x extent + 10 mm, 64x64",
-            "features": {"context": context_names, "cnn": cnn_names, "radiomics_selected": sel_rad},
+            "features": {"context": context_names, "cnn": cnn_names, "radiomics_selected": sel_rad,
+                         "marker_score": marker_names},
         },
         "calibration": {"method": "platt", "a": a, "b": b, "fitted_on": f"val split ({len(val)} cases, predicted masks)"
                         + (" -- one class only: identity (a=1, b=0)" if one_class else "")},

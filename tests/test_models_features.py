@@ -1,0 +1,87 @@
+"""The marker features measured on the mask and the logistic marker score, on hand-made masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hexnode.models import features as F
+from hexnode.models.predict import MarkerScore
+from hexnode.train.fusion_train import fit_marker_score
+
+SPACING = (0.5, 0.5, 1.0)  # (sx, sy, sz) mm
+
+
+def _ellipsoid(shape, centre, semi_mm, spacing=SPACING):
+    z, y, x = np.indices(shape, dtype=np.float64)
+    sx, sy, sz = spacing
+    return (((x - centre[2]) * sx / semi_mm[0]) ** 2 + ((y - centre[1]) * sy / semi_mm[1]) ** 2
+            + ((z - centre[0]) * sz / semi_mm[2]) ** 2) <= 1.0
+
+
+def test_radial_irregularity_separates_flattened_from_irregular():
+    ball = _ellipsoid((40, 80, 80), (20, 40, 40), (12, 12, 12))
+    flat = _ellipsoid((40, 80, 80), (20, 40, 40), (16, 16, 6))
+    lumpy = ball | _ellipsoid((40, 80, 80), (20, 40, 62), (5, 5, 5)) | _ellipsoid((40, 80, 80), (8, 20, 40), (5, 5, 5))
+    r_ball, e_ball, a_ball = F.radial_irregularity(ball, SPACING)
+    r_flat, e_flat, a_flat = F.radial_irregularity(flat, SPACING)
+    r_lumpy, e_lumpy, _ = F.radial_irregularity(lumpy, SPACING)
+    assert r_ball < 0.03 and e_ball < 0.03 and a_ball == pytest.approx(1.0, abs=0.05)
+    assert r_flat > 0.2 and e_flat < 0.05 and a_flat == pytest.approx(16 / 6, rel=0.1)  # smooth once unflattened
+    assert r_lumpy > 0.05 and e_lumpy > 0.05
+
+
+def test_near_islands_counts_satellites_within_reach_only():
+    from scipy import ndimage as ndi
+
+    m = _ellipsoid((30, 120, 120), (15, 60, 60), (10, 10, 8))
+    m |= _ellipsoid((30, 120, 120), (15, 60, 60 + 36), (2, 2, 2))  # 18 mm from the centre, 6 mm gap
+    m |= _ellipsoid((30, 120, 120), (15, 60 - 36, 60), (2, 2, 2))  # another at a 6 mm gap
+    m |= _ellipsoid((30, 120, 120), (15, 60, 4), (1.5, 1.5, 1.5))  # 28 mm: beyond the 12 mm reach
+    labels, n = ndi.label(m, np.ones((3, 3, 3), bool))
+    main = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    assert n == 4
+    assert F.near_islands(labels, main, SPACING, 12.0) == 2
+    feats = F.context_features(np.where(m, 65.0, 30.0).astype(np.float32), m.astype(np.uint8), SPACING)
+    assert feats["islands_near"] == 2.0 and feats["n_components"] == 4.0
+
+
+def test_csf_bordered_blood_marks_blood_in_a_ventricle():
+    hu = np.full((10, 80, 160), 32.0, np.float32)  # brain
+    hu[:, 20:60, 100:140] = 5.0  # a ventricle (CSF)
+    m = np.zeros(hu.shape, bool)
+    m[3:7, 35:55, 105:135] = True  # blood layering in it
+    m[3:7, 30:50, 20:50] = True  # a parenchymal bleed in brain
+    hu[m] = 62.0
+    f = F.context_features(hu, m.astype(np.uint8), SPACING)
+    assert f["csf_bordered_max"] > 0.5
+    assert f["csf_bordered_ml"] == pytest.approx(4 * 20 * 30 * 0.25 / 1000, rel=1e-6)  # the ventricle's blood only
+
+
+def test_marker_score_fits_a_logistic_truth_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=(n, 3))
+    x[rng.random(n) < 0.05, 2] = np.nan  # missing values take the median
+    logit = 1.5 * x[:, 0] - 1.0 * np.nan_to_num(x[:, 1]) - 0.5
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    names = ["a", "b", "c"]
+    score, oof = fit_marker_score(x, y, names, seed=1)
+    from hexnode.models.metrics import auc
+
+    assert auc(y, oof) > 0.75  # out-of-fold: close to the truth's own AUC
+    assert auc(y, oof) < auc(y, score.logits([dict(zip(names, r, strict=True)) for r in x])) + 0.02
+    z = np.array(score.coef)
+    assert z[0] > 0.5 and z[1] < -0.3 and abs(z[2]) < 0.3
+    path = tmp_path / "markers.json"
+    path.write_text(score.to_json())
+    again = MarkerScore.load(path)
+    row = {"a": 0.3, "b": -1.0}  # "c" missing
+    assert again.logit(row) == pytest.approx(score.logit(row))
+    bad = json.loads(path.read_text())
+    bad["coef"] = bad["coef"][:2]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="coefficient"):
+        MarkerScore.load(path)
