@@ -119,3 +119,16 @@ def test_bayes_ece_is_the_finite_sample_floor():
     assert small["bayes_ece"].value > large["bayes_ece"].value
     assert large["bayes_ece"].value < 0.03
     assert small["ece"].value > 0.15  # the miscalibrated scores stay far above the floor
+
+
+def test_marker_score_ablation_only_when_every_case_has_one():
+    from dataclasses import replace
+
+    rng = np.random.default_rng(6)
+    m = _blob()
+    y = (rng.random(300) < 0.3).astype(int)
+    res = [_case(i, int(y[i]), 0.5, m, m, 0.3) for i in range(300)]
+    assert "auc_markers" not in summarise(res, threshold=0.5, reps=20)  # a model set without a marker score
+    res = [replace(r, marker_logit=float(r.label + rng.normal(0, 0.5))) for r in res]
+    s = summarise(res, threshold=0.5, reps=20)
+    assert s["auc_markers"].value > 0.85

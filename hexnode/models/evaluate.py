@@ -39,6 +39,7 @@ class CaseResult:
     hard: bool = False
     seconds: float = 0.0
     snapshot: tuple[NDArray[np.int16], NDArray[np.uint8], NDArray[np.uint8]] | None = field(default=None, repr=False)
+    marker_logit: float = float("nan")  # the logistic marker score alone (NaN: model set without one)
 
 
 def _snapshot(hu: NDArray[Any], gt: NDArray[Any], pred: NDArray[Any], half: int = 60) -> tuple[Any, Any, Any]:
@@ -75,13 +76,13 @@ def evaluate_case(models: Any, case_id: str, hu: NDArray[Any], gt: NDArray[Any],
     timings: dict[str, float] = {}
     if pred.any():
         s = models.scores(models.features(huf, pred, spacing, timings))
-        prob, rad, cnn = s.probability, s.radiomics_raw, s.cnn_logit
+        prob, rad, cnn, mark = s.probability, s.radiomics_raw, s.cnn_logit, s.marker_logit
     else:  # "no hemorrhage detected": the lowest score for every model
-        prob, rad, cnn = 0.0, -1e9, -1e9
+        prob, rad, cnn, mark = 0.0, -1e9, -1e9, -1e9
     return CaseResult(
         case_id, int(label), he_probability, prob, rad, cnn, volume_ml(gt, spacing), volume_ml(pred, spacing),
         M.iou(gt, pred), M.dice(gt, pred), M.slice_ious(gt, pred), hard, time.perf_counter() - t,
-        _snapshot(np.asarray(hu), np.asarray(gt), pred),
+        _snapshot(np.asarray(hu), np.asarray(gt), pred), mark,
     )
 
 
@@ -139,6 +140,9 @@ def summarise(results: list[CaseResult], *, threshold: float, reps: int = 1000) 
     out["auc_radiomics"] = est(lambda i: M.auc(y[i], rad[i]))
     out["auc_cnn"] = est(lambda i: M.auc(y[i], cnn[i]))
     out["auc_volume"] = est(lambda i: M.auc(y[i], vol[i]))
+    mark = np.array([r.marker_logit for r in results])
+    if n and np.isfinite(mark).all():
+        out["auc_markers"] = est(lambda i: M.auc(y[i], mark[i]))
     if n and all(r.he_probability is not None for r in results):
         tp = np.array([r.he_probability for r in results], float)
         out["bayes_auc"] = est(lambda i: M.auc(y[i], tp[i]))
@@ -163,7 +167,7 @@ def report_lines(s: dict[str, Any], title: str) -> list[str]:
     for name, b in s["by_volume"].items():
         lines.append(f"  {name:8s} n={b['n']:4d}  IoU patient {b['iou_patient'].fmt()}  slice {b['iou_slice'].fmt()}")
     lines += ["", "hematoma expansion"]
-    for k in ("auc", "bayes_auc", "auc_radiomics", "auc_cnn", "auc_volume", "ece", "bayes_ece", "sensitivity",
+    for k in ("auc", "bayes_auc", "auc_radiomics", "auc_cnn", "auc_volume", "auc_markers", "ece", "bayes_ece", "sensitivity",
               "specificity", "ppv", "npv"):
         if k in s:
             lines.append(f"  {k:18s} {_fmt(s[k])}")
@@ -174,7 +178,7 @@ def report_lines(s: dict[str, Any], title: str) -> list[str]:
 
 def json_line(s: dict[str, Any]) -> str:
     keys = ("iou_slice", "iou_patient", "dice", "auc", "bayes_auc", "ece", "auc_radiomics", "auc_cnn", "auc_volume",
-            "sensitivity", "specificity", "bayes_ece")
+            "sensitivity", "specificity", "bayes_ece", "auc_markers")
     obj: dict[str, Any] = {}
     for k in keys:
         v = s.get(k)
@@ -195,6 +199,8 @@ def write_plots(results: list[CaseResult], s: dict[str, Any], outdir: Path, tag:
         ("CNN only", np.array([r.cnn_logit for r in results])),
         ("volume only", np.array([r.volume_pred for r in results])),
     ]
+    if "auc_markers" in s:
+        curves.append(("marker score only", np.array([r.marker_logit for r in results])))
     if "bayes_auc" in s:
         curves.append(("Bayes (true p)", np.array([r.he_probability for r in results], float)))
     plots.roc_png(outdir / f"roc{tag}.png", y, curves, f"HE ROC, n={len(results)}")

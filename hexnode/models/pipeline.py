@@ -62,6 +62,7 @@ class Scores:
     radiomics_raw: float  # radiomics-only booster (ablation)
     cnn_logit: float  # CNN-only (ablation)
     volume_ml: float
+    marker_logit: float = float("nan")  # marker score only (ablation); NaN for model sets without it
 
 
 class Models:
@@ -139,6 +140,7 @@ class Models:
             radiomics_raw=float(self.radiomics_only.raw([feats])[0]),
             cnn_logit=float(feats["cnn_logit"]),
             volume_ml=float(feats["volume_ml"]),
+            marker_logit=float(feats.get("marker_logit", float("nan"))),
         )
 
     # -- the worker's entry point ---------------------------------------------------------------
