@@ -85,3 +85,16 @@ def test_marker_score_fits_a_logistic_truth_and_round_trips(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="coefficient"):
         MarkerScore.load(path)
+
+
+def test_out_of_fold_booster_scores():
+    from hexnode.models.metrics import auc
+    from hexnode.train.fusion_train import out_of_fold_raw
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 2))
+    y = (x[:, 0] + rng.normal(0, 0.7, 200) > 0).astype(np.int64)
+    oof = out_of_fold_raw(x, y, ["a", "b"], 60, seed=0)
+    assert oof is not None and oof.shape == (200,)
+    assert auc(y, oof) > 0.75  # every row scored by a booster that never saw it, still informative
+    assert out_of_fold_raw(x[:8], np.array([0, 0, 0, 0, 0, 1, 1, 1]), ["a", "b"], 10) is None  # 3 positives < 5 folds

@@ -35,8 +35,10 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "## What it does",
         "- Segmentation: 2D U-Net (strided-conv encoder 512→64, residual dilated bottleneck d = 1, 2, 4, "
         "transposed-conv decoder with additive skips, full-resolution head), 3 HU windows as channels "
-        f"{m['preprocessing']['windows_hu']}, Dice + BCE (hypodense blood, < 47 HU, weighted 3× in the BCE), random "
-        "192² crops — 60 % around blood (half of them on its hypodense part), 20 % on blood-like tissue that is not "
+        f"{m['preprocessing']['windows_hu']}, Dice + BCE (hypodense blood, < 47 HU, weighted "
+        f"{m['training'].get('seg_hypo_weight', 3.0):g}× in the BCE), random 192² crops — 60 % around blood "
+        f"({100 * m['training'].get('seg_hypo_share', 0.3):.0f} % of all crops on its hypodense part), 20 % on "
+        "blood-like tissue that is not "
         "blood (50–100 HU: skull base, facial soft tissue, falx, sinuses; blood-free slices are also drawn in "
         "proportion to such tissue), 20 % anywhere — with rotation/scale/flip/HU gain/"
         "offset/blur/correlated-noise augmentation; threshold 0.5, per-slice hole filling, 3D components "
@@ -50,13 +52,20 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "kept), B-spline, bin width 5. The CT is cropped to the mask's bounding box + 12 mm before filtering "
         "(pyradiomics then crops again after resampling), which keeps extraction to about a second per case.",
         "- Context features (NCCT expansion markers of the literature, measured on the mask): volume, log volume, "
-        "component count and satellite volume (island sign), interior 28–46 HU fraction, hypodense region count and "
-        "largest share (blend sign), surface radial spread (irregularity), perihematomal ring density and CSF contact "
-        "(oedema, intraventricular extension).",
-        f"- Fusion: LightGBM (depth 2, 4 leaves, lr 0.03, early stopping on validation) on context + CNN embedding + "
+        "component count, components within 12 mm of the main one and satellite volume (island sign), interior "
+        "28–46 HU fraction, hypodense region count and largest share (blend sign), radius spread along 300 evenly "
+        "spread rays from the centroid, also after the inertia ellipsoid is made a sphere, and the ellipsoid's axis "
+        "ratio (irregularity vs. a smooth flattened bleed), perihematomal ring density (oedema), CSF contact and "
+        "blood in components bordered by CSF (intraventricular extension).",
+        "- Marker score (`markers.json`): a logistic regression (standardised, C = 1) of HE on "
+        f"{len(m['preprocessing']['features'].get('marker_score', []))} of these "
+        f"({', '.join(m['preprocessing']['features'].get('marker_score', []))}), fitted on the fusion split; "
+        "its logit `marker_logit` is a LightGBM feature (out-of-fold logits for the booster's training rows).",
+        f"- Fusion: LightGBM (depth 2, 4 leaves, lr 0.03, early stopping on validation) on context + marker score + "
+        "CNN embedding + "
         f"the {len(m['preprocessing']['features']['radiomics_selected'])} radiomics features of largest univariate "
         f"|AUC − 0.5| on the fusion split ({files['lgbm.txt']['features']} features). Platt calibration "
-        f"(a = {m['calibration']['a']:.3f}, b = {m['calibration']['b']:.3f}) on validation. Threshold "
+        f"(a = {m['calibration']['a']:.3f}, b = {m['calibration']['b']:.3f}) on {m['calibration']['fitted_on']}. Threshold "
         f"{m['threshold']['value']:.3f} (Youden on validation); sensitivity ≥ 0.90 operating point "
         f"{m['threshold']['sensitivity_0_90']:.3f}.",
         "",
@@ -78,7 +87,8 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         f"## Test split of the training run (n = {t.get('n', 0)}, predicted masks)",
         f"- IoU slice {_v(t.get('iou_slice'))}, patient {_v(t.get('iou_patient'))}",
         f"- HE AUC {_v(t.get('auc'))}; Bayes AUC of the same cases {_v(t.get('bayes_auc'))}; radiomics-only "
-        f"{_v(t.get('auc_radiomics'))}, CNN-only {_v(t.get('auc_cnn'))}, volume-only {_v(t.get('auc_volume'))}",
+        f"{_v(t.get('auc_radiomics'))}, CNN-only {_v(t.get('auc_cnn'))}, volume-only {_v(t.get('auc_volume'))}, "
+        f"marker-score-only {_v(t.get('auc_markers'))}",
         f"- ECE {_v(t.get('ece'))}, sensitivity {_v(t.get('sensitivity'))}, specificity {_v(t.get('specificity'))}",
         "",
     ]

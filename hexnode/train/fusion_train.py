@@ -61,9 +61,7 @@ def fit_booster(
 ) -> FittedBooster:
     import lightgbm as lgb
 
-    # tiny training sets (--quick) need smaller leaves, or LightGBM finds no split at all
-    params = dict(PARAMS, seed=seed, min_data_in_leaf=min(12, max(2, len(y_tr) // 5)), min_data_in_bin=1,
-                  feature_pre_filter=False)
+    params = _params(seed, len(y_tr))
     dtr = lgb.Dataset(x_tr, y_tr, feature_name=names, free_raw_data=False)
     dva = lgb.Dataset(x_va, y_va, reference=dtr)
     booster = lgb.train(params, dtr, num_boost_round=rounds, valid_sets=[dva],
@@ -71,6 +69,29 @@ def fit_booster(
     best = booster.best_iteration or rounds
     booster.save_model(str(path), num_iteration=best)
     return FittedBooster(path, names, best)
+
+
+def _params(seed: int, n_train: int) -> dict[str, object]:
+    # tiny training sets (--quick) need smaller leaves, or LightGBM finds no split at all
+    return dict(PARAMS, seed=seed, min_data_in_leaf=min(12, max(2, n_train // 5)), min_data_in_bin=1,
+                feature_pre_filter=False)
+
+
+def out_of_fold_raw(x: NDArray[np.float64], y: NDArray[np.int64], names: list[str], rounds: int, *, seed: int = 0,
+                    folds: int = 5) -> NDArray[np.float64] | None:
+    """Raw booster scores of the training rows, each from a booster (same settings, `rounds`
+    rounds) that did not see it; None when a class has fewer rows than folds."""
+    import lightgbm as lgb
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, np.int64)
+    if min(int(y.sum()), int(len(y) - y.sum())) < folds:
+        return None
+    oof = np.empty(len(y))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        b = lgb.train(_params(seed, len(tr)), lgb.Dataset(x[tr], y[tr], feature_name=names), num_boost_round=rounds)
+        oof[te] = b.predict(x[te], raw_score=True)
+    return oof
 
 
 def fit_platt(raw: NDArray[np.float64], y: NDArray[np.int64]) -> tuple[float, float]:

@@ -78,9 +78,11 @@ def _pick(rng: np.random.Generator, where: NDArray[np.bool_]) -> tuple[int, int]
     return int(yy[j]), int(xx[j])
 
 
-def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops: 60 % around blood (half of those on its hypodense part when it has one, the
-    part the first model missed), 20 % on blood-like tissue that is not blood, 20 % anywhere."""
+def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: int, *,
+                 hypo_share: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops: 60 % around blood (`hypo_share` of all crops on its hypodense part when it
+    has one, the part the first models missed), 20 % on blood-like tissue that is not blood,
+    20 % anywhere."""
     hus, ms = [], []
     for _ in range(batch):
         i = int(rng.integers(len(bank)))
@@ -89,7 +91,7 @@ def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: in
         u = rng.random()
         at = None
         if m.any() and u < 0.6:
-            if u < 0.3:
+            if u < hypo_share:
                 at = _pick(rng, (m > 0) & (hu < HYPODENSE_MAX_HU))
             if at is None:
                 at = _pick(rng, m > 0)
@@ -159,7 +161,8 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return bce + dice
 
 
-def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0, lr: float = 3e-3) -> SegUNet:
+def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
+              lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3) -> SegUNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
@@ -173,10 +176,10 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
             break
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
-        hu, m = sample_batch(bank, rng, batch, crop)
+        hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share)
         hu, m = augment(hu, m, rng)
-        # hypodense blood counts three times in the BCE: it is rare and the HE markers live there
-        weight = 1.0 + 2.0 * m * (hu < HYPODENSE_MAX_HU).float()
+        # hypodense blood counts `hypo_weight` times in the BCE: it is rare and the HE markers live there
+        weight = 1.0 + (hypo_weight - 1.0) * m * (hu < HYPODENSE_MAX_HU).float()
         loss = dice_bce(model(torch_window(hu)), m, weight)
         opt.zero_grad()
         loss.backward()
