@@ -312,6 +312,13 @@ def run_demo(args: argparse.Namespace) -> int:
     once = bool(getattr(args, "once", False))
     stack = DemoStack(workdir=workdir, stable_seconds=1.0, orthanc_stable_age=1)
     t_start = time.perf_counter()
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # `kill`, a closed terminal or a service manager must stop Orthanc and the hexnode processes
+    # too, as Ctrl-C does; by default they would end this process alone and orphan its children
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         print("starting Orthanc and hexnode (serve, worker, send) on loopback ...", flush=True)
         stack.start()
@@ -369,3 +376,5 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

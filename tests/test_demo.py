@@ -1,0 +1,62 @@
+"""`hexnode demo` as IT runs it: started, results back, then stopped by a signal with nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{d.name}: {cmd}")
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_demo_stopped_by_a_signal_stops_orthanc_and_hexnode(tmp_path, sig):
+    work = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", "demo", "--workdir", str(work)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a fresh session: SIGINT is not ignored as in a background job
+                            start_new_session=True)
+    out = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:
+            out.append(line)
+            if "press Ctrl-C to stop" in line or time.monotonic() > deadline:
+                break
+        text = "".join(out)
+        assert "press Ctrl-C to stop" in text, text[-3000:]
+        assert "hematoma volume:" in text and "risk:" in text
+        assert _processes_mentioning(str(work)), "the demo's Orthanc and hexnode processes should be running"
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 0, rest[-3000:]
+        assert "stopping ..." in rest
+        deadline = time.monotonic() + 10
+        while _processes_mentioning(str(work)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_mentioning(str(work)) == []
+    finally:  # a failure must not leave an Orthanc and three hexnode processes to later tests
+        for entry in _processes_mentioning(str(work)):
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
