@@ -185,8 +185,12 @@ backoff_initial_seconds = 0.5
         # (editable-installed) package as an empty namespace package once it exists: every process
         # spawned after serve created it (worker, send, any restart) died on import.
         env["PYTHONSAFEPATH"] = "1"
+        # a session of its own: Ctrl-C in the terminal reaches the whole foreground process group,
+        # and children that stop on their own race the demo's liveness check ("serve exited");
+        # the demo alone takes the signal and stops them in order
         proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", command, "--config", str(self.config_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+                                start_new_session=True)
         log.close()
         self.procs[name] = proc
         return proc

@@ -85,8 +85,10 @@ class Orthanc:
               timeout: float = 60.0) -> Orthanc:
         path = render_config(cfg, route_to=route_to)
         log = open(cfg.workdir / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+        # its own session: a Ctrl-C meant for the caller must not stop Orthanc under it (the caller
+        # stops it with `stop()`)
         proc = subprocess.Popen([ORTHANC_BIN, "--no-jobs", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=cfg.workdir)
+                                cwd=cfg.workdir, start_new_session=True)
         log.close()
         orthanc = cls(cfg, proc)
         deadline = time.monotonic() + timeout
