@@ -321,8 +321,10 @@ def run_demo(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     # `kill`, a closed terminal or a service manager must stop Orthanc and the hexnode processes
-    # too, as Ctrl-C does; by default they would end this process alone and orphan its children
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # too, as Ctrl-C does; by default they would end this process alone and orphan its children.
+    # SIGINT is set as well: started from a non-interactive shell's background job, Python inherits
+    # it ignored and never raises KeyboardInterrupt (seen under `make test` run with `&`).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print("starting Orthanc and hexnode (serve, worker, send) on loopback ...", flush=True)
         stack.start()
