@@ -129,6 +129,16 @@ class RadiomicsExtractor:
         return np.array([feats.get(n, np.nan) for n in self.names], np.float64)
 
 
+# 4-connected within the slice, nothing across slices: slices are thick, and a ring or a border
+# grown through them would reach tissue centimetres away
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+def _is_csf(hu: NDArray[np.float32]) -> NDArray[np.bool_]:
+    return (hu > -5) & (hu < 12)
+
+
 def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[float]) -> dict[str, float]:
     """Volume plus the NCCT expansion markers of the literature, measured on the mask: satellite
     islands, hypodensity (30-45 HU fraction) and whether it is one contiguous region (blend sign),
@@ -151,8 +161,7 @@ def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[flo
     # in-plane ring of ~1-4 mm around the mask, per slice (slices are thick), soft tissue only
     r_in = max(1, int(round(1.0 / sy)))
     r_out = max(r_in + 1, int(round(4.0 / sy)))
-    st = np.zeros((3, 3, 3), bool)
-    st[1] = ndi.generate_binary_structure(2, 1)
+    st = _IN_PLANE
     d_in = ndi.binary_dilation(mc, st, iterations=r_in)
     d_out = ndi.binary_dilation(mc, st, iterations=r_out)
     ring = d_out & ~d_in & (hc > -5) & (hc < 60)
@@ -185,7 +194,7 @@ def context_features(hu: NDArray[Any], mask: NDArray[Any], spacing: Sequence[flo
         "ring_mean_hu": float(np.nanmean(ring_vals)),
         "ring_p10_hu": float(np.nanpercentile(ring_vals, 10)),
         # blood bordering CSF (0-12 HU): intraventricular extension
-        "csf_contact": float(((hc > -5) & (hc < 12) & d_out & ~d_in).sum() / max(int((d_out & ~d_in).sum()), 1)),
+        "csf_contact": float((_is_csf(hc) & d_out & ~d_in).sum() / max(int((d_out & ~d_in).sum()), 1)),
         "csf_bordered_ml": csf_ml,
         "csf_bordered_max": csf_best,
         "hypodense_fraction": hypo_frac,
@@ -266,8 +275,6 @@ def csf_bordered_blood(labels: NDArray[np.int32], n: int, hu: NDArray[np.float32
     blood in a ventricle borders CSF (0-12 HU), a parenchymal bleed borders brain and oedema."""
     sx, sy, sz = spacing
     it = max(1, int(round(1.5 / sy)))
-    st = np.zeros((3, 3, 3), bool)
-    st[1] = ndi.generate_binary_structure(2, 1)
     ml, best = 0.0, 0.0
     for j, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
@@ -275,8 +282,8 @@ def csf_bordered_blood(labels: NDArray[np.int32], n: int, hu: NDArray[np.float32
         box = tuple(slice(s.start, s.stop) for s in sl[:1]) + tuple(
             slice(max(s.start - it, 0), s.stop + it) for s in sl[1:])
         comp = labels[box] == j
-        border = ndi.binary_dilation(comp, st, iterations=it) & (labels[box] == 0)
-        share = float(((hu[box] > -5) & (hu[box] < 12) & border).sum() / max(int(border.sum()), 1))
+        border = ndi.binary_dilation(comp, _IN_PLANE, iterations=it) & (labels[box] == 0)
+        share = float((_is_csf(hu[box]) & border).sum() / max(int(border.sum()), 1))
         best = max(best, share)
         if share > 0.15:
             ml += float(comp.sum()) * sx * sy * sz / 1000.0

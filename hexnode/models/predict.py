@@ -4,7 +4,7 @@ then the calibration stored in the manifest."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +63,14 @@ class MarkerScore:
     coef: tuple[float, ...]
     intercept: float
 
-    def logit(self, row: Mapping[str, float]) -> float:
-        x = np.array([row.get(n, np.nan) for n in self.features], np.float64)
+    def apply(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Logits of the rows of `x` (columns in `features` order, NaN where missing)."""
         x = np.where(np.isfinite(x), x, np.asarray(self.median))
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return float(z @ np.asarray(self.coef) + self.intercept)
+        return np.asarray(z @ np.asarray(self.coef) + self.intercept, np.float64)
+
+    def logit(self, row: Mapping[str, float]) -> float:
+        return float(self.apply(np.array([[row.get(n, np.nan) for n in self.features]], np.float64))[0])
 
     def logits(self, rows: Sequence[Mapping[str, float]]) -> NDArray[np.float64]:
         return np.array([self.logit(r) for r in rows], np.float64)
@@ -78,6 +81,15 @@ class MarkerScore:
                            "intercept": self.intercept}, indent=1) + "\n"
 
     @classmethod
+    def from_arrays(cls, features: Iterable[str], median: Iterable[float], mean: Iterable[float],
+                    scale: Iterable[float], coef: Iterable[float], intercept: float) -> MarkerScore:
+        def floats(a: Iterable[float]) -> tuple[float, ...]:
+            return tuple(float(v) for v in a)
+
+        return cls(tuple(str(f) for f in features), floats(median), floats(mean), floats(scale), floats(coef),
+                   float(intercept))
+
+    @classmethod
     def load(cls, path: Path) -> MarkerScore:
         d = json.loads(Path(path).read_text())
         if d.get("model") != "logistic":
@@ -85,8 +97,4 @@ class MarkerScore:
         n = len(d["features"])
         if any(len(d[k]) != n for k in ("median", "mean", "scale", "coef")):
             raise ValueError(f"{path.name}: feature count and coefficient count differ")
-        def floats(key: str) -> tuple[float, ...]:
-            return tuple(float(v) for v in d[key])
-
-        return cls(tuple(str(f) for f in d["features"]), floats("median"), floats("mean"), floats("scale"),
-                   floats("coef"), float(d["intercept"]))
+        return cls.from_arrays(d["features"], d["median"], d["mean"], d["scale"], d["coef"], d["intercept"])

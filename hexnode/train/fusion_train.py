@@ -77,6 +77,11 @@ def _params(seed: int, n_train: int) -> dict[str, object]:
                 feature_pre_filter=False)
 
 
+def _can_fold(y: NDArray[np.int64], folds: int) -> bool:
+    """Stratified folds need at least one row of each class per fold."""
+    return min(int(y.sum()), int(len(y) - y.sum())) >= folds
+
+
 def out_of_fold_raw(x: NDArray[np.float64], y: NDArray[np.int64], names: list[str], rounds: int, *, seed: int = 0,
                     folds: int = 5) -> NDArray[np.float64] | None:
     """Raw booster scores of the training rows, each from a booster (same settings, `rounds`
@@ -85,7 +90,7 @@ def out_of_fold_raw(x: NDArray[np.float64], y: NDArray[np.int64], names: list[st
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y, np.int64)
-    if min(int(y.sum()), int(len(y) - y.sum())) < folds:
+    if not _can_fold(y, folds):
         return None
     oof = np.empty(len(y))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
@@ -131,10 +136,7 @@ def _fit_logistic(x: NDArray[np.float64], y: NDArray[np.int64], names: list[str]
         lr = LogisticRegression(C=1.0, max_iter=5000)
         lr.fit(z, y)
         coef, icpt = lr.coef_[0], float(lr.intercept_[0])
-    def floats(a: NDArray[np.float64]) -> tuple[float, ...]:
-        return tuple(float(v) for v in a)
-
-    return MarkerScore(tuple(names), floats(median), floats(mean), floats(scale), floats(coef), icpt)
+    return MarkerScore.from_arrays(names, median, mean, scale, coef, icpt)
 
 
 def fit_marker_score(x: NDArray[np.float64], y: NDArray[np.int64], names: list[str], *, seed: int = 0,
@@ -145,13 +147,11 @@ def fit_marker_score(x: NDArray[np.float64], y: NDArray[np.int64], names: list[s
     booster would learn to trust it more than it deserves on new cases."""
     y = np.asarray(y, np.int64)
     full = _fit_logistic(x, y, names)
-    oof = np.empty(len(y))
-    if min(int(y.sum()), int(len(y) - y.sum())) < folds:  # too few of a class to fold
-        oof[:] = [full.logit(dict(zip(names, row, strict=True))) for row in x]
-        return full, oof
+    if not _can_fold(y, folds):  # too few of a class to fold
+        return full, full.apply(x)
     from sklearn.model_selection import StratifiedKFold
 
+    oof = np.empty(len(y))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        part = _fit_logistic(x[tr], y[tr], names)
-        oof[te] = [part.logit(dict(zip(names, row, strict=True))) for row in x[te]]
+        oof[te] = _fit_logistic(x[tr], y[tr], names).apply(x[te])
     return full, oof
