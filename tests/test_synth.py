@@ -302,3 +302,16 @@ def test_short_stack_still_covers_a_posterior_fossa_bleed() -> None:
     assert case.mask.any() and case.truth.volume_ml > 1.0
     k = np.flatnonzero(case.mask.any(axis=(1, 2)))
     assert k.min() > 0 and k.max() < case.truth.n_slices - 1  # the whole bleed is inside the stack
+
+
+def test_calcification_inside_an_intraventricular_cast_stays_visible() -> None:
+    # seed 2 / case 339: a primary intraventricular bleed whose cast covers a calcified choroid plexus.
+    # The mask leaves the calcification out, so the image must show calcium there, not blood
+    # (before, the cast was painted over it: a 54 HU "hole" in the mask that looked like blood).
+    case = generate_case(2, 339)
+    assert case.truth.location == "intraventricular"
+    assert any(c["kind"] == "choroid_plexus" for c in case.truth.calcifications)
+    mask = case.mask.astype(bool)
+    holes = np.stack([ndimage.binary_fill_holes(s) for s in mask]) & ~mask
+    assert holes.sum() > 50
+    assert float(np.median(case.hu[holes])) >= case.truth.hematoma_hu + 10.0

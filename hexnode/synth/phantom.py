@@ -365,6 +365,9 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
                     stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
+    # blood fills only the part of a voxel that calcium leaves free, so that a calcification inside
+    # a bleed (the choroid plexus in an intraventricular cast) stays visible where the mask leaves it out
+    calcium = _calcium(grid, head, w, thk)
     blobs = ([("main", hem.main)] if hem.parenchymal else []) + [
         (f"s{i}", s) for i, s in enumerate(hem.satellites)]
     # oedema first (outside the blood, brain parenchyma only)
@@ -397,7 +400,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         if not hem.ivh:
             allowed &= vent[win] < 0.5
         inside = (depth > 0) & allowed
-        frac = frac * ic[win] * allowed
+        frac = frac * ic[win] * allowed * (1.0 - calcium[win])
         val = np.full(u.shape, F32(hem.hem_hu), dtype=F32)
         hypo = np.zeros(u.shape, dtype=bool)
         if name == "main":
@@ -414,8 +417,17 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
             stats["islands"].add(name)
         mask[win] |= inside.astype(np.uint8)
     if hem.ivh:
-        _paint_ivh(img, mask, grid, hem, head, w, thk, stats, labels)
+        _paint_ivh(img, mask, grid, hem, head, w, thk, calcium, stats, labels)
     # calcifications are never blood
+    calcified = calcium > 0.2
+    mask[calcified] = 0
+    if labels is not None:
+        labels[calcified] = LABELS["other"]
+
+
+def _calcium(grid: Grid, head: Head, w: float, thk: float) -> np.ndarray:
+    """Partial-volume fraction of calcification in each pixel of one slice (0 where there is none)."""
+    out = np.zeros(grid.shape, dtype=F32)
     for c in head.calcs:
         e = c.ellipsoid
         if not e.touches(w, thk):
@@ -424,14 +436,12 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
         if win is None:
             continue
         u, v = grid.sub(win).coords()
-        cf = e.frac(u, v, w, thk, px)
-        mask[win][cf > 0.2] = 0
-        if labels is not None:
-            labels[win][cf > 0.2] = LABELS["other"]
+        out[win] = np.maximum(out[win], e.frac(u, v, w, thk, grid.px))
+    return out
 
 
 def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float, thk: float,
-               stats: dict[str, Any], labels: np.ndarray | None) -> None:
+               calcium: np.ndarray, stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
     if hem.parenchymal:  # extension into the ipsilateral lateral ventricle
         side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
@@ -444,7 +454,7 @@ def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, hea
         if win is None:
             continue
         u, v = grid.sub(win).coords()
-        fr = e.frac(u, v, w, thk, px) * ramp(v - F32(hem.ivh_level_v), 1.0)
+        fr = e.frac(u, v, w, thk, px) * ramp(v - F32(hem.ivh_level_v), 1.0) * (1.0 - calcium[win])
         lerp_into(img[win], F32(hem.ivh_hu), fr)
         inside = fr >= 0.5
         new = inside & (mask[win] == 0)
