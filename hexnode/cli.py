@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="models folder (default: the repository's models/)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object of the figures")
     p.add_argument("--plots", help="write ROC / reliability / contour PNGs here")
+    p.add_argument("--cases", metavar="CSV", help="write one row per case (IoU, volumes, scores) here")
     p.add_argument("--workers", type=int, default=2, help="processes (each runs the whole pipeline)")
 
     p = add("serve", _cmd_serve, "run the C-STORE SCP (receive + spool + index + series completion)")

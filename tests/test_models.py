@@ -175,7 +175,8 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
     assert a.mask.shape == c.hu.shape
     assert 0.0 <= a.prediction.probability <= 1.0
 
-    r = subprocess.run([*hexnode, "evaluate", "--data", str(data), "--models", str(out), "--json"],
+    r = subprocess.run([*hexnode, "evaluate", "--data", str(data), "--models", str(out), "--json",
+                        "--cases", str(tmp_path / "cases.csv")],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     obj = json.loads(r.stdout.strip().splitlines()[-1])
@@ -184,3 +185,8 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
               "sensitivity", "specificity"):
         assert k in obj
     assert 0.0 <= obj["iou_patient"] <= 1.0
+    from hexnode.models.evaluate import read_cases
+
+    rows = read_cases(tmp_path / "cases.csv")
+    assert sorted(r.case_id for r in rows) == sorted(read_labels(data))
+    assert np.mean([r.iou for r in rows]) == pytest.approx(obj["iou_patient"], abs=1e-4)

@@ -132,3 +132,27 @@ def test_marker_score_ablation_only_when_every_case_has_one():
     res = [replace(r, marker_logit=float(r.label + rng.normal(0, 0.5))) for r in res]
     s = summarise(res, threshold=0.5, reps=20)
     assert s["auc_markers"].value > 0.85
+
+
+def test_per_case_csv_round_trips_to_the_same_figures(tmp_path):
+    from dataclasses import replace
+
+    from hexnode.models.evaluate import read_cases, write_cases
+
+    rng = np.random.default_rng(7)
+    m = _blob()
+    res = []
+    for i in range(60):
+        pred = np.roll(m, int(rng.integers(0, 4)), axis=2)
+        if i == 3:
+            pred = np.zeros_like(m)  # a missed hemorrhage: no slice IoUs of its own but the truth's zeros
+        res.append(replace(_case(i, int(rng.random() < 0.4), float(rng.random()), m, pred,
+                                 None if i % 2 else float(rng.random())), marker_logit=float(rng.normal())))
+    path = tmp_path / "cases.csv"
+    write_cases(res, path)
+    back = read_cases(path)
+    assert [(r.case_id, r.label, r.probability, r.iou, r.slice_ious, r.he_probability, r.marker_logit) for r in back] == \
+           [(r.case_id, r.label, r.probability, r.iou, r.slice_ious, r.he_probability, r.marker_logit) for r in res]
+    a, b = summarise(res, threshold=0.4, reps=30), summarise(back, threshold=0.4, reps=30)
+    for k in ("iou_slice", "iou_patient", "auc", "ece", "sensitivity"):
+        assert a[k].value == b[k].value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import multiprocessing as mp
@@ -188,6 +189,36 @@ def json_line(s: dict[str, Any]) -> str:
     return json.dumps(obj)
 
 
+CASE_COLUMNS = ("case_id", "label", "he_probability", "probability", "radiomics_raw", "cnn_logit", "marker_logit",
+                "volume_true", "volume_pred", "iou", "dice", "slice_ious", "hard", "seconds")
+
+
+def write_cases(results: list[CaseResult], path: Path) -> None:
+    """One CSV row per case, so a site can see which cases failed and figures can be recomputed
+    on any subset (`read_cases` + `summarise`) without running the models again."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CASE_COLUMNS)
+        for r in results:
+            w.writerow([r.case_id, r.label, "" if r.he_probability is None else repr(r.he_probability),
+                        repr(r.probability), repr(r.radiomics_raw), repr(r.cnn_logit), repr(r.marker_logit),
+                        repr(r.volume_true), repr(r.volume_pred), repr(r.iou), repr(r.dice),
+                        " ".join(repr(v) for v in r.slice_ious), int(r.hard), f"{r.seconds:.3f}"])
+
+
+def read_cases(path: Path) -> list[CaseResult]:
+    out = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            out.append(CaseResult(
+                row["case_id"], int(row["label"]), float(row["he_probability"]) if row["he_probability"] else None,
+                float(row["probability"]), float(row["radiomics_raw"]), float(row["cnn_logit"]),
+                float(row["volume_true"]), float(row["volume_pred"]), float(row["iou"]), float(row["dice"]),
+                [float(v) for v in row["slice_ious"].split()], bool(int(row["hard"])), float(row["seconds"]),
+                None, float(row["marker_logit"])))
+    return out
+
+
 def write_plots(results: list[CaseResult], s: dict[str, Any], outdir: Path, tag: str = "") -> None:
     from hexnode.models import plots
 
@@ -242,6 +273,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         write_plots(results, s, Path(args.plots), "_hard" if args.hard else "")
         print(f"plots written to {args.plots}")
+    if getattr(args, "cases", None):
+        write_cases(results, Path(args.cases))
+        print(f"per-case results written to {args.cases}")
     if args.json:
         print(json_line(s))
     return 0
