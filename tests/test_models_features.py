@@ -98,3 +98,24 @@ def test_out_of_fold_booster_scores():
     assert oof is not None and oof.shape == (200,)
     assert auc(y, oof) > 0.75  # every row scored by a booster that never saw it, still informative
     assert out_of_fold_raw(x[:8], np.array([0, 0, 0, 0, 0, 1, 1, 1]), ["a", "b"], 10) is None  # 3 positives < 5 folds
+
+
+def test_post_processing_drops_small_blobs_far_from_the_hematoma_only():
+    from hexnode.models.segment import PostProcessing, clean_mask
+
+    shape, sp = (30, 200, 200), (0.5, 0.5, 1.0)
+    voxel_ml = 0.5 * 0.5 * 1.0 / 1000
+    main = _ellipsoid(shape, (15, 100, 60), (10, 10, 8), sp)
+    satellite = _ellipsoid(shape, (15, 100, 60 + 32), (2.5, 2.5, 2.5), sp)  # a 3.5 mm gap to the main blob
+    far_small = np.zeros(shape, bool)
+    far_small[15, 30:40, 160:170] = True  # a one-slice blob 50 mm away, 0.025 ml
+    far_large = _ellipsoid(shape, (15, 170, 170), (5, 5, 5), sp)  # ~0.5 ml, as far
+    assert satellite.sum() * voxel_ml < 0.2 and far_small.sum() * voxel_ml < 0.2 < far_large.sum() * voxel_ml
+
+    def run(pp):
+        out = clean_mask(main | satellite | far_small | far_large, sp, pp).astype(bool)
+        return [bool(out[m].all()) for m in (main, satellite, far_small, far_large)]
+
+    assert run(PostProcessing()) == [True, True, False, True]
+    assert run(PostProcessing(remote_min_ml=0.0)) == [True, True, True, True]  # model sets from before the rule
+    assert run(PostProcessing(remote_reach_mm=3.0)) == [True, False, False, True]  # the reach is in mm

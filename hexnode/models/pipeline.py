@@ -83,6 +83,8 @@ class Models:
             threshold=float(pp["threshold"]),
             min_component_ml=float(pp["min_component_ml"]),
             fill_holes=bool(pp["fill_holes"]),
+            remote_min_ml=float(pp.get("remote_min_ml", 0.0)),  # absent: a model set from before the rule
+            remote_reach_mm=float(pp.get("remote_reach_mm", PostProcessing.remote_reach_mm)),
         )
         self.info = ModelInfo(
             name=manifest.name,
@@ -106,7 +108,7 @@ class Models:
         mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
         if max_raw_ml is not None:
             # Labelling the components of a whole-head mask costs GBs; post-processing only removes
-            # islands smaller than min_component_ml, so it cannot rescue a mask this large.
+            # small islands (PostProcessing), so it cannot rescue a mask this large.
             raw = volume_ml(mask, spacing)
             if raw > max_raw_ml:
                 raise ImplausibleSegmentation(raw, self.max_plausible_ml)
