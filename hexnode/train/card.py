@@ -26,6 +26,10 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
     files = m["files"]
     size = sum(int(e.get("bytes", 0)) for e in files.values())
     quick = m.get("quick", False)
+    pp = m["preprocessing"]["postprocessing"]
+    remote = (f", and those < {pp['remote_min_ml']:g} ml more than {pp['remote_reach_mm']:g} mm from the largest "
+              "component (stray blobs at the skull base; satellites next to the bleed stay)"
+              if pp.get("remote_min_ml") else "")
     lines = [
         f"# hexnode-he model card — version `{m['version']}`",
         "",
@@ -42,7 +46,7 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "blood (50–100 HU: skull base, facial soft tissue, falx, sinuses; blood-free slices are also drawn in "
         "proportion to such tissue), 20 % anywhere — with rotation/scale/flip/HU gain/"
         "offset/blur/correlated-noise augmentation; threshold 0.5, per-slice hole filling, 3D components "
-        f"< {m['preprocessing']['postprocessing']['min_component_ml']} ml removed. `seg.onnx`, opset 17, dynamic batch; "
+        f"< {pp['min_component_ml']} ml removed{remote}. `seg.onnx`, opset 17, dynamic batch; "
         f"max |ORT − torch| = {files['seg.onnx']['max_abs_diff_vs_torch']:.2g}.",
         "- CNN features: small CNN on hematoma-centred crops (slice of largest area ± 1, 0–100 HU, + mask; "
         "square 1.6 × extent + 10 mm so the perihematomal tissue is seen), trained on the HE label; 16-d "
