@@ -72,7 +72,7 @@ def test_marker_score_fits_a_logistic_truth_and_round_trips(tmp_path):
     from hexnode.models.metrics import auc
 
     assert auc(y, oof) > 0.75  # out-of-fold: close to the truth's own AUC
-    assert auc(y, oof) < auc(y, score.logits([dict(zip(names, r, strict=True)) for r in x])) + 0.02
+    assert auc(y, oof) < auc(y, score.apply(x)) + 0.02
     z = np.array(score.coef)
     assert z[0] > 0.5 and z[1] < -0.3 and abs(z[2]) < 0.3
     path = tmp_path / "markers.json"

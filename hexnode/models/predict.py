@@ -4,7 +4,7 @@ then the calibration stored in the manifest."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,6 @@ class MarkerScore:
 
     def logit(self, row: Mapping[str, float]) -> float:
         return float(self.apply(np.array([[row.get(n, np.nan) for n in self.features]], np.float64))[0])
-
-    def logits(self, rows: Sequence[Mapping[str, float]]) -> NDArray[np.float64]:
-        return np.array([self.logit(r) for r in rows], np.float64)
 
     def to_json(self) -> str:
         return json.dumps({"model": "logistic", "features": list(self.features), "median": list(self.median),
