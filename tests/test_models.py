@@ -157,7 +157,8 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
     assert first.mask.any() and first.hu[first.mask > 0].mean() > 40  # mask lies on the blood
     out = tmp_path / "models"
     hexnode = [sys.executable, "-m", "hexnode.cli"]
-    r = subprocess.run([*hexnode, "train", "--quick", "--data", str(data), "--out", str(out)],
+    work = tmp_path / "work"
+    r = subprocess.run([*hexnode, "train", "--quick", "--data", str(data), "--out", str(out), "--workdir", str(work)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "seg.onnx max |onnxruntime - torch|" in r.stdout
@@ -190,3 +191,23 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
     rows = read_cases(tmp_path / "cases.csv")
     assert sorted(r.case_id for r in rows) == sorted(read_labels(data))
     assert np.mean([r.iou for r in rows]) == pytest.approx(obj["iou_patient"], abs=1e-4)
+
+    # Calibration and thresholds are fitted on the training side's features; they only hold at
+    # inference if the node computes the same probability for the same case
+    import pickle
+
+    from hexnode.models.predict import Booster, Calibration, MarkerScore
+
+    with open(work / "features.pkl", "rb") as fh:
+        state = pickle.load(fh)
+    booster, markers = Booster(out / "lgbm.txt"), MarkerScore.load(out / "markers.json")
+    cal = Calibration(manifest["calibration"]["a"], manifest["calibration"]["b"])
+    inferred = {r.case_id: r.probability for r in rows}
+    compared = 0
+    for rec in state["fus"] + state["val"] + state["test"]:
+        if rec.feats.get("volume_ml", 0.0) <= 0:
+            continue
+        feats = dict(rec.feats, marker_logit=markers.logit(rec.feats))
+        assert float(cal.apply(booster.raw([feats]))[0]) == pytest.approx(inferred[rec.case_id], abs=1e-6), rec.case_id
+        compared += 1
+    assert compared >= 3
