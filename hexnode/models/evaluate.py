@@ -81,9 +81,10 @@ def evaluate_case(models: Any, case_id: str, hu: NDArray[Any], gt: NDArray[Any],
     else:  # "no hemorrhage detected": the lowest score for every model
         prob, rad, cnn, mark = 0.0, -1e9, -1e9, -1e9
     return CaseResult(
-        case_id, int(label), he_probability, prob, rad, cnn, volume_ml(gt, spacing), volume_ml(pred, spacing),
-        M.iou(gt, pred), M.dice(gt, pred), M.slice_ious(gt, pred), hard, time.perf_counter() - t,
-        _snapshot(np.asarray(hu), np.asarray(gt), pred), mark,
+        case_id=case_id, label=int(label), he_probability=he_probability, probability=prob, radiomics_raw=rad,
+        cnn_logit=cnn, volume_true=volume_ml(gt, spacing), volume_pred=volume_ml(pred, spacing),
+        iou=M.iou(gt, pred), dice=M.dice(gt, pred), slice_ious=M.slice_ious(gt, pred), hard=hard,
+        seconds=time.perf_counter() - t, snapshot=_snapshot(np.asarray(hu), np.asarray(gt), pred), marker_logit=mark,
     )
 
 
@@ -210,12 +211,15 @@ def read_cases(path: Path) -> list[CaseResult]:
     out = []
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
+            # by keyword: a column added to CaseResult must not shift every later one silently
             out.append(CaseResult(
-                row["case_id"], int(row["label"]), float(row["he_probability"]) if row["he_probability"] else None,
-                float(row["probability"]), float(row["radiomics_raw"]), float(row["cnn_logit"]),
-                float(row["volume_true"]), float(row["volume_pred"]), float(row["iou"]), float(row["dice"]),
-                [float(v) for v in row["slice_ious"].split()], bool(int(row["hard"])), float(row["seconds"]),
-                None, float(row["marker_logit"])))
+                case_id=row["case_id"], label=int(row["label"]),
+                he_probability=float(row["he_probability"]) if row["he_probability"] else None,
+                probability=float(row["probability"]), radiomics_raw=float(row["radiomics_raw"]),
+                cnn_logit=float(row["cnn_logit"]), volume_true=float(row["volume_true"]),
+                volume_pred=float(row["volume_pred"]), iou=float(row["iou"]), dice=float(row["dice"]),
+                slice_ious=[float(v) for v in row["slice_ious"].split()], hard=bool(int(row["hard"])),
+                seconds=float(row["seconds"]), marker_logit=float(row["marker_logit"])))
     return out
 
 
