@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def test_demo_stopped_by_a_signal_stops_orthanc_and_hexnode(tmp_path, sig):
         text = "".join(out)
         assert "press Ctrl-C to stop" in text, text[-3000:]
         assert "hematoma volume:" in text and "risk:" in text
+        spans = re.findall(r"^ {2,}(\S.*?)\s+(-?\d+\.\d+) s$", text, re.M)
+        assert any(name.startswith("queue wait") for name, _ in spans), text[-3000:]
+        assert all(float(v) >= 0 for _, v in spans), spans  # a negative span means clocks read out of order
         children = [pid for pid in _pids(work) if pid != proc.pid]
         assert len(children) >= 4, "the demo's Orthanc, serve, worker and send should be running"
         # a terminal's Ctrl-C reaches the demo's whole process group; the children must not get it, or
