@@ -150,7 +150,7 @@ def reopen_series(s: Session, series: Series, detail: str) -> None:
 def claim_job(
     s: Session, owner: str, lease_seconds: float, *, max_attempts: int, now: datetime | None = None
 ) -> Job | None:
-    reclaim_expired(s, max_attempts=max_attempts, now=now or utcnow())
+    reclaim_expired(s, max_attempts=max_attempts, now=now)
     q = select(Job).where(Job.state == "queued").order_by(Job.id).limit(1)
     if s.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
