@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from hexnode.analysis import ModelInfo, Prediction
 from hexnode.models import features as F
+from hexnode.models.brain import Cavity, coverage_problem, gate_mask, intracranial
 from hexnode.models.predict import Booster, Calibration, MarkerScore
 from hexnode.models.registry import (
     Manifest,
@@ -30,7 +31,8 @@ from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, vol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Analysis", "ImplausibleSegmentation", "Models", "ModelIntegrityError", "Scores"]
+__all__ = ["Analysis", "ImplausibleSegmentation", "IncompleteCoverage", "Models", "ModelIntegrityError",
+           "NotAnalysable", "Scores"]
 
 # The largest spontaneous hemorrhages reported are about 200-300 ml; far more than that means the
 # segmentation failed (e.g. a scanner or reconstruction the model never saw), and running the
@@ -38,13 +40,27 @@ __all__ = ["Analysis", "ImplausibleSegmentation", "Models", "ModelIntegrityError
 MAX_PLAUSIBLE_ML = 500.0
 
 
-class ImplausibleSegmentation(ValueError):
+class NotAnalysable(ValueError):
+    """The model stage found the series unfit for any statement; `reason` is for the report.
+
+    Deterministic for a series and a model set: a retry would give the same answer."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ImplausibleSegmentation(NotAnalysable):
     """The segmentation marked more than `Models.max_plausible_ml` as hemorrhage: not analysed."""
 
     def __init__(self, volume: float, limit: float) -> None:
-        self.reason = (f"segmentation implausible: {volume:.0f} ml marked as hemorrhage "
-                       f"(more than {limit:.0f} ml); not analysed")
-        super().__init__(self.reason)
+        super().__init__(f"segmentation implausible: {volume:.0f} ml marked as hemorrhage "
+                         f"(more than {limit:.0f} ml); not analysed")
+
+
+class IncompleteCoverage(NotAnalysable):
+    """The series does not cover the brain (vertex to posterior fossa): no statement about it,
+    least of all "no hemorrhage"."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,9 @@ class Models:
 
     # -- stages -------------------------------------------------------------------------------
     def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], *,
-                max_raw_ml: float | None = None) -> NDArray[np.uint8]:
+                max_raw_ml: float | None = None, cavity: Cavity | None = None) -> NDArray[np.uint8]:
+        """The hematoma mask: U-Net, then the intracranial gate (`cavity`, computed when not
+        given), then the post-processing."""
         # thresholded batch by batch: no float32 probability volume next to the HU volume
         mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
         if max_raw_ml is not None:
@@ -112,6 +130,9 @@ class Models:
             raw = volume_ml(mask, spacing)
             if raw > max_raw_ml:
                 raise ImplausibleSegmentation(raw, self.max_plausible_ml)
+        if cavity is None:
+            cavity = intracranial(hu, spacing)
+        gate_mask(mask, cavity)
         return clean_mask(mask, spacing, self.post)
 
     def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:
@@ -122,13 +143,19 @@ class Models:
         return out
 
     def features(
-        self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float], timings: dict[str, float]
+        self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float], timings: dict[str, float],
+        extents: Sequence[float] | None = None,
     ) -> dict[str, float]:
         t = time.perf_counter()
         feats = dict(self.radiomics.extract(hu, mask, spacing))
         timings["radiomics"] = time.perf_counter() - t
         t = time.perf_counter()
         feats.update(F.context_features(hu, mask, spacing))
+        if extents is not None:
+            # mixed slice thickness: texture and shape on the stacked slices with the mean spacing,
+            # but the volume exact, slice by slice
+            vol = volume_ml(mask, spacing, extents)
+            feats["volume_ml"], feats["log_volume"] = vol, float(np.log(max(vol, 1e-3)))
         if self.markers is not None:
             feats["marker_logit"] = self.markers.logit(feats)
         feats.update(self.cnn_outputs(hu, mask, spacing))
@@ -147,20 +174,31 @@ class Models:
 
     # -- the worker's entry point ---------------------------------------------------------------
     def analyse(
-        self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = ()
+        self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
+        extents: Sequence[float] | None = None, head_up: bool = True,
     ) -> Analysis:
+        """`extents`: each slice's extent along the normal when the slice thickness is mixed;
+        `head_up`: slice index grows towards the vertex. Raises `NotAnalysable` (incomplete
+        coverage, implausible segmentation)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml)
-        timings["segmentation"] = time.perf_counter() - t0
+        cavity = intracranial(hu, spacing, head_up=head_up, extents=extents)
+        timings["cavity"] = time.perf_counter() - t0
+        problem = coverage_problem(cavity, head_up=head_up)
+        if problem is not None:
+            raise IncompleteCoverage(problem)
+        t = time.perf_counter()
+        mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml, cavity=cavity)
+        del cavity
+        timings["segmentation"] = time.perf_counter() - t
         if not mask.any():
             pred = Prediction(0.0, 0.0, self.info, hemorrhage_detected=False, notes=tuple(notes))
             timings["total"] = time.perf_counter() - t0
             return Analysis(mask, pred, timings)
-        volume = volume_ml(mask, spacing)
+        volume = volume_ml(mask, spacing, extents)
         if volume > self.max_plausible_ml:
             raise ImplausibleSegmentation(volume, self.max_plausible_ml)
-        feats = self.features(hu, mask, spacing, timings)
+        feats = self.features(hu, mask, spacing, timings, extents)
         t = time.perf_counter()
         prob = float(self.calibration.apply(self.fused.raw([feats]))[0])
         timings["fusion"] = time.perf_counter() - t

@@ -14,6 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from hexnode.models.brain import Cavity, gate_mask
+
 # (low, high) HU per input channel. Channel 0 is the seed's 0-100 HU brain window. Channel 1
 # keeps calcifications (100-400 HU) apart from blood (50-90 HU), which channel 0 saturates
 # together; channel 2 shows bone and air, so the skull rim and the skull base have context.
@@ -103,9 +105,14 @@ def predict_mask(
     return out
 
 
-def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostProcessing) -> NDArray[np.uint8]:
-    """Threshold, then keep the 3D connected components (26-neighbourhood) of at least `min_component_ml`."""
-    return clean_mask(prob >= pp.threshold, spacing, pp)
+def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostProcessing,
+                cavity: Cavity | None = None) -> NDArray[np.uint8]:
+    """Threshold, gate by the intracranial `cavity` (when given), then keep the 3D connected
+    components (26-neighbourhood) of at least `min_component_ml`."""
+    mask = prob >= pp.threshold
+    if cavity is not None:
+        gate_mask(mask, cavity)
+    return clean_mask(mask, spacing, pp)
 
 
 def clean_mask(mask: NDArray[np.bool_], spacing: Sequence[float], pp: PostProcessing) -> NDArray[np.uint8]:
@@ -167,6 +174,11 @@ def _near_largest(labels: NDArray[np.int32], sizes: NDArray[np.int64], spacing: 
     return near
 
 
-def volume_ml(mask: NDArray[np.generic], spacing: Sequence[float]) -> float:
-    """Volume from the slice geometry: pixel area x spacing along the slice normal."""
-    return float(np.count_nonzero(mask)) * float(spacing[0]) * float(spacing[1]) * float(spacing[2]) / 1000.0
+def volume_ml(mask: NDArray[np.generic], spacing: Sequence[float], extents: Sequence[float] | None = None) -> float:
+    """Volume from the slice geometry: pixel area x each slice's extent along the slice normal
+    (`extents`, one per slice, for a series of mixed slice thickness; else the spacing)."""
+    area_ml = float(spacing[0]) * float(spacing[1]) / 1000.0
+    if extents is None:
+        return float(np.count_nonzero(mask)) * area_ml * float(spacing[2])
+    per_slice = np.count_nonzero(np.asarray(mask).reshape(len(extents), -1), axis=1)
+    return float(np.dot(per_slice, np.asarray(extents, np.float64))) * area_ml

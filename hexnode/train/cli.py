@@ -30,7 +30,9 @@ import numpy as np
 
 from hexnode.models import features as F
 from hexnode.models import metrics as M
+from hexnode.models.brain import intracranial
 from hexnode.models.segment import PostProcessing, postprocess, predict_probability
+from hexnode.runtime import setup_logging
 from hexnode.train.data import TrainCase, read_labels, site_case, synth_case
 
 log = logging.getLogger("hexnode.train")
@@ -42,6 +44,11 @@ POST = PostProcessing()
 # blend caps 0.27 -> 0.33 and of swirl foci 0.63 -> 0.70, dense blood 0.97 both, IoU 0.808 / 0.806.
 HYPO_WEIGHT = 8.0
 HYPO_SHARE = 0.45
+# --quick trains by steps, not seconds, so its models (and the tests on them) do not depend on how
+# loaded the machine is: with 40 s the step count varied with the load, and some runs left too few
+# cases with a predicted mask to fit the fusion ("no usable feature", issue 17).
+QUICK_SEG_STEPS = 160
+QUICK_CNN_STEPS = 60
 
 
 @dataclass
@@ -54,6 +61,8 @@ class Plan:
     seg_hypo_share: float  # share of training crops centred on hypodense blood
     k_features: int
     workers: int
+    seg_steps: int = 0  # > 0: a step budget instead of seconds (--quick: the same model on any machine)
+    cnn_steps: int = 0
 
 
 @dataclass
@@ -114,7 +123,7 @@ def _stage2(rec: Record) -> Record:
     with np.load(path) as z:
         hu, gt, spacing = z["hu"].astype(np.float32), z["mask"], tuple(float(s) for s in z["spacing"])
     path.unlink()
-    pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST)
+    pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST, intracranial(hu, spacing))
     rec.seg = {
         "iou": M.iou(gt, pred), "dice": M.dice(gt, pred), "slice_ious": M.slice_ious(gt, pred),
         "vol_true": rec.volume_ml, "vol_pred": float(pred.sum()) * float(np.prod(spacing)) / 1000.0,
@@ -172,7 +181,7 @@ def _matrix(recs: list[Record], names: list[str]) -> np.ndarray:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     import torch
 
     from hexnode.train import cnn_train, seg_train
@@ -188,6 +197,8 @@ def run_train(args: argparse.Namespace) -> int:
         quick=quick,
         seg_seconds=float(getattr(args, "seg_seconds", 0) or (40 if quick else 900)),
         cnn_seconds=float(getattr(args, "cnn_seconds", 0) or (8 if quick else 150)),
+        seg_steps=QUICK_SEG_STEPS if quick and not getattr(args, "seg_seconds", 0) else 0,
+        cnn_steps=QUICK_CNN_STEPS if quick and not getattr(args, "cnn_seconds", 0) else 0,
         width=8,  # 12 segments marginally better but costs 2.6x at inference on CPU (bench/models.py)
         seg_hypo_weight=HYPO_WEIGHT,
         seg_hypo_share=HYPO_SHARE,
@@ -218,7 +229,7 @@ def run_train(args: argparse.Namespace) -> int:
             bank.mask.extend(r.slices[1])
             r.slices = None
     log.info("segmentation: %d slices", len(bank))
-    seg = seg_train.train_seg(bank, seconds=plan.seg_seconds, width=plan.width, seed=args.seed,
+    seg = seg_train.train_seg(bank, seconds=plan.seg_seconds, steps=plan.seg_steps, width=plan.width, seed=args.seed,
                               hypo_weight=plan.seg_hypo_weight, hypo_share=plan.seg_hypo_share)
     sample = np.stack([bank.hu[i] for i in range(min(4, len(bank)))])
     seg_diff = seg_train.export_seg(seg, out / "seg.onnx", sample)
@@ -229,7 +240,7 @@ def run_train(args: argparse.Namespace) -> int:
     cnn_recs = [r for r in recs if r.split == "segcnn" and r.crop is not None]
     xc = np.concatenate([r.crop for r in cnn_recs])
     yc = np.array([r.label for r in cnn_recs])
-    cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, seed=args.seed)
+    cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, steps=plan.cnn_steps, seed=args.seed)
     cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
     print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
     # --- full pipeline (predicted masks) on fusion, val and test -----------------------------------
