@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=20000, help="draws for --bayes-auc")
     p.add_argument("--transfer-syntax", default="explicit", help="explicit | implicit")
     p.add_argument("--tilt", type=float, default=0.0, help="gantry tilt in degrees (15-25 is routine)")
+    p.add_argument("--normal", action="store_true", help="heads without any blood (false-positive checks)")
+    p.add_argument("--mixed", metavar="RUNS",
+                   help="mixed slice thickness in one series, runs bottom up, e.g. 4x14,7x14 (GE head protocol)")
 
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
@@ -174,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    # before any command imports a DICOM library: no warning may print a patient's name
+    from hexnode.runtime import route_warnings
+
+    route_warnings()
     return int(args.handler(args) or 0)
 
 

@@ -58,6 +58,13 @@ class Volume:
     normal: tuple[float, float, float] = (0.0, 0.0, 1.0)
     # Enhanced CT only: the source frame number (1-based) of each z slice, for the SEG references.
     frames: list[int] | None = None
+    # Mixed slice thickness only: each slice's extent along the normal (mm), for the volume.
+    extents: tuple[float, ...] | None = None
+
+    @property
+    def head_up(self) -> bool:
+        """Slice index grows towards the vertex (the normal points to the patient's head, +z in LPS)."""
+        return self.normal[2] >= 0.0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -137,8 +144,68 @@ def _orientation(iop: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, n
     return row, col, normal / norm
 
 
-def _sort_and_check(geom: _Geometry, uids: Sequence[str]) -> tuple[np.ndarray, float, float, list[str]]:
-    """Order along the normal; reject duplicates and gaps; return (order, dz, tilt_deg, notes)."""
+@dataclass(frozen=True)
+class _Stack:
+    order: np.ndarray  # indices of the given slices in z order
+    dz: float  # the spacing of the volume (the mean extent when the thickness is mixed)
+    extents: tuple[float, ...] | None  # each slice's extent along the normal; None: all dz
+    tilt: float
+    notes: list[str]
+
+
+# A mixed series is read in runs of constant spacing; a run needs this many steps, shorter
+# stretches are the steps between runs (or gaps).
+MIN_RUN_STEPS = 3
+MAX_RUNS = 6
+
+
+def _runs(steps: np.ndarray) -> list[tuple[int, int, float]]:
+    """(first step, end step, spacing) of each stretch of constant spacing, in order."""
+    out: list[tuple[int, int, float]] = []
+    i = 0
+    while i < len(steps):
+        j = i + 1
+        while j < len(steps) and abs(steps[j] - np.median(steps[i:j])) <= SPACING_TOLERANCE * np.median(steps[i:j]):
+            j += 1
+        out.append((i, j, float(np.median(steps[i:j]))))
+        i = j
+    return out
+
+
+def _check_steps(steps: np.ndarray) -> tuple[float, ...] | None:
+    """Reject gaps and irregular spacing; accept runs of constant spacing (GE 4 + 7 mm head
+    protocols, 2.5 + 5 mm, several ranges). Returns each slice's extent along the normal for a
+    mixed series (half the step to each neighbour), None for one constant spacing."""
+    runs = _runs(steps)
+    if len(runs) == 1:
+        return None
+    # a short series judged against its longest stretch
+    long = [r for r in runs if r[1] - r[0] >= MIN_RUN_STEPS] or [max(runs, key=lambda r: r[1] - r[0])]
+    missing, worst, expected = 0, 0.0, 0.0
+    for k, step in enumerate(steps):
+        if any(a <= k < b for a, b, _ in long):
+            continue
+        before = [r[2] for r in long if r[1] <= k]
+        after = [r[2] for r in long if r[0] > k]
+        near = ([before[-1]] if before else []) + ([after[0]] if after else [])
+        lo, hi = min(near), max(near)
+        if step > GAP_FACTOR * hi:
+            missing += int(round(step / hi)) - 1
+            if step > worst:
+                worst, expected = float(step), hi
+        elif not (lo * (1 - SPACING_TOLERANCE) <= step <= hi * (1 + SPACING_TOLERANCE)):
+            raise VolumeError(f"inconsistent slice spacing ({steps.min():.2f}-{steps.max():.2f} mm)")
+    if missing:
+        raise VolumeError(f"gap in slice positions: about {missing} missing slices "
+                          f"(step {worst:.2f} mm, expected {expected:.2f} mm)")
+    if len(long) > MAX_RUNS:
+        raise VolumeError(f"inconsistent slice spacing ({len(long)} different spacings)")
+    padded = np.concatenate([[steps[0]], steps, [steps[-1]]])
+    return tuple(float(v) for v in (padded[:-1] + padded[1:]) / 2.0)
+
+
+def _sort_and_check(geom: _Geometry, uids: Sequence[str]) -> _Stack:
+    """Order along the normal; reject duplicates and gaps; accept runs of mixed spacing."""
     n = len(geom.positions)
     if n < MIN_SLICES:
         raise VolumeError(f"{n} slice: not a volume")
@@ -154,12 +221,8 @@ def _sort_and_check(geom: _Geometry, uids: Sequence[str]) -> tuple[np.ndarray, f
         # two reconstructions or acquisitions mixed in one series. Either choice could be wrong.
         del uids  # the reason must not carry identifiers
         raise VolumeError(f"duplicate slice positions with different SOP Instance UIDs ({dup} positions)")
-    dz = float(np.median(steps))
-    if steps.max() > GAP_FACTOR * dz:
-        missing = int(round(float(np.sum(np.round(steps / dz) - 1))))
-        raise VolumeError(f"gap in slice positions: about {missing} missing slices (step {steps.max():.2f} mm, expected {dz:.2f} mm)")
-    if steps.max() - steps.min() > SPACING_TOLERANCE * dz:
-        raise VolumeError(f"inconsistent slice spacing ({steps.min():.2f}-{steps.max():.2f} mm)")
+    extents = _check_steps(steps)
+    dz = float(np.median(steps)) if extents is None else float(np.mean(extents))
     notes: list[str] = []
     # Gantry tilt: slices stacked along the table while the image plane leans, so the stack
     # direction is sheared against the normal. The volume uses the spacing along the normal.
@@ -168,10 +231,21 @@ def _sort_and_check(geom: _Geometry, uids: Sequence[str]) -> tuple[np.ndarray, f
     plane = math.degrees(math.acos(min(1.0, abs(float(geom.normal[2])))))
     tilt = round(max(shear, plane), 1)
     if tilt >= TILT_NOTE_DEG:
-        notes.append(f"gantry tilt {tilt:.1f} degrees: analysed on the tilted slices, volume from the spacing along the slice normal ({dz:.2f} mm)")
+        along = f"{dz:.2f} mm" if extents is None else "each slice's own extent"
+        notes.append(f"gantry tilt {tilt:.1f} degrees: analysed on the tilted slices, volume from the spacing along the slice normal ({along})")
     else:
         tilt = 0.0
-    return order, dz, tilt, notes
+    return _Stack(order, dz, extents, tilt, notes)
+
+
+def thickness_note(thicknesses: Sequence[float]) -> str:
+    """"slice thickness 4 mm (14 slices) and 7 mm (14 slices)", in z order of first appearance."""
+    counts: dict[float, int] = {}
+    for t in thicknesses:
+        key = round(float(t), 2)
+        counts[key] = counts.get(key, 0) + 1
+    parts = [f"{t:g} mm ({c} slices)" for t, c in counts.items()]
+    return "slice thickness " + (" and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
 def _to_hu(raw: np.ndarray, slope: float, intercept: float, padding: float | None, out: np.ndarray) -> None:
@@ -236,7 +310,10 @@ def _load_single_frames(headers: list[tuple[Path, Dataset]]) -> Volume:
         raise VolumeError("non-positive Pixel Spacing")
     positions = np.stack([_vec(ds.get("ImagePositionPatient"), 3, "Image Position (Patient)") for _, ds in headers])
     geom = _Geometry(row, col, normal, positions, (dy, dx))
-    order, dz, tilt, notes = _sort_and_check(geom, [str(ds.get("SOPInstanceUID", "")) for _, ds in headers])
+    st = _sort_and_check(geom, [str(ds.get("SOPInstanceUID", "")) for _, ds in headers])
+    order, dz, tilt, notes = st.order, st.dz, st.tilt, st.notes
+    if st.extents is not None:
+        notes.append(thickness_note([_thickness(headers[int(i)][1], e) for i, e in zip(order, st.extents, strict=True)]))
     if rows != cols:
         notes.append(f"non-square matrix {rows}x{cols}")
     hu = np.empty((n, rows, cols), dtype=np.float32)
@@ -254,7 +331,17 @@ def _load_single_frames(headers: list[tuple[Path, Dataset]]) -> Volume:
         sorted_headers.append(header)
         sorted_paths.append(path)
     return Volume(hu=hu, spacing=(dx, dy, dz), headers=sorted_headers, tilt_deg=tilt,
-                  notes=tuple(notes), paths=sorted_paths, normal=tuple(float(v) for v in normal))  # type: ignore[arg-type]
+                  notes=tuple(notes), paths=sorted_paths, normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
+                  extents=st.extents)
+
+
+def _thickness(ds: Dataset, extent: float) -> float:
+    """The slice's nominal thickness; its extent along the normal when the header has none."""
+    try:
+        value = float(ds.get("SliceThickness") or 0)
+    except (TypeError, ValueError):
+        value = 0.0
+    return value if value > 0 else extent
 
 
 def _frame_item(ds: Dataset, i: int, seq: str) -> Dataset | None:
@@ -299,7 +386,10 @@ def _load_multiframe(path: Path) -> Volume:
     row, col, normal = _orientation(list(orients[0]))
     dy, dx = spacings[0]
     geom = _Geometry(row, col, normal, np.stack(positions), (dy, dx))
-    order, dz, tilt, notes = _sort_and_check(geom, [])
+    st = _sort_and_check(geom, [])
+    order, dz, tilt, notes = st.order, st.dz, st.tilt, st.notes
+    if st.extents is not None:
+        notes.append(thickness_note(st.extents))
     notes.append(f"Enhanced CT multi-frame image ({n} frames)")
     raw = _decode(full)
     if raw.ndim == 2:
@@ -313,5 +403,5 @@ def _load_multiframe(path: Path) -> Volume:
     del full.PixelData
     return Volume(hu=hu, spacing=(dx, dy, dz), headers=[full], tilt_deg=tilt, notes=tuple(notes),
                   paths=[path], normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
-                  frames=[int(i) + 1 for i in order])
+                  frames=[int(i) + 1 for i in order], extents=st.extents)
 

@@ -13,6 +13,23 @@ from hexnode.synth import hemodel
 log = logging.getLogger("hexnode.synth")
 
 
+def parse_runs(text: str | None) -> tuple[tuple[float, int], ...] | None:
+    """'4x14,7x14' -> ((4.0, 14), (7.0, 14)): runs of (thickness mm, slices), bottom first."""
+    if not text:
+        return None
+    runs = []
+    for part in text.split(","):
+        thk, sep, count = part.strip().partition("x")
+        try:
+            t, c = float(thk), int(count)
+        except ValueError:
+            raise ValueError(f"--mixed {text!r}: expected runs like 4x14,7x14 (thickness mm x slices)") from None
+        if not sep or t <= 0 or c < 1:
+            raise ValueError(f"--mixed {text!r}: expected runs like 4x14,7x14 (thickness mm x slices)")
+        runs.append((t, c))
+    return tuple(runs)
+
+
 def run_synth(args: argparse.Namespace) -> int:
     if getattr(args, "bayes_auc", False):
         draws = int(getattr(args, "draws", 20000))
@@ -35,16 +52,23 @@ def run_synth(args: argparse.Namespace) -> int:
     if ts not in ("explicit", "implicit"):
         print(f"hexnode synth: unknown --transfer-syntax {ts!r} (explicit | implicit)")
         return 2
+    try:
+        mixed = parse_runs(getattr(args, "mixed", None))
+    except ValueError as exc:
+        print(f"hexnode synth: {exc}")
+        return 2
     for i in range(int(args.n)):
         t0 = time.perf_counter()
-        case = generate_case(int(args.seed), i, thin=bool(args.thin), hard=bool(args.hard), tilt_deg=tilt)
+        case = generate_case(int(args.seed), i, thin=bool(args.thin), hard=bool(args.hard), tilt_deg=tilt,
+                             normal=bool(getattr(args, "normal", False)), mixed=mixed)
         case_dir = out / f"case-{i:04d}"
         paths = write_case(case, case_dir, transfer_syntax=ts)
         t = case.truth
         summary = {
             "case": case_dir.name, "slices": len(paths), "volume_ml": round(t.volume_ml, 2),
             "he_probability": round(t.he_probability, 3), "he_label": t.he_label, "location": t.location,
-            "hard": [k for k, v in t.hard.items() if v], "seconds": round(time.perf_counter() - t0, 2),
+            "hard": [k for k, v in t.hard.items() if v], "normal": t.normal,
+            "seconds": round(time.perf_counter() - t0, 2),
         }
         print(json.dumps(summary))
     return 0

@@ -141,8 +141,10 @@ def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "
     out = Path(series_dir)
     out.mkdir(parents=True, exist_ok=True)
     geo = case.geometry
+    thick = ("+".join(f"{t:g}" for t in dict.fromkeys(geo.thickness_mm)) if geo.thickness_mm
+             else f"{geo.slice_thickness_mm:g}")
     desc = series_description or (
-        f"HEAD {geo.slice_thickness_mm:g}mm {case.acquisition.kernel}" + (" TILT" if geo.tilt_deg else ""))
+        f"HEAD {thick}mm {case.acquisition.kernel}" + (" TILT" if geo.tilt_deg else ""))
     base = _base_dataset(case, series_number=series_number, series_description=desc[:64])
     positions = geo.positions()
     stored = np.clip(case.hu.astype(np.int32) - int(INTERCEPT), 0, 4095).astype("<u2")
@@ -153,6 +155,10 @@ def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "
         ds.SOPInstanceUID = sop
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_fmt(x) for x in positions[k]]
+        if geo.thickness_mm is not None:  # mixed thickness, as GE writes it: ...\ADD on the thin part
+            ds.SliceThickness = _fmt(geo.thickness(k))
+            if geo.thickness(k) < max(geo.thickness_mm):
+                ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "ADD"]
         ds.SliceLocation = _fmt(float(np.dot(positions[k], geo.normal)))
         pix = stored[k]
         ds.SmallestImagePixelValue = int(pix.min())

@@ -27,9 +27,51 @@ class Geometry:
     yaw_deg: float  # in-plane rotation of the head (patients never lie perfectly straight)
     head_offset_mm: tuple[float, float]  # head-frame (u, v) of the image centre on the middle slice
     w_bottom_mm: float  # head-frame w of slice 0 (the most inferior)
+    # Mixed slice thickness (GE head protocols: 4 mm through the posterior fossa, 7 mm above):
+    # each slice's table position relative to slice 0 and its thickness. None: the constant
+    # `table_step_mm` and `slice_thickness_mm`.
+    table_z_mm: tuple[float, ...] | None = None
+    thickness_mm: tuple[float, ...] | None = None
+
+    @staticmethod
+    def runs(parts: tuple[tuple[float, int], ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(table positions, thicknesses) of contiguous runs of (thickness mm, slices), bottom first."""
+        z: list[float] = []
+        thk: list[float] = []
+        for t, count in parts:
+            for _ in range(count):
+                z.append(0.0 if not z else z[-1] + (thk[-1] + t) / 2.0)
+                thk.append(float(t))
+        return tuple(z), tuple(thk)
+
+    def _table_z(self, k: float) -> float:
+        if self.table_z_mm is None:
+            return k * self.table_step_mm
+        z = self.table_z_mm
+        if k <= 0:
+            return z[0] + k * (z[1] - z[0])
+        if k >= len(z) - 1:
+            return z[-1] + (k - len(z) + 1) * (z[-1] - z[-2])
+        return float(np.interp(k, np.arange(len(z)), z))
+
+    def thickness(self, k: int) -> float:
+        return self.slice_thickness_mm if self.thickness_mm is None else self.thickness_mm[k]
+
+    def extents_mm(self) -> list[float]:
+        """Each slice's extent along the normal: half the distance to each neighbour."""
+        c = math.cos(math.radians(self.tilt_deg))
+        if self.table_z_mm is None:
+            return [self.normal_step_mm] * self.n_slices
+        z = self.table_z_mm
+        steps = [b - a for a, b in zip(z, z[1:], strict=False)]
+        padded = [steps[0], *steps, steps[-1]]
+        return [(a + b) / 2.0 * c for a, b in zip(padded, padded[1:], strict=False)]
 
     @property
     def normal_step_mm(self) -> float:
+        """The spacing along the normal (the mean extent when the thickness is mixed)."""
+        if self.table_z_mm is not None:
+            return float(np.mean(self.extents_mm()))
         return self.table_step_mm * math.cos(math.radians(self.tilt_deg))
 
     @property
@@ -47,12 +89,14 @@ class Geometry:
         return np.array([0.0, -math.sin(t), math.cos(t)])
 
     def slice_w(self, k: float) -> float:
-        return self.w_bottom_mm + k * self.normal_step_mm
+        if self.table_z_mm is None:
+            return self.w_bottom_mm + k * self.normal_step_mm
+        return self.w_bottom_mm + self._table_z(k) * math.cos(math.radians(self.tilt_deg))
 
     def column_shift_mm(self, k: float) -> float:
         """Head-frame shift along the image columns of slice k (0 without tilt)."""
         mid = (self.n_slices - 1) / 2.0
-        return (k - mid) * self.table_step_mm * math.sin(math.radians(self.tilt_deg))
+        return (self._table_z(k) - self._table_z(mid)) * math.sin(math.radians(self.tilt_deg))
 
     def uv_affine(self, k: float, scale: int = 1) -> np.ndarray:
         """2x3 matrix mapping (x index, y index, 1) of a grid `scale` times coarser to head (u, v) mm."""
@@ -91,7 +135,15 @@ class Geometry:
         return float(xy[0]), float(xy[1])
 
     def slice_of(self, w: float) -> float:
-        return (w - self.w_bottom_mm) / self.normal_step_mm
+        if self.table_z_mm is None:
+            return (w - self.w_bottom_mm) / self.normal_step_mm
+        z = (w - self.w_bottom_mm) / math.cos(math.radians(self.tilt_deg))
+        tz = self.table_z_mm
+        if z <= tz[0]:
+            return (z - tz[0]) / (tz[1] - tz[0])
+        if z >= tz[-1]:
+            return len(tz) - 1 + (z - tz[-1]) / (tz[-1] - tz[-2])
+        return float(np.interp(z, tz, np.arange(len(tz))))
 
     # ---- DICOM / NIfTI ------------------------------------------------------------------
     def positions(self) -> list[tuple[float, float, float]]:
@@ -100,10 +152,10 @@ class Geometry:
         t = math.radians(self.tilt_deg)
         row = np.array([1.0, 0.0, 0.0])
         col = np.array([0.0, math.cos(t), math.sin(t)])
-        centre0 = np.array([0.0, 0.0, -(self.n_slices - 1) / 2.0 * self.table_step_mm])
+        mid = self._table_z((self.n_slices - 1) / 2.0)
         out = []
         for k in range(self.n_slices):
-            c = centre0 + np.array([0.0, 0.0, k * self.table_step_mm])
+            c = np.array([0.0, 0.0, self._table_z(k) - mid])
             p = c - half * row - half * col
             out.append((float(p[0]), float(p[1]), float(p[2])))
         return out

@@ -106,6 +106,8 @@ class Truth:
     centre_voxel: tuple[float, float, float]  # (z, y, x) of the main blob centre
     artefact_slices: dict[str, list[int]] = field(default_factory=dict)  # motion / streaks: slice indices
     model_version: str = hemodel.MODEL_VERSION
+    normal: bool = False  # a head without blood
+    thickness_runs: list[list[float]] = field(default_factory=list)  # mixed: [thickness mm, slices] bottom up
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,10 +155,17 @@ def _draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, hea
     else:
         thk = 5.0
         step = 5.0
-        nz = int(np.clip(round(rng.normal(30.0, 4.0)), 20, 40))
+        rng.normal(30.0, 4.0)  # the slice count once drawn here: kept, so every later draw is unchanged
+        nz = 0  # from the coverage below
     normal_step = step * math.cos(math.radians(tilt_deg))
     vertex = head.c_up + head.skull_mm + head.scalp_mm
     w_top = vertex + float(rng.uniform(-4.0, 6.0))
+    # A head CT covers the brain: from above the vertex down to the foramen magnum (the cranial
+    # floor of the posterior fossa lies near w = -58 mm, the vault ends near -64 mm).
+    # (A spawned generator: drawing it takes nothing from `rng`'s stream.)
+    w_floor = float(rng.spawn(1)[0].uniform(-76.0, -62.0))
+    if not nz:
+        nz = int(np.clip(math.ceil((w_top - w_floor) / normal_step) + 1, 20, 40))
     w_bottom = w_top - (nz - 1) * normal_step
     return Geometry(
         n=n, pixel_mm=px, n_slices=nz, table_step_mm=step, slice_thickness_mm=thk, tilt_deg=float(tilt_deg),
@@ -183,11 +192,15 @@ def _noise_kernel_sd(sigma: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
-                  tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False) -> Case:
+                  tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False,
+                  normal: bool = False, mixed: tuple[tuple[float, int], ...] | None = None) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
     `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
-    keep runs short).  `with_labels` adds `Case.labels`, a tissue map of the noise-free phantom.
+    keep runs short; such a stack does not cover the brain).  `with_labels` adds `Case.labels`, a
+    tissue map of the noise-free phantom.  `normal`: the same head without any blood (for the
+    false-positive figures).  `mixed`: runs of (thickness mm, slices) from the bottom up, e.g.
+    ((4.0, 14), (7.0, 14)) for GE's head protocol, covering the head from the foramen magnum up.
     """
     r_head = _rng(seed, index, 1)
     r_geo = _rng(seed, index, 2)
@@ -208,9 +221,11 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
             hard_flags[str(r_art.choice(list(hard_flags)))] = True
     location, markers = hemodel.draw_case(r_mark, small=hard_flags["small"])
     hem = draw_hematoma(r_hem, head, markers, location)
-    if n_slices is not None:
+    if mixed is not None:
+        geo = _mixed(geo, mixed)
+    elif n_slices is not None:
         geo = _with_slices(geo, n_slices, float(hem.centre[2]))
-    else:
+    elif not normal:
         geo = _covering(geo, *hem.w_range(head))
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
     head.calcs = [c for c in head.calcs if not hem.parenchymal
@@ -224,7 +239,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     noise_sigma = 1.3  # mm-scale grain like a soft-tissue kernel's noise power spectrum
     noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
     w_lo, w_hi = hem.w_range(head)
-    thk = geo.slice_thickness_mm
+    if normal:  # nothing to paint anywhere
+        w_lo, w_hi = math.inf, -math.inf
     stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
     motion_slices = _motion_slices(r_art, geo, head) if hard_flags["motion"] else {}
     streak_slices = _streak_slices(r_art, geo, head) if hard_flags["streaks"] else {}
@@ -238,6 +254,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         layers = []
         for j, k in enumerate(ks):
             w = geo.slice_w(k)
+            thk = geo.thickness(k)
             grid = Grid.full(geo.uv_affine(k, 2), n // 2, 2 * px)
             lay = head.render_slice(grid.m, n // 2, 2 * px, w, thk)
             half[j] = lay.img
@@ -251,6 +268,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         img = up2(half)
         for j, k in enumerate(ks):
             w = geo.slice_w(k)
+            thk = geo.thickness(k)
             if w_lo - thk <= w <= w_hi + thk:
                 lay = layers[j]
                 ic = up2(lay.ic[None])[0]
@@ -278,9 +296,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         hu[k0:k0 + len(ks)] = img  # exact: integral values in the int16 range
 
     sx, sy, sz = geo.spacing
-    voxel_ml = sx * sy * sz / 1000.0
     n_mask = int(mask.sum(dtype=np.int64))
-    volume_ml = n_mask * voxel_ml
+    per_slice = mask.reshape(nz, -1).sum(axis=1, dtype=np.int64)
+    volume_ml = float(np.dot(per_slice, geo.extents_mm())) * sx * sy / 1000.0
     realised = Markers(
         volume_ml=max(volume_ml, 1e-3),
         irregularity=markers.irregularity,
@@ -295,6 +313,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     p = 1.0 / (1.0 + math.exp(-logit))
     label = bool(r_label.random() < p)
     followup = hemodel.draw_followup(r_label, volume_ml, label)
+    if normal:  # no blood: no expansion (the logit is a floor, not -inf, so truth.json stays JSON)
+        p, label, followup, logit = 0.0, False, 0.0, -99.0
     cz = geo.slice_of(float(hem.centre[2]))
     cx, cy = geo.pixel_of(cz, float(hem.centre[0]), float(hem.centre[1]))
     calcs = []
@@ -312,12 +332,13 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
             "hypodense_fraction": realised.hypodense_fraction, "blend": float(realised.blend),
             "islands": float(realised.islands), "ivh": float(realised.ivh), "oedema_mm": realised.oedema_mm,
         },
-        location=location, hard=hard_flags, tilt_deg=float(tilt_deg), thin=thin, n_slices=nz,
-        slice_thickness_mm=thk, spacing_mm=(sx, sy, sz), noise_sd=noise_sd, hematoma_hu=hem.hem_hu,
+        location="none" if normal else location, hard=hard_flags, tilt_deg=float(tilt_deg), thin=thin, n_slices=nz,
+        slice_thickness_mm=geo.slice_thickness_mm, spacing_mm=(sx, sy, sz), noise_sd=noise_sd, hematoma_hu=hem.hem_hu,
         hypodense_hu=hem.hypo_hu, oedema_hu=hem.oedema_hu,
         tissue_hu={"grey": head.gm_hu, "white": head.wm_hu, "csf": head.csf_hu},
         calcifications=calcs, centre_voxel=(cz, cy, cx),
         artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
+        normal=normal, thickness_runs=[[float(t), int(c)] for t, c in mixed] if mixed else [],
     )
     return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)
@@ -349,6 +370,15 @@ def _covering(geo: Geometry, w_lo: float, w_hi: float) -> Geometry:
     height = (geo.n_slices - 1) * geo.normal_step_mm
     bottom = w_lo if w_lo + height >= w_hi else (w_lo + w_hi - height) / 2
     return replace(geo, w_bottom_mm=min(geo.w_bottom_mm, bottom))
+
+
+def _mixed(geo: Geometry, parts: tuple[tuple[float, int], ...]) -> Geometry:
+    """Runs of (thickness, slices), contiguous, the top at the drawn top of the stack."""
+    z, thk = Geometry.runs(parts)
+    w_top = geo.w_bottom_mm + (geo.n_slices - 1) * geo.normal_step_mm
+    height = z[-1] * math.cos(math.radians(geo.tilt_deg))
+    return replace(geo, n_slices=len(z), table_step_mm=float(np.mean(np.diff(z))), slice_thickness_mm=thk[0],
+                   w_bottom_mm=w_top - height, table_z_mm=z, thickness_mm=thk)
 
 
 def _with_slices(geo: Geometry, nz: int, w_centre: float) -> Geometry:
