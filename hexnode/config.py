@@ -77,6 +77,9 @@ class DatabaseConfig:
 class SeriesConfig:
     stable_seconds: float = 10.0
     check_interval_seconds: float = 1.0
+    # After a sender stopped part-way (A-ABORT, or failed C-STOREs), how long completion waits for
+    # the rest (a PACS retries the failed part); then the series is analysed only if whole.
+    aborted_wait_seconds: float = 120.0
     # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/select.py).
     selection: dict[str, Any] = field(default_factory=dict)
 
@@ -258,6 +261,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("http.token: required when http.bind is not loopback")
     if cfg.series.stable_seconds < 0:
         raise ConfigError("series.stable_seconds: must be >= 0")
+    if cfg.series.aborted_wait_seconds < 0:
+        raise ConfigError("series.aborted_wait_seconds: must be >= 0")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
     return cfg

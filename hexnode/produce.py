@@ -77,9 +77,17 @@ def not_analysed(paths: Sequence[Path], reason: str, models: Any, *, revision: i
     return Produced(datasets=datasets, reason=reason, timings=timings)
 
 
+def _stopped_reason(stopped: str, why: str) -> str:
+    return f"the sender stopped part-way: {stopped} ({why})"
+
+
 def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_note: str | None = None,
-            rejected: str | None = None) -> Produced:
-    """Analyse the series in `paths` (or report `rejected` as not analysed)."""
+            rejected: str | None = None, stopped: str | None = None) -> Produced:
+    """Analyse the series in `paths` (or report `rejected` as not analysed).
+
+    `stopped`: the sender stopped part-way while sending this series (what the receiver recorded,
+    e.g. "10 instances arrived before the association was aborted"). The series is then analysed
+    only if it is whole by positions and coverage; otherwise the report says the sender stopped."""
     from hexnode.report import build_results
 
     if rejected is not None:
@@ -90,16 +98,24 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
         vol = load_volume(paths)
     except VolumeError as exc:
         timings["load"] = time.perf_counter() - t
-        return not_analysed(paths, exc.reason, models, revision=revision, timings=timings)
+        reason = exc.reason if stopped is None else _stopped_reason(stopped, exc.reason)
+        return not_analysed(paths, reason, models, revision=revision, timings=timings)
     timings["load"] = time.perf_counter() - t
-    from hexnode.models.pipeline import ImplausibleSegmentation
+    from hexnode.models.pipeline import IncompleteCoverage, NotAnalysable
+
+    notes = vol.notes
+    if stopped is not None:  # whole after all (the sender resent the rest): say so in the report
+        notes = (*notes, f"the sender stopped part-way ({stopped}); the series is whole by slice positions and coverage")
 
     try:
-        analysis = models.analyse(vol.hu, vol.spacing, notes=vol.notes)
-    except ImplausibleSegmentation as exc:
+        analysis = models.analyse(vol.hu, vol.spacing, notes=notes, extents=vol.extents, head_up=vol.head_up)
+    except NotAnalysable as exc:
         # Deterministic for this series and model: a retry would give the same answer.
         del vol
-        return not_analysed(paths, exc.reason, models, revision=revision, timings=timings)
+        reason = exc.reason
+        if stopped is not None and isinstance(exc, IncompleteCoverage):
+            reason = _stopped_reason(stopped, exc.reason)
+        return not_analysed(paths, reason, models, revision=revision, timings=timings)
     for stage, seconds in analysis.timings.items():
         if stage != "total":
             timings[stage] = float(seconds)
@@ -108,6 +124,6 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
     datasets = build_results(vol.headers, vol.hu, analysis.mask, analysis.prediction, revision=revision,
                              selection_note=selection_note)
     timings["report"] = time.perf_counter() - t
-    out = Produced(datasets=datasets, prediction=analysis.prediction, notes=vol.notes, timings=timings, shape=vol.shape)
+    out = Produced(datasets=datasets, prediction=analysis.prediction, notes=notes, timings=timings, shape=vol.shape)
     del vol, analysis  # the volume is the biggest thing a worker holds: free it before the next job
     return out

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hexnode import runtime
 from hexnode.config import Config, load_config
 from hexnode.produce import Produced, encode, kind_of, not_analysed, produce
 from hexnode.receive.spool import Spool, uid_hash
@@ -104,6 +105,7 @@ class Worker:
             series_uid, calling_ae = series.series_uid, series.calling_ae
             # select's verdict for this revision: chosen (note) or rejected (reason)
             selected, reason = series.selected, series.reason
+            stopped = series.aborted_note
             paths = [self.spool.path(i.path) for i in series_instances(s, series.id)]
         name = uid_hash(series_uid)
         log.info("job %d: series %s revision %d, %d instances, attempt %d", job_id, name, revision, len(paths), attempts)
@@ -113,7 +115,8 @@ class Worker:
                 if selected is False:
                     produced = produce(paths, self.models, revision=revision, rejected=reason or "not selected")
                 else:
-                    produced = produce(paths, self.models, revision=revision, selection_note=reason)
+                    produced = produce(paths, self.models, revision=revision, selection_note=reason,
+                                       stopped=stopped)
             except Exception as exc:  # a bug or a resource problem: retry, and on the last attempt report it
                 return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc)
         if hb.lost:
@@ -189,7 +192,7 @@ def load_models(cfg: Config) -> Any:
 
 
 def setup_logging(cfg: Config) -> None:
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime.setup_logging(cfg.log_level)
     # highdicom names every source dataset by its SOP Instance UID at INFO (logs name series by a
     # UID hash only); pykwalify announces each radiomics settings validation.
     for noisy in ("highdicom", "pykwalify"):

@@ -34,8 +34,9 @@ from sqlalchemy import func, select
 
 from hexnode.config import Config
 from hexnode.receive.index import HeaderError, read_header, record_instance
-from hexnode.receive.spool import Spool, fsync_dir, fsync_file, instance_relpath
-from hexnode.store.db import Event, Instance, Store, open_store
+from hexnode.receive.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
+from hexnode.runtime import setup_logging
+from hexnode.store.db import Event, Instance, Series, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,39 @@ class Item:
     def decode(cls, data: bytes) -> Item:
         relpath, ae, at, size = data.decode().split("\t")
         return cls(relpath, ae, datetime.fromisoformat(at), int(size))
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A sender stopped part-way: an association was aborted, or ended with failed C-STOREs.
+
+    Sent after the instances of that association, so the indexer has recorded them when it marks
+    their series."""
+
+    calling_ae: str
+    at: datetime  # naive UTC
+    relpaths: tuple[str, ...]  # every instance that association delivered (duplicates included)
+    aborted: bool  # True: A-ABORT / connection lost; False: released after failed C-STOREs
+    failed_stores: int = 0
+
+    PREFIX = b"STOPPED\t"
+
+    def encode(self) -> bytes:
+        ae = self.calling_ae.replace("\t", " ")
+        return (self.PREFIX + f"{ae}\t{self.at.isoformat()}\t{int(self.aborted)}\t{self.failed_stores}\t"
+                f"{chr(31).join(self.relpaths)}".encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Stopped:
+        ae, at, aborted, failed, paths = data[len(cls.PREFIX):].decode().split("\t")
+        return cls(ae, datetime.fromisoformat(at), tuple(p for p in paths.split(chr(31)) if p), aborted == "1",
+                   int(failed))
+
+    def note(self, count: int) -> str:
+        """What the not-analysed report says, for a series `count` of whose instances arrived."""
+        if self.aborted:
+            return f"{count} instances arrived before the association was aborted"
+        return f"{count} instances arrived on an association that ended with {self.failed_stores} failed C-STOREs"
 
 
 class Indexer:
@@ -100,6 +134,29 @@ class Indexer:
                     # and the dataset disagreed): keep only the copy that is indexed.
                     self.spool.path(item.relpath).unlink(missing_ok=True)
         self.indexed += len(parsed)
+
+    def mark_stopped(self, notice: Stopped) -> list[str]:
+        """Mark the series `notice`'s instances belong to as sent part-way; returns their UIDs."""
+        marked = []
+        with self.store.transaction() as s:
+            counts: dict[int, int] = {}
+            for i in range(0, len(notice.relpaths), 500):
+                chunk = list(notice.relpaths[i:i + 500])
+                for sid in s.execute(select(Instance.series_id).where(Instance.path.in_(chunk))).scalars():
+                    counts[sid] = counts.get(sid, 0) + 1
+            for sid, count in counts.items():
+                series = s.get(Series, sid)
+                if series is None:
+                    continue
+                note = notice.note(count)
+                series.aborted_at = notice.at
+                series.aborted_note = note
+                s.add(Event(entity="series", entity_id=sid, from_state=series.state, to_state=series.state,
+                            detail=f"sender {notice.calling_ae or 'unknown AE'} stopped part-way: {note}"))
+                log.warning("series %s: sender %s stopped part-way: %s", uid_hash(series.series_uid),
+                            notice.calling_ae or "unknown AE", note)
+                marked.append(series.series_uid)
+        return marked
 
     def _quarantine(self, item: Item, reason: str) -> None:
         dest_rel = "quarantine/" + Path(item.relpath).name
@@ -163,35 +220,49 @@ class Indexer:
                 break
             if not first:
                 break
-            batch = [Item.decode(first)]
-            while len(batch) < BATCH and conn.poll(0):
-                try:
-                    nxt = conn.recv_bytes()
-                except EOFError:
-                    done = True
+            stopped: list[Stopped] = []
+            batch = []
+            msg: bytes | None = first
+            while msg is not None:
+                if msg.startswith(Stopped.PREFIX):
+                    # the association's instances came before this notice: index them first
+                    stopped.append(Stopped.decode(msg))
                     break
-                if not nxt:
-                    done = True
-                    break
-                batch.append(Item.decode(nxt))
-            self._index_with_retry(batch)
+                batch.append(Item.decode(msg))
+                msg = None
+                if len(batch) < BATCH and conn.poll(0):
+                    try:
+                        msg = conn.recv_bytes()
+                    except EOFError:
+                        done = True
+                        break
+                    if not msg:
+                        done = True
+                        break
+            if batch:
+                self._index_with_retry(batch)
+            for notice in stopped:
+                self._with_retry(lambda n=notice: self.mark_stopped(n), "marking a stopped sender's series")
 
-    def _index_with_retry(self, batch: list[Item]) -> None:
+    def _with_retry(self, fn: Any, what: str) -> None:
+        # Database down or locked: the files are safe in the spool; keep trying.
         delay = 0.2
         while True:
             try:
-                self.index_batch(batch)
+                fn()
                 return
             except Exception:
-                # Database down or locked: the files are safe in the spool; keep trying.
-                log.exception("indexing %d instances failed; retrying in %.1f s", len(batch), delay)
+                log.exception("%s failed; retrying in %.1f s", what, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def _index_with_retry(self, batch: list[Item]) -> None:
+        self._with_retry(lambda: self.index_batch(batch), f"indexing {len(batch)} instances")
 
 
 def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str,
                 cfg: Config | None) -> None:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
+    setup_logging(log_level, "%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     store = open_store(url, schema=schema, create=False)
     spool = Spool(Path(spool_root))
@@ -265,7 +336,7 @@ class IndexerProcess:
             if not self._proc.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the indexer process did not start (exit code {self._proc.exitcode})")
 
-    def submit(self, item: Item) -> None:
+    def submit(self, item: Item | Stopped) -> None:
         data = item.encode()
         try:
             with self._lock:
@@ -273,7 +344,11 @@ class IndexerProcess:
         except OSError:
             # The indexer died; the file is safe in the spool and the restarted indexer's
             # recovery scan indexes it.
-            log.warning("indexer unavailable; %s will be indexed by recovery", item.relpath)
+            if isinstance(item, Item):
+                log.warning("indexer unavailable; %s will be indexed by recovery", item.relpath)
+            else:  # the series' completion then takes the ordinary path; logged for IT
+                log.warning("indexer unavailable; sender %s stopped part-way: %s", item.calling_ae,
+                            item.note(len(item.relpaths)))
 
     def alive(self) -> bool:
         return bool(self._proc is not None and self._proc.is_alive())

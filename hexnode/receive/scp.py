@@ -67,8 +67,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
 from hexnode.receive.index import CT_SOP_CLASSES
-from hexnode.receive.indexer import IndexerProcess, Item
+from hexnode.receive.indexer import IndexerProcess, Item, Stopped
 from hexnode.receive.spool import Spool, instance_relpath, uid_hash
+from hexnode.runtime import setup_logging
 from hexnode.store.db import Store, open_store, utcnow
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class Receiver:
         self._disk_low_cached = False
         self.stored = 0
         self.duplicates = 0
+        # per open association: the instances it delivered and its failed C-STOREs, so that a
+        # sender that stops part-way marks the series it was sending (see `on_closed`)
+        self._sent: dict[int, tuple[list[str], list[int]]] = {}
+        self._sent_lock = threading.Lock()
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.dicom.ae_title)
@@ -161,6 +166,7 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
         ae = self.build_ae()
         self.server = ae.start_server(
@@ -193,6 +199,32 @@ class Receiver:
     def handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
 
+    def _track(self, event: Any, relpath: str | None) -> None:
+        with self._sent_lock:
+            paths, failed = self._sent.setdefault(id(event.assoc), ([], [0]))
+        if relpath is None:
+            failed[0] += 1
+        else:
+            paths.append(relpath)
+
+    def on_closed(self, event: Any) -> None:
+        """The connection closed: a sender that aborted (or lost the connection) or that had
+        C-STOREs fail stopped part-way through what it was sending; its series must wait for the
+        rest and is never analysed partial (hexnode.series.stable)."""
+        with self._sent_lock:
+            sent = self._sent.pop(id(event.assoc), None)
+        if sent is None:
+            return
+        paths, failed = sent
+        assoc = event.assoc
+        aborted = bool(getattr(assoc, "is_aborted", False)) or not bool(getattr(assoc, "is_released", True))
+        if not paths or not (aborted or failed[0]):
+            return
+        calling = str(assoc.requestor.ae_title).strip()[:16]
+        how = "aborted the association" if aborted else f"had {failed[0]} C-STOREs fail"
+        log.warning("sender %s (%s) %s after %d instances", calling, assoc.requestor.address, how, len(paths))
+        self.indexer.submit(Stopped(calling, utcnow(), tuple(paths), aborted, failed[0]))
+
     def _disk_low(self) -> bool:
         # statvfs once a second, not per instance: the answer cannot change faster than that
         # matters, and every syscall on this path costs a GIL round trip.
@@ -208,10 +240,12 @@ class Receiver:
         if self._disk_low():
             _unlink(tmp)
             log.warning("C-STORE from %s refused: free disk below %d MB", calling_ae, self.dicom.min_free_disk_mb)
+            self._track(event, None)
             return STATUS_OUT_OF_RESOURCES
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         if not sop_uid:
             _unlink(tmp)
+            self._track(event, None)
             return STATUS_CANNOT_UNDERSTAND
         relpath = instance_relpath(sop_uid)
         try:
@@ -219,7 +253,9 @@ class Receiver:
         except OSError:
             log.exception("C-STORE from %s: could not write the spool", calling_ae)
             _unlink(tmp)
+            self._track(event, None)
             return STATUS_OUT_OF_RESOURCES
+        self._track(event, relpath)
         if created:
             self.stored += 1
             self.indexer.submit(Item(relpath, calling_ae, utcnow(), -1))  # size: the indexer stats
@@ -236,15 +272,9 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom's INFO/DEBUG output can include dataset summaries: keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
 def run_serve(args: argparse.Namespace) -> int:
     cfg: Config = load_config(getattr(args, "config", None))
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)
     receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,

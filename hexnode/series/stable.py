@@ -151,11 +151,21 @@ def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | N
     coverage_before = now - timedelta(seconds=max(MIN_QUIET_SECONDS, cfg.series.stable_seconds / 2))
     if watch is not None:
         watch.keep_only({x.id for x in received})
+    aborted_before = now - timedelta(seconds=cfg.series.aborted_wait_seconds)
     for series in received:
         last = series.last_instance_at
         if watch is not None:
             last = max(last, watch.changed_at(series.id, series.instance_count, now))
-        if last <= stable_before:
+        if series.aborted_at is not None:
+            # The sender stopped part-way: wait for the rest (a PACS resends what failed) unless
+            # the series' own headers prove it whole; the worker then analyses it only if it is
+            # whole by positions and coverage.
+            why = whole_reason(_instances(s, series.id)) or ""
+            if why.startswith("contiguous") or not why:
+                if last > aborted_before:
+                    continue
+                why = (f"no instance for {cfg.series.aborted_wait_seconds:g} s after the sender stopped part-way")
+        elif last <= stable_before:
             if last > incomplete_before and announced_missing(_instances(s, series.id)):
                 continue
             why = f"no instance for {cfg.series.stable_seconds:g} s"

@@ -64,7 +64,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -111,6 +111,12 @@ class Series(Base):
     first_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # A sender stopped part-way (A-ABORT, or an association that ended with failed C-STOREs) while
+    # sending this series: when, and what happened ("10 instances arrived before the association
+    # was aborted"). Completion then waits [series] aborted_wait_seconds, and the series is
+    # analysed only if it is whole by positions and coverage.
+    aborted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    aborted_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Instance(Base):
@@ -208,7 +214,15 @@ def _v2_outbox_queued_at(s: Session) -> None:
     s.execute(text("UPDATE outbox SET queued_at = created_at WHERE queued_at IS NULL"))
 
 
-MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _v2_outbox_queued_at}
+def _v3_series_aborted(s: Session) -> None:
+    cols = {c["name"] for c in inspect(s.connection()).get_columns("series")}
+    if "aborted_at" not in cols:
+        s.execute(text("ALTER TABLE series ADD COLUMN aborted_at TIMESTAMP"))
+    if "aborted_note" not in cols:
+        s.execute(text("ALTER TABLE series ADD COLUMN aborted_note TEXT"))
+
+
+MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _v2_outbox_queued_at, 3: _v3_series_aborted}
 
 
 @dataclass
