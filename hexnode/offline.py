@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hexnode.config import load_config
 from hexnode.produce import encode, kind_of, produce
+from hexnode.runtime import setup_logging
 from hexnode.series.select import Selector, SeriesInfo
 from hexnode.series.volume import VolumeError, read_header
 
@@ -41,7 +42,7 @@ def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
 
 
 def run_offline(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     folder, out = Path(args.series_dir), Path(args.out)
     if not folder.is_dir():
         print(f"hexnode run: {folder} is not a folder", file=sys.stderr)

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hexnode.models import metrics as M
+from hexnode.runtime import route_warnings, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ _W: dict[str, Any] = {}
 def _init(models_dir: str, threads: int) -> None:
     from hexnode.models.pipeline import Models
 
+    route_warnings()
     _W["models"] = Models.load(models_dir, threads=threads)
 
 
@@ -246,7 +248,7 @@ def write_plots(results: list[CaseResult], s: dict[str, Any], outdir: Path, tag:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     from hexnode.models.registry import load_manifest
 
     models_dir = Path(args.models) if args.models else DEFAULT_MODELS

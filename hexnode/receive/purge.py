@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 
 from hexnode.config import load_config
 from hexnode.receive.spool import Spool, uid_hash
+from hexnode.runtime import setup_logging
 from hexnode.store.db import Event, Instance, Outbox, Result, Series, Store, open_store, utcnow
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def purge(store: Store, spool: Spool, days: float, *, dry_run: bool = False) -> 
 
 def run_purge(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(cfg.log_level)
     days = cfg.spool.retention_days if getattr(args, "days", None) is None else float(args.days)
     store = open_store(cfg.database_url)
     try:

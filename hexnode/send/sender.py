@@ -24,6 +24,7 @@ from typing import Any
 
 from hexnode.config import Config, Destination, load_config
 from hexnode.receive.spool import Spool
+from hexnode.runtime import setup_logging
 from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
@@ -110,14 +111,11 @@ class Sender:
                 stop.wait(self.cfg.send.poll_seconds)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 def run_send(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     store = open_store(cfg.database_url)
     sender = Sender(cfg, store, Spool(cfg.spool_path))
     stop = threading.Event()
@@ -137,7 +135,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 def run_resend(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     ids = list(getattr(args, "ids", []) or [])
     all_failed = bool(getattr(args, "all_failed", False))
     if not ids and not all_failed:
