@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch.nn.functional as TF
 from numpy.typing import NDArray
 
 from hexnode.models.features import CNN_SIZE
+from hexnode.train.budget import Budget
 from hexnode.train.nets import HECNN
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.cat([img, x[:, 3:]], dim=1)
 
 
-def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, seed: int = 0, batch: int = 32) -> HECNN:
+def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, seed: int = 0, batch: int = 32,
+              steps: int = 0) -> HECNN:
+    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = HECNN()
@@ -37,10 +39,10 @@ def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, s
     yt = torch.from_numpy(y.astype(np.float32))[:, None]
     pos = float(y.mean()) if y.size else 0.5
     pos_weight = torch.tensor([(1 - pos) / max(pos, 1e-3)])
-    t0 = time.monotonic()
+    budget = Budget(seconds, steps)
     step = 0
     model.train()
-    while (frac := (time.monotonic() - t0) / seconds) < 1.0:
+    while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:
             g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * frac))
         idx = torch.from_numpy(rng.integers(0, len(xt), batch))

@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 from numpy.typing import NDArray
 
 from hexnode.models.segment import NOMINAL_SIZE, WINDOWS, _pad_amounts
+from hexnode.train.budget import Budget
 from hexnode.train.nets import SegUNet
 
 log = logging.getLogger(__name__)
@@ -162,18 +163,17 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 
 
 def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
-              lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3) -> SegUNet:
+              lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0) -> SegUNet:
+    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.monotonic()
+    budget = Budget(seconds, steps)
     step, ema = 0, None
     model.train()
-    while True:
-        frac = (time.monotonic() - t0) / seconds
-        if frac >= 1.0:
-            break
+    while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
         hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share)
