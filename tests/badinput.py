@@ -302,7 +302,7 @@ def several_series(out: Path) -> tuple[list[Path], dict[str, str]]:
 def no_hematoma(out: Path) -> list[Path]:
     """A head of normal brain (30 HU) with no bleed at all."""
     hu = phantom(N, SIZE, SIZE)
-    hu[hu > 45] = 30.0
+    hu[(hu > 45) & (hu < 100)] = 30.0
     return good(out, hu=hu)
 
 

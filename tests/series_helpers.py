@@ -23,10 +23,17 @@ from hexnode.store.db import Store
 
 
 def phantom(n: int, rows: int, cols: int) -> np.ndarray:
-    """HU: air outside an ellipse of brain (30 HU) with a 60 HU sphere in the middle."""
+    """HU: air outside a closed skull (1,000 HU) holding brain (30 HU) with a 60 HU sphere in the
+    middle. The skull closes above the top and below the bottom slice, so the series covers its
+    whole "brain" (the node's coverage rule: hexnode.models.brain)."""
     z, y, x = np.mgrid[0:n, 0:rows, 0:cols].astype(np.float32)
-    head = ((y - rows / 2) / (rows * 0.42)) ** 2 + ((x - cols / 2) / (cols * 0.38)) ** 2 <= 1
-    hu = np.where(head, 30.0, -1000.0).astype(np.float32)
+    # z semi-axis a little beyond the end slices: they cut the skull cap, not the brain's widest part
+    zz = ((z - (n - 1) / 2) / max((n - 1) / 2 * 1.08, 0.5)) ** 2
+    r2 = ((y - rows / 2) / (rows * 0.42)) ** 2 + ((x - cols / 2) / (cols * 0.38)) ** 2
+    head = r2 + zz <= 1
+    brain = (r2 / 0.8 + zz / 0.92 <= 1) if n > 2 else r2 <= 0.8
+    hu = np.where(head, 1000.0, -1000.0).astype(np.float32)
+    hu[brain] = 30.0
     blob = ((z - n / 2) / max(n * 0.2, 1)) ** 2 + ((y - rows / 2) / (rows * 0.1)) ** 2 + ((x - cols / 2) / (cols * 0.1)) ** 2 <= 1
     hu[blob] = 60.0
     return hu

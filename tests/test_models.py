@@ -112,13 +112,35 @@ def test_committed_pipeline_on_a_synthetic_case(committed):
         assert {"radiomics", "cnn", "fusion"} <= set(a.timings)
 
 
-def test_committed_pipeline_without_blood_reports_none(committed):
-    hu = np.full((4, 512, 512), -1000.0, np.float32)  # air only: nothing to segment
-    a = committed.analyse(hu, (0.45, 0.45, 5.0))
-    assert not a.mask.any()
-    assert a.prediction.hemorrhage_detected is False
-    assert a.prediction.volume_ml == 0.0 and a.prediction.probability == 0.0
-    assert a.prediction.high_risk is False
+def test_air_is_not_a_head_and_gets_no_statement(committed):
+    from hexnode.models.pipeline import IncompleteCoverage
+
+    hu = np.full((4, 512, 512), -1000.0, np.float32)  # air only: no skull, no brain
+    with pytest.raises(IncompleteCoverage, match="no intracranial cavity found"):
+        committed.analyse(hu, (0.45, 0.45, 5.0))
+
+
+def test_normal_heads_through_the_committed_models(committed):
+    """False blood on normal synthetic heads (no bleed anywhere), straight and tilted: bounded, and
+    whatever is left lies inside the skull (the intracranial gate)."""
+    from hexnode.models.brain import intracranial
+    from hexnode.synth.phantom import generate_case
+
+    vols = []
+    for i, tilt in enumerate((0.0, 0.0, 22.0)):
+        c = generate_case(4243, i, normal=True, tilt_deg=tilt)
+        assert not c.mask.any()
+        hu = c.hu.astype(np.float32)
+        a = committed.analyse(hu, c.spacing)
+        vols.append(a.prediction.volume_ml)
+        cav = intracranial(hu, c.spacing)
+        whole = (slice(0, hu.shape[0]), slice(0, 512), slice(0, 512))
+        assert not (a.mask.astype(bool) & ~cav.full(cav.mask, whole)).any()  # nothing outside the cavity
+        if not a.prediction.hemorrhage_detected:
+            assert a.prediction.volume_ml == 0.0 and a.prediction.probability == 0.0
+            assert a.prediction.high_risk is False
+    print(f"false blood on normal heads: {', '.join(f'{v:.2f} ml' for v in vols)}")
+    assert max(vols) <= 1.0, vols
 
 
 def _write_site_layout(root: Path, n: int) -> None:

@@ -12,7 +12,17 @@ import pytest
 from sqlalchemy import func, select
 
 from hexnode.store import queue
-from hexnode.store.db import Event, Job, Outbox, Series, Study, open_store, schema_version, utcnow
+from hexnode.store.db import (
+    SCHEMA_VERSION,
+    Event,
+    Job,
+    Outbox,
+    Series,
+    Study,
+    open_store,
+    schema_version,
+    utcnow,
+)
 
 
 def _series(store, uid: str = "1.2.3.4") -> int:
@@ -47,11 +57,11 @@ def store(tmp_path: Path):
 def test_schema_created_versioned_and_reopenable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite'}"
     st = open_store(url)
-    assert schema_version(st) == 2
+    assert schema_version(st) == SCHEMA_VERSION
     _series(st)
     st.dispose()
     st2 = open_store(url)  # second start: no error, data kept
-    assert schema_version(st2) == 2
+    assert schema_version(st2) == SCHEMA_VERSION
     with st2.transaction() as s:
         assert s.execute(select(func.count()).select_from(Series)).scalar_one() == 1
         mode = s.connection().exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -185,12 +195,12 @@ def test_two_threads_claim_each_job_exactly_once_on_sqlite(store) -> None:
 def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     import sqlite3
 
-    from hexnode.store.db import SCHEMA_VERSION
-
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     open_store(url).dispose()
     con = sqlite3.connect(tmp_path / "old.sqlite")  # make it look like a version-1 database
     con.execute("ALTER TABLE outbox DROP COLUMN queued_at")
+    con.execute("ALTER TABLE series DROP COLUMN aborted_at")
+    con.execute("ALTER TABLE series DROP COLUMN aborted_note")
     con.execute("UPDATE hexnode_meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
@@ -198,7 +208,9 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     assert schema_version(st) == SCHEMA_VERSION
     with st.transaction() as s:
         cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(outbox)")]
+        series_cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(series)")]
     assert "queued_at" in cols
+    assert {"aborted_at", "aborted_note"} <= set(series_cols)  # version 3
     st.dispose()
 
 

@@ -296,10 +296,12 @@ def test_thin_series_geometry() -> None:
     assert case.hu.shape == (12, 512, 512) and case.spacing[2] <= 1.25 and case.mask.any()
 
 
-def test_short_stack_still_covers_a_posterior_fossa_bleed() -> None:
-    case = generate_case(79, 5)  # 23 slices from the vertex would stop above this cerebellar bleed
-    assert case.truth.location == "cerebellar" and case.truth.n_slices == 23
+def test_every_stack_covers_the_brain_and_a_posterior_fossa_bleed() -> None:
+    case = generate_case(79, 5)  # the old 23-slice stack from the vertex stopped above this cerebellar bleed
+    assert case.truth.location == "cerebellar" and case.truth.n_slices >= 29
     assert case.mask.any() and case.truth.volume_ml > 1.0
+    # from above the vertex to below the posterior fossa's floor (w = -58 mm in the head frame)
+    assert case.geometry.slice_w(0) < -60.0
     k = np.flatnonzero(case.mask.any(axis=(1, 2)))
     assert k.min() > 0 and k.max() < case.truth.n_slices - 1  # the whole bleed is inside the stack
 
