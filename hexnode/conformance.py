@@ -217,9 +217,11 @@ def _templates(ds: Any) -> list[str]:
             elif concept == ("DCM", "111028"):
                 add("TID 1600 Image Library, TID 1601 Image Library Entry Groups")
             elif concept == ("DCM", "125007"):
-                if "SCOORD" in child_types:
+                # 111030 Image Region / 121214 Referenced Segmentation Frame: planar (TID 1410);
+                # 121191 Referenced Segment / 121231 Volume Surface: volumetric (TID 1411).
+                if "SCOORD" in child_types or child_concepts & {("DCM", "111030"), ("DCM", "121214")}:
                     add("TID 1410 Planar ROI Measurements and Qualitative Evaluations")
-                elif child_concepts & {("DCM", "121191"), ("DCM", "121214"), ("DCM", "121231")}:
+                elif child_concepts & {("DCM", "121191"), ("DCM", "121231")}:
                     add("TID 1411 Volumetric ROI Measurements and Qualitative Evaluations")
                 else:
                     add("TID 1501 Measurement and Qualitative Evaluation Group")

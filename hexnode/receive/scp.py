@@ -26,9 +26,9 @@ Policies (``[dicom]`` in hexnode.toml):
 * ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
 * Free disk below ``min_free_disk_mb`` → C-STORE status 0xA700 (Out of Resources); the
   temporary file is deleted, nothing is indexed.
-* SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` (120 of
-  them; docs/conformance.md lists them and the storage classes that are not among them) is
-  accepted, so nothing a PACS sends is lost silently;
+* SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` is
+  accepted (docs/conformance.md lists them, and the storage classes that are not among them),
+  so nothing a PACS sends is lost silently;
   a series that is not CT (CT, Enhanced CT, Legacy Converted Enhanced CT) is indexed as
   ``rejected`` with the reason and visible in ``hexnode status``. Transfer syntaxes: the
   uncompressed ones, deflate, and every compressed syntax whose pixel decoder is installed
