@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
+from report_helpers import dciodvfy
 
 from hexnode import conformance
 from hexnode.config import Destination
@@ -186,6 +187,8 @@ def test_sender_proposes_exactly_the_documented_contexts(tmp_path: Path, documen
     for b in conformance.built_objects():
         path = tmp_path / f"{b.kind}-{len(files)}.dcm"
         path.write_bytes(encode(b.ds))
+        errors, _ = dciodvfy(path)
+        assert not errors, (b.label, b.scenario, errors)
         files[f"{b.ds.SOPInstanceUID}.{len(files)}"] = path  # same UID in several outcomes: keep all
     proposed: list[list[tuple[str, list[str]]]] = []
 
