@@ -311,7 +311,7 @@ def table_scp_association() -> str:
         ("Calling AE titles allowed (`allowed_calling_aes`)", ", ".join(ae.require_calling_aet) or "any"),
         ("Maximum PDU length received (`max_pdu_size`, 0 = unlimited)", ae.maximum_pdu_size),
         ("Simultaneous associations (`max_associations`)", ae.maximum_associations),
-        ("ARTIM / ACSE timeout (s)", ae.acse_timeout),
+        ("ACSE timeout (s): waiting for association messages", ae.acse_timeout),
         ("DIMSE timeout (s)", ae.dimse_timeout),
         ("Network (idle) timeout (s)", ae.network_timeout),
         ("Implementation Class UID", _code(str(pynetdicom.PYNETDICOM_IMPLEMENTATION_UID))),
