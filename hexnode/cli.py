@@ -78,6 +78,12 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return run_purge(args)
 
 
+def _cmd_conformance(args: argparse.Namespace) -> int:
+    from hexnode.conformance import run_conformance
+
+    return run_conformance(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hexnode.demo import run_demo
 
@@ -164,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--days", type=float, help="override spool.retention_days")
     p.add_argument("--dry-run", action="store_true")
+
+    p = add("conformance", _cmd_conformance,
+            "print the generated tables of the DICOM Conformance Statement (docs/conformance.md)")
+    from hexnode.conformance import add_arguments  # argparse only: importing it costs nothing
+
+    add_arguments(p)
 
     p = add("demo", _cmd_demo, "Orthanc + hexnode on loopback, a synthetic series in, SEG/SR/SC back")
     p.add_argument("--once", action="store_true", help="exit after the first result")

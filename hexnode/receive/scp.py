@@ -26,7 +26,9 @@ Policies (``[dicom]`` in hexnode.toml):
 * ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
 * Free disk below ``min_free_disk_mb`` → C-STORE status 0xA700 (Out of Resources); the
   temporary file is deleted, nothing is indexed.
-* SOP classes: every storage SOP class is accepted, so nothing a PACS sends is lost silently;
+* SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` is
+  accepted (docs/conformance.md lists them, and the storage classes that are not among them),
+  so nothing a PACS sends is lost silently;
   a series that is not CT (CT, Enhanced CT, Legacy Converted Enhanced CT) is indexed as
   ``rejected`` with the reason and visible in ``hexnode status``. Transfer syntaxes: the
   uncompressed ones, deflate, and every compressed syntax whose pixel decoder is installed
@@ -79,7 +81,12 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
+# In this order of preference: when a context proposes several, the first of ours it lists is accepted.
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+# Seconds without network traffic / without a DIMSE reply before the association is aborted.
+NETWORK_TIMEOUT_SECONDS = 60.0
+DIMSE_TIMEOUT_SECONDS = 60.0
+TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -97,6 +104,26 @@ def accepted_transfer_syntaxes() -> list[str]:
         except Exception:  # a decoder plugin that fails to import is simply not offered
             continue
     return out
+
+
+def build_ae(dicom: DicomConfig) -> AE:
+    """The SCP's AE: policies and presentation contexts (docs/conformance.md is generated from it)."""
+    ae = AE(ae_title=dicom.ae_title)
+    ae.maximum_pdu_size = dicom.max_pdu_size
+    ae.maximum_associations = dicom.max_associations
+    ae.require_called_aet = dicom.require_called_ae
+    ae.require_calling_aet = list(dicom.allowed_calling_aes)
+    ae.network_timeout = NETWORK_TIMEOUT_SECONDS
+    ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
+    syntaxes = accepted_transfer_syntaxes()
+    for cx in StoragePresentationContexts:
+        if cx.abstract_syntax:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
+    for uid in CT_SOP_CLASSES:  # in case a pynetdicom release drops one from its list
+        if uid not in {cx.abstract_syntax for cx in ae.supported_contexts}:
+            ae.add_supported_context(uid, syntaxes)
+    ae.add_supported_context(Verification)
+    return ae
 
 
 class Receiver:
@@ -121,29 +148,14 @@ class Receiver:
         self._sent_lock = threading.Lock()
 
     def build_ae(self) -> AE:
-        ae = AE(ae_title=self.dicom.ae_title)
-        ae.maximum_pdu_size = self.dicom.max_pdu_size
-        ae.maximum_associations = self.dicom.max_associations
-        ae.require_called_aet = self.dicom.require_called_ae
-        ae.require_calling_aet = list(self.dicom.allowed_calling_aes)
-        ae.network_timeout = 60
-        ae.dimse_timeout = 60
-        syntaxes = accepted_transfer_syntaxes()
-        for cx in StoragePresentationContexts:
-            if cx.abstract_syntax:
-                ae.add_supported_context(cx.abstract_syntax, syntaxes)
-        for uid in CT_SOP_CLASSES:  # in case a pynetdicom release drops one from its list
-            if uid not in {cx.abstract_syntax for cx in ae.supported_contexts}:
-                ae.add_supported_context(uid, syntaxes)
-        ae.add_supported_context(Verification)
-        return ae
+        return build_ae(self.dicom)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         tls = self.dicom.tls
         if not tls.enabled:
             return None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.minimum_version = TLS_MINIMUM_VERSION
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.ca_file:
             ctx.load_verify_locations(tls.ca_file)

@@ -9,6 +9,7 @@ delivered: the PACS has the object.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from hexnode.config import Destination
+
+# TCP connect gives up after this long even when the destination's timeout is longer.
+CONNECT_TIMEOUT_MAX_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,22 @@ def _client_ssl(dest: Destination) -> ssl.SSLContext | None:
     return ctx
 
 
+def requested_contexts(datasets: Iterable[Dataset]) -> list[tuple[str, str]]:
+    """(SOP class, transfer syntax) pairs to propose: each object exactly as it is stored, one
+    transfer syntax per context, so nothing is converted on the way out."""
+    return sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
+
+
+def build_ae(dest: Destination, calling_ae: str, contexts: Iterable[tuple[str, str]]) -> AE:
+    """The sender's AE for one association (docs/conformance.md is generated from it)."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
+    ae.connection_timeout = min(CONNECT_TIMEOUT_MAX_SECONDS, dest.timeout_seconds)
+    for sop_class, ts in contexts:
+        ae.add_requested_context(sop_class, [ts])
+    return ae
+
+
 def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> dict[str, Outcome]:
     """`files`: SOP Instance UID → path. Returns an outcome per SOP Instance UID."""
     datasets: dict[str, Dataset] = {}
@@ -46,12 +66,7 @@ def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> d
             outcomes[uid] = Outcome(False, f"cannot read {path.name}: {type(exc).__name__}")
     if not datasets:
         return outcomes
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
-    ae.connection_timeout = min(10.0, dest.timeout_seconds)
-    wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}
-    for sop_class, ts in sorted(wanted):
-        ae.add_requested_context(sop_class, [ts])
+    ae = build_ae(dest, calling_ae, requested_contexts(datasets.values()))
     tls = _client_ssl(dest)
     opened: list[bool] = []
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
