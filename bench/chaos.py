@@ -2,7 +2,8 @@
 
 Real Debian Orthanc with the repository's auto-routing + `hexnode serve`, `worker` and `send` as
 processes on loopback (the demo's `DemoStack`, so the same command lines the containers run). Each
-run streams one small synthetic head NCCT (hexnode.synth, 10-16 slices: select wants at least 10) into Orthanc with dcmtk
+run streams one synthetic head NCCT (hexnode.synth, 29-36 slices of 5 mm: a whole head, which the coverage
+rule needs before any result) into Orthanc with dcmtk
 `storescu`; Orthanc routes it to hexnode once stable; while the series travels through the node,
 one process is killed with SIGKILL
 
@@ -137,11 +138,11 @@ class Probe:
         self.store.dispose()
 
 
-def make_source(workdir: Path, seed: int, index: int, slices: int) -> tuple[Source, list[Path]]:
+def make_source(workdir: Path, seed: int, index: int) -> tuple[Source, list[Path]]:
     from hexnode.synth.dicom import write_case
     from hexnode.synth.phantom import generate_case
 
-    case = generate_case(seed, index, n_slices=slices)
+    case = generate_case(seed, index)
     d = workdir / "series" / f"case{index:04d}"
     shutil.rmtree(d, ignore_errors=True)
     paths = write_case(case, d)
@@ -162,7 +163,7 @@ def one_run(stack: ChaosStack, probe: Probe, rng: random.Random, run: int, phase
             workdir: Path, timeout: float) -> tuple[RunLog, Source]:
     target = TARGET.get(phase) or rng.choice(PROCS)
     log = RunLog(run, phase, target)
-    src, paths = make_source(workdir, seed, run, rng.randint(10, 16))
+    src, paths = make_source(workdir, seed, run)
     assert stack.orthanc is not None
     t0 = time.monotonic()
     spooled_before = probe.spooled()

@@ -47,7 +47,7 @@ def _job(job: tuple[str, int]) -> dict[str, Any]:
     raw = predict_mask(models.seg, hu, models.post.threshold)
     gated = raw.copy()
     cav = intracranial(hu, c.spacing)
-    removed = gate_mask(gated, cav)
+    removed = gate_mask(gated, cav, c.spacing)
     before = clean_mask(raw, c.spacing, models.post)
     after = clean_mask(gated, c.spacing, models.post)
     out: dict[str, Any] = {"kind": kind, "i": i, "removed_voxels": removed}

@@ -67,6 +67,13 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
                 .order_by(Series.state_at.desc()).limit(errors)
             ).scalars()
         ]
+        stopped = [
+            {"series": uid_hash(x.series_uid), "calling_ae": x.calling_ae, "note": x.aborted_note,
+             "at": _iso(x.aborted_at), "state": x.state}
+            for x in s.execute(
+                select(Series).where(Series.aborted_at.is_not(None)).order_by(Series.aborted_at.desc()).limit(errors)
+            ).scalars()
+        ]
         quarantined = s.execute(
             select(func.count()).select_from(Event).where(Event.entity == "instance", Event.to_state == "rejected")
         ).scalar_one()
@@ -106,6 +113,7 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
         "failed_deliveries": failed_deliveries,
         "retrying_deliveries": retrying,
         "rejected_series": rejected,
+        "stopped_senders": stopped,
         "quarantined_instances": int(quarantined),
     }
 
@@ -138,6 +146,10 @@ def render(st: dict[str, Any]) -> str:
     if st["rejected_series"]:
         lines.append("last rejected / failed series:")
         lines += [f"  {r['series']}: {r['reason']}" for r in st["rejected_series"]]
+    if st.get("stopped_senders"):
+        lines.append("series whose sender stopped part-way (analysed only if whole after [series] aborted_wait_seconds):")
+        lines += [f"  {r['series']} from {r['calling_ae'] or 'unknown AE'}: {r['note']} ({r['state']})"
+                  for r in st["stopped_senders"]]
     if st["quarantined_instances"]:
         lines.append(f"quarantined instances (unreadable header, see spool/quarantine): {st['quarantined_instances']}")
     return "\n".join(lines)

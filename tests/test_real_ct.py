@@ -104,6 +104,11 @@ def test_sender_that_aborts_part_way_gets_a_not_analysed_report(node: Node, tmp_
             select(Event).where(Event.entity == "series", Event.entity_id == series.id)).scalars()]
     assert any(f"sender {CALLING} stopped part-way" in d for d in detail), detail
     assert "aborted the association after 10 instances" in node.log.read_text()
+    from hexnode.receive.spool import uid_hash
+    from hexnode.status import collect, render
+
+    text = render(collect(node.store))
+    assert f"{uid_hash(uid)} from {CALLING}: 10 instances arrived before the association was aborted (rejected)" in text, text
 
 
 def test_sender_that_aborts_then_sends_the_rest_is_analysed(node: Node, tmp_path: Path) -> None:

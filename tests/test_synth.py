@@ -7,6 +7,7 @@ Budget: about 30-60 s on a loaded 2-core machine (two generated series, one of t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import subprocess
@@ -317,3 +318,37 @@ def test_calcification_inside_an_intraventricular_cast_stays_visible() -> None:
     holes = np.stack([ndimage.binary_fill_holes(s) for s in mask]) & ~mask
     assert holes.sum() > 50
     assert float(np.median(case.hu[holes])) >= case.truth.hematoma_hu + 10.0
+
+
+def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
+    from hexnode.series.volume import load_volume
+
+    case = generate_case(81, 0, mixed=((4.0, 14), (7.0, 14)), tilt_deg=18.5)
+    assert case.hu.shape[0] == 28 and case.truth.thickness_runs == [[4.0, 14], [7.0, 14]]
+    ext = case.geometry.extents_mm()
+    per_slice = case.mask.reshape(28, -1).sum(axis=1)
+    sx, sy, _ = case.spacing
+    assert case.truth.volume_ml == pytest.approx(float(np.dot(per_slice, ext)) * sx * sy / 1000.0)
+    paths = write_case(case, tmp_path / "c")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(paths, key=lambda p: p.name)]
+    assert [float(h.SliceThickness) for h in headers] == [4.0] * 14 + [7.0] * 14
+    assert all(list(h.ImageType)[-1] == "ADD" for h in headers[:14])
+    assert all("ADD" not in list(h.ImageType) for h in headers[14:])
+    z = np.array([float(h.ImagePositionPatient[2]) for h in headers])
+    np.testing.assert_allclose(np.diff(z), [4.0] * 13 + [5.5] + [7.0] * 13, atol=1e-3)  # along the table
+    vol = load_volume(paths)
+    assert vol.extents is not None
+    np.testing.assert_allclose(vol.extents, ext, atol=1e-3)
+    assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
+    assert any(n.startswith("gantry tilt 18.5 degrees") for n in vol.notes)
+
+
+def test_normal_head_has_no_blood_and_no_expansion() -> None:
+    case = generate_case(82, 3, normal=True)
+    assert not case.mask.any() and case.truth.volume_ml == 0.0
+    assert case.truth.normal and case.truth.he_label is False and case.truth.he_probability == 0.0
+    assert case.truth.location == "none"
+    json.dumps(case.truth.to_json(), allow_nan=False)  # truth.json stays strict JSON
+    # the same head as the case with a bleed: only the blood differs
+    bleed = generate_case(82, 3)
+    assert bleed.mask.any() and bleed.hu.shape[1:] == case.hu.shape[1:]

@@ -214,7 +214,7 @@ class ThresholdModels:
     def __init__(self, real: Any) -> None:
         self.info = real.info
 
-    def analyse(self, hu: Any, spacing: Any, notes: Any = ()) -> Any:
+    def analyse(self, hu: Any, spacing: Any, notes: Any = (), **geometry: Any) -> Any:
         from hexnode.analysis import Prediction
         from hexnode.models.pipeline import Analysis
 

@@ -46,8 +46,11 @@ SPLIT_MM = 2.0
 RIM_MM = 3.0
 #: a slice's filled ring is trusted unless its hull holds this much more (then the ring is open)
 HULL_RATIO = 1.6
-#: a component of predicted blood is kept when at least this fraction of it lies in the core
+#: a component of predicted blood is kept when at least this fraction of it lies in the core, or
+#: when it lies within SATELLITE_REACH_MM of one that is (satellites of a lobar bleed that touches
+#: the skull sit in the rim; the inner-table crescents real scans showed were far from any bleed)
 CORE_FRACTION = 1.0 / 3.0
+SATELLITE_REACH_MM = 20.0
 
 # Coverage: the brain is covered when the cavity closes at the vertex (the top slice's cavity is
 # small against the widest one) and narrows again at the bottom (the posterior fossa and the
@@ -165,10 +168,9 @@ def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = 
     return Cavity(mask=cavity, core=core, step=step, area_mm2=area, extents_mm=ext)
 
 
-def gate_mask(mask: NDArray[np.bool_], cavity: Cavity) -> int:
-    """Remove predicted blood outside the cavity, and components lying mostly in its rim, in place.
-
-    Returns the number of voxels removed."""
+def gate_mask(mask: NDArray[np.bool_], cavity: Cavity, spacing: Sequence[float]) -> int:
+    """Remove predicted blood outside the cavity, and components lying mostly in its rim far from
+    any other blood, in place (`spacing` (sx, sy, sz) mm). Returns the number of voxels removed."""
     if not mask.any():
         return 0
     before = int(np.count_nonzero(mask))
@@ -182,8 +184,27 @@ def gate_mask(mask: NDArray[np.bool_], cavity: Cavity) -> int:
         in_core = np.bincount(labels[cavity.full(cavity.core, box)].ravel(), minlength=n + 1)  # type: ignore[arg-type]
         keep = in_core >= CORE_FRACTION * total
         keep[0] = False
+        rim_only = np.flatnonzero(~keep[1:]) + 1
+        if rim_only.size and keep.any():
+            keep |= _near_kept(labels, keep, rim_only, spacing)
         sub[...] = keep[labels]
     return before - int(np.count_nonzero(mask))
+
+
+def _near_kept(labels: NDArray[np.int32], keep: NDArray[np.bool_], candidates: NDArray[np.int64],
+               spacing: Sequence[float]) -> NDArray[np.bool_]:
+    """Per label: is the component within SATELLITE_REACH_MM of a kept one (candidates only)."""
+    from scipy.spatial import cKDTree
+
+    scale = np.array([float(spacing[2]), float(spacing[1]), float(spacing[0])])
+    kept = keep[labels]
+    surface = kept & ~ndi.binary_erosion(kept)
+    tree = cKDTree(np.argwhere(surface) * scale)
+    out = np.zeros(keep.size, bool)
+    for j in candidates:
+        d, _ = tree.query(np.argwhere(labels == j) * scale, k=1, distance_upper_bound=SATELLITE_REACH_MM)
+        out[j] = bool(np.isfinite(d).any())
+    return out
 
 
 def coverage_problem(cavity: Cavity, *, head_up: bool = True) -> str | None:

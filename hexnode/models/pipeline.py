@@ -132,7 +132,7 @@ class Models:
                 raise ImplausibleSegmentation(raw, self.max_plausible_ml)
         if cavity is None:
             cavity = intracranial(hu, spacing)
-        gate_mask(mask, cavity)
+        gate_mask(mask, cavity, spacing)
         return clean_mask(mask, spacing, self.post)
 
     def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:

@@ -111,7 +111,7 @@ def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostPro
     components (26-neighbourhood) of at least `min_component_ml`."""
     mask = prob >= pp.threshold
     if cavity is not None:
-        gate_mask(mask, cavity)
+        gate_mask(mask, cavity, spacing)
     return clean_mask(mask, spacing, pp)
 
 

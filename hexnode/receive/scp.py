@@ -80,6 +80,9 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+# After the connection closed, how long to wait for the release or abort event of its association
+# before taking it as lost (see Receiver.on_closed).
+CLOSE_GRACE_SECONDS = 5.0
 
 # In this order of preference: when a context proposes several, the first of ours it lists is accepted.
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
@@ -178,6 +181,8 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
             (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
         ae = self.build_ae()
@@ -219,17 +224,28 @@ class Receiver:
         else:
             paths.append(relpath)
 
+    # A sender that aborted (or lost the connection) or had C-STOREs fail stopped part-way through
+    # what it was sending: its series must wait for the rest and is never analysed partial
+    # (hexnode.series.stable). EVT_RELEASED / EVT_ABORTED come from the association's own thread
+    # once the release or abort is through; EVT_CONN_CLOSE comes from the DUL thread and can
+    # precede them, so it only arms a late check for a connection that ended with neither.
+    def on_released(self, event: Any) -> None:
+        self._finish(event.assoc, aborted=False)
+
+    def on_aborted(self, event: Any) -> None:
+        self._finish(event.assoc, aborted=True)
+
     def on_closed(self, event: Any) -> None:
-        """The connection closed: a sender that aborted (or lost the connection) or that had
-        C-STOREs fail stopped part-way through what it was sending; its series must wait for the
-        rest and is never analysed partial (hexnode.series.stable)."""
+        timer = threading.Timer(CLOSE_GRACE_SECONDS, self._finish, (event.assoc, True))
+        timer.daemon = True
+        timer.start()
+
+    def _finish(self, assoc: Any, aborted: bool) -> None:
         with self._sent_lock:
-            sent = self._sent.pop(id(event.assoc), None)
+            sent = self._sent.pop(id(assoc), None)
         if sent is None:
             return
         paths, failed = sent
-        assoc = event.assoc
-        aborted = bool(getattr(assoc, "is_aborted", False)) or not bool(getattr(assoc, "is_released", True))
         if not paths or not (aborted or failed[0]):
             return
         calling = str(assoc.requestor.ae_title).strip()[:16]

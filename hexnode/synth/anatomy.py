@@ -255,6 +255,14 @@ class Head:
     ventricles: list[Ellipsoid] = field(default_factory=list)
     nuclei: list[tuple[Ellipsoid, float]] = field(default_factory=list)
     streak_hu: float = -15.0
+    # Outside the skull, where real scans fooled the U-Net: the temporalis muscle under the scalp
+    # (40-60 HU), the sinus and nasal mucosa (30-60 HU, thickened in many adults), the orbital
+    # muscles and optic nerves. Drawn from a spawned generator (see `draw`).
+    temporalis_hu: float = 50.0
+    temporalis_mm: float = 8.0
+    mucosa_hu: float = 45.0
+    mucosa_mm: float = 2.0
+    muscle_hu: float = 50.0
 
     # ---- drawing ---------------------------------------------------------------------------
     @staticmethod
@@ -281,6 +289,13 @@ class Head:
         head.ventricles = head._ventricles()
         head.nuclei = head._nuclei()
         head.calcs = head._draw_calcs(rng)
+        # a spawned generator takes nothing from `rng`'s stream: every earlier draw is unchanged
+        extra = rng.spawn(1)[0]
+        head.temporalis_hu = float(extra.uniform(42.0, 58.0))
+        head.temporalis_mm = float(extra.uniform(4.0, 12.0))
+        head.mucosa_hu = float(extra.uniform(30.0, 60.0))
+        head.mucosa_mm = float(extra.uniform(0.5, 5.0))
+        head.muscle_hu = float(extra.uniform(42.0, 58.0))
         return head
 
     def _ventricles(self) -> list[Ellipsoid]:
@@ -440,6 +455,14 @@ class Head:
         # scalp: skin over a thin fat layer
         soft = F32(42.0) - F32(100.0) * ramp(F32(0.7) - np.abs(sd_out + F32(self.scalp_mm * 0.55)), px)
         lerp_into(img, soft, head)
+        # temporalis: a muscle on the outer table at the side of the head, from the zygomatic arch
+        # up to the superior temporal line, under the scalp's fat
+        level = max(0.0, min(1.0, (w + 35.0) / 15.0, (45.0 - w) / 25.0))
+        if level > 0.0:
+            off_bone = sd_in - t_sk  # mm outside the outer table
+            thick = F32(self.temporalis_mm * level) * lateral
+            muscle = ramp(off_bone, pv) * ramp(thick - off_bone, pv) * (lateral > F32(0.05))
+            lerp_into(img, F32(self.temporalis_hu), (muscle * head).astype(F32))
         # bone: dense tables, softer diploe
         depth = sd_in / np.maximum(t_sk, F32(1.0))
         bone_val = F32(self.diploe_hu) + F32(self.table_hu - self.diploe_hu) * np.clip(
@@ -488,13 +511,32 @@ class Head:
                   F32(12.0))  # globe
             paint(base, grid, u, v, Ellipsoid((s * 31.0, v0 - 82.0, -36.0), (4.0, 1.6, 4.0)), w, thk,
                   F32(105.0))  # lens
+            # extraocular muscles (medial, lateral, superior, inferior rectus) and the optic nerve,
+            # from behind the globe to the orbital apex
+            mus = F32(self.muscle_hu)
+            for du, dw, su, sw in ((-9.0, 0.0, 2.2, 4.0), (9.0, 0.0, 2.2, 4.0), (0.0, 8.0, 5.0, 1.8),
+                                   (0.0, -8.0, 5.0, 1.8)):
+                paint(base, grid, u, v, Ellipsoid((s * (31.0 - 2.0) + s * du, v0 - 55.0, -36.0 + dw), (su, 15.0, sw),
+                                                  s * -12.0), w, thk, mus)
+            paint(base, grid, u, v, Ellipsoid((s * 27.0, v0 - 52.0, -36.0), (2.0, 14.0, 2.0), s * -15.0), w, thk,
+                  F32(self.muscle_hu - 12.0))  # optic nerve
             paint(base, grid, u, v, Ellipsoid((s * 28.0, v0 - 56.0, -70.0), (17.5, 19.5, 19.0)), w, thk,
                   F32(self.diploe_hu - 100.0))  # maxilla
             paint(base, grid, u, v, Ellipsoid((s * 28.0, v0 - 55.0, -70.0), (15.0, 17.0, 18.0)), w, thk,
-                  F32(-960.0))  # maxillary sinus
+                  F32(self.mucosa_hu))  # maxillary sinus: mucosa lining the walls, air inside
+            mm = self.mucosa_mm
+            paint(base, grid, u, v, Ellipsoid((s * 28.0, v0 - 55.0, -70.0), (15.0 - mm, 17.0 - mm, 18.0 - mm)), w,
+                  thk, F32(-960.0))
         paint(base, grid, u, v, Ellipsoid((0.0, v0 - 58.0, -38.0), (9.0, 18.0, 12.0)), w, thk, cells)  # ethmoid
-        paint(base, grid, u, v, Ellipsoid((0.0, v0 - 30.0, -40.0), (12.0, 10.0, 9.0)), w, thk, F32(-960.0))
-        paint(base, grid, u, v, Ellipsoid((0.0, v0 - 70.0, -68.0), (7.0, 24.0, 16.0)), w, thk, F32(-960.0))
+        mm = self.mucosa_mm
+        # clivus: the sloping bone behind the sphenoid sinus, under the brainstem
+        paint(base, grid, u, v, Ellipsoid((0.0, v0 - 12.0, -52.0), (9.0, 6.0, 16.0), 0.0), w, thk,
+              F32(self.diploe_hu + 150.0))
+        for centre, semi in (((0.0, v0 - 30.0, -40.0), (12.0, 10.0, 9.0)),  # sphenoid sinus
+                             ((0.0, v0 - 70.0, -68.0), (7.0, 24.0, 16.0))):  # nasal cavity
+            paint(base, grid, u, v, Ellipsoid(centre, semi), w, thk, F32(self.mucosa_hu))
+            inner = (max(semi[0] - mm * 1.5, 1.0), semi[1] - mm, semi[2] - mm)  # turbinates narrow the nose
+            paint(base, grid, u, v, Ellipsoid(centre, inner), w, thk, F32(-960.0))
         # cervical spine and airway in the neck
         paint(base, grid, u, v, Ellipsoid((0.0, v0 + 22.0, -100.0), (13.0, 11.0, 40.0)), w, thk, F32(600.0))
         paint(base, grid, u, v, Ellipsoid((0.0, v0 + 29.0, -100.0), (7.0, 6.5, 40.0)), w, thk, F32(20.0))

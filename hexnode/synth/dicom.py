@@ -156,9 +156,10 @@ def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_fmt(x) for x in positions[k]]
         if geo.thickness_mm is not None:  # mixed thickness, as GE writes it: ...\ADD on the thin part
+            # every slice sets both: a shallow Dataset.copy() shares the data elements with `base`
             ds.SliceThickness = _fmt(geo.thickness(k))
-            if geo.thickness(k) < max(geo.thickness_mm):
-                ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "ADD"]
+            thin = geo.thickness(k) < max(geo.thickness_mm)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", *(["ADD"] if thin else [])]
         ds.SliceLocation = _fmt(float(np.dot(positions[k], geo.normal)))
         pix = stored[k]
         ds.SmallestImagePixelValue = int(pix.min())
