@@ -65,10 +65,9 @@ def sr_summary(ds: Dataset) -> dict[str, Any]:
                 unit = str(item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
                 if code == "118565006":
                     out["volume_ml"] = value if unit in ("cm3", "ml", "mL") else value / 1000.0
-                elif code == "HE-P":
-                    out["probability"] = value
-                elif code == "HE-THR":
-                    out["threshold"] = value
+                elif code in ("HE-P", "HE-THR"):
+                    # a fraction whatever the unit: "%" since issue 24, "1" before
+                    out["probability" if code == "HE-P" else "threshold"] = value / 100.0 if unit == "%" else value
             elif vtype == "CODE" and "ConceptCodeSequence" in item:
                 meaning = str(item.ConceptCodeSequence[0].CodeMeaning)
                 if code == "HE-RISK":
@@ -352,7 +351,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  hematoma volume:        {summary['volume_ml']:.1f} ml{found} (ground truth {case.truth.volume_ml:.1f} ml)")
         if "probability" in summary:
             thr = summary.get("threshold")
-            print(f"  expansion probability:  {summary['probability']:.3f}" + (f" (threshold {thr:.3f})" if thr is not None else ""))
+            print(f"  expansion probability:  {summary['probability']:.1%}" + (f" (threshold {thr:.1%})" if thr is not None else ""))
         print(f"  risk:                   {summary.get('risk', summary.get('status', '?'))}")
         print("  synthetic-trained demonstration model: not for clinical use")
         study = stack.orthanc.lookup(truth["study_instance_uid"])
