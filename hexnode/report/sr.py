@@ -4,13 +4,18 @@ Layout:
   Imaging Measurement Report (DCM 126000)
     language, device observer (the algorithm), procedure reported (LN 25045-6)
     Image Library: every CT image of the series (shared descriptors per group, see library.py)
-    Imaging Measurements (TID 1500 order: planar groups before volumetric ones)
-      Measurement Group (TID 1410), only with a hematoma: the key slice (largest area), its
-        closed POLYLINE outline on that CT image, Volume and HE probability (a viewer labels
-        the outline with its own group's values), ABC/2 estimate, area, long/short axis
+    Imaging Measurements
       Measurement Group (TID 1411): finding Hemorrhage in the Brain, referencing SEG segment 1,
         algorithm identification (name, version, threshold), Volume (cm3), HE probability (%),
         threshold (%), risk High/Low
+      Measurement Group (TID 1410), only with a hematoma: the same finding (same tracking UID)
+        on the key slice (largest area): its closed POLYLINE outline on that CT image, the ABC/2
+        estimate, area, long and short axis
+
+The two groups share one Tracking Unique Identifier (and the SEG segment's): one hematoma,
+measured two ways. Viewers that draw SR regions (OHIF) merge groups by that UID, so the outline
+is labelled with the volume and probability too, and no group is left without an image region
+(OHIF fails on such a group otherwise, issue 18).
     Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first
 
 Every container but the Image Library is SEPARATE: renderers of CONTINUOUS content print the
@@ -51,7 +56,6 @@ from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.uids import derive_uid, device_uid
 
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-KEY_SLICE_LABEL = "hematoma key slice"  # tracking identifier of the planar group
 IMAGE_LIBRARY = "111028"
 
 
@@ -206,12 +210,8 @@ def probability_measurement(prediction: Prediction) -> hd.sr.Measurement:
 def planar_group(
     sources: Sequence[Dataset], key: int, roi: KeySliceROI, prediction: Prediction, revision: int
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 on the key slice: what a viewer draws (the outline on that CT image) and labels.
-
-    Viewers (OHIF) show a measurement group only where it has an image region, and label the
-    drawing with that group's own values: so the volume and the probability are here again,
-    first, beside the hand measurements a radiologist makes on that slice.
-    """
+    """TID 1410 on the key slice: the outline a viewer draws on that CT image, and the hand
+    measurements a radiologist makes there (ABC/2 beside the segmented volume of TID 1411)."""
     model = prediction.model
     src = first_image(sources)
     image, frame = slice_source(sources, key)
@@ -226,8 +226,8 @@ def planar_group(
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(str(src.SeriesInstanceUID), model.version, "tracking-key-slice", revision),
-            identifier=KEY_SLICE_LABEL,
+            uid=derive_uid(str(src.SeriesInstanceUID), model.version, "tracking", revision),
+            identifier=TRACKING_LABEL,
         ),
         referenced_region=region,
         finding_type=codes.HEMORRHAGE,
@@ -235,8 +235,6 @@ def planar_group(
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
         algorithm_id=algorithm_id(model),
         measurements=[
-            volume_measurement(prediction),
-            probability_measurement(prediction),
             hd.sr.Measurement(name=codes.ABC2_VOLUME, value=round_volume_ml(roi.abc2_ml), unit=codes.CUBIC_CENTIMETER),
             hd.sr.Measurement(name=codes.AREA, value=round_area_cm2(roi.area_cm2), unit=codes.SQUARE_CENTIMETER),
             hd.sr.Measurement(name=codes.LONG_AXIS, value=round_length_mm(roi.long_axis_mm), unit=codes.MILLIMETER),
@@ -326,8 +324,7 @@ def build_sr(
     ]
     key_text = None
     if key is not None and prediction.hemorrhage_detected:
-        # TID 1500 lists planar (1410) before volumetric (1411) groups; validators read in that order
-        groups.insert(0, planar_group(sources, key[0], key[1], prediction, revision))
+        groups.append(planar_group(sources, key[0], key[1], prediction, revision))
         key_text = key_slice_text(sources, key[0], key[1], prediction)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(prediction.model),

@@ -14,8 +14,8 @@ from typing import Literal
 # (result or "not analysed"): a corrected revision can then name its predecessor without knowing
 # which of the two was sent before. The worker must build a not-analysed set only for a terminal
 # outcome of a revision.
-Kind = Literal["seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking", "tracking-key-slice"]
-KINDS: tuple[str, ...] = ("seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking", "tracking-key-slice")
+Kind = Literal["seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking"]
+KINDS: tuple[str, ...] = ("seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking")
 
 
 def derive_uid(series_uid: str, model_version: str, kind: str, revision: int = 0) -> str:
