@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from hexnode.netutil import free_port, wait_port
 from hexnode.orthanc_local import Orthanc, OrthancConfig
+from hexnode.viewer import ViewerServer, ohif_installed
 
 STORESCU = "/usr/bin/storescu"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -324,10 +325,13 @@ def run_demo(args: argparse.Namespace) -> int:
     # SIGINT is set as well: started from a non-interactive shell's background job, Python inherits
     # it ignored and never raises KeyboardInterrupt (seen under `make test` run with `&`).
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    viewer: ViewerServer | None = None
     try:
         print("starting Orthanc and hexnode (serve, worker, send) on loopback ...", flush=True)
         stack.start()
         assert stack.orthanc is not None
+        if ohif_installed():
+            viewer = ViewerServer(stack.orthanc.cfg.url, port=int(getattr(args, "viewer_port", 0) or 0)).start()
         t_up = time.perf_counter()
         from hexnode.synth.dicom import write_case
 
@@ -357,6 +361,11 @@ def run_demo(args: argparse.Namespace) -> int:
         study = stack.orthanc.lookup(truth["study_instance_uid"])
         study_id = next((x["ID"] for x in study if x.get("Type") == "Study"), "")
         print()
+        if viewer is not None:
+            print(f"read it:    {viewer.study_url(truth['study_instance_uid'])}")
+            print("            (OHIF: double-click the SEG or the SR in the series list; the SR opens on the key slice)")
+        else:
+            print("read it:    OHIF is not installed (run `make install`); Orthanc's explorer below")
         print(f"look at it: {stack.orthanc.cfg.url}/app/explorer.html#study?uuid={study_id}")
         print(f"            (SEG, SR and SC next to the CT; logs in {workdir / 'logs'})")
         print()
@@ -380,6 +389,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         print("stopping ...", flush=True)
+        if viewer is not None:
+            viewer.stop()
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

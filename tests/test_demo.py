@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,24 @@ def _kill_all(work: Path) -> None:
             pass
 
 
+def _check_viewer_url(text: str) -> None:
+    """The printed OHIF URL serves OHIF, isolated (COOP/COEP), with Orthanc's DICOMweb at the same
+    origin holding the demo's study (the browser test, tests/test_viewer.py, opens it for real)."""
+    match = re.search(r"read it: +(http://127\.0\.0\.1:\d+)/viewer\?StudyInstanceUIDs=([0-9.]+)", text)
+    assert match, text[-3000:]
+    origin, study = match.groups()
+    with urllib.request.urlopen(origin + "/viewer", timeout=10) as resp:
+        assert b"OHIF Viewer" in resp.read()
+        assert resp.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert resp.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    with urllib.request.urlopen(origin + "/app-config.js", timeout=10) as resp:
+        assert b"window.location.origin + '/dicom-web'" in resp.read()
+    req = urllib.request.Request(f"{origin}/dicom-web/studies/{study}/series", headers={"Accept": "application/dicom+json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        modalities = {s["00080060"]["Value"][0] for s in json.loads(resp.read())}
+    assert {"CT", "SEG", "SR"} <= modalities, modalities
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_demo_stopped_by_a_signal_stops_orthanc_and_hexnode(tmp_path, sig):
     work = tmp_path / "demo"
@@ -57,6 +77,7 @@ def test_demo_stopped_by_a_signal_stops_orthanc_and_hexnode(tmp_path, sig):
         text = "".join(out)
         assert "press Ctrl-C to stop" in text, text[-3000:]
         assert "hematoma volume:" in text and "risk:" in text
+        _check_viewer_url(text)
         spans = re.findall(r"^ {2,}(\S.*?)\s+(-?\d+\.\d+) s$", text, re.M)
         assert any(name.startswith("queue wait") for name, _ in spans), text[-3000:]
         assert all(float(v) >= 0 for _, v in spans), spans  # a negative span means clocks read out of order

@@ -78,3 +78,37 @@ def test_non_loopback_bind_requires_a_token():
     with pytest.raises(ConfigError, match="http.token"):
         load_config(env=env)
     assert load_config(env={**env, "HEXNODE_HTTP_TOKEN": "t"}).http.token == "t"
+
+
+def test_status_page_in_a_browser(server):
+    """IT's page at /: the token (as a Basic password), the facts, no identifiers, self-refreshing."""
+    pw_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `make install`")
+    from report_helpers import OUTPUT
+
+    assert _get(server.port, "/")[0] == 401
+    url = f"http://127.0.0.1:{server.port}/"
+    with pw_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                     args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"])
+        try:
+            denied = browser.new_page()  # no credentials: chromium's auth challenge fails the load
+            try:
+                assert denied.goto(url).status == 401
+            except pw_api.Error as exc:
+                assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
+            context = browser.new_context(http_credentials={"username": "it", "password": "s3cret"})
+            page = context.new_page()
+            assert page.goto(url).status == 200
+            (OUTPUT / "web").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "web" / "status.png"), full_page=True)
+            text = page.inner_text("body")
+            html = page.content()
+            refresh = page.get_attribute("meta[http-equiv='refresh']", "content")
+        finally:
+            browser.close()
+    assert "hexnode status" in text and "Queue depth" in text
+    assert "jobs (queued + running)\t1" in text
+    assert "Series by state" in text and "queued\t1" in text
+    assert "Failed deliveries" in text and "Rejected or failed series" in text
+    assert refresh is not None and int(refresh) > 0
+    assert SERIES_UID not in html and "<script" not in html

@@ -1,0 +1,245 @@
+"""hexnode's SEG, SR and SC in OHIF, in a real headless chromium (issue 18).
+
+Orthanc (started here, Debian's, with its DICOMweb plugin) holds a phantom CT study and the
+result objects hexnode builds for it; hexnode.viewer serves the pinned OHIF build same-origin.
+Playwright drives Debian's /usr/bin/chromium (no browser download). Geometry is checked through
+OHIF's own viewport transform (cornerstone `worldToCanvas`, reached via `window.services`):
+(a) the SEG overlay's pixel bounding box lies within 2 px of the mask projected that way, for an
+axial and a gantry-tilted series; (b) the SR opens without a page error, its outline is drawn
+on the key slice where the projected outline lies, and the label carries volume and probability;
+(c) the SC opens. Screenshots go to tests/output/viewer/.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from report_helpers import OUTPUT, Series, prediction, write_series
+
+from hexnode.netutil import free_port
+from hexnode.orthanc_local import Orthanc, OrthancConfig
+from hexnode.report import build_results
+from hexnode.report.render import key_slice
+from hexnode.viewer import ViewerServer, ohif_installed
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `make install`")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+SHOTS = OUTPUT / "viewer"
+VIEWPORT = {"width": 1400, "height": 900}
+LOAD_TIMEOUT_MS = 120_000
+
+VIEWPORT_JS = """() => {
+  const s = window.services;
+  const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());
+  if (!vp || !vp.getCurrentImageId()) return null;  // between display sets
+  const r = vp.canvas.getBoundingClientRect();
+  return {imageId: vp.getCurrentImageId(), rect: [r.x, r.y, r.width, r.height]};
+}"""
+PROJECT_JS = """(points) => {
+  const s = window.services;
+  const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());
+  return points.map(p => vp.worldToCanvas(p));
+}"""
+
+
+@dataclass
+class Study:
+    series: Series
+    sources: list[Dataset]
+    files: dict[str, Path]
+    uid: str
+
+
+@dataclass
+class Viewer:
+    orthanc: Orthanc
+    server: ViewerServer
+    studies: dict[str, Study]
+    browser: Any
+    errors: list[str] = field(default_factory=list)
+
+
+def _study(out: Path, tilt: float) -> Study:
+    series = write_series(out / "ct", n=12, size=128, tilt_deg=tilt)
+    sources = series.headers()
+    files = {}
+    for name, ds in zip(("seg", "sr", "sc"), build_results(sources, series.hu, series.mask, prediction(series)),
+                        strict=True):
+        files[name] = out / f"{name}.dcm"
+        ds.save_as(files[name], enforce_file_format=True)
+    return Study(series, sources, files, str(sources[0].StudyInstanceUID))
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run `make install` (scripts/bootstrap.sh installs Debian chromium)")
+    if not ohif_installed():
+        pytest.fail("OHIF is not unpacked: run `make install` (scripts/bootstrap.sh fetches @ohif/app from npm)")
+    work = tmp_path_factory.mktemp("viewer")
+    studies = {"axial": _study(work / "axial", 0.0), "tilted": _study(work / "tilted", 18.0)}
+    cfg = OrthancConfig(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(), hexnode_port=1)
+    orthanc = Orthanc.start(cfg, route_to=("NOBODY", "127.0.0.1", 1))  # REST uploads are never routed
+    server = None
+    try:
+        for study in studies.values():
+            for path in [*study.series.paths, *study.files.values()]:
+                orthanc.upload(path)
+        server = ViewerServer(orthanc.cfg.url).start()
+        shutil.rmtree(SHOTS, ignore_errors=True)
+        SHOTS.mkdir(parents=True)
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield Viewer(orthanc, server, studies, browser)
+            browser.close()
+    finally:
+        if server is not None:
+            server.stop()
+        orthanc.stop()
+
+
+def _open(viewer: Viewer, study: Study) -> Any:
+    page = viewer.browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+    page.on("pageerror", lambda exc: viewer.errors.append(str(exc)))
+    page.goto(viewer.server.study_url(study.uid))
+    page.wait_for_selector("canvas", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function("() => window.services && window.services.viewportGridService.getActiveViewportId()",
+                           timeout=LOAD_TIMEOUT_MS)
+    # OHIF's first-visit tour and its investigational-use banner cover the viewport: dismiss both
+    for label in ("Skip all", "Confirm and hide"):
+        button = page.get_by_text(label)
+        try:
+            button.click(timeout=15_000)
+        except playwright.TimeoutError:
+            pass  # not shown this time (remembered in local storage, or another version)
+    return page
+
+
+def _current_sop(page: Any) -> tuple[str, list[float]]:
+    info = page.evaluate(VIEWPORT_JS)
+    if info is None:
+        return "", []
+    return str(info["imageId"]).split("/instances/")[1].split("/")[0], info["rect"]
+
+
+def _wait_for_sop(page: Any, wanted: set[str], timeout_s: float = 60.0) -> tuple[str, list[float]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sop, rect = _current_sop(page)
+        if sop in wanted or time.monotonic() > deadline:
+            return sop, rect
+        time.sleep(0.5)
+
+
+def _world(ds: Dataset, xy: np.ndarray) -> list[list[float]]:
+    """Patient coordinates of image coordinates (column, row), (0, 0) the top-left pixel's corner."""
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
+    # ImagePositionPatient is the centre of the first pixel: corner coordinates are shifted by half a pixel
+    cols, rows = xy[:, 0] - 0.5, xy[:, 1] - 0.5
+    pts = ipp + np.outer(cols * col_mm, iop[:3]) + np.outer(rows * row_mm, iop[3:])
+    return pts.tolist()
+
+
+def _mask_corners(mask2d: np.ndarray) -> np.ndarray:
+    r, c = np.nonzero(mask2d)
+    return np.unique(np.concatenate([np.c_[c + dc, r + dr] for dc in (0, 1) for dr in (0, 1)]), axis=0).astype(float)
+
+
+def _canvas_rgb(page: Any, rect: list[float]) -> np.ndarray:
+    x, y, w, h = rect
+    png = page.screenshot(clip={"x": x, "y": y, "width": w, "height": h})
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("name", ["axial", "tilted"])
+def test_seg_overlay_lies_on_the_mask(viewer: Viewer, name: str) -> None:
+    study = viewer.studies[name]
+    page = _open(viewer, study)
+    page.get_by_text("hexnode hematoma SEG").dblclick()
+    page.get_by_role("button", name="Yes").click(timeout=30_000)  # "open this segmentation?"
+    # OHIF jumps to the segment; wait until the viewport shows a slice with hematoma
+    with_mask = {ds.SOPInstanceUID for ds, m in zip(study.sources, study.series.mask, strict=True) if m.any()}
+    sop, rect = _wait_for_sop(page, with_mask)
+    assert sop in with_mask, "the viewport never showed a slice of the segment"
+    page.wait_for_timeout(3000)  # labelmap rendering
+    k = next(i for i, ds in enumerate(study.sources) if ds.SOPInstanceUID == sop)
+    page.screenshot(path=str(SHOTS / f"seg-{name}.png"))
+    projected = np.array(page.evaluate(PROJECT_JS, _world(study.sources[k], _mask_corners(study.series.mask[k]))))
+    want = np.r_[projected.min(axis=0), projected.max(axis=0)]  # x0, y0, x1, y1 in canvas pixels
+    rgb = _canvas_rgb(page, rect)
+    # the segment's yellow (R, G high, B low) where the CT is grey; searched near the projection so
+    # that a misplaced overlay shows as a wrong box, not as a far-off one
+    overlay = (rgb[..., 0] - rgb[..., 2] > 60) & (rgb[..., 1] - rgb[..., 2] > 40)
+    x0, y0, x1, y1 = (int(v) for v in (want[0] - 30, want[1] - 30, want[2] + 30, want[3] + 30))
+    near = np.zeros_like(overlay)
+    near[max(y0, 0):y1, max(x0, 0):x1] = True
+    ys, xs = np.nonzero(overlay & near)
+    assert xs.size > 200, f"no segment overlay near the hematoma (screenshot {SHOTS / f'seg-{name}.png'})"
+    got = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
+    assert np.all(np.abs(got - want) <= 2.0), f"overlay box {got} vs projected mask {want.round(1)}"
+    assert viewer.errors == []
+    page.close()
+
+
+def test_sr_opens_with_outline_and_label(viewer: Viewer) -> None:
+    study = viewer.studies["axial"]
+    page = _open(viewer, study)
+    page.get_by_text("hexnode HE risk SR").dblclick()
+    k = key_slice(study.series.mask)
+    key = study.sources[k]
+    sop, _ = _wait_for_sop(page, {key.SOPInstanceUID})
+    assert sop == key.SOPInstanceUID, "the SR did not open on its key slice"
+    outline = page.locator("svg.svg-layer polyline").first
+    outline.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "sr.png"))
+    assert viewer.errors == [] and "Something went wrong" not in page.content()
+    # the drawn outline is the SR's polygon through the viewer's own transform
+    sr = pydicom.dcmread(study.files["sr"])
+    group = sr.ContentSequence[-2].ContentSequence[-1]  # Imaging Measurements / key-slice group
+    scoord = next(i for i in group.ContentSequence if i.ValueType == "SCOORD")
+    polygon = np.array([float(v) for v in scoord.GraphicData]).reshape(-1, 2)
+    expected = np.array(page.evaluate(PROJECT_JS, _world(key, polygon)))
+    drawn = np.array([float(v) for v in outline.get_attribute("points").replace(",", " ").split()]).reshape(-1, 2)
+    assert len(drawn) >= len(polygon) - 1
+    gap = np.linalg.norm(drawn[:, None, :] - expected[None, :, :], axis=-1).min(axis=1)
+    assert gap.max() <= 2.0, f"outline drawn up to {gap.max():.1f} px from the SR's polygon"
+    label = " ".join(page.locator("svg.svg-layer text").all_text_contents())
+    volume = next(float(i.MeasuredValueSequence[0].NumericValue) for i in sr.ContentSequence[-2].ContentSequence[0]
+                  .ContentSequence if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "118565006")
+    # OHIF prints two decimals: "61.20 %"
+    assert f"Volume: {volume:.2f} cm3" in label, label
+    assert re.search(r"Probability of hematoma expansion: 61\.20? %", label), label
+    page.close()
+
+
+def test_sc_opens(viewer: Viewer) -> None:
+    study = viewer.studies["axial"]
+    page = _open(viewer, study)
+    page.get_by_text("hexnode summary").dblclick()
+    sc = pydicom.dcmread(study.files["sc"], stop_before_pixels=True)
+    sop, rect = _wait_for_sop(page, {sc.SOPInstanceUID})
+    assert sop == sc.SOPInstanceUID
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(SHOTS / "sc.png"))
+    rgb = _canvas_rgb(page, rect)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 120) & (rgb[..., 2] < 120)  # "HE risk: HIGH" burned in
+    assert red.sum() > 100
+    assert viewer.errors == []
+    page.close()
