@@ -267,6 +267,18 @@ def test_sr_key_slice_outline(built: Built) -> None:
     assert any(t.startswith(f"Key slice {k + 1} of {len(built.sources)}") for t in _comments(sr))
 
 
+def test_abc2_depth_weighs_each_slice_by_its_own_spacing() -> None:
+    from hexnode.report.outline import kothari_depth_mm, slice_steps
+
+    # 4 mm slices then 7 mm slices: each slice's share is half the gaps to its neighbours
+    z = [0.0, 4.0, 8.0, 13.5, 20.5, 27.5]
+    assert slice_steps(z, 5.0) == [4.0, 4.0, 4.75, 6.25, 7.0, 7.0]
+    # weights 0 (< 25 % of the largest), 0.5 (25-75 %), 1 (>= 75 %)
+    areas = [10.0, 30.0, 80.0, 100.0, 50.0, 20.0]
+    assert kothari_depth_mm(areas, slice_steps(z, 5.0)) == pytest.approx(0.5 * 4.0 + 4.75 + 6.25 + 0.5 * 7.0)
+    assert slice_steps([3.0], 5.0) == [5.0] and kothari_depth_mm([0.0], [5.0]) == 0.0
+
+
 def test_sr_image_library_lists_every_ct_image(built: Built) -> None:
     sr = pydicom.dcmread(built.files["sr"])
     library = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]

@@ -5,7 +5,7 @@ result objects hexnode builds for it; hexnode.viewer serves the pinned OHIF buil
 Playwright drives Debian's /usr/bin/chromium (no browser download). Geometry is checked through
 OHIF's own viewport transform (cornerstone `worldToCanvas`, reached via `window.services`):
 (a) the SEG overlay's pixel bounding box lies within 2 px of the mask projected that way, for an
-axial and a gantry-tilted series; (b) the SR opens without a page error, its outline is drawn
+axial, a gantry-tilted and a mixed-thickness (4 mm + 7 mm) series; (b) the SR opens without a page error, its outline is drawn
 on the key slice where the projected outline lies, and the label carries volume and probability;
 (c) the SC opens. Screenshots go to tests/output/viewer/.
 """
@@ -73,8 +73,8 @@ class Viewer:
     errors: list[str] = field(default_factory=list)
 
 
-def _study(out: Path, tilt: float) -> Study:
-    series = write_series(out / "ct", n=12, size=128, tilt_deg=tilt)
+def _study(out: Path, tilt: float = 0.0, thickness: list[float] | None = None) -> Study:
+    series = write_series(out / "ct", n=12, size=128, tilt_deg=tilt, thickness_mm=thickness)
     sources = series.headers()
     files = {}
     for name, ds in zip(("seg", "sr", "sc"), build_results(sources, series.hu, series.mask, prediction(series)),
@@ -91,7 +91,12 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
     if not ohif_installed():
         pytest.fail("OHIF is not unpacked: run `make install` (scripts/bootstrap.sh fetches @ohif/app from npm)")
     work = tmp_path_factory.mktemp("viewer")
-    studies = {"axial": _study(work / "axial", 0.0), "tilted": _study(work / "tilted", 18.0)}
+    studies = {
+        "axial": _study(work / "axial"),
+        "tilted": _study(work / "tilted", tilt=18.0),
+        # a reconstruction of two slice thicknesses (4 mm then 7 mm), as real scanners send
+        "mixed": _study(work / "mixed", thickness=[4.0] * 6 + [7.0] * 6),
+    }
     cfg = OrthancConfig(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(), hexnode_port=1)
     orthanc = Orthanc.start(cfg, route_to=("NOBODY", "127.0.0.1", 1))  # REST uploads are never routed
     server = None
@@ -167,7 +172,7 @@ def _canvas_rgb(page: Any, rect: list[float]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
-@pytest.mark.parametrize("name", ["axial", "tilted"])
+@pytest.mark.parametrize("name", ["axial", "tilted", "mixed"])
 def test_seg_overlay_lies_on_the_mask(viewer: Viewer, name: str) -> None:
     study = viewer.studies[name]
     page = _open(viewer, study)
