@@ -4,8 +4,8 @@ A PACS that shows an SR as text prints every per-image descriptor (Image Positio
 slice) as a footnote, a screen of numbers before the first finding (issue 24). highdicom's
 ImageLibrary writes those ~16 descriptors under every image. Here each Image Library Group
 (one per SOP class, modality and frame of reference) carries the descriptors its images share
-- modality, frame of reference, matrix, pixel spacing, slice thickness when all slices have the
-same - and each entry is the bare image reference. TID 1601/1602 make every descriptor optional
+- modality, frame of reference, slice thickness when all slices have the same - and each entry
+is the bare image reference. TID 1601/1602 make every descriptor optional
 at entry level; geometry per slice is in the images themselves, which every reference points to.
 """
 
@@ -21,16 +21,12 @@ from pydicom.sr.coding import Code
 
 ACQ = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 MM = codes.UCUM.Millimeter
-PIXELS = Code("{pixels}", "UCUM", "Pixels")
 SOURCE = Code("260753009", "SCT", "Source")
 UNKNOWN_MODALITY = Code("OT", "DCM", "Other")
 
-# (concept, unit, getter): the TID 1602/1604 descriptors worth a line when a whole group shares them.
+# (concept, unit, getter): the TID 1602/1604 descriptors worth a line to a reader when a whole
+# group shares them. Matrix and pixel spacing are not: a reader never looks them up in the report.
 _SHARED: list[tuple[Code, Code, Callable[[Dataset], object]]] = [
-    (codes.DCM.PixelDataRows, PIXELS, lambda ds: ds.Rows),
-    (codes.DCM.PixelDataColumns, PIXELS, lambda ds: ds.Columns),
-    (codes.DCM.HorizontalPixelSpacing, MM, lambda ds: ds.PixelSpacing[1]),
-    (codes.DCM.VerticalPixelSpacing, MM, lambda ds: ds.PixelSpacing[0]),
     (codes.DCM.SliceThickness, MM, lambda ds: ds.SliceThickness),
 ]
 

@@ -75,14 +75,9 @@ def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
 
 
 def algorithm_id(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=ALGORITHM_NAME,
-        version=model.version,
-        parameters=[
-            f"model {model_label(model)}",
-            f"HE probability threshold {percent(model.threshold):.1f} %",
-        ],
-    )
+    # Name and version only: the model label is the observer's Model Name and the threshold a
+    # value of its own; parameters repeating them cost a text PACS two lines before each finding.
+    return hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=model.version)
 
 
 def plain(text: str) -> str:
@@ -231,7 +226,6 @@ def planar_group(
         ),
         referenced_region=region,
         finding_type=codes.HEMORRHAGE,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
         algorithm_id=algorithm_id(model),
         measurements=[
@@ -267,7 +261,6 @@ def measurement_group(
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         ),
         finding_type=codes.HEMORRHAGE,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
         algorithm_id=algorithm_id(model),
         measurements=[
