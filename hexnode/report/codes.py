@@ -26,9 +26,8 @@ COMMENT = Code("121106", "DCM", "Comment")  # TEXT items under TID 1500 "Qualita
 # --- measurements -----------------------------------------------------------------------------
 VOLUME = Code("118565006", "SCT", "Volume")
 CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
-NO_UNITS = Code("1", "UCUM", "no units")
-# Probability and threshold in percent: renderers print the UCUM code ("73.2 %"); "1" read as a
-# literal unit (issue 24).
+# Probability and threshold in percent: renderers print the UCUM code, and "1" (no units) was
+# read as a literal unit ("0.732 1", issue 24).
 PERCENT = Code("%", "UCUM", "percent")
 SQUARE_CENTIMETER = Code("cm2", "UCUM", "square centimeter")
 MILLIMETER = Code("mm", "UCUM", "millimeter")

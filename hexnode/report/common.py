@@ -39,11 +39,6 @@ def round_volume_ml(volume_ml: float) -> float:
     return round(float(volume_ml), 2)
 
 
-def round_probability(p: float) -> float:
-    """The probability/threshold as a fraction, to the precision of `percent`."""
-    return round(float(p), 3)
-
-
 def percent(p: float) -> float:
     """A probability/threshold (0-1) as stored in the SR and shown on the SC and in a viewer:
     percent to 0.1 (the 0.001 of a fraction)."""

@@ -6,17 +6,16 @@ Layout:
     Image Library: every CT image of the series (shared descriptors per group, see library.py)
     Imaging Measurements
       Measurement Group (TID 1411): finding Hemorrhage in the Brain, referencing SEG segment 1,
-        algorithm identification (name, version, threshold), Volume (cm3), HE probability (%),
-        threshold (%), risk High/Low
+        algorithm (name, version), Volume (cm3), HE probability (%), threshold (%), risk High/Low
       Measurement Group (TID 1410), only with a hematoma: the same finding (same tracking UID)
         on the key slice (largest area): its closed POLYLINE outline on that CT image, the ABC/2
         estimate, area, long and short axis
+    Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first
 
 The two groups share one Tracking Unique Identifier (and the SEG segment's): one hematoma,
 measured two ways. Viewers that draw SR regions (OHIF) merge groups by that UID, so the outline
 is labelled with the volume and probability too, and no group is left without an image region
 (OHIF fails on such a group otherwise, issue 18).
-    Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first
 
 Every container but the Image Library is SEPARATE: renderers of CONTINUOUS content print the
 values as running prose without their names ("60.35 cm3 0.732 1 High", issue 24).
