@@ -123,7 +123,7 @@ def test_not_analysed_names_a_series_without_number(tmp_path: Path) -> None:
 def test_findings_on_the_first_screen_in_a_browser(rendered: tuple[Dataset, str, str]) -> None:
     """dsr2html's page in chromium on a 1920 x 1080 screen: the volume and probability are visible without
     scrolling (the library above them is a few lines, whatever the slice count)."""
-    pw_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `make install`")
+    import playwright.sync_api as pw_api  # installed by `make install`
     with pw_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                      args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"])

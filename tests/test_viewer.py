@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import playwright.sync_api as playwright  # installed by `make install`; it drives Debian's chromium
 import pydicom
 import pytest
 from PIL import Image
@@ -33,8 +34,6 @@ from hexnode.orthanc_local import Orthanc, OrthancConfig
 from hexnode.report import build_results
 from hexnode.report.render import key_slice
 from hexnode.viewer import ViewerServer, ohif_installed
-
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `make install`")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
