@@ -13,6 +13,7 @@ on the key slice where the projected outline lies, and the label carries volume 
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import time
@@ -165,6 +166,12 @@ def _mask_corners(mask2d: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([np.c_[c + dc, r + dr] for dc in (0, 1) for dr in (0, 1)]), axis=0).astype(float)
 
 
+def _record(check: str, **figures: Any) -> None:
+    """What each geometry check measured, kept beside the screenshots."""
+    with open(SHOTS / "geometry.jsonl", "a") as fh:
+        fh.write(json.dumps({"check": check, **figures}) + "\n")
+
+
 def _canvas_rgb(page: Any, rect: list[float]) -> np.ndarray:
     x, y, w, h = rect
     png = page.screenshot(clip={"x": x, "y": y, "width": w, "height": h})
@@ -196,6 +203,8 @@ def test_seg_overlay_lies_on_the_mask(viewer: Viewer, name: str) -> None:
     ys, xs = np.nonzero(overlay & near)
     assert xs.size > 200, f"no segment overlay near the hematoma (screenshot {SHOTS / f'seg-{name}.png'})"
     got = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
+    _record(f"seg-{name}", overlay_box=got.tolist(), projected_box=want.round(2).tolist(),
+            max_px=float(np.abs(got - want).max()))
     assert np.all(np.abs(got - want) <= 2.0), f"overlay box {got} vs projected mask {want.round(1)}"
     assert viewer.errors == []
     page.close()
@@ -223,6 +232,7 @@ def test_sr_opens_with_outline_and_label(viewer: Viewer) -> None:
     drawn = np.array([float(v) for v in outline.get_attribute("points").replace(",", " ").split()]).reshape(-1, 2)
     assert len(drawn) >= len(polygon) - 1
     gap = np.linalg.norm(drawn[:, None, :] - expected[None, :, :], axis=-1).min(axis=1)
+    _record("sr-outline", vertices=len(drawn), max_px=float(gap.max()), mean_px=float(gap.mean()))
     assert gap.max() <= 2.0, f"outline drawn up to {gap.max():.1f} px from the SR's polygon"
     label = " ".join(page.locator("svg.svg-layer text").all_text_contents())
     volume = next(float(i.MeasuredValueSequence[0].NumericValue) for i in sr.ContentSequence[-2].ContentSequence[0]

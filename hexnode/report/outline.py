@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from hexnode.report.frames import pixel_spacing, slice_positions, slice_thickness
 from hexnode.report.render import key_slice
@@ -108,6 +109,8 @@ def axes_mm(polygon: np.ndarray, spacing_rc: tuple[float, float]) -> tuple[float
     """(long, short) axis: the longest chord between outline vertices, and the region's width
     perpendicular to it (the B of ABC/2), in mm."""
     mm = polygon[:-1] * np.array([spacing_rc[1], spacing_rc[0]])
+    # both extremes lie on the convex hull: a ragged outline of thousands of vertices stays cheap
+    mm = mm[ConvexHull(mm).vertices]
     d = np.linalg.norm(mm[:, None, :] - mm[None, :, :], axis=-1)
     i, j = np.unravel_index(int(np.argmax(d)), d.shape)
     long_axis = float(d[i, j])
