@@ -139,3 +139,13 @@ def test_findings_on_the_first_screen_in_a_browser(rendered: tuple[Dataset, str,
             browser.close()
     for label, box in tops.items():
         assert box is not None and box["y"] + box["height"] <= SCREEN["height"], (label, box)
+
+
+def test_selection_note_names_a_series_without_number(tmp_path: Path) -> None:
+    from hexnode.series.select import SeriesInfo, describe
+
+    header = write_series(tmp_path / "ct", n=2, size=32).headers()[0]
+    del header.SeriesNumber
+    text = describe(SeriesInfo(series_uid=str(header.SeriesInstanceUID), header=header, instance_count=24))
+    assert text.startswith("without number (") and "#?" not in text
+    assert f"analysed series {text}".startswith("analysed series without number ('Head 5mm soft tissue'")
