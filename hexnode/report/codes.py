@@ -30,7 +30,7 @@ CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
 # read as a literal unit ("0.732 1", issue 24).
 PERCENT = Code("%", "UCUM", "percent")
 SQUARE_CENTIMETER = Code("cm2", "UCUM", "square centimeter")
-MILLIMETER = Code("mm", "UCUM", "millimeter")
+MILLIMETER = codes.UCUM.Millimeter  # the meaning the image library uses too ("mm")
 AREA = Code("42798000", "SCT", "Area")
 LONG_AXIS = Code("103339001", "SCT", "Long axis")
 SHORT_AXIS = Code("103340004", "SCT", "Short axis")
