@@ -124,9 +124,9 @@ def test_findings_on_the_first_screen_in_a_browser(rendered: tuple[Dataset, str,
     """dsr2html's page in chromium on a 1920 x 1080 screen: the volume and probability are visible without
     scrolling (the library above them is a few lines, whatever the slice count)."""
     import playwright.sync_api as pw_api  # installed by `make install`
+    from viewer_helpers import launch
     with pw_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                     args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"])
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport=SCREEN)
             page.goto((OUT / "sr.html").resolve().as_uri())

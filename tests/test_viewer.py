@@ -16,7 +16,6 @@ import io
 import json
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 from report_helpers import OUTPUT, Series, prediction, write_series
+from viewer_helpers import CHROMIUM, PROJECT_JS, launch, open_ohif, wait_for_sop
 
 from hexnode.netutil import free_port
 from hexnode.orthanc_local import Orthanc, OrthancConfig
@@ -36,24 +36,7 @@ from hexnode.report import build_results
 from hexnode.report.render import key_slice
 from hexnode.viewer import ViewerServer, ohif_installed
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 SHOTS = OUTPUT / "viewer"
-VIEWPORT = {"width": 1400, "height": 900}
-LOAD_TIMEOUT_MS = 120_000
-
-VIEWPORT_JS = """() => {
-  const s = window.services;
-  const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());
-  if (!vp || !vp.getCurrentImageId()) return null;  // between display sets
-  const r = vp.canvas.getBoundingClientRect();
-  return {imageId: vp.getCurrentImageId(), rect: [r.x, r.y, r.width, r.height]};
-}"""
-PROJECT_JS = """(points) => {
-  const s = window.services;
-  const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());
-  return points.map(p => vp.worldToCanvas(p));
-}"""
 
 
 @dataclass
@@ -108,7 +91,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         shutil.rmtree(SHOTS, ignore_errors=True)
         SHOTS.mkdir(parents=True)
         with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             yield Viewer(orthanc, server, studies, browser)
             browser.close()
     finally:
@@ -118,36 +101,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
 
 
 def _open(viewer: Viewer, study: Study) -> Any:
-    page = viewer.browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-    page.on("pageerror", lambda exc: viewer.errors.append(str(exc)))
-    page.goto(viewer.server.study_url(study.uid))
-    page.wait_for_selector("canvas", timeout=LOAD_TIMEOUT_MS)
-    page.wait_for_function("() => window.services && window.services.viewportGridService.getActiveViewportId()",
-                           timeout=LOAD_TIMEOUT_MS)
-    # OHIF's first-visit tour and its investigational-use banner cover the viewport: dismiss both
-    for label in ("Skip all", "Confirm and hide"):
-        button = page.get_by_text(label)
-        try:
-            button.click(timeout=15_000)
-        except playwright.TimeoutError:
-            pass  # not shown this time (remembered in local storage, or another version)
-    return page
-
-
-def _current_sop(page: Any) -> tuple[str, list[float]]:
-    info = page.evaluate(VIEWPORT_JS)
-    if info is None:
-        return "", []
-    return str(info["imageId"]).split("/instances/")[1].split("/")[0], info["rect"]
-
-
-def _wait_for_sop(page: Any, wanted: set[str], timeout_s: float = 60.0) -> tuple[str, list[float]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        sop, rect = _current_sop(page)
-        if sop in wanted or time.monotonic() > deadline:
-            return sop, rect
-        time.sleep(0.5)
+    return open_ohif(viewer.browser, viewer.server.study_url(study.uid), viewer.errors)
 
 
 def _world(ds: Dataset, xy: np.ndarray) -> list[list[float]]:
@@ -186,7 +140,7 @@ def test_seg_overlay_lies_on_the_mask(viewer: Viewer, name: str) -> None:
     page.get_by_role("button", name="Yes").click(timeout=30_000)  # "open this segmentation?"
     # OHIF jumps to the segment; wait until the viewport shows a slice with hematoma
     with_mask = {ds.SOPInstanceUID for ds, m in zip(study.sources, study.series.mask, strict=True) if m.any()}
-    sop, rect = _wait_for_sop(page, with_mask)
+    sop, rect = wait_for_sop(page, with_mask)
     assert sop in with_mask, "the viewport never showed a slice of the segment"
     page.wait_for_timeout(3000)  # labelmap rendering
     k = next(i for i, ds in enumerate(study.sources) if ds.SOPInstanceUID == sop)
@@ -216,7 +170,7 @@ def test_sr_opens_with_outline_and_label(viewer: Viewer) -> None:
     page.get_by_text("hexnode HE risk SR").dblclick()
     k = key_slice(study.series.mask)
     key = study.sources[k]
-    sop, _ = _wait_for_sop(page, {key.SOPInstanceUID})
+    sop, _ = wait_for_sop(page, {key.SOPInstanceUID})
     assert sop == key.SOPInstanceUID, "the SR did not open on its key slice"
     outline = page.locator("svg.svg-layer polyline").first
     outline.wait_for(timeout=30_000)
@@ -248,7 +202,7 @@ def test_sc_opens(viewer: Viewer) -> None:
     page = _open(viewer, study)
     page.get_by_text("hexnode summary").dblclick()
     sc = pydicom.dcmread(study.files["sc"], stop_before_pixels=True)
-    sop, rect = _wait_for_sop(page, {sc.SOPInstanceUID})
+    sop, rect = wait_for_sop(page, {sc.SOPInstanceUID})
     assert sop == sc.SOPInstanceUID
     page.wait_for_timeout(2000)
     page.screenshot(path=str(SHOTS / "sc.png"))

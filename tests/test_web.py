@@ -84,26 +84,32 @@ def test_status_page_in_a_browser(server):
     """IT's page at /: the token (as a Basic password), the facts, no identifiers, self-refreshing."""
     import playwright.sync_api as pw_api  # installed by `make install`
     from report_helpers import OUTPUT
+    from viewer_helpers import launch
 
     assert _get(server.port, "/")[0] == 401
     url = f"http://127.0.0.1:{server.port}/"
     with pw_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                     args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"])
+        browser = launch(pw)
         try:
             denied = browser.new_page()  # no credentials: chromium's auth challenge fails the load
             try:
                 assert denied.goto(url).status == 401
             except pw_api.Error as exc:
                 assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
-            context = browser.new_context(http_credentials={"username": "it", "password": "s3cret"})
+            context = browser.new_context(http_credentials={"username": "it", "password": "s3cret"},
+                                          viewport={"width": 1280, "height": 1000})
             page = context.new_page()
             assert page.goto(url).status == 200
+            refresh = page.get_attribute("meta[http-equiv='refresh']", "content")
+            # it reloads itself (with the credentials): wait for that, then look right after it,
+            # not while the next reload replaces the page
+            with page.expect_navigation(timeout=(int(refresh or 0) + 15) * 1000) as reloaded:
+                pass
+            assert reloaded.value.status == 200
             (OUTPUT / "web").mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(OUTPUT / "web" / "status.png"), full_page=True)
+            page.screenshot(path=str(OUTPUT / "web" / "status.png"))
             text = page.inner_text("body")
             html = page.content()
-            refresh = page.get_attribute("meta[http-equiv='refresh']", "content")
         finally:
             browser.close()
     assert "hexnode status" in text and "Queue depth" in text
