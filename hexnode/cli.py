@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", _cmd_demo, "Orthanc + hexnode on loopback, a synthetic series in, SEG/SR/SC back")
     p.add_argument("--once", action="store_true", help="exit after the first result")
     p.add_argument("--workdir", default="var/demo")
+    p.add_argument("--viewer-port", type=int, default=0, help="OHIF's loopback port (default: a free one)")
     return parser
 
 

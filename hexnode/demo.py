@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from hexnode.netutil import free_port, wait_port
 from hexnode.orthanc_local import Orthanc, OrthancConfig
+from hexnode.viewer import ViewerServer, ohif_installed
 
 STORESCU = "/usr/bin/storescu"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -65,10 +66,9 @@ def sr_summary(ds: Dataset) -> dict[str, Any]:
                 unit = str(item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
                 if code == "118565006":
                     out["volume_ml"] = value if unit in ("cm3", "ml", "mL") else value / 1000.0
-                elif code == "HE-P":
-                    out["probability"] = value
-                elif code == "HE-THR":
-                    out["threshold"] = value
+                elif code in ("HE-P", "HE-THR"):
+                    # a fraction whatever the unit: "%" since issue 24, "1" before
+                    out["probability" if code == "HE-P" else "threshold"] = value / 100.0 if unit == "%" else value
             elif vtype == "CODE" and "ConceptCodeSequence" in item:
                 meaning = str(item.ConceptCodeSequence[0].CodeMeaning)
                 if code == "HE-RISK":
@@ -325,10 +325,13 @@ def run_demo(args: argparse.Namespace) -> int:
     # SIGINT is set as well: started from a non-interactive shell's background job, Python inherits
     # it ignored and never raises KeyboardInterrupt (seen under `make test` run with `&`).
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    viewer: ViewerServer | None = None
     try:
         print("starting Orthanc and hexnode (serve, worker, send) on loopback ...", flush=True)
         stack.start()
         assert stack.orthanc is not None
+        if ohif_installed():
+            viewer = ViewerServer(stack.orthanc.cfg.url, port=int(getattr(args, "viewer_port", 0) or 0)).start()
         t_up = time.perf_counter()
         from hexnode.synth.dicom import write_case
 
@@ -352,12 +355,17 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  hematoma volume:        {summary['volume_ml']:.1f} ml{found} (ground truth {case.truth.volume_ml:.1f} ml)")
         if "probability" in summary:
             thr = summary.get("threshold")
-            print(f"  expansion probability:  {summary['probability']:.3f}" + (f" (threshold {thr:.3f})" if thr is not None else ""))
+            print(f"  expansion probability:  {summary['probability']:.1%}" + (f" (threshold {thr:.1%})" if thr is not None else ""))
         print(f"  risk:                   {summary.get('risk', summary.get('status', '?'))}")
         print("  synthetic-trained demonstration model: not for clinical use")
         study = stack.orthanc.lookup(truth["study_instance_uid"])
         study_id = next((x["ID"] for x in study if x.get("Type") == "Study"), "")
         print()
+        if viewer is not None:
+            print(f"read it:    {viewer.study_url(truth['study_instance_uid'])}")
+            print("            (OHIF: double-click the SEG or the SR in the series list; the SR opens on the key slice)")
+        else:
+            print("read it:    OHIF is not installed (run `make install`); Orthanc's explorer below")
         print(f"look at it: {stack.orthanc.cfg.url}/app/explorer.html#study?uuid={study_id}")
         print(f"            (SEG, SR and SC next to the CT; logs in {workdir / 'logs'})")
         print()
@@ -381,6 +389,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         print("stopping ...", flush=True)
+        if viewer is not None:
+            viewer.stop()
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

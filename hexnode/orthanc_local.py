@@ -127,6 +127,10 @@ class Orthanc:
         raw = self._request("POST", path, json.dumps(payload).encode())
         return json.loads(raw) if raw else None
 
+    def upload(self, path: Path) -> dict[str, Any]:
+        """Store one DICOM file through REST (POST /instances); Orthanc's answer (ID, Status)."""
+        return dict(json.loads(self._request("POST", "/instances", path.read_bytes())))
+
     def lookup(self, dicom_uid: str) -> list[dict[str, Any]]:
         """Orthanc resources whose DICOM UID is `dicom_uid` (/tools/lookup takes the bare UID)."""
         return list(json.loads(self._request("POST", "/tools/lookup", dicom_uid.encode())))

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 
-debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose pixelmed-apps)
+debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose pixelmed-apps chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,4 +47,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" --no-build-isolation 'pyradiomics>=3.0.1'
   "${pip[@]}" -e '.[train,test]'
   echo "$want" > "$stamp"
+fi
+
+# OHIF (the demo's web viewer, hexnode/viewer.py): the prebuilt @ohif/app from the npm registry,
+# pinned, once, into the ignored var/ohif/ (no build step; ~200 MB unpacked).
+OHIF_VERSION=3.13.2
+ohif_dir="var/ohif/app-$OHIF_VERSION"
+if [ ! -f "$ohif_dir/dist/index.html" ]; then
+  command -v npm >/dev/null || { echo "bootstrap: npm (Node.js) is needed to fetch OHIF" >&2; exit 1; }
+  echo "bootstrap: fetching @ohif/app@$OHIF_VERSION from npm"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
+  rm -rf "$ohif_dir.partial" && mkdir -p "$ohif_dir.partial"
+  tar -xzf "$tmp"/ohif-app-"$OHIF_VERSION".tgz -C "$ohif_dir.partial" --strip-components=1
+  rm -rf "$ohif_dir" "$tmp" && mv "$ohif_dir.partial" "$ohif_dir"
 fi

@@ -77,8 +77,13 @@ def write_series(
     series_uid: str | None = None,
     patient_name: str = "Doe^Jane",
     charset: str | None = "ISO_IR 100",
+    thickness_mm: Sequence[float] | None = None,
 ) -> Series:
-    """Write a CT series; files are numbered in the order of the returned volume."""
+    """Write a CT series; files are numbered in the order of the returned volume.
+
+    `thickness_mm`: one thickness per slice (contiguous slices of mixed thickness, as a scanner
+    writes a reconstruction of 4 mm and 7 mm parts); default 5 mm throughout.
+    """
     out.mkdir(parents=True, exist_ok=True)
     hu, mask = phantom(n, size)
     spacing = (0.9, 0.9, 5.0)
@@ -88,6 +93,10 @@ def write_series(
     t = math.radians(tilt_deg)
     col_dir = (0.0, round(math.cos(t), 10), round(math.sin(t), 10))  # DS holds 16 characters
     order = list(range(n))[::-1] if descending else list(range(n))
+    thick = [float(t) for t in thickness_mm] if thickness_mm is not None else [spacing[2]] * n
+    if len(thick) != n:
+        raise ValueError(f"{len(thick)} thicknesses for {n} slices")
+    z_mm = np.concatenate([[0.0], np.cumsum([(a + b) / 2 for a, b in zip(thick[:-1], thick[1:], strict=True)])])
     paths = []
     for k, i in enumerate(order):
         ds = Dataset()
@@ -113,10 +122,10 @@ def write_series(
         ds.AcquisitionNumber, ds.KVP, ds.GantryDetectorTilt = 1, 120, tilt_deg
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, *col_dir]
         # Table moves along z; a tilted gantry tilts the image plane, not the table path.
-        ds.ImagePositionPatient = [-(size / 2) * spacing[0], -(size / 2) * spacing[1], i * spacing[2]]
-        ds.SliceLocation = i * spacing[2]
+        ds.ImagePositionPatient = [-(size / 2) * spacing[0], -(size / 2) * spacing[1], float(z_mm[i])]
+        ds.SliceLocation = float(z_mm[i])
         ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
+        ds.SliceThickness = thick[i]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows = ds.Columns = size
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

@@ -104,6 +104,12 @@ def _texts(ds: Dataset) -> list[str]:
     return found
 
 
+def _comments(ds: Dataset) -> list[str]:
+    """The TEXT items of the Qualitative Evaluations container, in order."""
+    container = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375")
+    return [str(i.TextValue) for i in container.ContentSequence]
+
+
 def test_sources_are_headers_only(built: Built) -> None:
     # The worker passes headers without pixels; the report must never need them.
     assert all("PixelData" not in ds for ds in built.sources)
@@ -160,11 +166,13 @@ def test_sr_values_reread_by_highdicom(built: Built) -> None:
     assert volume.value == round(pred.volume_ml, 2) and volume.value > 0
     assert volume.unit.value == "cm3" and volume.unit.scheme_designator == "UCUM"
     prob = g.get_measurements(name=codes.HE_PROBABILITY)[0]
-    assert prob.value == round(pred.probability, 3) and prob.unit.value == "1"
-    assert g.get_measurements(name=codes.HE_THRESHOLD)[0].value == MODEL.threshold
+    assert prob.value == round(pred.probability * 100, 1) == 61.2
+    assert (prob.unit.value, prob.unit.scheme_designator) == ("%", "UCUM")
+    thr = g.get_measurements(name=codes.HE_THRESHOLD)[0]
+    assert thr.value == MODEL.threshold * 100 and thr.unit.value == "%"
     risk = g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value
     assert (risk.value, risk.scheme_designator) == ("75540009", "SCT")  # 0.612 >= 0.35: High
-    assert g.finding_type.value == "50960005" and g.finding_category.value == "49755003"
+    assert g.finding_type.value == "50960005"  # category only in the SEG: "Hemorrhage" says it here
     ref = g.referenced_segment
     assert ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
     assert ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 1
@@ -181,10 +189,94 @@ def test_sr_values_reread_by_highdicom(built: Built) -> None:
     }
     assert evidence == {ds.SOPInstanceUID for ds in built.sources} | {seg.SOPInstanceUID}
     texts = _texts(sr)
+    assert _comments(sr)[0] == (f"Hematoma {round(pred.volume_ml, 1):.1f} ml; expansion probability 61 % "
+                                "(threshold 35 %): High risk. Synthetic-trained model, not for clinical use.")
     assert any("not for clinical use" in t.lower() and "synthetic" in t.lower() for t in texts)
     assert SELECTION in texts
     assert (TILT_NOTE in texts) == (built.name == "tilted")
     assert any(MODEL.name in t and MODEL.version in t for t in texts)
+
+
+def _inside_polygon(pts: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Even-odd rule (ray casting along +x) for points (x, y) against a closed polygon."""
+    inside = np.zeros(x.shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:], strict=True):
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_at)
+    return inside
+
+
+def _kothari_abc2(sources: list[Dataset], mask: np.ndarray, a_mm: float, b_mm: float) -> float:
+    """ABC/2 recomputed here from the headers: C = weighted slice count x spacing along the normal."""
+    iop = np.array([float(v) for v in sources[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    z = np.array([np.dot([float(v) for v in ds.ImagePositionPatient], normal) for ds in sources])
+    spacing = float(np.median(np.abs(np.diff(z))))  # uniform in these phantoms
+    areas = mask.reshape(len(mask), -1).sum(axis=1)
+    ratio = areas / areas.max()
+    c_mm = spacing * float(np.sum(np.where(ratio >= 0.75, 1.0, np.where(ratio >= 0.25, 0.5, 0.0))))
+    return a_mm * b_mm * c_mm / 2000.0
+
+
+def test_sr_key_slice_outline(built: Built) -> None:
+    """TID 1410 on the key slice: a closed outline of exactly the mask, area, axes, ABC/2."""
+    sr = hd.sr.srread(built.files["sr"])
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(planar) == 1
+    g = planar[0]
+    k = key_slice(built.series.mask)
+    key = built.sources[k]
+    roi = g.roi
+    assert roi is not None and roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    pts = roi.value
+    np.testing.assert_array_equal(pts[0], pts[-1])  # closed
+    assert roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
+    assert pts.min() >= 0 and pts[:, 0].max() <= key.Columns and pts[:, 1].max() <= key.Rows
+    # the polygon encloses exactly the mask's pixels: rasterise it at pixel centres
+    cols, rows = np.meshgrid(np.arange(key.Columns) + 0.5, np.arange(key.Rows) + 0.5)
+    inside = _inside_polygon(pts, cols, rows)
+    np.testing.assert_array_equal(inside, built.series.mask[k] > 0)
+    row_mm, col_mm = (float(v) for v in key.PixelSpacing)
+    area = g.get_measurements(name=codes.AREA)[0]
+    assert area.value == round(float(built.series.mask[k].sum()) * row_mm * col_mm / 100.0, 2)
+    assert area.unit.value == "cm2"
+    # long axis: the longest distance between two corners of mask pixels (computed independently)
+    r, c = np.nonzero(built.series.mask[k])
+    corners = np.unique(np.concatenate([np.c_[c + dc, r + dr] for dc in (0, 1) for dr in (0, 1)]), axis=0)
+    mm = corners * np.array([col_mm, row_mm])
+    d = np.linalg.norm(mm[:, None] - mm[None], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    long_axis = g.get_measurements(name=codes.LONG_AXIS)[0]
+    assert long_axis.value == pytest.approx(d[i, j], abs=0.051) and long_axis.unit.value == "mm"
+    u = (mm[j] - mm[i]) / d[i, j]
+    across = mm @ np.array([-u[1], u[0]])
+    short_axis = g.get_measurements(name=codes.SHORT_AXIS)[0].value
+    assert short_axis == pytest.approx(across.max() - across.min(), abs=0.051) and 0 < short_axis <= long_axis.value
+    abc2 = g.get_measurements(name=codes.ABC2_VOLUME)[0]
+    assert abc2.value == pytest.approx(_kothari_abc2(built.sources, built.series.mask, long_axis.value, short_axis),
+                                       rel=0.01)
+    assert abc2.unit.value == "cm3"
+    # one finding measured two ways: the planar group shares the volumetric group's (and the SEG
+    # segment's) tracking UID, so a viewer labels the outline with the volume and probability
+    vol = sr.content.get_volumetric_roi_measurement_groups()[0]
+    assert g.tracking_uid == vol.tracking_uid == derive_uid(str(key.SeriesInstanceUID), MODEL.version, "tracking")
+    assert vol.get_measurements(name=codes.VOLUME) and vol.get_measurements(name=codes.HE_PROBABILITY)
+    assert any(t.startswith(f"Key slice {k + 1} of {len(built.sources)}") for t in _comments(sr))
+
+
+def test_abc2_depth_weighs_each_slice_by_its_own_spacing() -> None:
+    from hexnode.report.outline import kothari_depth_mm, slice_steps
+
+    # 4 mm slices then 7 mm slices: each slice's share is half the gaps to its neighbours
+    z = [0.0, 4.0, 8.0, 13.5, 20.5, 27.5]
+    assert slice_steps(z, 5.0) == [4.0, 4.0, 4.75, 6.25, 7.0, 7.0]
+    # weights 0 (< 25 % of the largest), 0.5 (25-75 %), 1 (>= 75 %)
+    areas = [10.0, 30.0, 80.0, 100.0, 50.0, 20.0]
+    assert kothari_depth_mm(areas, slice_steps(z, 5.0)) == pytest.approx(0.5 * 4.0 + 4.75 + 6.25 + 0.5 * 7.0)
+    assert slice_steps([3.0], 5.0) == [5.0] and kothari_depth_mm([0.0], [5.0]) == 0.0
 
 
 def test_sr_image_library_lists_every_ct_image(built: Built) -> None:
@@ -291,14 +383,46 @@ def test_not_analysed_sr_says_why(built: Built) -> None:
     assert (sc.pixel_array.max(axis=-1) > 100).sum() > 1000  # text is there
 
 
+def _with_groups(path: Path, out: Path, keep: str) -> Path:
+    """A copy of the SR whose Imaging Measurements hold only the planar ('scoord') or only the
+    volumetric ('segment') measurement group."""
+    ds = pydicom.dcmread(path)
+    measurements = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+
+    def kind(group: Dataset) -> str:
+        return "scoord" if any(i.ValueType == "SCOORD" for i in group.ContentSequence) else "segment"
+
+    measurements.ContentSequence = [g for g in measurements.ContentSequence if kind(g) == keep]
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+# PixelMed's TID 1500 rules apply TID 1410 to every Measurement Group once any group holds an
+# Image Region (its XSL tests the container's children, not each group): the volumetric group is
+# then reported for lacking TID 1410's conditional region. Exactly those two lines are allowed on
+# the full SR, and each group is validated on its own with zero errors.
+PIXELMED_1410_ON_1411 = (
+    'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 5] SCOORD',
+    'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 7] IMAGE',
+)
+
+
 # One JVM run (~15 s) per SR kind keeps the suite fast; the tilted case carries every optional item.
 @pytest.mark.parametrize("built", ["tilted"], indirect=True)
-def test_pixelmed_sr_validator_zero_errors(built: Built) -> None:
+def test_pixelmed_sr_validator_zero_errors(built: Built, tmp_path: Path) -> None:
     require("DicomSRValidator")
-    for kind in ("sr", "na_sr"):
-        errors, text = sr_validator(built.files[kind])
+    planar_only = _with_groups(built.files["sr"], tmp_path / "planar.dcm", "scoord")
+    volumetric_only = _with_groups(built.files["sr"], tmp_path / "volumetric.dcm", "segment")
+    for path in (planar_only, volumetric_only, built.files["na_sr"]):
+        errors, text = sr_validator(path)
         assert errors == [], text
         assert "Found Root Template TID_1500" in text and "IOD validation complete" in text
+    errors, text = sr_validator(built.files["sr"])
+    assert "Found Root Template TID_1500" in text and "IOD validation complete" in text
+    # the volumetric group is the first (1.9.1): the planar one (1.9.2) passes TID 1410
+    unexplained = [e for e in errors if not (e.startswith(PIXELMED_1410_ON_1411) and "within 1.9.1:" in e)]
+    assert unexplained == [], text
+    assert len(errors) <= 2
 
 
 def test_rerun_gives_identical_uids(built: Built) -> None:
@@ -331,6 +455,9 @@ def test_no_hemorrhage(tmp_path: Path) -> None:
     assert g.get_measurements(name=codes.VOLUME)[0].value == 0.0
     assert g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value.value == "62482003"  # Low
     assert "No hemorrhage detected." in _texts(sr)
+    # nothing to outline: no planar group, and the summary says so first
+    assert hd.sr.srread(files["sr"]).content.get_planar_roi_measurement_groups() == []
+    assert _comments(sr)[0].startswith("No hemorrhage detected (hematoma 0.0 ml): Low risk")
 
 
 def test_revision_supersedes(tmp_path: Path) -> None:

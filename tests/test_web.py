@@ -78,3 +78,43 @@ def test_non_loopback_bind_requires_a_token():
     with pytest.raises(ConfigError, match="http.token"):
         load_config(env=env)
     assert load_config(env={**env, "HEXNODE_HTTP_TOKEN": "t"}).http.token == "t"
+
+
+def test_status_page_in_a_browser(server):
+    """IT's page at /: the token (as a Basic password), the facts, no identifiers, self-refreshing."""
+    import playwright.sync_api as pw_api  # installed by `make install`
+    from report_helpers import OUTPUT
+    from viewer_helpers import launch
+
+    assert _get(server.port, "/")[0] == 401
+    url = f"http://127.0.0.1:{server.port}/"
+    with pw_api.sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            denied = browser.new_page()  # no credentials: chromium's auth challenge fails the load
+            try:
+                assert denied.goto(url).status == 401
+            except pw_api.Error as exc:
+                assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
+            context = browser.new_context(http_credentials={"username": "it", "password": "s3cret"},
+                                          viewport={"width": 1280, "height": 1000})
+            page = context.new_page()
+            assert page.goto(url).status == 200
+            refresh = page.get_attribute("meta[http-equiv='refresh']", "content")
+            # it reloads itself (with the credentials): wait for that, then look right after it,
+            # not while the next reload replaces the page
+            with page.expect_navigation(timeout=(int(refresh or 0) + 15) * 1000) as reloaded:
+                pass
+            assert reloaded.value.status == 200
+            (OUTPUT / "web").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "web" / "status.png"))
+            text = page.inner_text("body")
+            html = page.content()
+        finally:
+            browser.close()
+    assert "hexnode status" in text and "Queue depth" in text
+    assert "jobs (queued + running)\t1" in text
+    assert "Series by state" in text and "queued\t1" in text
+    assert "Failed deliveries" in text and "Rejected or failed series" in text
+    assert refresh is not None and int(refresh) > 0
+    assert SERIES_UID not in html and "<script" not in html

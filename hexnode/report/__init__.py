@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from hexnode.analysis import Prediction
 from hexnode.report.common import addressable
 from hexnode.report.not_analysed import build_not_analysed
+from hexnode.report.outline import key_slice_roi
 from hexnode.report.sc import build_sc
 from hexnode.report.seg import build_seg
 from hexnode.report.sr import build_sr
@@ -44,6 +45,7 @@ def build_results(
         raise ValueError(f"invalid probability {prediction.probability!r}")
     sources = addressable(sources)
     seg = build_seg(sources, mask, prediction.model, revision=revision)
-    sr = build_sr(sources, seg, prediction, revision=revision, selection_note=selection_note)
-    sc = build_sc(sources, hu, mask, prediction, revision=revision, selection_note=selection_note)
+    key = key_slice_roi(sources, mask)
+    sr = build_sr(sources, seg, prediction, key=key, revision=revision, selection_note=selection_note)
+    sc = build_sc(sources, hu, mask, prediction, key=key, revision=revision, selection_note=selection_note)
     return [seg, sr, sc]

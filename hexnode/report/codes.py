@@ -26,7 +26,17 @@ COMMENT = Code("121106", "DCM", "Comment")  # TEXT items under TID 1500 "Qualita
 # --- measurements -----------------------------------------------------------------------------
 VOLUME = Code("118565006", "SCT", "Volume")
 CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
-NO_UNITS = Code("1", "UCUM", "no units")
+# Probability and threshold in percent: renderers print the UCUM code, and "1" (no units) was
+# read as a literal unit ("0.732 1", issue 24).
+PERCENT = Code("%", "UCUM", "percent")
+SQUARE_CENTIMETER = Code("cm2", "UCUM", "square centimeter")
+MILLIMETER = codes.UCUM.Millimeter  # the meaning the image library uses too ("mm")
+AREA = Code("42798000", "SCT", "Area")
+LONG_AXIS = Code("103339001", "SCT", "Long axis")
+SHORT_AXIS = Code("103340004", "SCT", "Short axis")
+# Kothari's bedside estimate has no standard concept of its own; "Volume of ellipsoid" (DCM 121221)
+# is what it approximates but does not say how it was measured, which is what a reader checks.
+ABC2_VOLUME = Code("HE-ABC2", "99HEXNODE", "Hematoma volume by ABC/2")
 
 PRIVATE_SCHEME = "99HEXNODE"
 HE_PROBABILITY = Code("HE-P", PRIVATE_SCHEME, "Probability of hematoma expansion")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from hexnode import __version__
-from hexnode.analysis import NOT_FOR_CLINICAL_USE, ModelInfo
+from hexnode.analysis import NOT_FOR_CLINICAL_USE, ModelInfo, Prediction
 from hexnode.report import codes
 from hexnode.report.uids import device_uid
 
@@ -39,9 +39,46 @@ def round_volume_ml(volume_ml: float) -> float:
     return round(float(volume_ml), 2)
 
 
-def round_probability(p: float) -> float:
-    """The probability/threshold as stored in the SR and shown on the SC."""
-    return round(float(p), 3)
+def percent(p: float) -> float:
+    """A probability/threshold (0-1) as stored in the SR and shown on the SC and in a viewer:
+    percent to 0.1 (the 0.001 of a fraction)."""
+    return round(float(p) * 100.0, 1)
+
+
+def round_length_mm(value: float) -> float:
+    return round(float(value), 1)
+
+
+def round_area_cm2(value: float) -> float:
+    return round(float(value), 2)
+
+
+def series_number_text(src: Dataset) -> str:
+    """'series 3', or 'series without number' (never '#?': a reader cannot look that up)."""
+    number = src.get("SeriesNumber")
+    return f"series {number}" if number not in (None, "") else "series without number"
+
+
+def probability_pair(probability: float, threshold: float) -> tuple[str, str]:
+    """Probability and threshold as whole percents, or to 0.1 where whole percents would look
+    equal (a Low "29 % (threshold 29 %)" reads as a contradiction)."""
+    p, t = percent(probability), percent(threshold)
+    digits = 1 if round(p) == round(t) else 0
+    return f"{p:.{digits}f} %", f"{t:.{digits}f} %"
+
+
+def summary_sentence(prediction: Prediction) -> str:
+    """The one line a radiologist reads first (the SR's first comment; the SC says the same)."""
+    model = prediction.model
+    prob, thr = probability_pair(prediction.probability, model.threshold)
+    if prediction.hemorrhage_detected:
+        risk = "High" if prediction.high_risk else "Low"
+        finding = (f"Hematoma {round_volume_ml(prediction.volume_ml):.1f} ml; expansion probability {prob} "
+                   f"(threshold {thr}): {risk} risk.")
+    else:
+        finding = f"No hemorrhage detected (hematoma 0.0 ml): Low risk of expansion (threshold {thr})."
+    kind = "Synthetic-trained model" if model.synthetic_trained else "Research model"
+    return f"{finding} {kind}, not for clinical use."
 
 
 def clinical_use_note(model: ModelInfo) -> str:

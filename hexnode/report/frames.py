@@ -53,3 +53,47 @@ def slice_source(sources: Sequence[Dataset], z: int) -> tuple[Dataset, int | Non
     if is_multiframe(sources):
         return sources[0], frame_order(sources[0])[z] + 1
     return sources[z], None
+
+
+def _normal(iop: Sequence[float]) -> np.ndarray:
+    v = np.array([float(x) for x in iop])
+    return np.cross(v[:3], v[3:])
+
+
+def slice_positions(sources: Sequence[Dataset]) -> list[float]:
+    """Each z slice's position (mm) along the slice normal, in the mask's z order."""
+    if is_multiframe(sources):
+        src = sources[0]
+        orient = _frame_item(src, 0, "PlaneOrientationSequence")
+        if orient is None:
+            raise ValueError("multi-frame source without Plane Orientation")
+        normal = _normal(orient.ImageOrientationPatient)
+        out = []
+        for i in frame_order(src):
+            pos = _frame_item(src, i, "PlanePositionSequence")
+            assert pos is not None  # frame_order checked every frame
+            out.append(float(np.dot([float(v) for v in pos.ImagePositionPatient], normal)))
+        return out
+    normal = _normal(sources[0].ImageOrientationPatient)
+    return [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in sources]
+
+
+def pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
+    """(row, column) spacing in mm of the source images."""
+    src = sources[0]
+    if is_multiframe(sources):
+        measures = _frame_item(src, 0, "PixelMeasuresSequence")
+        if measures is None:
+            raise ValueError("multi-frame source without Pixel Measures")
+        row, col = measures.PixelSpacing
+    else:
+        row, col = src.PixelSpacing
+    return float(row), float(col)
+
+
+def slice_thickness(sources: Sequence[Dataset]) -> float:
+    src = sources[0]
+    if is_multiframe(sources):
+        measures = _frame_item(src, 0, "PixelMeasuresSequence")
+        return float(measures.get("SliceThickness", 0) or 0) if measures is not None else 0.0
+    return float(src.get("SliceThickness", 0) or 0)

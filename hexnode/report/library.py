@@ -1,67 +1,58 @@
-"""TID 1600 Image Library with shared descriptors factored into each Image Library Group.
+"""TID 1600 Image Library: the source images, with only the descriptors a reader can use.
 
-highdicom's ImageLibrary repeats ~16 descriptors (modality, frame of reference, matrix, spacing,
-orientation, position) under every image; for a 300-slice series that is 5,000 content items,
-and the SR build then spends seconds deep-copying and searching them. TID 1601 allows the
-descriptors common to a group at group level, so each entry here carries only what differs
-(normally its Image Position). Same information, a quarter of the items.
+A PACS that shows an SR as text prints every per-image descriptor (Image Position X/Y/Z of each
+slice) as a footnote, a screen of numbers before the first finding (issue 24). highdicom's
+ImageLibrary writes those ~16 descriptors under every image. Here each Image Library Group
+(one per SOP class, modality and frame of reference) carries the descriptors its images share
+- modality, frame of reference, slice thickness when all slices have the same - and each entry
+is the bare image reference. TID 1601/1602 make every descriptor optional
+at entry level; geometry per slice is in the images themselves, which every reference points to.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import highdicom as hd
-
-# The SOP class -> modality code table highdicom's own ImageLibrary uses (pinned highdicom 0.28).
-from highdicom.sr.templates import _get_coded_modality
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 ACQ = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 MM = codes.UCUM.Millimeter
-PIXELS = Code("{pixels}", "UCUM", "Pixels")
-DIRECTION = Code("{-1:1}", "UCUM", "{-1:1}")
 SOURCE = Code("260753009", "SCT", "Source")
+UNKNOWN_MODALITY = Code("OT", "DCM", "Other")
 
-# (concept, unit, getter) for TID 1602 + TID 1604 (cross-sectional) numeric descriptors.
-_NUMERIC: list[tuple[Code, Code, Any]] = [
-    (codes.DCM.PixelDataRows, PIXELS, lambda ds: ds.Rows),
-    (codes.DCM.PixelDataColumns, PIXELS, lambda ds: ds.Columns),
-    (codes.DCM.HorizontalPixelSpacing, MM, lambda ds: ds.PixelSpacing[1]),
-    (codes.DCM.VerticalPixelSpacing, MM, lambda ds: ds.PixelSpacing[0]),
+# (concept, unit, getter): the TID 1602/1604 descriptors worth a line to a reader when a whole
+# group shares them. Matrix and pixel spacing are not: a reader never looks them up in the report.
+_SHARED: list[tuple[Code, Code, Callable[[Dataset], object]]] = [
     (codes.DCM.SliceThickness, MM, lambda ds: ds.SliceThickness),
-    (codes.DCM.ImagePositionPatientX, MM, lambda ds: ds.ImagePositionPatient[0]),
-    (codes.DCM.ImagePositionPatientY, MM, lambda ds: ds.ImagePositionPatient[1]),
-    (codes.DCM.ImagePositionPatientZ, MM, lambda ds: ds.ImagePositionPatient[2]),
-    (codes.DCM.ImageOrientationPatientRowX, DIRECTION, lambda ds: ds.ImageOrientationPatient[0]),
-    (codes.DCM.ImageOrientationPatientRowY, DIRECTION, lambda ds: ds.ImageOrientationPatient[1]),
-    (codes.DCM.ImageOrientationPatientRowZ, DIRECTION, lambda ds: ds.ImageOrientationPatient[2]),
-    (codes.DCM.ImageOrientationPatientColumnX, DIRECTION, lambda ds: ds.ImageOrientationPatient[3]),
-    (codes.DCM.ImageOrientationPatientColumnY, DIRECTION, lambda ds: ds.ImageOrientationPatient[4]),
-    (codes.DCM.ImageOrientationPatientColumnZ, DIRECTION, lambda ds: ds.ImageOrientationPatient[5]),
 ]
 
 
-def _numeric_values(ds: Dataset) -> list[float | None]:
-    values: list[float | None] = []
-    for _, _, get in _NUMERIC:
-        try:
-            values.append(float(get(ds)))
-        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-            values.append(None)  # absent in this header: the descriptor is simply not listed
-    return values
+def coded_modality(modality: str) -> Code:
+    """The CID 29 code of a header's Modality (CT -> DCM 'Computed Tomography')."""
+    for code in codes.cid29.concepts.values():
+        if code.value == modality:
+            return code
+    return UNKNOWN_MODALITY
 
 
-def _num_items(values: Sequence[float | None], keep: Sequence[bool]) -> list[hd.sr.NumContentItem]:
-    return [
-        hd.sr.NumContentItem(name=concept, value=value, unit=unit, relationship_type=ACQ)
-        for (concept, unit, _), value, k in zip(_NUMERIC, values, keep, strict=True)
-        if k and value is not None
-    ]
+def _value(ds: Dataset, get: Callable[[Dataset], object]) -> float | None:
+    try:
+        return float(get(ds))  # type: ignore[arg-type]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None  # absent in this header (e.g. an Enhanced CT keeps spacing per frame)
+
+
+def shared_descriptors(members: Sequence[Dataset]) -> list[hd.sr.NumContentItem]:
+    items = []
+    for concept, unit, get in _SHARED:
+        values = {_value(ds, get) for ds in members}
+        if len(values) == 1 and (value := values.pop()) is not None:
+            items.append(hd.sr.NumContentItem(name=concept, value=value, unit=unit, relationship_type=ACQ))
+    return items
 
 
 def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
@@ -71,34 +62,27 @@ def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
         groups[(str(ds.SOPClassUID), str(ds.get("Modality", "")), str(ds.get("FrameOfReferenceUID", "")))].append(ds)
     library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     library.ContentSequence = hd.sr.ContentSequence()
-    for (sop_class_uid, _, frame_uid), members in groups.items():
-        values = [_numeric_values(ds) for ds in members]
-        shared = [all(v[i] == values[0][i] for v in values) for i in range(len(_NUMERIC))]
+    for (_, modality, frame_uid), members in groups.items():
         group = hd.sr.ContainerContentItem(
             name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )
         group.ContentSequence = hd.sr.ContentSequence()
         group.ContentSequence.append(
-            hd.sr.CodeContentItem(
-                name=codes.DCM.Modality, value=_get_coded_modality(sop_class_uid), relationship_type=ACQ
-            )
+            hd.sr.CodeContentItem(name=codes.DCM.Modality, value=coded_modality(modality), relationship_type=ACQ)
         )
         if frame_uid:
             group.ContentSequence.append(
                 hd.sr.UIDRefContentItem(name=codes.DCM.FrameOfReferenceUID, value=frame_uid, relationship_type=ACQ)
             )
-        group.ContentSequence.extend(_num_items(values[0], shared))
-        per_image = [not s for s in shared]
-        for ds, v in zip(members, values, strict=True):
-            entry = hd.sr.ImageContentItem(
+        group.ContentSequence.extend(shared_descriptors(members))
+        group.ContentSequence.extend(
+            hd.sr.ImageContentItem(
                 name=SOURCE,
                 referenced_sop_class_uid=ds.SOPClassUID,
                 referenced_sop_instance_uid=ds.SOPInstanceUID,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
-            own = _num_items(v, per_image)
-            if own:
-                entry.ContentSequence = hd.sr.ContentSequence(own)
-            group.ContentSequence.append(entry)
+            for ds in members
+        )
         library.ContentSequence.append(group)
     return library

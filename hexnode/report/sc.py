@@ -18,11 +18,14 @@ from hexnode.report.common import (
     character_set,
     first_image,
     model_label,
-    round_probability,
+    probability_pair,
+    round_length_mm,
     round_volume_ml,
     series_description,
+    series_number_text,
 )
 from hexnode.report.frames import n_slices, slice_source
+from hexnode.report.outline import KeySliceROI
 from hexnode.report.render import HIGH_RGB, LOW_RGB, WARN_RGB, Line, annotate, blank, key_slice, slice_rgb
 from hexnode.report.uids import derive_uid
 
@@ -40,9 +43,8 @@ def patient_orientation(src: Dataset) -> tuple[str, str]:
 
 
 def source_line(src: Dataset) -> str:
-    number = src.get("SeriesNumber", "")
     desc = str(src.get("SeriesDescription", "") or "").strip()
-    return f"Source: series {number}" + (f" '{desc}'" if desc else "")
+    return f"Source: {series_number_text(src)}" + (f" '{desc}'" if desc else "")
 
 
 def sc_dataset(
@@ -112,22 +114,27 @@ def sc_dataset(
 
 
 def summary_lines(
-    prediction: Prediction, selection_note: str | None, key_index: int, n_slices: int
+    prediction: Prediction, selection_note: str | None, key_index: int, n_slices: int,
+    roi: KeySliceROI | None = None,
 ) -> tuple[list[Line], list[Line]]:
     model = prediction.model
-    prob = round_probability(prediction.probability)
-    thr = round_probability(model.threshold)
+    # the same percents as the SR's values and summary sentence (and so the viewer's label)
+    prob, thr = probability_pair(prediction.probability, model.threshold)
     if prediction.hemorrhage_detected:
         risk = "HIGH" if prediction.high_risk else "LOW"
         top = [
             Line(f"HE risk: {risk}", 24, HIGH_RGB if prediction.high_risk else LOW_RGB),
-            Line(f"Expansion probability {prob:.3f} (threshold {thr:.3f})", 16),
+            Line(f"Expansion probability {prob} (threshold {thr})", 16),
             Line(f"Hematoma volume {round_volume_ml(prediction.volume_ml):.1f} ml", 16),
         ]
+        if roi is not None:
+            top.append(Line(
+                f"ABC/2 {round_volume_ml(roi.abc2_ml):.1f} ml; axes {round_length_mm(roi.long_axis_mm):.0f} x "
+                f"{round_length_mm(roi.short_axis_mm):.0f} mm on this slice", 14))
     else:
         top = [
             Line("No hemorrhage detected", 24, LOW_RGB),
-            Line(f"Hematoma volume 0.0 ml; HE risk LOW (threshold {thr:.3f})", 16),
+            Line(f"Hematoma volume 0.0 ml; HE risk LOW (threshold {thr})", 16),
         ]
     bottom = [Line(note, 14, WARN_RGB) for note in prediction.notes]
     if selection_note:
@@ -145,13 +152,14 @@ def build_sc(
     mask: np.ndarray,
     prediction: Prediction,
     *,
+    key: tuple[int, KeySliceROI] | None = None,
     revision: int = 0,
     selection_note: str | None = None,
 ) -> hd.sc.SCImage:
     if hu.shape != mask.shape or hu.shape[0] != n_slices(sources):
         raise ValueError(f"hu {hu.shape}, mask {mask.shape} and {n_slices(sources)} source slices disagree")
-    k = key_slice(mask)
-    top, bottom = summary_lines(prediction, selection_note, k, hu.shape[0])
+    k = key[0] if key is not None else key_slice(mask)
+    top, bottom = summary_lines(prediction, selection_note, k, hu.shape[0], key[1] if key is not None else None)
     if revision:
         bottom.insert(0, Line(f"Corrected result, revision {revision}", 14, WARN_RGB))
     pixels = annotate(slice_rgb(hu[k], mask[k]), top, bottom)

@@ -4,11 +4,21 @@ Layout:
   Imaging Measurement Report (DCM 126000)
     language, device observer (the algorithm), procedure reported (LN 25045-6)
     Image Library: every CT image of the series (shared descriptors per group, see library.py)
-    Imaging Measurements / Measurement Group (TID 1411): finding Hemorrhage in the Brain,
-      referencing SEG segment 1 explicitly, algorithm identification (name, version, threshold),
-      Volume (cm3), HE probability (1), threshold (1), risk High/Low
-    Qualitative Evaluations (TID 1500 row 12): TEXT comments (not for clinical use, model, tilt,
-      series selection, "no hemorrhage detected", supersedes)
+    Imaging Measurements
+      Measurement Group (TID 1411): finding Hemorrhage in the Brain, referencing SEG segment 1,
+        algorithm (name, version), Volume (cm3), HE probability (%), threshold (%), risk High/Low
+      Measurement Group (TID 1410), only with a hematoma: the same finding (same tracking UID)
+        on the key slice (largest area): its closed POLYLINE outline on that CT image, the ABC/2
+        estimate, area, long and short axis
+    Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first
+
+The two groups share one Tracking Unique Identifier (and the SEG segment's): one hematoma,
+measured two ways. Viewers that draw SR regions (OHIF) merge groups by that UID, so the outline
+is labelled with the volume and probability too, and no group is left without an image region
+(OHIF fails on such a group otherwise, issue 18).
+
+Every container but the Image Library is SEPARATE: renderers of CONTINUOUS content print the
+values as running prose without their names ("60.35 cm3 0.732 1 High", issue 24).
 """
 
 from __future__ import annotations
@@ -29,18 +39,23 @@ from hexnode.report.common import (
     SR_SERIES,
     add_contributing_equipment,
     character_set,
-    clinical_use_note,
     first_image,
     model_label,
-    round_probability,
+    percent,
+    round_area_cm2,
+    round_length_mm,
     round_volume_ml,
     series_description,
+    summary_sentence,
 )
+from hexnode.report.frames import n_slices, slice_source
 from hexnode.report.library import image_library
+from hexnode.report.outline import KeySliceROI
 from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.uids import derive_uid, device_uid
 
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+IMAGE_LIBRARY = "111028"
 
 
 def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
@@ -59,14 +74,9 @@ def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
 
 
 def algorithm_id(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=ALGORITHM_NAME,
-        version=model.version,
-        parameters=[
-            f"model {model_label(model)}",
-            f"HE probability threshold {round_probability(model.threshold):.3f}",
-        ],
-    )
+    # Name and version only: the model label is the observer's Model Name and the threshold a
+    # value of its own; parameters repeating them cost a text PACS two lines before each finding.
+    return hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=model.version)
 
 
 def plain(text: str) -> str:
@@ -79,7 +89,8 @@ def plain(text: str) -> str:
 def comments_container(texts: Iterable[str]) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12 'Qualitative Evaluations' holding free-text comments (row 14)."""
     container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
     container.ContentSequence = hd.sr.ContentSequence(
         [
@@ -120,10 +131,24 @@ def image_sources(sources: Sequence[Dataset]) -> list[Dataset]:
     return [ds for ds in sources if "Rows" in ds and "SOPInstanceUID" in ds]
 
 
+def separate_findings(items: Iterable[Dataset]) -> None:
+    """Mark every container SEPARATE (findings, each printed with its name), except the Image
+    Library's, whose image references read best as one running list."""
+    for item in items:
+        if item.ValueType != "CONTAINER":
+            continue
+        if item.ConceptNameCodeSequence[0].CodeValue == IMAGE_LIBRARY:
+            continue
+        item.ContinuityOfContent = "SEPARATE"
+        separate_findings(item.get("ContentSequence", []))
+
+
 def with_library_and_comments(
     report: hd.sr.MeasurementReport, sources: Sequence[Dataset], comments: Iterable[str]
 ) -> hd.sr.MeasurementReport:
     """Add the Image Library (TID 1600, after 'procedure reported') and the comments (row 12)."""
+    report[0].ContinuityOfContent = "SEPARATE"
+    separate_findings(report[0].ContentSequence)
     root = report[0].ContentSequence
     images = image_sources(sources)
     if images:
@@ -167,6 +192,59 @@ def document(
     return sr
 
 
+def volume_measurement(prediction: Prediction) -> hd.sr.Measurement:
+    volume = prediction.volume_ml if prediction.hemorrhage_detected else 0.0
+    return hd.sr.Measurement(name=codes.VOLUME, value=round_volume_ml(volume), unit=codes.CUBIC_CENTIMETER)
+
+
+def probability_measurement(prediction: Prediction) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=codes.HE_PROBABILITY, value=percent(prediction.probability), unit=codes.PERCENT)
+
+
+def planar_group(
+    sources: Sequence[Dataset], key: int, roi: KeySliceROI, prediction: Prediction, revision: int
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 on the key slice: the outline a viewer draws on that CT image, and the hand
+    measurements a radiologist makes there (ABC/2 beside the segmented volume of TID 1411)."""
+    model = prediction.model
+    src = first_image(sources)
+    image, frame = slice_source(sources, key)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=roi.polygon,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=image.SOPClassUID,
+            referenced_sop_instance_uid=image.SOPInstanceUID,
+            referenced_frame_numbers=[frame] if frame is not None else None,
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(str(src.SeriesInstanceUID), model.version, "tracking", revision),
+            identifier=TRACKING_LABEL,
+        ),
+        referenced_region=region,
+        finding_type=codes.HEMORRHAGE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
+        algorithm_id=algorithm_id(model),
+        measurements=[
+            hd.sr.Measurement(name=codes.ABC2_VOLUME, value=round_volume_ml(roi.abc2_ml), unit=codes.CUBIC_CENTIMETER),
+            hd.sr.Measurement(name=codes.AREA, value=round_area_cm2(roi.area_cm2), unit=codes.SQUARE_CENTIMETER),
+            hd.sr.Measurement(name=codes.LONG_AXIS, value=round_length_mm(roi.long_axis_mm), unit=codes.MILLIMETER),
+            hd.sr.Measurement(name=codes.SHORT_AXIS, value=round_length_mm(roi.short_axis_mm), unit=codes.MILLIMETER),
+        ],
+    )
+
+
+def key_slice_text(sources: Sequence[Dataset], key: int, roi: KeySliceROI, prediction: Prediction) -> str:
+    return (
+        f"Key slice {key + 1} of {n_slices(sources)} (largest hematoma area): area "
+        f"{round_area_cm2(roi.area_cm2):.2f} cm2, long axis {round_length_mm(roi.long_axis_mm):.1f} mm, "
+        f"short axis {round_length_mm(roi.short_axis_mm):.1f} mm; ABC/2 estimate "
+        f"{round_volume_ml(roi.abc2_ml):.1f} ml (segmented volume {round_volume_ml(prediction.volume_ml):.1f} ml)."
+    )
+
+
 def measurement_group(
     seg: Dataset, series_uid: str, prediction: Prediction, revision: int
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
@@ -182,25 +260,12 @@ def measurement_group(
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         ),
         finding_type=codes.HEMORRHAGE,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
         algorithm_id=algorithm_id(model),
         measurements=[
-            hd.sr.Measurement(
-                name=codes.VOLUME,
-                value=round_volume_ml(prediction.volume_ml if prediction.hemorrhage_detected else 0.0),
-                unit=codes.CUBIC_CENTIMETER,
-            ),
-            hd.sr.Measurement(
-                name=codes.HE_PROBABILITY,
-                value=round_probability(prediction.probability),
-                unit=codes.NO_UNITS,
-            ),
-            hd.sr.Measurement(
-                name=codes.HE_THRESHOLD,
-                value=round_probability(model.threshold),
-                unit=codes.NO_UNITS,
-            ),
+            volume_measurement(prediction),
+            probability_measurement(prediction),
+            hd.sr.Measurement(name=codes.HE_THRESHOLD, value=percent(model.threshold), unit=codes.PERCENT),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
@@ -210,18 +275,25 @@ def measurement_group(
     )
 
 
-def result_comments(prediction: Prediction, selection_note: str | None, revision: int) -> list[str]:
+def result_comments(
+    prediction: Prediction, selection_note: str | None, revision: int, key_slice: str | None = None
+) -> list[str]:
+    """The Qualitative Evaluations, in reading order: the summary, then what qualifies it."""
     model = prediction.model
-    texts = [
-        clinical_use_note(model),
-        f"Model {model_label(model)}; HE risk High when probability >= "
-        f"{round_probability(model.threshold):.3f}.",
-    ]
+    texts = [summary_sentence(prediction)]
     if not prediction.hemorrhage_detected:
         texts.append("No hemorrhage detected.")
+    # The series' own facts (gantry tilt; the lead's mixed slice thickness line, e.g. "slice
+    # thickness 4 mm (14 slices) and 7 mm (14 slices)") arrive as prediction.notes: right after
+    # the summary, before how the series was chosen.
     texts.extend(prediction.notes)
     if selection_note:
         texts.append(selection_note)
+    if key_slice:
+        texts.append(key_slice)
+    texts.append(
+        f"Model {model_label(model)}; HE risk High when the probability is at least {percent(model.threshold):.1f} %."
+    )
     texts.append(supersedes_text(revision) or "")
     return texts
 
@@ -231,18 +303,28 @@ def build_sr(
     seg: Dataset,
     prediction: Prediction,
     *,
+    key: tuple[int, KeySliceROI] | None = None,
     revision: int = 0,
     selection_note: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
+    """`key`: the key slice and its measured outline (outline.key_slice_roi); None: no hematoma."""
     src = first_image(sources)
     series_uid = str(src.SeriesInstanceUID)
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
+        measurement_group(seg, series_uid, prediction, revision)
+    ]
+    key_text = None
+    if key is not None and prediction.hemorrhage_detected:
+        groups.append(planar_group(sources, key[0], key[1], prediction, revision))
+        key_text = key_slice_text(sources, key[0], key[1], prediction)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(prediction.model),
         procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=[measurement_group(seg, series_uid, prediction, revision)],
+        imaging_measurements=groups,
         title=codes.TITLE,
     )
-    with_library_and_comments(report, sources, result_comments(prediction, selection_note, revision))
+    with_library_and_comments(report, sources, result_comments(prediction, selection_note, revision, key_text))
     return document(
         sources, report, prediction.model, revision=revision, not_analysed=False, extra_evidence=[seg]
     )

@@ -1,26 +1,33 @@
 """Status and metrics over HTTP for IT monitoring (`[http]` in hexnode.toml; started by `hexnode serve`).
 
+GET /          the same facts as a plain HTML page for a browser, refreshing itself (web/page.py)
 GET /healthz   "ok" — liveness, no token (it says nothing about the data)
 GET /status    the JSON of `hexnode status --json` (no patient identifiers)
 GET /metrics   Prometheus text: series/jobs/deliveries by state, queue depths, stage medians
 
-A token (`Authorization: Bearer <token>`) guards /status and /metrics whenever one is configured;
+A token (`Authorization: Bearer <token>`) guards /, /status and /metrics whenever one is configured;
+a browser gives it as the password of HTTP Basic authentication (any user name), which it then
+re-sends on every refresh;
 config validation refuses a non-loopback bind without one, so the queue's health and the series
 hashes are never readable from the network by anyone who can reach the port.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from hexnode.config import HttpConfig
 from hexnode.status import collect
 from hexnode.store.db import Store
+from hexnode.web.page import status_html
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +72,15 @@ class StatusServer:
     def _authorised(self, header: str | None) -> bool:
         if not self.cfg.token:
             return True
-        expected = f"Bearer {self.cfg.token}".encode()
-        return header is not None and hmac.compare_digest(header.encode(), expected)
+        if header is None:
+            return False
+        if header.startswith("Basic "):
+            try:
+                given = base64.b64decode(header[6:], validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return hmac.compare_digest(given.encode(), self.cfg.token.encode())
+        return hmac.compare_digest(header.encode(), f"Bearer {self.cfg.token}".encode())
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -77,11 +91,13 @@ class StatusServer:
                 if path == "/healthz":
                     self._send(200, "text/plain", b"ok\n")
                     return
-                if path not in ("/status", "/metrics"):
+                if path not in ("/", "/status", "/metrics"):
                     self._send(404, "text/plain", b"not found\n")
                     return
                 if not server._authorised(self.headers.get("Authorization")):
-                    self._send(401, "text/plain", b"token required\n", {"WWW-Authenticate": "Bearer"})
+                    # the page asks a browser for the token (as a Basic password); API clients use Bearer
+                    challenge = 'Basic realm="hexnode status"' if path == "/" else "Bearer"
+                    self._send(401, "text/plain", b"token required\n", {"WWW-Authenticate": challenge})
                     return
                 try:
                     st = collect(server.store)
@@ -89,7 +105,11 @@ class StatusServer:
                     log.exception("status collection failed")
                     self._send(500, "text/plain", b"status unavailable\n")
                     return
-                if path == "/status":
+                if path == "/":
+                    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+                    self._send(200, "text/html; charset=utf-8", status_html(st, generated_at=now).encode(),
+                               {"Cache-Control": "no-store"})
+                elif path == "/status":
                     self._send(200, "application/json", json.dumps(st).encode())
                 else:
                     self._send(200, "text/plain; version=0.0.4", metrics_text(st).encode())
