@@ -54,7 +54,17 @@ fi
 OHIF_VERSION=3.13.2
 ohif_dir="var/ohif/app-$OHIF_VERSION"
 if [ ! -f "$ohif_dir/dist/index.html" ]; then
-  command -v npm >/dev/null || { echo "bootstrap: npm (Node.js) is needed to fetch OHIF" >&2; exit 1; }
+  if ! command -v npm >/dev/null; then
+    # a fresh Debian machine has no Node.js: Debian's npm brings it (a machine with its own
+    # Node.js, e.g. from nodesource, already has npm and is left alone)
+    if [ "$(id -u)" = 0 ]; then
+      echo "bootstrap: installing Debian package npm (to fetch OHIF)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+    else
+      echo "bootstrap: npm (Node.js) is needed to fetch OHIF; run as root or: sudo apt-get install npm" >&2
+      exit 1
+    fi
+  fi
   echo "bootstrap: fetching @ohif/app@$OHIF_VERSION from npm"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
