@@ -59,7 +59,7 @@ if [ ! -f "$ohif_dir/dist/index.html" ]; then
     # Node.js, e.g. from nodesource, already has npm and is left alone)
     if [ "$(id -u)" = 0 ]; then
       echo "bootstrap: installing Debian package npm (to fetch OHIF)"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
     else
       echo "bootstrap: npm (Node.js) is needed to fetch OHIF; run as root or: sudo apt-get install npm" >&2
       exit 1
