@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 
-debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose pixelmed-apps)
+# docker.io + debootstrap: tests/test_compose.py builds the images on a local Debian base and runs the stack.
+debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose docker.io debootstrap pixelmed-apps)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
