@@ -117,6 +117,10 @@ def dockerd() -> Iterator[None]:
                     proc.wait()
 
 
+def _target(volume: str | dict[str, Any]) -> str:
+    return str(volume["target"]) if isinstance(volume, dict) else volume.split(":")[1]
+
+
 def loopback_variant(config: dict[str, Any], ports: dict[str, int], hexnode_toml: Path) -> dict[str, Any]:
     """docker-compose.yml's services on the host network at `ports`; test timings shortened."""
     services = config["services"]
@@ -148,9 +152,12 @@ def loopback_variant(config: dict[str, Any], ports: dict[str, int], hexnode_toml
         env["HEXNODE_DATABASE_URL"] = env["HEXNODE_DATABASE_URL"].replace("@postgres:5432/", f"@127.0.0.1:{ports['postgres']}/")
         env.update({"HEXNODE_WORKER_LEASE_SECONDS": str(LEASE_SECONDS), "HEXNODE_WORKER_HEARTBEAT_SECONDS": "3",
                     "HEXNODE_SERIES_STABLE_SECONDS": "2"})
-        mounts = [v for v in svc["volumes"] if v.split(":")[1] == "/etc/hexnode/hexnode.toml"]
+        # 1.29 prints volumes as "src:dst:mode", the v2 plugin as mappings
+        mounts = [v for v in svc["volumes"] if _target(v) == "/etc/hexnode/hexnode.toml"]
         assert len(mounts) == 1, svc["volumes"]
-        svc["volumes"] = [v for v in svc["volumes"] if v not in mounts] + [f"{hexnode_toml}:/etc/hexnode/hexnode.toml:ro"]
+        mount: Any = (f"{hexnode_toml}:/etc/hexnode/hexnode.toml:ro" if isinstance(mounts[0], str) else
+                      {"type": "bind", "source": str(hexnode_toml), "target": "/etc/hexnode/hexnode.toml", "read_only": True})
+        svc["volumes"] = [v for v in svc["volumes"] if v not in mounts] + [mount]
     return config
 
 
@@ -400,6 +407,11 @@ def test_round_trip_worker_killed_mid_job_and_down_up(stack: Stack, head_ct: tup
         assert dciodvfy_errors(stack.orthanc(f"/instances/{oid}/file"), tmp_path / f"{kind}.dcm") == [], kind
     sr = pydicom.dcmread(io.BytesIO(stack.orthanc(f"/instances/{res.sr[0]}/file")))
     assert sr_summary(sr)["volume_ml"] == pytest.approx(case.truth.volume_ml, rel=0.10)
+
+    # the backup the README gives: a consistent dump from the running database
+    [pg] = stack.containers("postgres")
+    dump = run(["docker", "exec", pg, "pg_dump", "-U", "hexnode", "hexnode"]).stdout
+    assert "CREATE TABLE public.jobs" in dump and "COPY public.outbox" in dump
 
     # down and up without -v: spool, database and delivered state are all still there
     spool = stack.spool_files()
