@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 
-debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose pixelmed-apps chromium)
+# docker.io + debootstrap: tests/test_compose.py builds the images on a local Debian base and runs the stack.
+# chromium: the browser tests (OHIF, the status page).
+debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose docker.io debootstrap pixelmed-apps chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

