@@ -95,16 +95,16 @@ TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 def accepted_transfer_syntaxes() -> list[str]:
     """Uncompressed + deflate + every compressed syntax with an installed pixel decoder."""
     from pydicom.pixels import get_decoder
-    from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+    from pydicom.uid import AllTransferSyntaxes
 
     out = [str(ts) for ts in _UNCOMPRESSED]
-    for uid in _PIXEL_DATA_DECODERS:
+    for uid in AllTransferSyntaxes:  # pydicom's public list; get_decoder says which it can decode
         if uid in out:
             continue
         try:
             if get_decoder(uid).is_available:
                 out.append(str(uid))
-        except Exception:  # a decoder plugin that fails to import is simply not offered
+        except Exception:  # no decoder for it, or a plugin that fails to import: not offered
             continue
     return out
 
