@@ -65,10 +65,15 @@ def test_status_reports_the_queue_without_uids(server):
 
 
 def test_metrics_are_prometheus_text(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
     code, body = _get(server.port, "/metrics", token="s3cret")
     assert code == 200
-    assert 'hexnode_jobs{state="queued"} 1' in body.splitlines()
-    assert 'hexnode_queue_depth{queue="jobs"} 1' in body.splitlines()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    assert samples[("hexnode_jobs", (("state", "queued"),))] == 1
+    assert samples[("hexnode_queue_depth", (("queue", "jobs"),))] == 1
+    assert samples[("hexnode_quarantined_instances", ())] == 0
     assert "# TYPE hexnode_series gauge" in body
     assert SERIES_UID not in body and uid_hash(SERIES_UID) not in body
 

@@ -3,7 +3,7 @@
 GET /          the same facts as a plain HTML page for a browser, refreshing itself (web/page.py)
 GET /healthz   "ok" — liveness, no token (it says nothing about the data)
 GET /status    the JSON of `hexnode status --json` (no patient identifiers)
-GET /metrics   Prometheus text: series/jobs/deliveries by state, queue depths, stage medians
+GET /metrics   Prometheus text (prometheus_client): series/jobs/deliveries by state, queue depths, stage medians
 
 A token (`Authorization: Bearer <token>`) guards /, /status and /metrics whenever one is configured;
 a browser gives it as the password of HTTP Basic authentication (any user name), which it then
@@ -20,9 +20,13 @@ import hmac
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from hexnode.config import HttpConfig
 from hexnode.status import collect
@@ -32,28 +36,39 @@ from hexnode.web.page import status_html
 log = logging.getLogger(__name__)
 
 
+class StatusCollector:
+    """prometheus_client collector over `collect()`: every scrape reads the database once.
+
+    Gauges, not counters: the figures are the database's current state, which every process
+    writes; no process holds a count that a restart would reset."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        st = self.snapshot()
+        for name, help_, label, values in (
+            ("hexnode_series", "Series by state.", "state", st["series"]),
+            ("hexnode_jobs", "Jobs by state.", "state", st["jobs"]),
+            ("hexnode_deliveries", "Outbox deliveries by state.", "state", st["outbox"]),
+            ("hexnode_queue_depth", "Jobs queued or running; deliveries pending or sending.", "queue",
+             st["queue_depth"]),
+            ("hexnode_stage_median_seconds", "Median seconds per stage over the last finished jobs.", "stage",
+             st["median_seconds"]),
+        ):
+            family = GaugeMetricFamily(name, help_, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], float(value))
+            yield family
+        yield GaugeMetricFamily("hexnode_quarantined_instances", "Received files whose header could not be read.",
+                                value=float(st["quarantined_instances"]))
+
+
 def metrics_text(st: dict[str, Any]) -> str:
-    """Prometheus exposition format of a `collect()` result."""
-    lines: list[str] = []
-
-    def family(name: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} gauge")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-            lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
-
-    family("hexnode_series", "Series by state.", [({"state": k}, v) for k, v in sorted(st["series"].items())])
-    family("hexnode_jobs", "Jobs by state.", [({"state": k}, v) for k, v in sorted(st["jobs"].items())])
-    family("hexnode_deliveries", "Outbox deliveries by state.",
-           [({"state": k}, v) for k, v in sorted(st["outbox"].items())])
-    family("hexnode_queue_depth", "Jobs queued or running; deliveries pending or sending.",
-           [({"queue": k}, v) for k, v in sorted(st["queue_depth"].items())])
-    family("hexnode_stage_median_seconds", "Median seconds per stage over the last finished jobs.",
-           [({"stage": k}, v) for k, v in sorted(st["median_seconds"].items())])
-    family("hexnode_quarantined_instances", "Received files whose header could not be read.",
-           [({}, st["quarantined_instances"])])
-    return "\n".join(lines) + "\n"
+    """Prometheus exposition format of a `collect()` result (prometheus_client's own writer)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: st))
+    return generate_latest(registry).decode()
 
 
 class StatusServer:
@@ -112,7 +127,7 @@ class StatusServer:
                 elif path == "/status":
                     self._send(200, "application/json", json.dumps(st).encode())
                 else:
-                    self._send(200, "text/plain; version=0.0.4", metrics_text(st).encode())
+                    self._send(200, CONTENT_TYPE_LATEST, metrics_text(st).encode())
 
             def _send(self, code: int, ctype: str, body: bytes, extra: dict[str, str] | None = None) -> None:
                 self.send_response(code)
