@@ -341,6 +341,15 @@ def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
     np.testing.assert_allclose(vol.extents, ext, atol=1e-3)
     assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
     assert any(n.startswith("gantry tilt 18.5 degrees") for n in vol.notes)
+    # a missing slice inside either run is still a gap
+    from hexnode.series.volume import VolumeError
+
+    ordered = sorted(paths, key=lambda p: p.name)
+    for missing, step in ((5, 4.0), (20, 7.0)):
+        with pytest.raises(VolumeError, match=r"gap in slice positions: about 1 missing slices") as err:
+            load_volume([p for i, p in enumerate(ordered) if i != missing])
+        normal_step = step * math.cos(math.radians(18.5))
+        assert f"expected {normal_step:.2f} mm" in err.value.reason
 
 
 def test_normal_head_has_no_blood_and_no_expansion() -> None:
