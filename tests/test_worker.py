@@ -216,7 +216,8 @@ class ThresholdModels:
     def __init__(self, real: Any) -> None:
         self.info = real.info
 
-    def analyse(self, hu: Any, spacing: Any, notes: Any = ()) -> Any:
+    def analyse(self, hu: Any, spacing: Any, notes: Any = (), **_geometry: Any) -> Any:
+        # extents / head_up feed the real models' coverage rule, which a threshold does not need
         from hexnode.analysis import Prediction
         from hexnode.models.pipeline import Analysis
 
