@@ -69,7 +69,10 @@ def analysed_row(kind: str, out: Outcome, summary: dict[str, Any], extra: str = 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    n = Node(tmp_path_factory.mktemp("badinput"))
+    # receive may take a storescu release for an abort (pynetdicom sets is_released only after
+    # the release response is out, and storescu closes at once): such a series waits
+    # aborted_wait_seconds (120 s by default, past wait_decided's timeout); keep it short here
+    n = Node(tmp_path_factory.mktemp("badinput"), series_extra="aborted_wait_seconds = 6.0")
     yield n
     alive = n.alive()
     n.stop()

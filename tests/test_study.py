@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    # receive may take a storescu release for an abort (seen in bad_input's logs too): the series
+    # receive may take a storescu release for an abort (see test_bad_input's node): the series
     # then waits aborted_wait_seconds; keep that short here so that it costs seconds, not minutes
     n = Node(tmp_path_factory.mktemp("study"), series_extra="aborted_wait_seconds = 6.0")
     yield n
