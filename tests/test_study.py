@@ -197,3 +197,25 @@ def test_own_results_routed_back_are_ignored(node: Node, tmp_path: Path) -> None
     states = reasons(node, back)
     assert len(states) == 3 and {st for st, _ in states.values()} == {"rejected"}, states
     assert all("is not CT" in r for _, r in states.values()), states
+
+
+def test_per_series_not_analysed_reports_when_the_site_wants_them(tmp_path_factory: pytest.TempPathFactory,
+                                                                  tmp_path: Path) -> None:
+    """`[report] per_series_not_analysed = true`: each rejected CT series its own report, as before;
+    a localizer still none, and no study-level report besides."""
+    n = Node(tmp_path_factory.mktemp("perseries"), series_extra="aborted_wait_seconds = 6.0",
+             extra_toml="[report]\nper_series_not_analysed = true")
+    try:
+        study = generate_uid()
+        uids = send(n, scout(tmp_path / "scout", study), bone(tmp_path / "bone", study))
+        settle(n, uids)
+        results = study_results(n, study)
+        assert sorted((u, k) for u, k, _ in results) == [(uids[1], "SC"), (uids[1], "SR")], results
+        all_valid(results)
+        sr = pydicom.dcmread(next(p for _, k, p in results if k == "SR"))
+        assert "Not analysed: bone or sharp kernel reconstruction (H70h)" in sr_summary(sr)["comments"]
+        with n.store.transaction() as s:
+            assert s.execute(select(func.count()).select_from(Job).where(Job.study_revision.is_not(None))).scalar_one() == 0
+        assert n.alive()
+    finally:
+        n.stop()
