@@ -193,6 +193,27 @@ def test_late_series_after_a_study_answer(env: tuple[Store, Spool, Config], tmp_
     assert len(all_jobs(store)) == 2
 
 
+def test_no_study_report_while_a_sibling_is_still_arriving(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """A trickling series outlasts the study wait: the finished series are closed, but the study's
+    answer waits for the trickling one; when it is no better, one report covers both."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    study = generate_uid()
+    uids = _study_of(store, spool, tmp_path, t0, study, bone=BONE)
+    trickle = generate_uid()
+    paths = write_series(tmp_path / "trickle", n=12, rows=16, cols=16, study_uid=study, series_uid=trickle,
+                         ConvolutionKernel="H70h", SeriesNumber=5)
+    index(store, spool, paths[:6], t0)
+    index(store, spool, paths[6:9], t0 + timedelta(seconds=20))
+    index(store, spool, paths[9:], t0 + timedelta(seconds=34))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=35))
+    assert tick.closed == [uids["bone"]] and tick.study_reports == []  # past the study wait, but no answer yet
+    assert all_jobs(store) == []
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=45))
+    assert tick.closed == [trickle] and tick.study_reports == [study]
+    assert [(sid, rev) for sid, rev, _ in all_jobs(store)] == [(series_row(store, trickle).id, 0)]
+
+
 def test_study_waits_until_settled(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
     store, spool, cfg = env
     cfg.series.study_settle_seconds = 20.0

@@ -43,7 +43,7 @@ from hexnode.series.study import (
     supersede_study_jobs,
 )
 from hexnode.series.volume import VolumeError, read_header
-from hexnode.store.db import Instance, Series, Store, Study, utcnow
+from hexnode.store.db import Instance, Job, Series, Store, Study, utcnow
 from hexnode.store.queue import enqueue_job, transition
 
 log = logging.getLogger(__name__)
@@ -289,9 +289,16 @@ def _decide_study(s: Session, cfg: Config, spool: Spool, selector: Selector, stu
     if choice.chosen is not None:
         supersede_study_jobs(s, study_id, "a series of the study was chosen")
         return
-    worthy = [v for v in verdicts if not v.never]
-    if cfg.report.per_series_not_analysed or not worthy:
-        return  # nothing a reader waits for (only localizers, dose reports ...), or reported per series
+    if cfg.report.per_series_not_analysed:
+        return  # each rejected CT series was reported on its own
+    if any(x not in group and x.state in ("received", "complete") for x in siblings):
+        # A sibling still to be decided (a trickling series, a re-opened chosen one) may yet be the
+        # answer: its decision makes the study report if it is not.
+        log.info("study %s: nothing analysable yet; waiting for the rest of the study", uid_hash(study.study_uid))
+        return
+    worthy = [v.series for v in verdicts if not v.never] + _worthy_before(s, spool, selector, siblings, group)
+    if not worthy:
+        return  # nothing a reader waits for (only localizers, dose reports ...)
     if answer_of(study).kind == "not analysed" and not study_jobs(s, study_id, ("queued",)):
         # The PACS already has this study's "not analysed" answer: a late series that changes
         # nothing (another bone reconstruction) adds nothing to the radiologist's study.
@@ -300,10 +307,38 @@ def _decide_study(s: Session, cfg: Config, spool: Spool, selector: Selector, stu
     if study_jobs(s, study_id, ("running",)):
         log.info("study %s: a study report is being built; its answer stands", uid_hash(study.study_uid))
         return
-    job = enqueue_study_job(s, worthy[0].series, study, "study not analysed: no analysable series")
+    anchor = _anchor(s, worthy + [v.series for v in verdicts])  # under a series a reader knows
+    if anchor is None:
+        log.warning("study %s: no series to file the study report under", uid_hash(study.study_uid))
+        return
+    job = enqueue_study_job(s, anchor, study, "study not analysed: no analysable series")
     tick.study_reports.append(study.study_uid)
     log.info("study %s: no analysable series; one study report queued (job %d, revision %d)",
              uid_hash(study.study_uid), job.id, job.study_revision or 0)
+
+
+def _worthy_before(s: Session, spool: Spool, selector: Selector, siblings: list[Series],
+                   group: list[Series]) -> list[Series]:
+    """Series decided earlier without an answer for the study (it waited for this group) that a
+    reader may have waited on; re-judged from one header each (only on this rare path)."""
+    out = []
+    for x in siblings:
+        if x in group or x.state != "rejected" or x.selected is not False:
+            continue
+        info = _info(s, x, spool)
+        decision = None if isinstance(info, str) else selector.decide(info)
+        if not never_candidate(x, decision):
+            out.append(x)
+    return out
+
+
+def _anchor(s: Session, candidates: list[Series]) -> Series | None:
+    """The first series without a job at its current revision (jobs are unique per series revision)."""
+    for x in candidates:
+        taken = s.execute(select(Job.id).where(Job.series_id == x.id, Job.revision == x.revision)).first()
+        if taken is None:
+            return x
+    return None
 
 
 def select_complete(s: Session, cfg: Config, spool: Spool, selector: Selector, now: datetime, tick: Tick) -> None:
