@@ -223,6 +223,9 @@ class Worker:
             p = produced.prediction
             log.info("job %d: series %s reported: %.1f ml, p=%.2f (%s), %.2f s", job_id, name, p.volume_ml,
                      p.probability, "High" if p.high_risk else "Low", produced.timings["total"])
+        elif ctx.study_revision is not None:
+            log.info("job %d: study report revision %d (filed under series %s), not analysed: %s", job_id,
+                     ctx.study_revision, name, produced.reason)
         else:
             log.info("job %d: series %s not analysed: %s", job_id, name, produced.reason)
         return JobOutcome(job_id, name, state, produced.reason, produced.timings, produced.prediction)

@@ -214,6 +214,26 @@ def test_no_study_report_while_a_sibling_is_still_arriving(env: tuple[Store, Spo
     assert [(sid, rev) for sid, rev, _ in all_jobs(store)] == [(series_row(store, trickle).id, 0)]
 
 
+def test_chosen_series_not_analysed_lets_a_later_series_answer(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """The chosen series came out "not analysed" (incomplete coverage, a sender that stopped): a
+    later analysable series of the study is chosen, not passed over."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    study = generate_uid()
+    first = _study_of(store, spool, tmp_path, t0, study, soft=SOFT)
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=11)).queued == [first["soft"]]
+    with store.transaction() as s:  # what the worker does for a not-analysed outcome of the chosen series
+        row = s.execute(select(Series).where(Series.series_uid == first["soft"])).scalar_one()
+        row.state = "rejected"
+    later = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=12), study, again={**SOFT, "SeriesNumber": 8})
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=23)).queued == [later["again"]]
+    # while the chosen one still stands (reported), a later candidate is passed over
+    third = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=24), study, third={**SOFT, "SeriesNumber": 9})
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=35))
+    assert tick.queued == [] and tick.closed == [third["third"]]
+    assert series_row(store, third["third"]).reason == "another series of the study was analysed before"
+
+
 def test_study_waits_until_settled(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
     store, spool, cfg = env
     cfg.series.study_settle_seconds = 20.0
