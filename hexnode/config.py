@@ -80,8 +80,18 @@ class SeriesConfig:
     # After a sender stopped part-way (A-ABORT, or failed C-STOREs), how long completion waits for
     # the rest (a PACS retries the failed part); then the series is analysed only if whole.
     aborted_wait_seconds: float = 120.0
+    # The study is the unit of the answer: its series are decided together once no instance of the
+    # study has arrived for this long (a PACS routing a whole study sends series one after another).
+    study_settle_seconds: float = 10.0
     # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/select.py).
     selection: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    # False: one "not analysed" SR + SC per study that has no analysable series, none for series
+    # passed over or never candidates. True: also one per rejected CT series (the older behaviour).
+    per_series_not_analysed: bool = False
 
 
 @dataclass
@@ -135,6 +145,7 @@ class Config:
     destinations: list[Destination] = field(default_factory=lambda: [Destination()])
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     send: SendConfig = field(default_factory=SendConfig)
@@ -263,6 +274,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("series.stable_seconds: must be >= 0")
     if cfg.series.aborted_wait_seconds < 0:
         raise ConfigError("series.aborted_wait_seconds: must be >= 0")
+    if cfg.series.study_settle_seconds < 0:
+        raise ConfigError("series.study_settle_seconds: must be >= 0")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
     return cfg

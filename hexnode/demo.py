@@ -144,6 +144,7 @@ port = {self.orthanc.cfg.dicom_port}
 
 [series]
 stable_seconds = {self.stable_seconds}
+study_settle_seconds = {self.stable_seconds}
 check_interval_seconds = 0.25
 
 [models]

@@ -5,8 +5,11 @@ with a heart-beat thread marks the job as ours, so a `kill -9` leaves it to be r
 another worker after `lease_seconds`. Results, outbox rows and the job's completion are one
 transaction: either all of them exist or none (and the derived UIDs make a rerun identical).
 
-A series that select rejected, or that cannot be loaded as a volume (gap, duplicates, 1 slice,
-missing decoder …), gets a "not analysed" SR + SC with the reason. An unexpected error is retried
+The study is the unit of the answer (hexnode.series.study): the chosen series that cannot be loaded
+as a volume (gap, duplicates, missing decoder …) or is incomplete gets a "not analysed" SR + SC
+with the reason; a study-level job builds one "not analysed" SR + SC for a study with no analysable
+series (`[report] per_series_not_analysed`: one per rejected series instead). Each answer names
+the study's previous one (a late series re-opened it) as its predecessor. An unexpected error is retried
 up to `max_attempts`; the last failure sends a "not analysed" report too, so the reader never
 waits for a result that will not come.
 """
@@ -24,11 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from sqlalchemy.orm import Session
+
 from hexnode import runtime
 from hexnode.config import Config, load_config
-from hexnode.produce import Produced, encode, kind_of, not_analysed, produce
+from hexnode.produce import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.receive.spool import Spool, uid_hash
-from hexnode.store.db import Job, Series, Store, open_store
+from hexnode.report.study import PreviousAnswer, name_predecessor
+from hexnode.report.uids import derive_uid
+from hexnode.series.study import Answer, answer_of, listed_series, record_answer
+from hexnode.series.volume import VolumeError
+from hexnode.store.db import Job, Series, Store, Study, open_store
 from hexnode.store.queue import (
     LeaseLost,
     add_result,
@@ -107,22 +117,75 @@ class Worker:
             selected, reason = series.selected, series.reason
             stopped = series.aborted_note
             paths = [self.spool.path(i.path) for i in series_instances(s, series.id)]
+            study = s.get(Study, series.study_id)
+            assert study is not None
+            ctx = _StudyContext(study.id, study.study_uid, answer_of(study), job.study_revision)
+            if ctx.study_revision is not None:
+                ctx.listed = [(x.series_uid, x.reason or x.state, [self.spool.path(i.path) for i in series_instances(s, x.id)])
+                              for x in listed_series(s, study.id)]
         name = uid_hash(series_uid)
-        log.info("job %d: series %s revision %d, %d instances, attempt %d", job_id, name, revision, len(paths), attempts)
+        log.info("job %d: series %s revision %d, %d instances, attempt %d%s", job_id, name, revision, len(paths),
+                 attempts, "" if ctx.study_revision is None else f", study report revision {ctx.study_revision}")
         t0 = time.perf_counter()
         with _Heartbeat(self.store, job_id, self.owner, self.cfg) as hb:
             try:
-                if selected is False:
+                if ctx.study_revision is not None:
+                    produced = self._study_report(ctx)
+                elif selected is False:
                     produced = produce(paths, self.models, revision=revision, rejected=reason or "not selected")
                 else:
-                    produced = produce(paths, self.models, revision=revision, selection_note=reason,
+                    previous = self._superseded(ctx, series_uid, revision)
+                    note = reason
+                    if previous is not None:
+                        note = f"{reason or 'analysed'}; {SUPERSEDES_STUDY_ANSWER}"
+                    produced = produce(paths, self.models, revision=revision, selection_note=note,
                                        stopped=stopped)
+                    _name_predecessor(produced, previous)
             except Exception as exc:  # a bug or a resource problem: retry, and on the last attempt report it
-                return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc)
+                return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc, ctx)
         if hb.lost:
             return JobOutcome(job_id, name, "lost", "lease lost")
         produced.timings["total"] = time.perf_counter() - t0
-        return self._commit(job_id, name, series_uid, calling_ae, revision, produced)
+        # The study's answer: the chosen series' outcome, or the study-level report.
+        ctx.answers = selected is True or ctx.study_revision is not None
+        return self._commit(job_id, name, series_uid, calling_ae, revision, produced, ctx)
+
+    def _superseded(self, ctx: _StudyContext, series_uid: str, revision: int) -> PreviousAnswer | None:
+        """The study's standing answer when it came from elsewhere than this series' own previous
+        revision (which the report names already): a late series' answer supersedes it."""
+        a = ctx.answer
+        if a.sr_uid is None or a.sr_series_uid is None:
+            return None
+        version = self.models.info.version
+        own = {derive_uid(series_uid, version, "sr", r) for r in range(revision + 1)}
+        if a.sr_uid in own:
+            return None
+        return PreviousAnswer(ctx.study_uid, a.sr_series_uid, a.sr_uid)
+
+    def _study_report(self, ctx: _StudyContext) -> Produced:
+        """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
+        from hexnode.report.study import Listed, build_study_not_analysed, headline
+        from hexnode.series.select import SeriesInfo, describe
+
+        t = time.perf_counter()
+        listed: list[Listed] = []
+        sources = []
+        for uid, why, paths in ctx.listed:
+            headers = headers_of(paths)
+            if not headers:
+                listed.append(Listed(f"{uid_hash(uid)} (unreadable)", why))
+                continue
+            info = SeriesInfo(series_uid=uid, header=headers[len(headers) // 2], instance_count=len(headers))
+            listed.append(Listed(describe(info), why))
+            sources += headers
+        if not sources:
+            raise VolumeError("no readable header in the study to address a report to")
+        previous = None
+        if ctx.answer.sr_uid and ctx.answer.sr_series_uid:
+            previous = PreviousAnswer(ctx.study_uid, ctx.answer.sr_series_uid, ctx.answer.sr_uid)
+        datasets = build_study_not_analysed(sources, listed, self.models.info, revision=ctx.study_revision or 0,
+                                            previous=previous)
+        return Produced(datasets=datasets, reason=headline(listed), timings={"report": time.perf_counter() - t})
 
     def _write(self, series_uid: str, revision: int, produced: Produced) -> list[tuple[str, str, str, str]]:
         rows = []
@@ -135,7 +198,7 @@ class Worker:
         return rows
 
     def _commit(self, job_id: int, name: str, series_uid: str, calling_ae: str, revision: int,
-                produced: Produced) -> JobOutcome:
+                produced: Produced, ctx: _StudyContext) -> JobOutcome:
         t = time.perf_counter()
         rows = self._write(series_uid, revision, produced)
         produced.timings["write"] = time.perf_counter() - t
@@ -147,8 +210,12 @@ class Worker:
                 assert job is not None
                 for kind, sop, rel, sop_class in rows:
                     add_result(s, job, kind, sop, rel, dests, sop_class_uid=sop_class)
+                study_job = ctx.study_revision is not None
+                # a study report's reason is the study's: the series it is filed under keeps its own
                 complete_job(s, job_id, self.owner, timings=produced.timings, series_state=state,
-                             reason=None if produced.analysed else produced.reason)
+                             reason=None if produced.analysed or study_job else produced.reason)
+                if ctx.answers:
+                    _record_answer(s, ctx, produced)
         except LeaseLost as exc:
             log.warning("job %d: %s; its results were not recorded", job_id, exc)
             return JobOutcome(job_id, name, "lost", str(exc))
@@ -156,17 +223,22 @@ class Worker:
             p = produced.prediction
             log.info("job %d: series %s reported: %.1f ml, p=%.2f (%s), %.2f s", job_id, name, p.volume_ml,
                      p.probability, "High" if p.high_risk else "Low", produced.timings["total"])
+        elif ctx.study_revision is not None:
+            log.info("job %d: study report revision %d (filed under series %s), not analysed: %s", job_id,
+                     ctx.study_revision, name, produced.reason)
         else:
             log.info("job %d: series %s not analysed: %s", job_id, name, produced.reason)
         return JobOutcome(job_id, name, state, produced.reason, produced.timings, produced.prediction)
 
     def _failed(self, job_id: int, name: str, series_uid: str, calling_ae: str, paths: list[Path],
-                revision: int, attempts: int, exc: Exception) -> JobOutcome:
+                revision: int, attempts: int, exc: Exception, ctx: _StudyContext) -> JobOutcome:
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
         log.error("job %d: series %s failed (attempt %d): %s", job_id, name, attempts, error, exc_info=True)
         final = attempts >= self.cfg.worker.max_attempts
         rows: list[tuple[str, str, str, str]] = []
-        if final:
+        # A study report that cannot be built has no per-series fallback (it would be a report of
+        # one series the reader never expected); the failure stays in the job and the log.
+        if final and ctx.study_revision is None:
             try:
                 produced = not_analysed(paths, f"analysis failed: {error}", self.models, revision=revision)
                 rows = self._write(series_uid, revision, produced)
@@ -183,6 +255,40 @@ class Worker:
         except LeaseLost as lost:
             return JobOutcome(job_id, name, "lost", str(lost))
         return JobOutcome(job_id, name, "failed" if final else "retry", error)
+
+
+# Said in the result of a series that arrived after the study was answered (e.g. "not analysed").
+SUPERSEDES_STUDY_ANSWER = "it supersedes hexnode's previous answer for this study"
+
+
+@dataclass
+class _StudyContext:
+    """What a job needs to know about its study (read in the claim transaction)."""
+
+    study_id: int
+    study_uid: str
+    answer: Answer
+    study_revision: int | None  # set: a study-level report job
+    listed: list[tuple[str, str, list[Path]]] = field(default_factory=list)  # (series UID, reason, files)
+    answers: bool = False  # this job's outcome becomes the study's answer
+
+
+def _sr_of(produced: Produced) -> Dataset | None:
+    return next((ds for ds in produced.datasets if kind_of(ds) == "SR"), None)
+
+
+def _name_predecessor(produced: Produced, previous: PreviousAnswer | None) -> None:
+    sr = _sr_of(produced)
+    if previous is not None and sr is not None:
+        name_predecessor(sr, previous)
+
+
+def _record_answer(s: Session, ctx: _StudyContext, produced: Produced) -> None:
+    sr = _sr_of(produced)
+    if sr is None:
+        return
+    record_answer(s, ctx.study_id, "result" if produced.analysed else "not analysed", str(sr.SOPInstanceUID),
+                  str(sr.SeriesInstanceUID), ctx.study_revision)
 
 
 def load_models(cfg: Config) -> Any:

@@ -39,7 +39,7 @@ class Outcome:
 class Node:
     """`hexnode serve` (process) + a worker in this process, sharing one SQLite store and spool."""
 
-    def __init__(self, workdir: Path, series_extra: str = "") -> None:
+    def __init__(self, workdir: Path, series_extra: str = "", extra_toml: str = "") -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config = workdir / "hexnode.toml"
@@ -56,6 +56,7 @@ port = {free_port()}
 [series]
 stable_seconds = 3.0
 check_interval_seconds = 0.2
+study_settle_seconds = 3.0
 {series_extra}
 [models]
 dir = "{models_dir()}"
@@ -63,6 +64,7 @@ providers = ["CPUExecutionProvider"]
 [worker]
 max_attempts = 2
 heartbeat_seconds = 1.0
+{extra_toml}
 """)
         self.cfg = load_config(self.config, env={})
         self.log = workdir / "serve.log"

@@ -1,5 +1,6 @@
-"""Bad input, each kind a test: a recorded reason, a "not analysed" report where a series is involved,
-no crash, other series unaffected.
+"""Bad input, each kind a test: a recorded reason, a "not analysed" report where a study would
+otherwise get no answer (each series here is a study of its own, so its study-level report is
+about it), no crash, other series unaffected.
 
 Receive-level inputs go through the real SCP (`hexnode serve` as a process) with dcmtk's
 `/usr/bin/storescu`, or with a pynetdicom SCU where storescu will not send the file (a broken data
@@ -68,7 +69,10 @@ def analysed_row(kind: str, out: Outcome, summary: dict[str, Any], extra: str = 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    n = Node(tmp_path_factory.mktemp("badinput"))
+    # receive may take a storescu release for an abort (pynetdicom sets is_released only after
+    # the release response is out, and storescu closes at once): such a series waits
+    # aborted_wait_seconds (120 s by default, past wait_decided's timeout); keep it short here
+    n = Node(tmp_path_factory.mktemp("badinput"), series_extra="aborted_wait_seconds = 6.0")
     yield n
     alive = n.alive()
     n.stop()
@@ -180,7 +184,6 @@ def test_compressed_syntax_without_decoder(node: Node, tmp_path: Path) -> None:
 # --- series level ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("kind", "maker", "reason"), [
-    ("CT localizer/scout", bad.localizer, "localizer/scout image"),
     ("CTA (contrast agent set)", bad.cta, "contrast agent given"),
     ("bone kernel only", bad.bone_kernel, "bone or sharp kernel"),
     ("missing slices (gap)", bad.gap, "gap in slice positions"),
@@ -193,6 +196,15 @@ def test_not_analysable_series(node: Node, tmp_path: Path, kind: str, maker: Any
     out = node.process(maker(tmp_path / "s"))
     assert_not_analysed(out, reason)
     not_analysed_row(kind, out)
+
+
+def test_localizer_alone_is_recorded_without_report(node: Node, tmp_path: Path) -> None:
+    """A localizer is never a candidate: nobody waits for a result on it, so nothing goes back."""
+    out = node.process(bad.localizer(tmp_path / "scout"))
+    assert out.state == "rejected" and out.reason == "localizer/scout image", out
+    assert out.kinds == [], out
+    record("CT localizer/scout (alone in its study)", "series: storescu → serve → worker",
+           f"rejected without report (never a candidate): \"{out.reason}\"")
 
 
 def test_more_than_2000_slices(node: Node, tmp_path: Path) -> None:
@@ -317,10 +329,12 @@ def test_study_with_several_series(node: Node, tmp_path: Path) -> None:
     assert "chosen from 2 candidate series" in note and "slice thickness closest to 5 mm" in note, summary["comments"]
     assert soft1.state == "rejected" and soft1.reason.startswith("another series of the study was analysed"), soft1
     assert soft1.kinds == []  # passed over: no report of its own, the chosen one says why
-    assert_not_analysed(bone5, "bone or sharp kernel")
+    # the study is the unit of the answer: the bone reconstruction gets no report of its own
+    assert bone5.state == "rejected" and bone5.reason.startswith("bone or sharp kernel"), bone5
+    assert bone5.kinds == [], bone5
     record("study with several series (soft 5 mm, soft 1 mm, bone 5 mm)", "series: storescu → serve → worker",
            f"#2 soft 5 mm analysed, SR says \"{note}\"; #3 closed: \"{soft1.reason[:60]}…\"; "
-           f"#4 bone: not analysed, SR+SC sent")
+           f"#4 bone closed: \"{bone5.reason[:40]}…\" (no report: the study has its answer)")
 
 
 def test_no_hematoma(node: Node, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -76,33 +77,175 @@ def test_provably_whole_completes_early(env: tuple[Store, Spool, Config], tmp_pa
     assert whole_reason(insts[:-2]) is None  # 145 mm: not a whole head yet
 
 
-def test_study_choice_reports_and_closes(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+def _whole_study(store: Store, spool: Spool, tmp_path: Path, t0: Any) -> dict[str, str]:
+    """Soft 5 mm (#3), bone (#4), thin soft 1 mm (#5), scout (#1), and a secondary capture of ours."""
+    study = generate_uid()
+    uids = {k: generate_uid() for k in ("soft", "bone", "thin", "scout", "sc")}
+    kw = {"rows": 16, "cols": 16, "study_uid": study}
+    index(store, spool, write_series(tmp_path / "s", n=12, series_uid=uids["soft"], ConvolutionKernel="H40s", SeriesNumber=3, **kw), t0)
+    index(store, spool, write_series(tmp_path / "b", n=12, series_uid=uids["bone"], ConvolutionKernel="H70h", SeriesNumber=4, **kw), t0)
+    index(store, spool, write_series(tmp_path / "t", n=40, dz=1.0, series_uid=uids["thin"], ConvolutionKernel="H40s",
+                                     SeriesNumber=5, **kw), t0)
+    index(store, spool, write_series(tmp_path / "c", n=2, series_uid=uids["scout"], SeriesNumber=1,
+                                     ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], **kw), t0)
+    # a result object of ours coming back into the same study: receive closes it, no report, no job
+    sc = write_series(tmp_path / "r", n=2, Modality="OT", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", series_uid=uids["sc"], **kw)
+    index(store, spool, sc, t0, calling_ae="ORTHANC")
+    return uids
+
+
+def all_jobs(store: Store) -> list[tuple[int, int | None, str]]:
+    with store.transaction() as s:
+        return [(j.series_id, j.study_revision, j.state) for j in s.execute(select(Job).order_by(Job.id)).scalars()]
+
+
+def test_study_choice_analyses_one_and_closes_the_others(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    store, spool, cfg = env
+    t0 = utcnow()
+    uids = _whole_study(store, spool, tmp_path, t0)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uids["soft"]]
+    assert tick.not_analysed == [] and tick.study_reports == []  # the study has its answer: no other report
+    assert set(tick.closed) == {uids["bone"], uids["thin"], uids["scout"]}
+    assert len(all_jobs(store)) == 1 and jobs(store, uids["soft"]) == [(0, "queued")]
+    assert series_row(store, uids["sc"]).state == "rejected" and jobs(store, uids["sc"]) == []
+    thin = series_row(store, uids["thin"])
+    assert thin.state == "rejected" and thin.reason.startswith("another series of the study was analysed (#3")
+    bone = series_row(store, uids["bone"])
+    assert bone.state == "rejected" and bone.selected is False and bone.reason.startswith("bone or sharp kernel")
+    assert series_row(store, uids["scout"]).reason == "localizer/scout image"
+    note = series_row(store, uids["soft"]).reason
+    assert "chosen from 2 candidate series: slice thickness closest to 5 mm" in note
+
+
+def test_per_series_not_analysed_reports_can_be_turned_back_on(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    store, spool, cfg = env
+    cfg.report.per_series_not_analysed = True
+    t0 = utcnow()
+    uids = _whole_study(store, spool, tmp_path, t0)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uids["soft"]]
+    assert tick.not_analysed == [uids["bone"]]  # a rejected CT series; never the scout or our SC
+    assert set(tick.closed) == {uids["thin"], uids["scout"]}
+    assert series_row(store, uids["bone"]).state == "queued" and jobs(store, uids["bone"]) == [(0, "queued")]
+    assert jobs(store, uids["scout"]) == []
+
+
+def _study_of(store: Store, spool: Spool, tmp_path: Path, t0: Any, study: str, **series: dict[str, Any]) -> dict[str, str]:
+    uids = {}
+    for name, kw in series.items():
+        uids[name] = generate_uid()
+        index(store, spool, write_series(tmp_path / name, rows=16, cols=16, study_uid=study, series_uid=uids[name],
+                                         **{"n": 12, **kw}), t0)
+    return uids
+
+
+SCOUT = {"n": 2, "SeriesNumber": 1, "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}
+BONE = {"SeriesNumber": 4, "ConvolutionKernel": "H70h"}
+SOFT = {"SeriesNumber": 2, "ConvolutionKernel": "H40s"}
+
+
+def test_study_without_analysable_series_gets_one_study_report(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
     store, spool, cfg = env
     t0 = utcnow()
     study = generate_uid()
-    soft, bone, thin, scout = (generate_uid() for _ in range(4))
-    kw = {"rows": 16, "cols": 16, "study_uid": study}
-    index(store, spool, write_series(tmp_path / "s", n=12, series_uid=soft, ConvolutionKernel="H40s", SeriesNumber=3, **kw), t0)
-    index(store, spool, write_series(tmp_path / "b", n=12, series_uid=bone, ConvolutionKernel="H70h", SeriesNumber=4, **kw), t0)
-    index(store, spool, write_series(tmp_path / "t", n=40, dz=1.0, series_uid=thin, ConvolutionKernel="H40s", SeriesNumber=5, **kw), t0)
-    index(store, spool, write_series(tmp_path / "c", n=2, series_uid=scout, SeriesNumber=1,
-                                     ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], **kw), t0)
-    # a result object of ours coming back into the same study: receive closes it, no report, no job
-    sc_uid = generate_uid()
-    sc = write_series(tmp_path / "r", n=2, Modality="OT", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", series_uid=sc_uid, **kw)
-    index(store, spool, sc, t0, calling_ae="ORTHANC")
+    uids = _study_of(store, spool, tmp_path, t0, study, scout=SCOUT, bone=BONE)
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
-    assert tick.queued == [soft]
-    assert set(tick.not_analysed) == {bone, scout}
-    assert tick.closed == [thin]
-    assert series_row(store, sc_uid).state == "rejected" and jobs(store, sc_uid) == []
-    assert series_row(store, thin).reason.startswith("another series of the study was analysed (#3")
-    assert series_row(store, thin).state == "rejected"
-    assert series_row(store, bone).reason.startswith("bone or sharp kernel")
-    assert series_row(store, bone).state == "queued" and series_row(store, bone).selected is False
-    assert series_row(store, scout).reason == "localizer/scout image"
-    note = series_row(store, soft).reason
-    assert "chosen from 2 candidate series: slice thickness closest to 5 mm" in note
+    assert tick.queued == [] and tick.not_analysed == [] and tick.study_reports == [study]
+    assert set(tick.closed) == {uids["scout"], uids["bone"]}
+    bone = series_row(store, uids["bone"])
+    assert all_jobs(store) == [(bone.id, 0, "queued")]  # one job, filed under the bone series
+    assert bone.state == "rejected"  # the series keeps its own state and reason
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=20)).study_reports == []  # idempotent
+
+    # a late axial series before the study report was built: chosen, the queued report superseded
+    late = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=21), study, soft=SOFT)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=32))
+    assert tick.queued == [late["soft"]] and tick.study_reports == []
+    assert all_jobs(store) == [(bone.id, 0, "superseded"), (series_row(store, late["soft"]).id, None, "queued")]
+
+
+def test_late_series_after_a_study_answer(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    from hexnode.series.study import record_answer
+
+    store, spool, cfg = env
+    t0 = utcnow()
+    study = generate_uid()
+    _study_of(store, spool, tmp_path, t0, study, scout=SCOUT, bone=BONE)
+    check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    with store.transaction() as s:  # what the worker records once the study report is built
+        job = s.execute(select(Job)).scalar_one()
+        job.state = "done"
+        sid = s.get(Series, job.series_id).study_id
+        record_answer(s, sid, "not analysed", "2.25.1", "2.25.2", study_revision=0)
+    # another bone reconstruction later: nothing changes, nothing is sent
+    more = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=12), study, bone2={**BONE, "SeriesNumber": 6})
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=23))
+    assert tick.closed == [more["bone2"]] and tick.study_reports == [] and tick.queued == []
+    # a localizer later: recorded, ignored
+    scout2 = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=24), study, scout2={**SCOUT, "SeriesNumber": 7})
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=35))
+    assert tick.closed == [scout2["scout2"]] and tick.study_reports == [] and tick.queued == []
+    # the axial series at last: the study re-opens, it is chosen (its result supersedes the report)
+    late = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=36), study, soft=SOFT)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=47))
+    assert tick.queued == [late["soft"]]
+    assert len(all_jobs(store)) == 2
+
+
+def test_no_study_report_while_a_sibling_is_still_arriving(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """A trickling series outlasts the study wait: the finished series are closed, but the study's
+    answer waits for the trickling one; when it is no better, one report covers both."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    study = generate_uid()
+    uids = _study_of(store, spool, tmp_path, t0, study, bone=BONE)
+    trickle = generate_uid()
+    paths = write_series(tmp_path / "trickle", n=12, rows=16, cols=16, study_uid=study, series_uid=trickle,
+                         ConvolutionKernel="H70h", SeriesNumber=5)
+    index(store, spool, paths[:6], t0)
+    index(store, spool, paths[6:9], t0 + timedelta(seconds=20))
+    index(store, spool, paths[9:], t0 + timedelta(seconds=34))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=35))
+    assert tick.closed == [uids["bone"]] and tick.study_reports == []  # past the study wait, but no answer yet
+    assert all_jobs(store) == []
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=45))
+    assert tick.closed == [trickle] and tick.study_reports == [study]
+    assert [(sid, rev) for sid, rev, _ in all_jobs(store)] == [(series_row(store, trickle).id, 0)]
+
+
+def test_chosen_series_not_analysed_lets_a_later_series_answer(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """The chosen series came out "not analysed" (incomplete coverage, a sender that stopped): a
+    later analysable series of the study is chosen, not passed over."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    study = generate_uid()
+    first = _study_of(store, spool, tmp_path, t0, study, soft=SOFT)
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=11)).queued == [first["soft"]]
+    with store.transaction() as s:  # what the worker does for a not-analysed outcome of the chosen series
+        row = s.execute(select(Series).where(Series.series_uid == first["soft"])).scalar_one()
+        row.state = "rejected"
+    later = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=12), study, again={**SOFT, "SeriesNumber": 8})
+    assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=23)).queued == [later["again"]]
+    # while the chosen one still stands (reported), a later candidate is passed over
+    third = _study_of(store, spool, tmp_path, t0 + timedelta(seconds=24), study, third={**SOFT, "SeriesNumber": 9})
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=35))
+    assert tick.queued == [] and tick.closed == [third["third"]]
+    assert series_row(store, third["third"]).reason == "another series of the study was analysed before"
+
+
+def test_study_waits_until_settled(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    store, spool, cfg = env
+    cfg.series.study_settle_seconds = 20.0
+    t0 = utcnow()
+    study = generate_uid()
+    uids = _study_of(store, spool, tmp_path, t0, study, soft={**SOFT, "ImagesInAcquisition": 12})
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=2))
+    assert tick.completed == [uids["soft"]] and tick.waiting == [uids["soft"]]  # whole, but the study may go on
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=19))
+    assert tick.queued == [] and tick.waiting == [uids["soft"]]
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=20.5))
+    assert tick.queued == [uids["soft"]]
 
 
 def test_waits_for_siblings_still_arriving(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
@@ -141,6 +284,7 @@ def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Con
 def test_apscheduler_job_in_the_background(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
     store, spool, cfg = env
     cfg.series.stable_seconds = 0.3
+    cfg.series.study_settle_seconds = 0.3
     cfg.series.check_interval_seconds = 0.1
     uid = generate_uid()
     index(store, spool, write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid), utcnow())

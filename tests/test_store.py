@@ -201,6 +201,10 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     con.execute("ALTER TABLE outbox DROP COLUMN queued_at")
     con.execute("ALTER TABLE series DROP COLUMN aborted_at")
     con.execute("ALTER TABLE series DROP COLUMN aborted_note")
+    for col in ("answer_kind", "answer_sr_uid", "answer_sr_series_uid", "report_revision"):
+        con.execute(f"ALTER TABLE studies DROP COLUMN {col}")
+    con.execute("ALTER TABLE jobs DROP COLUMN study_revision")
+    con.execute("INSERT INTO studies (study_uid, created_at) VALUES ('1.2.3', '2026-01-01 00:00:00')")
     con.execute("UPDATE hexnode_meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
@@ -211,6 +215,11 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         series_cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(series)")]
     assert "queued_at" in cols
     assert {"aborted_at", "aborted_note"} <= set(series_cols)  # version 3
+    with st.transaction() as s:  # version 4: the study's answer; an old study has none yet
+        study = s.execute(select(Study)).scalar_one()
+        assert (study.answer_kind, study.answer_sr_uid, study.report_revision) == (None, None, 0)
+        job_cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(jobs)")]
+    assert "study_revision" in job_cols
     st.dispose()
 
 

@@ -52,6 +52,7 @@ def env(tmp_path: Path) -> tuple[Store, Spool, Config]:
     cfg = Config()
     cfg.data_dir = str(tmp_path)
     cfg.series.stable_seconds = 1.0
+    cfg.series.study_settle_seconds = 1.0
     cfg.worker.max_attempts = 2
     cfg.worker.heartbeat_seconds = 0.2
     store = open_store(cfg.database_url)
@@ -178,10 +179,11 @@ def test_cli_worker_once_and_offline_run(tmp_path: Path, synth_case: tuple[Any, 
     store_dir = tmp_path / "node"
     toml = tmp_path / "hexnode.toml"
     toml.write_text(f'data_dir = "{store_dir}"\n[models]\ndir = "{models_dir()}"\nproviders = ["CPUExecutionProvider"]\n'
-                    '[series]\nstable_seconds = 1.0\n')
+                    '[series]\nstable_seconds = 1.0\nstudy_settle_seconds = 1.0\n')
     cfg = Config()
     cfg.data_dir = str(store_dir)
     cfg.series.stable_seconds = 1.0
+    cfg.series.study_settle_seconds = 1.0
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path).prepare()
     queue(store, spool, cfg, write_series(tmp_path / "one", n=1, rows=32, cols=32, study_uid=generate_uid()))
@@ -214,7 +216,8 @@ class ThresholdModels:
     def __init__(self, real: Any) -> None:
         self.info = real.info
 
-    def analyse(self, hu: Any, spacing: Any, notes: Any = (), **geometry: Any) -> Any:
+    def analyse(self, hu: Any, spacing: Any, notes: Any = (), **_geometry: Any) -> Any:
+        # extents / head_up feed the real models' coverage rule, which a threshold does not need
         from hexnode.analysis import Prediction
         from hexnode.models.pipeline import Analysis
 

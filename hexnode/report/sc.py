@@ -55,9 +55,10 @@ def sc_dataset(
     revision: int,
     not_analysed: bool,
     key: tuple[Dataset, int | None] | None,
+    uid_key: str | None = None,
 ) -> hd.sc.SCImage:
     src = first_image(sources)
-    series_uid = str(src.SeriesInstanceUID)
+    series_uid = uid_key or str(src.SeriesInstanceUID)  # uid_key: as in sr.document
     sc = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,

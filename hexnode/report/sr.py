@@ -169,9 +169,12 @@ def document(
     revision: int,
     not_analysed: bool,
     extra_evidence: Sequence[Dataset] = (),
+    uid_key: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
+    """`uid_key`: what the derived UIDs are keyed on instead of the source series UID (a
+    study-level report keys them on its study, hexnode.report.study)."""
     src = first_image(sources)
-    series_uid = str(src.SeriesInstanceUID)
+    series_uid = uid_key or str(src.SeriesInstanceUID)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *extra_evidence],
         content=report,

@@ -307,6 +307,7 @@ def _rules(raw: Sequence[Mapping[str, Any]], kind: str) -> list[Rule]:
 class Decision:
     accepted: bool
     reasons: tuple[str, ...] = ()  # every failed rule, headline first
+    rules: tuple[str, ...] = ()  # the names of those rules, in the same order
 
     @property
     def reason(self) -> str:
@@ -359,9 +360,10 @@ class Selector:
 
     def decide(self, info: SeriesInfo) -> Decision:
         # Exclusions first: "localizer/scout image" says more than "1 slices, outside 10-2000".
-        reasons = [self._reason(rule, info) for rule in self.exclude if evaluate(rule.cond, info)]
-        reasons += [self._reason(rule, info) for rule in self.require if not evaluate(rule.cond, info)]
-        return Decision(accepted=not reasons, reasons=tuple(reasons))
+        failed = [rule for rule in self.exclude if evaluate(rule.cond, info)]
+        failed += [rule for rule in self.require if not evaluate(rule.cond, info)]
+        return Decision(accepted=not failed, reasons=tuple(self._reason(r, info) for r in failed),
+                        rules=tuple(r.name for r in failed))
 
     @staticmethod
     def _reason(rule: Rule, info: SeriesInfo) -> str:

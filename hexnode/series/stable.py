@@ -6,15 +6,18 @@ arrived; or it is one Enhanced CT multi-frame object; or its positions are conti
 spaced and cover a whole head (≥ `WHOLE_HEAD_MM`) and nothing has arrived for half the stable time. Instance
 counts alone never decide (PACS resend and send in any order).
 
-Completed series of one study are then selected together (`hexnode.series.select`): the chosen
-one gets a job; a rejected CT series gets a job too, whose worker sends a "not analysed" report
-(so the reader never waits for a result that will not come); series that are not CT (e.g.
-hexnode's own results coming back) and series passed over for a better one of the same study are
-closed as `rejected` with their reason and no report.
+Completed series of one study are decided together once the study has settled (no instance of it
+for `[series] study_settle_seconds`; a PACS routing a whole study sends one series after another).
+The study is the unit of the answer (`hexnode.series.study`): the chosen series gets a job and its
+result set; every other series is closed as `rejected` with its reason and no report. A study with
+no analysable series gets one job for a study-level "not analysed" SR + SC listing what arrived;
+localizers, dose reports and objects that are not CT images never cause one. `[report]
+per_series_not_analysed = true` gives each rejected CT series its own report instead.
 
 Everything lives in the database: a restart re-reads the state, and the next tick carries on.
 Late instances re-open a series (receive calls `reopen_series`: revision + 1), and it comes
-through here again to a new job and a corrected result set.
+through here again to a new job and a corrected result set; a late series re-opens its study the same
+way (its answer names the study's previous answer as its predecessor).
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config
 from hexnode.receive.spool import Spool, uid_hash
-from hexnode.series.select import Selector, SeriesInfo
+from hexnode.series.select import Decision, Selector, SeriesInfo
+from hexnode.series.study import (
+    answer_of,
+    enqueue_study_job,
+    never_candidate,
+    study_jobs,
+    supersede_study_jobs,
+)
 from hexnode.series.volume import VolumeError, read_header
-from hexnode.store.db import Instance, Series, Store, utcnow
+from hexnode.store.db import Instance, Job, Series, Store, Study, utcnow
 from hexnode.store.queue import enqueue_job, transition
 
 log = logging.getLogger(__name__)
@@ -60,7 +70,8 @@ class Tick:
 
     completed: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
-    not_analysed: list[str] = field(default_factory=list)  # queued for a "not analysed" report
+    not_analysed: list[str] = field(default_factory=list)  # queued for a per-series "not analysed" report
+    study_reports: list[str] = field(default_factory=list)  # study UIDs queued for a study-level one
     closed: list[str] = field(default_factory=list)  # rejected without a report
     waiting: list[str] = field(default_factory=list)  # complete, waiting for study siblings
 
@@ -200,69 +211,159 @@ def _info(s: Session, series: Series, spool: Spool) -> SeriesInfo | str:
 
 
 def _report_worthy(series: Series, reason: str) -> bool:
-    """A "not analysed" report only for CT images the reader may wait on."""
+    """A per-series "not analysed" report (`[report] per_series_not_analysed`) only for CT images."""
     if reason.startswith(PASSED_OVER):
         return False
     return (series.modality or "").upper() == "CT"
 
 
-def _reject(s: Session, series: Series, reason: str, tick: Tick) -> None:
+@dataclass
+class _Verdict:
+    """One series of the deciding group: its header (None: unreadable) and what select said."""
+
+    series: Series
+    info: SeriesInfo | None
+    reason: str = ""
+    decision: Decision | None = None
+
+    @property
+    def never(self) -> bool:
+        return never_candidate(self.series, self.decision)
+
+
+def _close(s: Session, cfg: Config, v: _Verdict, reason: str, tick: Tick) -> None:
+    """Rejected: no report, unless the site wants one per rejected CT series."""
+    series = v.series
     series.selected = False
     series.reason = reason
     name = uid_hash(series.series_uid)
-    if _report_worthy(series, reason):
+    if cfg.report.per_series_not_analysed and not v.never and _report_worthy(series, reason):
         enqueue_job(s, series, f"not analysed: {reason}")
         tick.not_analysed.append(series.series_uid)
-        log.info("series %s not analysed: %s", name, reason)
-    else:
-        transition(s, series, "rejected", reason)
-        tick.closed.append(series.series_uid)
-        log.info("series %s rejected without report: %s", name, reason)
+        log.info("series %s not analysed (report of its own): %s", name, reason)
+        return
+    transition(s, series, "rejected", reason)
+    tick.closed.append(series.series_uid)
+    log.info("series %s rejected without report%s: %s", name, " (never a candidate)" if v.never else "", reason)
+
+
+def _chosen_before(siblings: list[Series], group: list[Series]) -> list[Series]:
+    """Series of the study chosen by an earlier decision whose answer still stands or is coming.
+
+    One whose own answer was "not analysed" (the worker found it incomplete) does not stand in the
+    way: a later analysable series of the study then gets chosen and its result supersedes it."""
+    return [x for x in siblings if x.selected and x not in group and x.state not in ("rejected", "failed")]
+
+
+def _decide_study(s: Session, cfg: Config, spool: Spool, selector: Selector, study_id: int,
+                  group: list[Series], siblings: list[Series], tick: Tick) -> None:
+    verdicts = []
+    for series in group:
+        info = _info(s, series, spool)
+        if isinstance(info, str):
+            verdicts.append(_Verdict(series, None, info))
+        else:
+            d = selector.decide(info)
+            verdicts.append(_Verdict(series, info, d.reason, d))
+    if _chosen_before(siblings, group):
+        for v in verdicts:
+            accepted = v.decision is not None and v.decision.accepted
+            _close(s, cfg, v, f"{PASSED_OVER} before" if accepted else v.reason, tick)
+        return
+    candidates = [v for v in verdicts if v.info is not None and not v.never]
+    choice = selector.choose([v.info for v in candidates if v.info is not None])
+    study = s.get(Study, study_id)
+    assert study is not None
+    for v in verdicts:
+        if choice.chosen is not None and v.info is choice.chosen:
+            series = v.series
+            series.selected = True
+            series.reason = choice.note  # the report says which series and why
+            enqueue_job(s, series, choice.note)
+            tick.queued.append(series.series_uid)
+            log.info("series %s queued: %s", uid_hash(series.series_uid), _no_desc(choice.note))
+        elif v.info is None or v.never:
+            _close(s, cfg, v, v.reason, tick)
+        else:
+            _close(s, cfg, v, choice.rejected.get(v.info.series_uid, v.reason or "not selected"), tick)
+    if choice.chosen is not None:
+        supersede_study_jobs(s, study_id, "a series of the study was chosen")
+        return
+    if cfg.report.per_series_not_analysed:
+        return  # each rejected CT series was reported on its own
+    if any(x not in group and x.state in ("received", "complete") for x in siblings):
+        # A sibling still to be decided (a trickling series, a re-opened chosen one) may yet be the
+        # answer: its decision makes the study report if it is not.
+        log.info("study %s: nothing analysable yet; waiting for the rest of the study", uid_hash(study.study_uid))
+        return
+    worthy = [v.series for v in verdicts if not v.never] + _worthy_before(s, spool, selector, siblings, group)
+    if not worthy:
+        return  # nothing a reader waits for (only localizers, dose reports ...)
+    if answer_of(study).kind == "not analysed" and not study_jobs(s, study_id, ("queued",)):
+        # The PACS already has this study's "not analysed" answer: a late series that changes
+        # nothing (another bone reconstruction) adds nothing to the radiologist's study.
+        log.info("study %s: still no analysable series; its answer stands", uid_hash(study.study_uid))
+        return
+    if study_jobs(s, study_id, ("running",)):
+        log.info("study %s: a study report is being built; its answer stands", uid_hash(study.study_uid))
+        return
+    anchor = _anchor(s, worthy + [v.series for v in verdicts])  # under a series a reader knows
+    if anchor is None:
+        log.warning("study %s: no series to file the study report under", uid_hash(study.study_uid))
+        return
+    job = enqueue_study_job(s, anchor, study, "study not analysed: no analysable series")
+    tick.study_reports.append(study.study_uid)
+    log.info("study %s: no analysable series; one study report queued (job %d, revision %d)",
+             uid_hash(study.study_uid), job.id, job.study_revision or 0)
+
+
+def _worthy_before(s: Session, spool: Spool, selector: Selector, siblings: list[Series],
+                   group: list[Series]) -> list[Series]:
+    """Series decided earlier without an answer for the study (it waited for this group) that a
+    reader may have waited on; re-judged from one header each (only on this rare path)."""
+    out = []
+    for x in siblings:
+        if x in group or x.state != "rejected" or x.selected is not False:
+            continue
+        info = _info(s, x, spool)
+        decision = None if isinstance(info, str) else selector.decide(info)
+        if not never_candidate(x, decision):
+            out.append(x)
+    return out
+
+
+def _anchor(s: Session, candidates: list[Series]) -> Series | None:
+    """The first series without a job at its current revision (jobs are unique per series revision)."""
+    for x in candidates:
+        taken = s.execute(select(Job.id).where(Job.series_id == x.id, Job.revision == x.revision)).first()
+        if taken is None:
+            return x
+    return None
 
 
 def select_complete(s: Session, cfg: Config, spool: Spool, selector: Selector, now: datetime, tick: Tick) -> None:
-    """Decide the complete, undecided series study by study."""
+    """Decide the complete, undecided series study by study, once the study has settled."""
     pending = s.execute(
         select(Series).where(Series.state == "complete", Series.selected.is_(None)).order_by(Series.id)
     ).scalars().all()
     by_study: dict[int, list[Series]] = defaultdict(list)
     for series in pending:
         by_study[series.study_id].append(series)
-    wait = timedelta(seconds=max(STUDY_WAIT_MIN_SECONDS, STUDY_WAIT_FACTOR * cfg.series.stable_seconds))
+    wait = timedelta(seconds=max(STUDY_WAIT_MIN_SECONDS, STUDY_WAIT_FACTOR * cfg.series.stable_seconds,
+                                 cfg.series.study_settle_seconds))
+    settled_before = now - timedelta(seconds=cfg.series.study_settle_seconds)
     for study_id, group in by_study.items():
-        siblings = s.execute(select(Series).where(Series.study_id == study_id)).scalars().all()
+        siblings = list(s.execute(select(Series).where(Series.study_id == study_id)).scalars().all())
         arriving = [x for x in siblings if x.state == "received"]
         oldest = min(x.state_at for x in group)
-        if arriving and now - oldest < wait:
+        # Settled: nothing of the study arrived for study_settle_seconds (a PACS routing a whole
+        # study sends one series after another); a sibling still arriving is waited for, up to
+        # `wait` (a trickling series must not hold the others forever).
+        newest = max(x.last_instance_at for x in siblings)
+        if (arriving and now - oldest < wait) or (newest > settled_before and now - oldest < wait):
             tick.waiting += [x.series_uid for x in group]
             continue
-        chosen_before = [x for x in siblings if x.selected and x not in group]
-        infos: list[SeriesInfo] = []
-        for series in group:
-            info = _info(s, series, spool)
-            if isinstance(info, str):
-                _reject(s, series, info, tick)
-            else:
-                infos.append(info)
-        if not infos:
-            continue
-        by_id = {x.id: x for x in group}
-        if chosen_before:
-            for info in infos:
-                d = selector.decide(info)
-                _reject(s, by_id[info.ref], d.reason if not d.accepted else f"{PASSED_OVER} before", tick)
-            continue
-        choice = selector.choose(infos)
-        for info in infos:
-            series = by_id[info.ref]
-            if choice.chosen is not None and info.ref == choice.chosen.ref:
-                series.selected = True
-                series.reason = choice.note  # the report says which series and why
-                enqueue_job(s, series, choice.note)
-                tick.queued.append(series.series_uid)
-                log.info("series %s queued: %s", uid_hash(series.series_uid), _no_desc(choice.note))
-            else:
-                _reject(s, series, choice.rejected.get(info.series_uid, "not selected"), tick)
+        _decide_study(s, cfg, spool, selector, study_id, group, siblings, tick)
 
 
 def _no_desc(note: str) -> str:

@@ -20,7 +20,7 @@ API
     Naive UTC ``datetime``; every timestamp column holds naive UTC.
 
 Tables (state machines and transitions live in ``hexnode.store.queue``)
-    ``studies``    one row per Study Instance UID.
+    ``studies``    one row per Study Instance UID, with the answer the PACS holds for it.
     ``series``     one row per Series Instance UID: state, reason, revision (bumped when
                    instances arrive after analysis), last_instance_at (drives completion).
     ``instances``  one row per SOP Instance UID (unique: duplicates are stored once), with the
@@ -64,7 +64,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -90,6 +90,14 @@ class Study(Base):
     # Text, not String(64): malformed over-long UIDs are indexed as received (and flagged by select).
     study_uid: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The study is the unit of the answer: what the PACS holds as hexnode's answer for it now
+    # ("result" of the chosen series, or "not analysed"), named by its SR, which the next answer
+    # (after a late series re-opened the study) names as its predecessor.
+    answer_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    answer_sr_uid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    answer_sr_series_uid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Revision of the next study-level "not analysed" report (its UIDs derive from it).
+    report_revision: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Series(Base):
@@ -146,6 +154,10 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    # Set: the job answers for the whole study (one "not analysed" report for a study without an
+    # analysable series) at this study revision; series_id is then the series that completed the
+    # decision, which the report is filed under.
+    study_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # queued | running | done | failed | superseded
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -222,7 +234,21 @@ def _v3_series_aborted(s: Session) -> None:
         s.execute(text("ALTER TABLE series ADD COLUMN aborted_note TEXT"))
 
 
-MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _v2_outbox_queued_at, 3: _v3_series_aborted}
+def _v4_study_answer(s: Session) -> None:
+    insp = inspect(s.connection())
+    cols = {c["name"] for c in insp.get_columns("studies")}
+    for name, sql_type in (("answer_kind", "VARCHAR(16)"), ("answer_sr_uid", "TEXT"),
+                           ("answer_sr_series_uid", "TEXT"), ("report_revision", "INTEGER")):
+        if name not in cols:
+            s.execute(text(f"ALTER TABLE studies ADD COLUMN {name} {sql_type}"))
+    s.execute(text("UPDATE studies SET report_revision = 0 WHERE report_revision IS NULL"))
+    if "study_revision" not in {c["name"] for c in insp.get_columns("jobs")}:
+        s.execute(text("ALTER TABLE jobs ADD COLUMN study_revision INTEGER"))
+
+
+MIGRATIONS: dict[int, Callable[[Session], None]] = {
+    2: _v2_outbox_queued_at, 3: _v3_series_aborted, 4: _v4_study_answer,
+}
 
 
 @dataclass

@@ -1,0 +1,95 @@
+"""The study as the unit of the answer (DESIGN §4 "Not analysed"): the database side.
+
+What goes back to the PACS is decided per study: the chosen series' result set (or its own
+"not analysed" report, when the worker finds it incomplete), or, when no series of the study can be
+analysed, ONE study-level "not analysed" SR + SC listing what arrived and why. The `studies` row
+remembers which SR the PACS holds as the study's answer, so the next answer (a late series
+re-opened the study) names it as its predecessor.
+
+Series that are never candidates — localizers, dose reports / screen captures, objects that are not
+CT images (hexnode's own SEG/SR/SC routed back are rejected at receive) — are recorded with their
+reason and never cause a report, nor re-open an answered study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hexnode.series.select import Decision
+from hexnode.series.volume import CT_SOP_CLASSES
+from hexnode.store.db import Event, Job, Series, Study, utcnow
+from hexnode.store.queue import transition
+
+# Built-in rules whose failure means the series was never meant to be analysed.
+NEVER_CANDIDATE_RULES = frozenset({"scout", "dose-report", "modality", "sop-class"})
+# The headline of a study-level report when several series arrived and none fits.
+NO_ANALYSABLE = "no axial soft-tissue head non-contrast CT in this study"
+
+
+def never_candidate(series: Series, decision: Decision | None) -> bool:
+    """A localizer, dose report, or anything that is not a CT image: never worth a report."""
+    if (series.modality or "").upper() != "CT" or (series.sop_class_uid or "") not in CT_SOP_CLASSES:
+        return True
+    return decision is not None and any(r in NEVER_CANDIDATE_RULES for r in decision.rules)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the PACS holds as hexnode's answer for a study (None fields: nothing yet)."""
+
+    kind: str | None = None  # "result" | "not analysed"
+    sr_uid: str | None = None
+    sr_series_uid: str | None = None
+
+
+def answer_of(study: Study) -> Answer:
+    return Answer(study.answer_kind, study.answer_sr_uid, study.answer_sr_series_uid)
+
+
+def record_answer(s: Session, study_id: int, kind: str, sr_uid: str, sr_series_uid: str,
+                  study_revision: int | None = None) -> None:
+    study = s.get(Study, study_id)
+    if study is None:
+        return
+    study.answer_kind, study.answer_sr_uid, study.answer_sr_series_uid = kind, sr_uid, sr_series_uid
+    if study_revision is not None:
+        study.report_revision = max(study.report_revision or 0, study_revision + 1)
+
+
+def study_jobs(s: Session, study_id: int, states: tuple[str, ...]) -> list[Job]:
+    """Study-level report jobs of the study in `states`."""
+    q = (select(Job).join(Series, Series.id == Job.series_id)
+         .where(Series.study_id == study_id, Job.study_revision.is_not(None), Job.state.in_(states))
+         .order_by(Job.id))
+    return list(s.execute(q).scalars())
+
+
+def supersede_study_jobs(s: Session, study_id: int, detail: str) -> list[int]:
+    """Queued study-level reports of the study that a newer decision replaces (none was sent)."""
+    out = []
+    for job in study_jobs(s, study_id, ("queued",)):
+        transition(s, job, "superseded", detail)
+        out.append(job.study_revision or 0)
+    return out
+
+
+def enqueue_study_job(s: Session, anchor: Series, study: Study, detail: str) -> Job:
+    """A job for the study-level "not analysed" report, filed under `anchor` (a rejected series
+    of the deciding group, at a revision that has no job of its own); the series keeps its state."""
+    superseded = supersede_study_jobs(s, study.id, "a newer study decision")
+    revision = min(superseded) if superseded else (study.report_revision or 0)
+    job = Job(series_id=anchor.id, revision=anchor.revision, state="queued", attempts=0, study_revision=revision)
+    s.add(job)
+    s.flush()
+    s.add(Event(entity="job", entity_id=job.id, from_state=None, to_state="queued", detail=detail, at=utcnow()))
+    return job
+
+
+def listed_series(s: Session, study_id: int) -> list[Series]:
+    """The CT image series of the study that have been decided, for the study-level report."""
+    q = (select(Series).where(Series.study_id == study_id, Series.state.not_in(("received", "complete")))
+         .order_by(Series.series_number, Series.id))
+    return [x for x in s.execute(q).scalars() if (x.sop_class_uid or "") in CT_SOP_CLASSES]
