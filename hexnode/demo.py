@@ -96,6 +96,10 @@ class ResultSet:
     def complete(self) -> bool:
         return bool(self.sr and self.sc and self.seg)
 
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return len(self.seg), len(self.sr), len(self.sc)
+
 
 @dataclass
 class DemoStack:

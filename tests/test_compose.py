@@ -28,7 +28,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ruamel.yaml import YAML  # installed with pyradiomics (via pykwalify)
 from series_helpers import write_series
 from sqlalchemy import select
 
-from hexnode.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, sr_summary, storescu
+from hexnode.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, ResultSet, sr_summary, storescu
 from hexnode.netutil import free_port
 from hexnode.store.db import Event, Job, Outbox, Series, open_store
 
@@ -171,18 +171,6 @@ def loopback_hexnode_toml(ports: dict[str, int]) -> str:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     return text
-
-
-@dataclass
-class ResultSet:
-    seg: list[str] = field(default_factory=list)  # Orthanc instance ids
-    sr: list[str] = field(default_factory=list)
-    sc: list[str] = field(default_factory=list)
-    sop_uids: set[str] = field(default_factory=set)
-
-    @property
-    def counts(self) -> tuple[int, int, int]:
-        return len(self.seg), len(self.sr), len(self.sc)
 
 
 @dataclass(frozen=True)

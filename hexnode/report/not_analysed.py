@@ -32,26 +32,31 @@ def not_analysed_comment(reason: str) -> str:
     return f"Not analysed: {reason}"
 
 
-def build_not_analysed_sr(
-    sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
-) -> hd.sr.Comprehensive3DSR:
-    src = first_image(sources)
+def not_analysed_report(key: str, model: ModelInfo, revision: int) -> hd.sr.MeasurementReport:
+    """The TID 1500 report of a "not analysed" answer: one group whose status is Not analysed,
+    tracked by a UID derived from `key` (a series UID, or a study's key)."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(str(src.SeriesInstanceUID), model.version, "tracking", revision),
-            identifier=TRACKING_LABEL,
+            uid=derive_uid(key, model.version, "tracking", revision), identifier=TRACKING_LABEL
         ),
         algorithm_id=algorithm_id(model),
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS, value=codes.NOT_ANALYSED)
         ],
     )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[group],
         title=codes.TITLE,
     )
+
+
+def build_not_analysed_sr(
+    sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
+) -> hd.sr.Comprehensive3DSR:
+    src = first_image(sources)
+    report = not_analysed_report(str(src.SeriesInstanceUID), model, revision)
     comments = [
         not_analysed_comment(reason),
         source_line(src),

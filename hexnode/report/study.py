@@ -17,16 +17,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
 from hexnode.analysis import ModelInfo
-from hexnode.report import codes
 from hexnode.report.common import addressable, burned_in_warning, clinical_use_note, model_label
-from hexnode.report.not_analysed import not_analysed_comment
+from hexnode.report.not_analysed import not_analysed_comment, not_analysed_report
 from hexnode.report.render import WARN_RGB, Line, annotate, blank
 from hexnode.report.sc import sc_dataset
 from hexnode.report.sr import (
-    TRACKING_LABEL,
-    algorithm_id,
     document,
-    observation_context,
     with_library_and_comments,
 )
 from hexnode.report.uids import derive_uid
@@ -116,19 +112,7 @@ def build_study_not_analysed(
     study_uid = str(sources[0].StudyInstanceUID)
     key = study_key(study_uid)
     reason = headline(listed)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(key, model.version, "tracking", revision), identifier=TRACKING_LABEL
-        ),
-        algorithm_id=algorithm_id(model),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS, value=codes.NOT_ANALYSED)],
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(model),
-        procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=[group],
-        title=codes.TITLE,
-    )
+    report = not_analysed_report(key, model, revision)
     comments = [
         not_analysed_comment(reason),
         f"Series received in this study ({len(listed)}), none analysed:",
