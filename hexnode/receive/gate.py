@@ -348,9 +348,13 @@ class Gate:
         rq = A_ASSOCIATE_RQ()
         try:
             rq.decode(head[:length + 6])
-            calling = str(rq.calling_ae_title)
-            called = str(rq.called_ae_title)
-            _ = [str(cx.abstract_syntax) for cx in rq.presentation_context]
+            # what pynetdicom's state machine does with it next (AE-6): if this fails there, it
+            # fails in pynetdicom's reactor thread, uncaught
+            primitive = rq.to_primitive()
+            calling = str(primitive.calling_ae_title)
+            called = str(primitive.called_ae_title)
+            if not primitive.presentation_context_definition_list:
+                raise ValueError("no presentation context")
         except Exception:  # a peer's bytes: any decoder failure is a malformed request, never a traceback
             if self._take(conn):
                 self._drop(conn, "closed: malformed A-ASSOCIATE-RQ")

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from hexnode.runtime import WITHHELD
+
 log = logging.getLogger(__name__)
 
 # Kept only for logging: at most this many addresses are remembered by the rate limiter.
@@ -67,10 +69,35 @@ class PeerLog:
         return True
 
 
+class WithholdText(logging.Filter):
+    """On pydicom's logger: drop its warnings, keep that an error was logged and where, not its text.
+
+    pydicom logs what it warns about as well (``warn_and_log``), with the offending value: a peer
+    that sends a dataset with a broken length gets its next elements, patient name among them,
+    quoted as a "UID" (found by tests/test_hostile.py). hexnode.runtime withholds the text of
+    the warnings; this does the same for the log records, in the receiving processes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return False  # warn_and_log: the same text is a Python warning too, reported (withheld) there
+        record.msg = f"{record.levelname.lower()} from pydicom ({record.module}:{record.lineno}); {WITHHELD}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def withhold_pydicom_text() -> None:
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, WithholdText) for f in logger.filters):
+        logger.addFilter(WithholdText())
+
+
 # pynetdicom's message (its start) -> what we say. Anything else: "protocol error".
 _REASONS = (
-    ("PDU stalled", "stalled: no data within dicom.network_timeout_seconds in the middle of a PDU"),
-    ("Network timeout reached", "idle for longer than dicom.network_timeout_seconds"),
+    ("PDU stalled", "stalled in the middle of a PDU: no data for dicom.network_timeout_seconds"),
+    ("Network timeout reached", "stalled: no data for dicom.network_timeout_seconds"),
     ("Connection closed before the entire PDU", "connection lost in the middle of a PDU"),
     ("The received PDU is shorter", "truncated PDU"),
     ("Unknown PDU type", "malformed PDU (unknown PDU type)"),
@@ -79,6 +106,11 @@ _REASONS = (
     ("Exception in DUL.run()", "protocol error"),
     ("Invalid event", "PDU not valid in the association's state"),
     ("DIMSE timeout", "no DIMSE message within the DIMSE timeout"),
+    ("Invalid '", "a value pynetdicom refused (AE title, UID ...)"),
+    ("Non-conformant '", "a non-conformant value (AE title, UID ...)"),
+    ("Received unexpected", "unexpected DIMSE message"),
+    ("State Machine received an exception", "PDU not valid in the association's state"),
+    ("A-ASSOCIATE-RQ: Unsupported protocol version", "unsupported protocol version"),
 )
 
 
@@ -94,7 +126,7 @@ class LibraryLog(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self._reasons: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._reasons: weakref.WeakKeyDictionary[Any, tuple[bool, str]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._logger: logging.Logger | None = None
         self._propagate = True
@@ -121,16 +153,38 @@ class LibraryLog(logging.Handler):
         # the DUL thread knows its association; the association thread is one
         assoc = thread if hasattr(thread, "acceptor") else getattr(thread, "assoc", None)
         if assoc is not None:
+            error = record.levelno >= logging.ERROR
             with self._lock:
                 try:
-                    self._reasons.setdefault(assoc, reason)  # the first error is the cause
+                    # the first error is the cause; a warning only when nothing worse was said
+                    old = self._reasons.get(assoc)
+                    if old is None or (error and not old[0]):
+                        self._reasons[assoc] = (error, reason)
                 except TypeError:
                     pass
         log.debug("pynetdicom %s in %s: %s", record.levelname, record.name, reason)
 
+    def thread_died(self, args: Any) -> bool:
+        """For threading.excepthook: an exception that ended one of pynetdicom's reactor threads
+        (a peer's bytes it did not expect) is that association's reason, not a traceback on
+        stderr. Returns False for other threads (the caller passes those on)."""
+        thread = args.thread
+        assoc = thread if hasattr(thread, "acceptor") else getattr(thread, "assoc", None)
+        if assoc is None or not type(thread).__module__.startswith("pynetdicom"):
+            return False
+        with self._lock:
+            try:
+                if not self._reasons.get(assoc, (False, ""))[0]:
+                    self._reasons[assoc] = (True, f"protocol error ({args.exc_type.__name__} in pynetdicom)")
+            except TypeError:
+                pass
+        log.debug("pynetdicom thread %s ended by %s", thread.name, args.exc_type.__name__)
+        return True
+
     def reason(self, assoc: Any) -> str | None:
         with self._lock:
             try:
-                return self._reasons.pop(assoc, None)
+                got = self._reasons.pop(assoc, None)
             except TypeError:
                 return None
+        return None if got is None else got[1]

@@ -79,7 +79,7 @@ from hexnode.receive import fastpath
 from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer, on_conn_open
 from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
-from hexnode.receive.peers import LibraryLog, PeerLog, printable
+from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
 from hexnode.receive.spool import Spool, instance_relpath, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Store, open_store, utcnow
@@ -166,6 +166,7 @@ class Receiver:
         self._rejected: set[int] = set()  # associations already reported by on_rejected
         self.library_log = LibraryLog()
         self.gate: Gate | None = None
+        self._excepthook = threading.excepthook
         self._serve_thread: threading.Thread | None = None
 
     def build_ae(self) -> AE:
@@ -215,6 +216,9 @@ class Receiver:
         server.on_association_end = self.on_association_end  # type: ignore[attr-defined]
         self.gate = server.gate
         self.library_log.install()
+        withhold_pydicom_text()
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._thread_died
         server.gate.start()
         self.server = server
         self._serve_thread = threading.Thread(target=server.serve_forever, name="hexnode-accept", daemon=True)
@@ -226,7 +230,12 @@ class Receiver:
             self.server.shutdown()
             self.server = None
             self.library_log.uninstall()
+            threading.excepthook = self._excepthook
         self.indexer.stop()
+
+    def _thread_died(self, args: Any) -> None:
+        if not self.library_log.thread_died(args):
+            self._excepthook(args)
 
     def on_rejected(self, event: Any) -> None:
         # Site IT needs to see who was turned away and why (AE titles and addresses are not PHI).
@@ -269,8 +278,10 @@ class Receiver:
         cause = self.library_log.reason(assoc)
         released = bool(getattr(assoc, "is_released", False))
         aborted = bool(getattr(assoc, "is_aborted", False)) or not released
-        if aborted and not rejected:
-            self.sweep_incoming(all_idle=True)
+        # Whenever the node falls idle: a transfer cut off while others ran is not waited for
+        # until its file is old (a released association can leave one too, e.g. a C-STORE whose
+        # command pynetdicom could not use).
+        self.sweep_incoming(all_idle=True)
         address = str(getattr(assoc.requestor, "address", "") or "?")
         calling = str(getattr(assoc.requestor, "ae_title", "") or "").strip()[:16] or None
         if rejected or (not aborted and not failed[0]):
