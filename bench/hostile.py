@@ -5,8 +5,9 @@ changed); the hostile peers are plain sockets bound to other loopback addresses 
 other hosts on the hospital network would be), the real sender is dcmtk `/usr/bin/storescu` from
 127.0.0.1 with a 32-slice 512² CT series.
 
-* idle: N connections that connect and send nothing, re-opened as soon as the node closes one (a
-  scanner that keeps trying), first all from one address, then each from its own. The real series is
+* idle: N connections that connect and send nothing: all from one address and left closed once the
+  node closes them (the issue's case), then re-opened as soon as the node closes one (a scanner
+  that keeps trying), all from one address, then each from its own. The real series is
   sent every 0.25 s until it goes through; ``refused_for`` is how long it was turned away.
 * garbage: M connections, all in flight at once, each sending one PDU-shaped piece of garbage (a
   random PDU type byte, a random 4-byte length, 0-5,000 random bytes) and then waiting for the node to
@@ -102,8 +103,8 @@ def send_series(port: int, folder: Path) -> tuple[bool, float, str]:
 class IdleAttacker:
     """`n` connections that send nothing; each is re-opened as soon as the node closes it."""
 
-    def __init__(self, port: int, n: int, addresses: list[str]) -> None:
-        self.port, self.n, self.addresses = port, n, addresses
+    def __init__(self, port: int, n: int, addresses: list[str], reconnect: bool = True) -> None:
+        self.port, self.n, self.addresses, self.reconnect = port, n, addresses, reconnect
         self.stop = threading.Event()
         self.opened = 0
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
@@ -133,6 +134,8 @@ class IdleAttacker:
                         break
             finally:
                 s.close()
+            if not self.reconnect:
+                return
 
     def close(self) -> None:
         self.stop.set()
@@ -140,8 +143,9 @@ class IdleAttacker:
             t.join(5)
 
 
-def idle_scenario(serve: Serve, folder: Path, n: int, addresses: list[str], limit_s: float) -> str:
-    attacker = IdleAttacker(serve.port, n, addresses)
+def idle_scenario(serve: Serve, folder: Path, n: int, addresses: list[str], limit_s: float,
+                  reconnect: bool = True) -> str:
+    attacker = IdleAttacker(serve.port, n, addresses, reconnect)
     attacker.start()
     time.sleep(1.0)  # let them all connect
     t0 = time.monotonic()
@@ -161,6 +165,7 @@ def idle_scenario(serve: Serve, folder: Path, n: int, addresses: list[str], limi
     finally:
         attacker.close()
     where = "1 address" if len(addresses) == 1 else f"{len(addresses)} addresses"
+    where += "" if reconnect else ", not reconnecting"
     verdict = f"ok send={dt:.1f}s" if ok else f"NEVER within {limit_s:.0f}s ({last_why})"
     return (f"idle({n} from {where}): refused_for={refused:.1f}s attempts={attempts} {verdict} "
             f"idle_connections_opened={attacker.opened}")
@@ -241,7 +246,7 @@ def main() -> int:
     ap.add_argument("--idle-limit", type=float, default=60.0, help="give up on the real send after this long")
     ap.add_argument("--pythonpath", default=None, help="run the hexnode package from this directory")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--skip", default="", help="comma list of scenarios to skip: idle1,idleN,garbage")
+    ap.add_argument("--skip", default="", help="comma list of scenarios to skip: idle1once,idle1,idleN,garbage")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hexnode-hostile-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -253,6 +258,9 @@ def main() -> int:
     try:
         ok, dt, why = send_series(serve.port, folder)
         print(f"baseline: {args.slices} slices {'ok' if ok else 'FAILED ' + why} in {dt:.1f}s", flush=True)
+        if "idle1once" not in skip:
+            print(idle_scenario(serve, folder, args.idle, ["127.0.0.2"], args.idle_limit, reconnect=False), flush=True)
+            time.sleep(2)
         if "idle1" not in skip:
             print(idle_scenario(serve, folder, args.idle, ["127.0.0.2"], args.idle_limit), flush=True)
             time.sleep(2)

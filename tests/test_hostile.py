@@ -252,6 +252,40 @@ def test_a_sender_that_aborts_is_reported_as_such(serve: Serve, tmp_path: Path) 
     assert _lines(serve.log_text(), "peer 127.0.0.62", "sender aborted the association after 2 instances")
 
 
+def test_tls_listener_idle_and_non_tls_peers_hold_no_slot(tmp_path: Path) -> None:
+    import tempfile
+
+    from plumbing_helpers import make_pki
+
+    from hexnode.config import DicomConfig, TLSConfig
+    from hexnode.receive.scp import Receiver
+
+    d = make_pki(tmp_path / "pki")
+    tls = TLSConfig(enabled=True, cert_file=str(d / "server.crt"), key_file=str(d / "server.key"),
+                    ca_file=str(d / "ca.crt"), require_client_cert=True)
+    dicom = DicomConfig(port=free_port(), min_free_disk_mb=1, max_associations=1, tls=tls,
+                        association_request_timeout_seconds=REQUEST_TIMEOUT, network_timeout_seconds=NETWORK_TIMEOUT)
+    old_tempdir = tempfile.tempdir
+    rx = Receiver(dicom, open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}"), Spool(tmp_path / "spool"))
+    rx.start()
+    try:
+        idle = [Peer(dicom.port, "127.0.0.70") for _ in range(5)]  # TCP only: no TLS handshake
+        plain = Peer(dicom.port, "127.0.0.71")
+        plain.send(b"GET / HTTP/1.0\r\n\r\n")
+        assert plain.wait_closed(REQUEST_TIMEOUT + 1.0) is not None
+        r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER",
+                     extra=["+tls", str(d / "client.key"), str(d / "client.crt"), "+cf", str(d / "ca.crt")])
+        assert r.returncode == 0, r.stderr  # one slot, five idle connections: it is still free
+        assert all(p.wait_closed(REQUEST_TIMEOUT + 2.0) is not None for p in idle)
+        for p in [*idle, plain]:
+            p.close()
+        assert rx.gate is not None and rx.gate.associations == 0 and rx.gate.pending == 0
+    finally:
+        rx.stop()
+        rx.store.dispose()
+        tempfile.tempdir = old_tempdir
+
+
 def test_fuzz_batches_leave_the_node_receiving_and_the_spool_consistent(fuzz_serve: Serve, tmp_path: Path) -> None:
     serve = fuzz_serve
     rng = random.Random(SEED)

@@ -34,7 +34,6 @@ encode. Nothing in pynetdicom is patched.
 
 from __future__ import annotations
 
-import errno
 import logging
 import select
 import socket
@@ -235,42 +234,47 @@ class Gate:
     # --- the watcher thread ------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            with self._lock:
-                oldest = next(iter(self._pending.values()), None)
-                # the pool is ordered by arrival and every deadline is arrival + the same timeout
-                timeout = max(0.0, min(1.0, oldest.deadline - now)) if oldest is not None else 1.0
             try:
-                events = self._epoll.poll(timeout)
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
+                self._step()
+            except Exception:  # the door must stay open: log it, keep watching
                 if self._stop.is_set():
                     return
-                raise
-            ready: list[_Pending] = []
-            with self._lock:
-                for fd, mask in events:
-                    if fd == self._wake_r.fileno():
-                        continue
-                    conn = self._pending.get(fd)
-                    if conn is not None:
-                        conn.hangup = conn.hangup or bool(mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR))
-                        ready.append(conn)
-                if any(fd == self._wake_r.fileno() for fd, _ in events):
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except OSError:
-                        pass
-            for conn in ready:
+                log.exception("connection screening loop failed; continuing")
+                time.sleep(0.1)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            oldest = next(iter(self._pending.values()), None)
+            # the pool is ordered by arrival and every deadline is arrival + the same timeout
+            timeout = max(0.0, min(1.0, oldest.deadline - now)) if oldest is not None else 1.0
+        try:
+            events = self._epoll.poll(timeout)
+        except InterruptedError:
+            return
+        ready: list[_Pending] = []
+        with self._lock:
+            for fd, mask in events:
+                if fd == self._wake_r.fileno():
+                    continue
+                conn = self._pending.get(fd)
+                if conn is not None:
+                    conn.hangup = conn.hangup or bool(mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR))
+                    ready.append(conn)
+            if any(fd == self._wake_r.fileno() for fd, _ in events):
                 try:
-                    self._advance(conn)
-                except Exception:  # never let one peer stop the door for everyone
-                    log.exception("connection screening failed for %s", conn.address)
-                    if self._take(conn):
-                        self._drop(conn, "closed: internal error while screening it", quiet=True)
-            self._expire(time.monotonic())
+                    while self._wake_r.recv(4096):
+                        pass
+                except OSError:
+                    pass
+        for conn in ready:
+            try:
+                self._advance(conn)
+            except Exception:  # never let one peer stop the door for everyone
+                log.exception("connection screening failed for %s", conn.address)
+                if self._take(conn):
+                    self._drop(conn, "closed: internal error while screening it", quiet=True)
+        self._expire(time.monotonic())
 
     def _take(self, conn: _Pending) -> bool:
         with self._lock:
