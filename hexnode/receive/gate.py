@@ -96,12 +96,14 @@ class _Counts:
 class Gate:
     """The pending pool, the per-address counts and the association slots (see the module doc)."""
 
-    def __init__(self, limits: GateLimits, peers: PeerLog, ssl_context: ssl.SSLContext | None,
-                 dispatch: Callable[[socket.socket, tuple[Any, ...]], None]) -> None:
+    def __init__(self, limits: GateLimits, peers: PeerLog, ssl_context: ssl.SSLContext | None) -> None:
         self.limits = limits
         self.peers = peers
         self.ssl_context = ssl_context
-        self._dispatch = dispatch
+        self._dispatch: Callable[[socket.socket, tuple[Any, ...]], None] | None = None
+        # EVT_CONN_OPEN fires in the thread of the connection's ScreeningHandler: hands it the association
+        self.opened = threading.local()
+        self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._counts = _Counts()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # fd -> connection, oldest first
@@ -143,8 +145,19 @@ class Gate:
         self._release(address, association=True)
 
     # --- life cycle --------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, dispatch: Callable[[socket.socket, tuple[Any, ...]], None]) -> None:
+        """Start watching; screened connections go to `dispatch` (ScreeningServer.dispatch)."""
+        self._dispatch = dispatch
         self._thread.start()
+
+    def on_conn_open(self, event: Any) -> None:
+        """EVT_CONN_OPEN handler: hand the new association to the ScreeningHandler of this thread."""
+        self.opened.assoc = event.assoc
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def stop(self) -> None:
         self._stop.set()
@@ -401,6 +414,7 @@ class Gate:
             conn.sock.setblocking(True)
             # until the association is established (then network_timeout): see ScreeningHandler
             conn.sock.settimeout(self.limits.request_timeout)
+            assert self._dispatch is not None
             self._dispatch(conn.sock, (conn.address, conn.port))
         except Exception:
             log.exception("could not hand a connection from %s to the DICOM server", conn.address)
@@ -444,6 +458,8 @@ class ScreeningServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
     gate: Gate
+    # called with each association once its thread has ended (Receiver.on_association_end)
+    on_association_end: Callable[[Any], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # TLS is wrapped by the gate, without a blocking handshake in the accept loop.
@@ -482,13 +498,15 @@ class ScreeningHandler(RequestHandler):
     def handle(self) -> None:
         gate = self.server.gate
         address = str(self.client_address[0])
-        opened = _opened.__dict__
+        opened = gate.opened.__dict__
         opened.pop("assoc", None)
         assoc: Any = None
         try:
-            super().handle()  # EVT_CONN_OPEN fires here, in this thread: see `on_conn_open`
+            super().handle()  # EVT_CONN_OPEN fires here, in this thread: see Gate.on_conn_open
             assoc = opened.pop("assoc", None)
-            if assoc is None:
+            if assoc is None:  # EVT_CONN_OPEN no longer fires in this thread (a pynetdicom change)
+                gate.warn_once("pynetdicom did not report the association to its request handler: "
+                           "association slots are not counted while they last")
                 return
             deadline = time.monotonic() + gate.limits.request_timeout + 1.0
             while assoc.is_alive() and not assoc.is_established and time.monotonic() < deadline:
@@ -501,14 +519,6 @@ class ScreeningHandler(RequestHandler):
             assoc.join()
         finally:
             gate.association_ended(address)
-            ended = getattr(self.server, "on_association_end", None)
+            ended = self.server.on_association_end
             if ended is not None and assoc is not None:
                 ended(assoc)
-
-
-_opened = threading.local()
-
-
-def on_conn_open(event: Any) -> None:
-    """EVT_CONN_OPEN handler: hand the new association to the ScreeningHandler of this thread."""
-    _opened.assoc = event.assoc

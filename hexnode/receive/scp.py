@@ -76,7 +76,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
-from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer, on_conn_open
+from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer
 from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
@@ -196,30 +196,31 @@ class Receiver:
         tempfile.tempdir = str(self.spool.incoming)
         fastpath.install()
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
+        d = self.dicom
+        limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
+                            d.max_connections_per_address, d.max_pending_connections, d.max_associations,
+                            tuple(d.allowed_calling_aes))
+        gate = Gate(limits, self.peers, self.ssl_context())
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_CONN_OPEN, on_conn_open),
+            (evt.EVT_CONN_OPEN, gate.on_conn_open),
         ]
         ae = self.build_ae()
-        d = self.dicom
         # The gate enforces max_associations (for allowed calling AEs only); pynetdicom's own count
         # also sees associations being rejected or ending, so it gets headroom.
         ae.maximum_associations = d.max_associations + d.max_pending_connections
         server = cast(ScreeningServer, ae.make_server(
             (d.bind, d.port), evt_handlers=handlers, server_class=ScreeningServer, request_handler=ScreeningHandler))
-        limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
-                            d.max_connections_per_address, d.max_pending_connections, d.max_associations,
-                            tuple(d.allowed_calling_aes))
-        server.gate = Gate(limits, self.peers, self.ssl_context(), server.dispatch)
-        server.on_association_end = self.on_association_end  # type: ignore[attr-defined]
+        server.gate = gate
+        server.on_association_end = self.on_association_end
         self.gate = server.gate
         self.library_log.install()
         withhold_pydicom_text()
         self._excepthook = threading.excepthook
         threading.excepthook = self._thread_died
-        server.gate.start()
+        gate.start(server.dispatch)
         self.server = server
         self._serve_thread = threading.Thread(target=server.serve_forever, name="hexnode-accept", daemon=True)
         self._serve_thread.start()
