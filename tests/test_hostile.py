@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,16 @@ def fuzz_serve(tmp_path: Path) -> Iterator[Serve]:
     node = start_serve(tmp_path / "fuzz-node", 40)  # 15 at once, plus those still tearing down
     yield node
     stop_serve(node)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """True once `check()` is (an association's threads end a moment after its connection)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _lines(text: str, *needles: str) -> list[str]:
@@ -279,7 +289,40 @@ def test_tls_listener_idle_and_non_tls_peers_hold_no_slot(tmp_path: Path) -> Non
         assert all(p.wait_closed(REQUEST_TIMEOUT + 2.0) is not None for p in idle)
         for p in [*idle, plain]:
             p.close()
-        assert rx.gate is not None and rx.gate.associations == 0 and rx.gate.pending == 0
+        gate = rx.gate
+        assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
+    finally:
+        rx.stop()
+        rx.store.dispose()
+        tempfile.tempdir = old_tempdir
+
+
+def test_unknown_calling_aes_cannot_starve_an_allowed_one(tmp_path: Path) -> None:
+    import tempfile
+
+    from hostile_helpers import associate_rq
+
+    from hexnode.config import DicomConfig
+    from hexnode.receive.scp import Receiver
+
+    dicom = DicomConfig(port=free_port(), min_free_disk_mb=1, max_associations=1, allowed_calling_aes=["SCANNER"],
+                        association_request_timeout_seconds=REQUEST_TIMEOUT, network_timeout_seconds=NETWORK_TIMEOUT)
+    old_tempdir = tempfile.tempdir
+    rx = Receiver(dicom, open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}"), Spool(tmp_path / "spool"))
+    rx.start()
+    try:
+        intruders = [Peer(dicom.port, f"127.0.0.{80 + i}") for i in range(5)]
+        for p in intruders:  # valid requests from an AE outside the allow-list, then they hang on
+            p.send(associate_rq(calling="INTRUDER"))
+        replies = [p.read_pdu() for p in intruders]
+        assert all(r is not None and r[0] == 0x03 for r in replies), replies  # A-ASSOCIATE-RJ
+        assert all(p.wait_closed(2.0) is not None for p in intruders), "rejected peers are closed, not waited for"
+        r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER")
+        assert r.returncode == 0, r.stderr  # the one slot was never theirs
+        for p in intruders:
+            p.close()
+        gate = rx.gate
+        assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
     finally:
         rx.stop()
         rx.store.dispose()

@@ -106,6 +106,8 @@ class Gate:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._counts = _Counts()
+        # handed-over connections that hold an association slot (allowed calling AE, or not known yet)
+        self._counted: set[tuple[str, int]] = set()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # fd -> connection, oldest first
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -130,19 +132,20 @@ class Gate:
         with self._lock:
             return len(self._pending)
 
-    def _release(self, address: str, association: bool = False) -> None:
+    def _release(self, address: str, port: int | None = None) -> None:
         with self._lock:
             n = self._counts.by_address.get(address, 0) - 1
             if n > 0:
                 self._counts.by_address[address] = n
             else:
                 self._counts.by_address.pop(address, None)
-            if association:
+            if port is not None and (address, port) in self._counted:
+                self._counted.discard((address, port))
                 self._counts.associations -= 1
 
-    def association_ended(self, address: str) -> None:
+    def association_ended(self, address: str, port: int) -> None:
         """Called once for every connection handed over, when its association thread has ended."""
-        self._release(address, association=True)
+        self._release(address, port)
 
     # --- life cycle --------------------------------------------------------------------------------
     def start(self, dispatch: Callable[[socket.socket, tuple[Any, ...]], None]) -> None:
@@ -397,11 +400,12 @@ class Gate:
         """Give the connection to pynetdicom, or refuse it when every association slot is taken."""
         if not self._take(conn):
             return
-        counts_as_association = calling_ae is None or self.limits.allowed(calling_ae)
+        counts = calling_ae is None or self.limits.allowed(calling_ae)  # others: pynetdicom rejects them
         with self._lock:
-            full = counts_as_association and self._counts.associations >= self.limits.associations
-            if not full:
+            full = counts and self._counts.associations >= self.limits.associations
+            if counts and not full:
                 self._counts.associations += 1
+                self._counted.add((conn.address, conn.port))
         if full:
             self._drop(conn, f"association refused: all dicom.max_associations = {self.limits.associations} "
                        "slots in use", calling_ae, reply=_local_limit_rj(), kind="full")
@@ -419,7 +423,7 @@ class Gate:
         except Exception:
             log.exception("could not hand a connection from %s to the DICOM server", conn.address)
             _close(conn.sock)
-            self.association_ended(conn.address)
+            self.association_ended(conn.address, conn.port)
 
 
 def _local_limit_rj() -> bytes:
@@ -497,7 +501,7 @@ class ScreeningHandler(RequestHandler):
 
     def handle(self) -> None:
         gate = self.server.gate
-        address = str(self.client_address[0])
+        address, port = str(self.client_address[0]), int(self.client_address[1])
         opened = gate.opened.__dict__
         opened.pop("assoc", None)
         assoc: Any = None
@@ -508,17 +512,31 @@ class ScreeningHandler(RequestHandler):
                 gate.warn_once("pynetdicom did not report the association to its request handler: "
                            "association slots are not counted while they last")
                 return
-            deadline = time.monotonic() + gate.limits.request_timeout + 1.0
-            while assoc.is_alive() and not assoc.is_established and time.monotonic() < deadline:
-                assoc.join(0.01)
-            if assoc.is_established:
-                try:
-                    self.request.settimeout(gate.limits.network_timeout)
-                except OSError:
-                    pass
-            assoc.join()
+            relaxed = closed = False
+            rejected_at = 0.0
+            while assoc.is_alive():
+                if not relaxed and assoc.is_established:
+                    relaxed = True
+                    try:
+                        self.request.settimeout(gate.limits.network_timeout)
+                    except OSError:
+                        pass
+                if assoc.is_rejected and not rejected_at:
+                    rejected_at = time.monotonic()
+                # A-ASSOCIATE-RJ goes out through pynetdicom's queue: give it a moment, then the same
+                if not closed and (assoc.is_aborted or (rejected_at and time.monotonic() - rejected_at > 0.5)):
+                    # After an A-ABORT (a malformed PDU, a timeout) pynetdicom waits, as the
+                    # standard's state machine says (Sta13), up to the ACSE timeout for the peer to
+                    # close the connection, and a broken peer does not. The A-ABORT is already sent:
+                    # close it now, which frees the slot at once.
+                    closed = True
+                    try:
+                        self.request.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                assoc.join(0.05 if relaxed else 0.01)
         finally:
-            gate.association_ended(address)
+            gate.association_ended(address, port)
             ended = self.server.on_association_end
             if ended is not None and assoc is not None:
                 ended(assoc)
