@@ -42,6 +42,17 @@ class DicomConfig:
     require_called_ae: bool = True
     max_pdu_size: int = 0  # 0 = unlimited, fastest on loopback and LAN
     max_associations: int = 10
+    # Hostile and broken peers (hexnode/receive/gate.py): a connection must send a valid
+    # A-ASSOCIATE-RQ within this long; until then it waits in a separate pool of this size (the
+    # oldest is dropped when it is full), so it never holds one of the max_associations slots.
+    association_request_timeout_seconds: float = 5.0
+    max_pending_connections: int = 256
+    # Open connections (waiting or associated) from one IP address.
+    max_connections_per_address: int = 10
+    # No data for this long (between PDUs, or in the middle of one): the association is cut off.
+    network_timeout_seconds: float = 60.0
+    # At most one WARNING line per refused or broken peer address per this many seconds.
+    peer_log_interval_seconds: float = 60.0
     min_free_disk_mb: int = 1024  # below this, C-STORE answers 0xA700 Out of Resources
     tls: TLSConfig = field(default_factory=TLSConfig)
 
@@ -265,6 +276,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"destinations.{d.name}.kind: 'dicom' or 'stow', got {d.kind!r}")
         if d.kind == "stow" and not d.url:
             raise ConfigError(f"destinations.{d.name}.url: required for kind = 'stow'")
+    for key in ("association_request_timeout_seconds", "network_timeout_seconds"):
+        if not getattr(cfg.dicom, key) > 0:
+            raise ConfigError(f"dicom.{key}: must be > 0")
+    for key in ("max_associations", "max_pending_connections", "max_connections_per_address"):
+        if getattr(cfg.dicom, key) < 1:
+            raise ConfigError(f"dicom.{key}: must be >= 1")
+    if cfg.dicom.peer_log_interval_seconds < 0:
+        raise ConfigError("dicom.peer_log_interval_seconds: must be >= 0")
     if cfg.dicom.tls.enabled and not (cfg.dicom.tls.cert_file and cfg.dicom.tls.key_file):
         raise ConfigError("dicom.tls: cert_file and key_file are required when enabled")
     loopback = cfg.http.bind in ("127.0.0.1", "::1", "localhost")

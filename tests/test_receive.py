@@ -150,7 +150,7 @@ def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path
     r = storescu(rx.dicom.port, files, aet="CT_SCANNER", aec="SOMEONE_ELSE")
     assert r.returncode != 0
     assert "Called AE Title Not Recognized" in r.stderr + r.stdout
-    assert "association from INTRUDER" in caplog.text and "not in dicom.allowed_calling_aes" in caplog.text
+    assert "(calling AE INTRUDER)" in caplog.text and "not in dicom.allowed_calling_aes" in caplog.text
     assert "called AE title is not HEXNODE" in caplog.text
     r = storescu(rx.dicom.port, files, aet="CT_SCANNER")
     assert r.returncode == 0, r.stderr

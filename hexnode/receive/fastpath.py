@@ -214,20 +214,32 @@ def _dul_wait(dul: Any, wake_fd: int, seconds: float) -> None:
 
 
 def _recv(self: Any, nr_bytes: int) -> bytearray:
-    """AssociationSocket.recv with one buffer and large reads (same contract as the original)."""
-    buf = bytearray(nr_bytes)
-    view = memoryview(buf)
+    """AssociationSocket.recv with large reads (same contract as the original).
+
+    The buffer grows with what arrives instead of being allocated from the length a peer claims:
+    a 6-byte PDU header saying 4 GiB must not cost 4 GiB of memory before a byte of it arrived.
+    A socket timeout (the receiver sets the network timeout on the socket) propagates, as in the
+    original; the caller treats it as a lost connection.
+    """
+    buf = bytearray(min(nr_bytes, _RECV_CHUNK))
     nr_read = 0
     sock = self.socket
     while nr_read < nr_bytes:
-        n = sock.recv_into(view[nr_read:], min(nr_bytes - nr_read, 1 << 20))
-        if not n:
+        if nr_read == len(buf):
+            buf.extend(bytes(min(nr_bytes - nr_read, max(len(buf), _RECV_CHUNK))))
+        view = memoryview(buf)
+        try:
+            n = sock.recv_into(view[nr_read:], min(len(buf) - nr_read, 1 << 20))
+        finally:
             del view
+        if not n:
             del buf[nr_read:]
             return buf
         nr_read += n
-    del view
     return buf
+
+
+_RECV_CHUNK = 1 << 20
 
 
 _counter = itertools.count()
@@ -339,13 +351,20 @@ _LOG_PDU = logging.getLogger("pynetdicom.dul")
 
 
 def _read_pdu_data(self: Any) -> None:
-    """pynetdicom's DULServiceProvider._read_pdu_data with the middle-fragment fast path."""
+    """pynetdicom's DULServiceProvider._read_pdu_data with the middle-fragment fast path.
+
+    Malformed or stalled input is logged as one line without a traceback (the receiver turns it
+    into its one WARNING per peer, hexnode.receive.peers); the events are pynetdicom's.
+    """
     sock = self.socket
     try:
         header = sock.recv(6)
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError:
+        _LOG_PDU.error("PDU stalled: no data within the network timeout")
+        self.event_queue.put("Evt17")
+        return
+    except OSError:
         _LOG_PDU.error("Connection closed before the entire PDU was received")
-        _LOG_PDU.exception(exc)
         self.event_queue.put("Evt17")
         return
     try:
@@ -359,9 +378,12 @@ def _read_pdu_data(self: Any) -> None:
         return
     try:
         body = sock.recv(pdu_length)
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError:
+        _LOG_PDU.error("PDU stalled: no data within the network timeout")
+        self.event_queue.put("Evt17")
+        return
+    except OSError:
         _LOG_PDU.error("Connection closed before the entire PDU was received")
-        _LOG_PDU.exception(exc)
         self.event_queue.put("Evt17")
         return
     if len(body) != pdu_length:
@@ -376,9 +398,8 @@ def _read_pdu_data(self: Any) -> None:
     try:
         pdu, event = self._decode_pdu(bytestream)
         self.event_queue.put(event)
-    except Exception as exc:
+    except Exception:  # a peer's bytes: any decoder failure is a malformed PDU
         _LOG_PDU.error("Unable to decode the received PDU data")
-        _LOG_PDU.exception(exc)
         self.event_queue.put("Evt19")
         return
     self._recv_pdu.put(pdu)

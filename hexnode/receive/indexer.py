@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from hexnode.config import Config
 from hexnode.receive.index import HeaderError, read_header, record_instance
+from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.receive.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Event, Instance, Series, Store, open_store
@@ -263,6 +264,7 @@ class Indexer:
 def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str,
                 cfg: Config | None) -> None:
     setup_logging(log_level, "%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
+    withhold_pydicom_text()
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     store = open_store(url, schema=schema, create=False)
     spool = Spool(Path(spool_root))

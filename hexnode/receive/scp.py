@@ -24,6 +24,13 @@ Policies (``[dicom]`` in hexnode.toml):
   A-ASSOCIATE-RJ rejected-permanent, service-user, reason 3 "calling AE title not recognised".
   Called AE (``require_called_ae``): reason 7 "called AE title not recognised".
 * ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
+* Hostile and broken peers (``hexnode.receive.gate``): a connection waits in a separate pool until
+  it has sent a valid A-ASSOCIATE-RQ (``association_request_timeout_seconds``), per-address
+  connection limit, association slots only for allowed calling AEs. ``network_timeout_seconds``
+  cuts an association without data for that long (a stalled P-DATA stream too: the socket times
+  out in the middle of a PDU); its partial file is deleted (:meth:`Receiver.sweep_incoming`) and the
+  series is marked as sent part-way, as after an A-ABORT. One rate-limited WARNING line per
+  refused or broken peer (``hexnode.receive.peers``), no tracebacks for malformed input.
 * Free disk below ``min_free_disk_mb`` → C-STORE status 0xA700 (Out of Resources); the
   temporary file is deleted, nothing is indexed.
 * SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` is
@@ -50,12 +57,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import ssl
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -68,8 +76,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
+from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer
 from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
+from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
 from hexnode.receive.spool import Spool, instance_relpath, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Store, open_store, utcnow
@@ -80,15 +90,15 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
-# After the connection closed, how long to wait for the release or abort event of its association
-# before taking it as lost (see Receiver.on_closed).
-CLOSE_GRACE_SECONDS = 5.0
 
 # In this order of preference: when a context proposes several, the first of ours it lists is accepted.
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
-# Seconds without network traffic / without a DIMSE reply before the association is aborted.
-NETWORK_TIMEOUT_SECONDS = 60.0
+# Seconds without a DIMSE reply before the association is aborted (network: [dicom] network_timeout_seconds).
 DIMSE_TIMEOUT_SECONDS = 60.0
+# Temporary files of transfers in progress: pynetdicom's NamedTemporaryFile, or the fast path's.
+_RECEIVE_TEMP = re.compile(r"^(tmp[A-Za-z0-9_]+|rx-\d+-\d+-[0-9a-f]+)\.dcm$")
+# A file in incoming/ untouched for network_timeout + this long belongs to no live transfer.
+ORPHAN_GRACE_SECONDS = 10.0
 TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
@@ -116,7 +126,10 @@ def build_ae(dicom: DicomConfig) -> AE:
     ae.maximum_associations = dicom.max_associations
     ae.require_called_aet = dicom.require_called_ae
     ae.require_calling_aet = list(dicom.allowed_calling_aes)
-    ae.network_timeout = NETWORK_TIMEOUT_SECONDS
+    ae.network_timeout = dicom.network_timeout_seconds
+    # Waiting for the A-ASSOCIATE-RQ (and, as requestor only, for association replies): the gate
+    # enforces the same deadline before pynetdicom sees a connection.
+    ae.acse_timeout = dicom.association_request_timeout_seconds
     ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
     syntaxes = accepted_transfer_syntaxes()
     for cx in StoragePresentationContexts:
@@ -146,9 +159,15 @@ class Receiver:
         self.stored = 0
         self.duplicates = 0
         # per open association: the instances it delivered and its failed C-STOREs, so that a
-        # sender that stops part-way marks the series it was sending (see `on_closed`)
+        # sender that stops part-way marks the series it was sending (see `on_association_end`)
         self._sent: dict[int, tuple[list[str], list[int]]] = {}
         self._sent_lock = threading.Lock()
+        self.peers = PeerLog(log, dicom.peer_log_interval_seconds)
+        self._rejected: set[int] = set()  # associations already reported by on_rejected
+        self.library_log = LibraryLog()
+        self.gate: Gate | None = None
+        self._excepthook = threading.excepthook
+        self._serve_thread: threading.Thread | None = None
 
     def build_ae(self) -> AE:
         return build_ae(self.dicom)
@@ -177,27 +196,47 @@ class Receiver:
         tempfile.tempdir = str(self.spool.incoming)
         fastpath.install()
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
+        d = self.dicom
+        limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
+                            d.max_connections_per_address, d.max_pending_connections, d.max_associations,
+                            tuple(d.allowed_calling_aes))
+        gate = Gate(limits, self.peers, self.ssl_context())
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_RELEASED, self.on_released),
-            (evt.EVT_ABORTED, self.on_aborted),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
+            (evt.EVT_CONN_OPEN, gate.on_conn_open),
         ]
         ae = self.build_ae()
-        self.server = ae.start_server(
-            (self.dicom.bind, self.dicom.port), block=False, evt_handlers=handlers,
-            ssl_context=self.ssl_context(),
-        )
-        log.info("listening as %s on %s:%d%s", self.dicom.ae_title, self.dicom.bind, self.dicom.port,
-                 " (TLS)" if self.dicom.tls.enabled else "")
+        # The gate enforces max_associations (for allowed calling AEs only); pynetdicom's own count
+        # also sees associations being rejected or ending, so it gets headroom.
+        ae.maximum_associations = d.max_associations + d.max_pending_connections
+        server = cast(ScreeningServer, ae.make_server(
+            (d.bind, d.port), evt_handlers=handlers, server_class=ScreeningServer, request_handler=ScreeningHandler))
+        server.gate = gate
+        server.on_association_end = self.on_association_end
+        self.gate = server.gate
+        self.library_log.install()
+        withhold_pydicom_text()
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._thread_died
+        gate.start(server.dispatch)
+        self.server = server
+        self._serve_thread = threading.Thread(target=server.serve_forever, name="hexnode-accept", daemon=True)
+        self._serve_thread.start()
+        log.info("listening as %s on %s:%d%s", d.ae_title, d.bind, d.port, " (TLS)" if d.tls.enabled else "")
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+            self.library_log.uninstall()
+            threading.excepthook = self._excepthook
         self.indexer.stop()
+
+    def _thread_died(self, args: Any) -> None:
+        if not self.library_log.thread_died(args):
+            self._excepthook(args)
 
     def on_rejected(self, event: Any) -> None:
         # Site IT needs to see who was turned away and why (AE titles and addresses are not PHI).
@@ -211,7 +250,8 @@ class Receiver:
             why = f"called AE title is not {self.dicom.ae_title}"
         else:
             why = f"more than dicom.max_associations = {self.dicom.max_associations} at once"
-        log.warning("association from %s (%s:%s) to %s rejected: %s", calling, req.address, req.port, called, why)
+        self.peers.warn(str(req.address), f"association to {printable(called)} rejected: {why}", calling, kind=why)
+        self._rejected.add(id(event.assoc))
 
     def handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
@@ -224,34 +264,68 @@ class Receiver:
         else:
             paths.append(relpath)
 
-    # A sender that aborted (or lost the connection) or had C-STOREs fail stopped part-way through
-    # what it was sending: its series must wait for the rest and is never analysed partial
-    # (hexnode.series.stable). EVT_RELEASED / EVT_ABORTED come from the association's own thread
-    # once the release or abort is through; EVT_CONN_CLOSE comes from the DUL thread and can
-    # precede them, so it only arms a late check for a connection that ended with neither.
-    def on_released(self, event: Any) -> None:
-        self._finish(event.assoc, aborted=False)
+    def on_association_end(self, assoc: Any) -> None:
+        """An association's thread ended (ScreeningHandler), however it ended.
 
-    def on_aborted(self, event: Any) -> None:
-        self._finish(event.assoc, aborted=True)
-
-    def on_closed(self, event: Any) -> None:
-        timer = threading.Timer(CLOSE_GRACE_SECONDS, self._finish, (event.assoc, True))
-        timer.daemon = True
-        timer.start()
-
-    def _finish(self, assoc: Any, aborted: bool) -> None:
+        A sender that aborted (or lost the connection, or stalled past the network timeout) or that
+        had C-STOREs fail stopped part-way through what it was sending; its series must wait for
+        the rest and is never analysed partial (hexnode.series.stable). Its partial file, if it was
+        cut off inside an instance, is deleted. One line says what happened."""
         with self._sent_lock:
             sent = self._sent.pop(id(assoc), None)
-        if sent is None:
+            rejected = id(assoc) in self._rejected
+            self._rejected.discard(id(assoc))
+        paths, failed = sent if sent is not None else ([], [0])
+        cause = self.library_log.reason(assoc)
+        released = bool(getattr(assoc, "is_released", False))
+        aborted = bool(getattr(assoc, "is_aborted", False)) or not released
+        # Whenever the node falls idle: a transfer cut off while others ran is not waited for
+        # until its file is old (a released association can leave one too, e.g. a C-STORE whose
+        # command pynetdicom could not use).
+        self.sweep_incoming(all_idle=True)
+        address = str(getattr(assoc.requestor, "address", "") or "?")
+        calling = str(getattr(assoc.requestor, "ae_title", "") or "").strip()[:16] or None
+        if rejected or (not aborted and not failed[0]):
             return
-        paths, failed = sent
-        if not paths or not (aborted or failed[0]):
-            return
-        calling = str(assoc.requestor.ae_title).strip()[:16]
-        how = "aborted the association" if aborted else f"had {failed[0]} C-STOREs fail"
-        log.warning("sender %s (%s) %s after %d instances", calling, assoc.requestor.address, how, len(paths))
-        self.indexer.submit(Stopped(calling, utcnow(), tuple(paths), aborted, failed[0]))
+        if aborted and not paths and cause is None and not bool(getattr(assoc, "is_established", False)):
+            if getattr(assoc.requestor, "primitive", None) is None:
+                cause = "closed before its A-ASSOCIATE-RQ was read"
+            else:
+                return  # refused by policy, or released/aborted during negotiation: pynetdicom said
+        how = (cause or "aborted the association") if aborted else f"had {failed[0]} C-STOREs fail"
+        if paths:
+            how += f" after {len(paths)} instances"
+        self.peers.warn(address, f"sender {how}" if paths else how, calling, kind="aborted" if aborted else "failed")
+        if paths and (aborted or failed[0]):
+            self.indexer.submit(Stopped(calling or "", utcnow(), tuple(paths), aborted, failed[0]))
+
+    def sweep_incoming(self, *, all_idle: bool = False) -> int:
+        """Delete temporary files of transfers that were cut off (nothing else deletes them).
+
+        A file is an orphan when no association is open at all (`all_idle`: checked after
+        listing, so a transfer starting meanwhile is not touched), or when it has not been written
+        for network_timeout + a grace period: a live transfer writes at least that often or is cut
+        off. Only the receive path's temporary files are considered (results are written there too)."""
+        try:
+            names = [n for n in os.listdir(self.spool.incoming) if _RECEIVE_TEMP.match(n)]
+        except FileNotFoundError:
+            return 0
+        if not names:
+            return 0
+        idle = all_idle and self.gate is not None and self.gate.associations == 0
+        cutoff = time.time() - (self.dicom.network_timeout_seconds + ORPHAN_GRACE_SECONDS)
+        removed = 0
+        for name in names:
+            path = os.path.join(self.spool.incoming, name)
+            try:
+                if idle or os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("deleted %d partial file(s) of transfers that were cut off", removed)
+        return removed
 
     def _disk_low(self) -> bool:
         # statvfs once a second, not per instance: the answer cannot change faster than that
@@ -324,6 +398,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(1.0):
             receiver.indexer.restart_if_dead()
+            receiver.sweep_incoming()
     finally:
         log.info("stopping")
         if http is not None:
