@@ -129,7 +129,7 @@ def example_sources(n: int = 3, size: int = 16, charset: str | Sequence[str] | N
 
 
 SCENARIOS = ("high risk", "low risk", "no hemorrhage", "not analysed", "corrected revision",
-             "corrected revision, not analysed")
+             "corrected revision, not analysed", "study not analysed")
 
 
 def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> list[tuple[str, list[Any]]]:
@@ -138,6 +138,7 @@ def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> 
 
     from hexnode.analysis import ModelInfo, Prediction
     from hexnode.report import build_not_analysed, build_results
+    from hexnode.report.study import Listed, build_study_not_analysed
 
     model = ModelInfo(name="hexnode-he", version="conformance", threshold=0.5, synthetic_trained=True)
     n, size = len(sources), int(sources[0].Rows)
@@ -154,6 +155,10 @@ def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> 
         "corrected revision": lambda: build_results(sources, hu, mask, Prediction(1.2, 0.9, model), revision=1),
         "corrected revision, not analysed": lambda: build_not_analysed(
             sources, "example reason", model, revision=1),
+        "study not analysed": lambda: build_study_not_analysed(
+            sources, [Listed("#1 ('Topogram')", "localizer/scout image"),
+                      Listed("#3 ('Head 5mm bone', kernel H70h)", "bone or sharp kernel reconstruction (H70h)")],
+            model),
     }
     return [(name, builds[name]()) for name in scenarios]
 
@@ -169,7 +174,8 @@ def built_objects() -> tuple[Built, ...]:
         for ds in datasets:
             back = dcmread(io.BytesIO(encode(ds)))
             kind = kind_of(back)
-            prefix = "not-analysed" if "not analysed" in scenario else "result"
+            prefix = ("study not-analysed" if scenario.startswith("study") else
+                      "not-analysed" if "not analysed" in scenario else "result")
             out.append(Built(f"{prefix} {kind}", kind, scenario, back))
     return tuple(out)
 
