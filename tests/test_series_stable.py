@@ -16,7 +16,7 @@ from sqlalchemy import select
 from hexnode.config import Config
 from hexnode.receive.spool import Spool
 from hexnode.series.stable import check_once, start_scheduler, whole_reason
-from hexnode.store.db import Instance, Job, Series, Store, open_store, utcnow
+from hexnode.store.db import Event, Instance, Job, Series, Store, open_store, utcnow
 
 
 @pytest.fixture
@@ -320,3 +320,28 @@ def test_indexer_lag_does_not_complete_a_series_mid_indexing(env: tuple[Store, S
     index(store, spool, write_series(tmp_path / "b", n=12, rows=16, cols=16, series_uid=counted,
                                      ImagesInAcquisition=12), t0 + timedelta(seconds=30))
     assert check_once(store, cfg, spool, now=t0 + timedelta(seconds=31.5), watch=watch).completed == [counted]
+
+
+def test_stopped_sender_waits_aborted_wait_then_completes(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """A series whose sender stopped part-way waits `aborted_wait_seconds`, not `stable_seconds`,
+    unless its own headers prove it whole (Images in Acquisition reached)."""
+    store, spool, cfg = env
+    cfg.series.aborted_wait_seconds = 60.0
+    t0 = utcnow()
+    part, whole = generate_uid(), generate_uid()
+    index(store, spool, write_series(tmp_path / "p", n=12, rows=16, cols=16, series_uid=part), t0)
+    index(store, spool, write_series(tmp_path / "w", n=12, rows=16, cols=16, series_uid=whole,
+                                     ImagesInAcquisition=12), t0)
+    with store.transaction() as s:
+        for row in s.execute(select(Series)).scalars():
+            row.aborted_at, row.aborted_note = t0, "12 instances arrived before the association was aborted"
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=0.5))
+    assert tick.completed == []  # whole by count, but not yet quiet
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=20))  # past stable_seconds
+    assert tick.completed == [whole] and series_row(store, part).state == "received"
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=61))
+    assert tick.completed == [part]
+    with store.transaction() as s:
+        detail = s.execute(select(Event.detail).where(Event.to_state == "complete")
+                           .order_by(Event.id.desc())).scalars().first()
+    assert detail is not None and "after the sender stopped part-way" in detail

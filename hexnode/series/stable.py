@@ -176,6 +176,8 @@ def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | N
                 if last > aborted_before:
                     continue
                 why = (f"no instance for {cfg.series.aborted_wait_seconds:g} s after the sender stopped part-way")
+            elif last > quiet_before:  # whole by its own count, but a burst may not be over
+                continue
         elif last <= stable_before:
             if last > incomplete_before and announced_missing(_instances(s, series.id)):
                 continue
