@@ -224,6 +224,9 @@ class Gate:
     def _refuse_socket(self, sock: socket.socket, address: str, reason: str, calling_ae: str | None = None,
                        reply: bytes = b"", kind: str | None = None) -> None:
         self.refused += 1
+        # logged before the peer hears it: by the time a refused sender reports the refusal, the
+        # node's log already says why (tests/test_receive.py reads both right after storescu exits)
+        self.peers.warn(address, reason, calling_ae, kind)
         if reply:
             try:
                 sock.setblocking(True)
@@ -232,7 +235,6 @@ class Gate:
             except OSError:
                 pass
         _close(sock)
-        self.peers.warn(address, reason, calling_ae, kind)
 
     def _drop(self, conn: _Pending, reason: str, calling_ae: str | None = None, reply: bytes = b"",
               quiet: bool = False, kind: str = "malformed") -> None:
