@@ -104,21 +104,27 @@ def _hull(points: NDArray[np.int64], shape: tuple[int, int]) -> NDArray[np.bool_
     return inside
 
 
-def _slice_cavity(h: NDArray[np.float32], close: NDArray[np.bool_], pad: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """(cavity from the filled ring, cavity from the bone's hull) of one slice."""
+def _soft(h: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Neither bone nor air: what the cavity may hold."""
+    return np.asarray((h > AIR_HU) & (h < BONE_HU))
+
+
+def _slice_ring(h: NDArray[np.float32], close: NDArray[np.bool_], pad: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(cavity from the filled ring, the closed bone) of one slice."""
     bone = h >= BONE_HU
     if not bone.any():
-        empty = np.zeros(h.shape, bool)
-        return empty, empty
+        return np.zeros(h.shape, bool), bone
     padded = np.pad(bone, pad)
     closed = ndi.binary_closing(padded, structure=close)[pad:-pad, pad:-pad] | bone
     # The closing only closes the ring; what it bridged is soft tissue and stays in (blood touching
     # an oblique cut through the frontal bone lies in such a bay).
-    soft = (h > AIR_HU) & ~bone
-    ring = ndi.binary_fill_holes(closed) & soft
+    return ndi.binary_fill_holes(closed) & _soft(h), closed
+
+
+def _slice_hull(h: NDArray[np.float32], closed: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Cavity from the convex hull of the slice's (closed) bone."""
     pts = np.argwhere(closed)
-    hull = _hull(pts, h.shape) & soft if len(pts) >= 3 else np.zeros(h.shape, bool)
-    return ring, hull
+    return _hull(pts, h.shape) & _soft(h) if len(pts) >= 3 else np.zeros(h.shape, bool)
 
 
 def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = True,
@@ -135,19 +141,20 @@ def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = 
     pad = close.shape[0]
     dec = np.asarray(hu[:, ::step, ::step], np.float32)
     ring = np.zeros(dec.shape, bool)
-    hull = np.zeros(dec.shape, bool)
+    closed = np.zeros(dec.shape, bool)
     for k in range(z):
-        ring[k], hull[k] = _slice_cavity(dec[k], close, pad)
+        ring[k], closed[k] = _slice_ring(dec[k], close, pad)
     # An open ring (craniectomy, fracture gap) fills nothing or little: use the hull, on the slices
-    # above the widest ring only.
+    # above the widest ring only (so the hull is computed for those alone).
     ring_area = ring.sum(axis=(1, 2))
-    hull_area = hull.sum(axis=(1, 2))
     widest = int(np.argmax(ring_area)) if ring_area.any() else (z - 1 if head_up else 0)
-    above = np.arange(z) > widest if head_up else np.arange(z) < widest
-    use_hull = above & (hull_area > HULL_RATIO * np.maximum(ring_area, 1))
+    above = range(widest + 1, z) if head_up else range(0, widest)
     inside = ring
-    inside[use_hull] = hull[use_hull]
-    del hull
+    for k in above:
+        hull = _slice_hull(dec[k], closed[k])
+        if hull.sum() > HULL_RATIO * max(int(ring_area[k]), 1):
+            inside[k] = hull
+    del closed
     split = _disk(SPLIT_MM / px)[None]
     seeds = ndi.binary_erosion(inside, structure=split)
     labels, n = ndi.label(seeds)
