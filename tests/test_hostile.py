@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostile_helpers import (
@@ -262,71 +263,49 @@ def test_a_sender_that_aborts_is_reported_as_such(serve: Serve, tmp_path: Path) 
     assert _lines(serve.log_text(), "peer 127.0.0.62", "sender aborted the association after 2 instances")
 
 
-def test_tls_listener_idle_and_non_tls_peers_hold_no_slot(tmp_path: Path) -> None:
-    import tempfile
-
+def test_tls_listener_idle_and_non_tls_peers_hold_no_slot(make_receiver: Any, tmp_path: Path) -> None:
     from plumbing_helpers import make_pki
 
-    from hexnode.config import DicomConfig, TLSConfig
-    from hexnode.receive.scp import Receiver
+    from hexnode.config import TLSConfig
 
     d = make_pki(tmp_path / "pki")
     tls = TLSConfig(enabled=True, cert_file=str(d / "server.crt"), key_file=str(d / "server.key"),
                     ca_file=str(d / "ca.crt"), require_client_cert=True)
-    dicom = DicomConfig(port=free_port(), min_free_disk_mb=1, max_associations=1, tls=tls,
-                        association_request_timeout_seconds=REQUEST_TIMEOUT, network_timeout_seconds=NETWORK_TIMEOUT)
-    old_tempdir = tempfile.tempdir
-    rx = Receiver(dicom, open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}"), Spool(tmp_path / "spool"))
-    rx.start()
-    try:
-        idle = [Peer(dicom.port, "127.0.0.70") for _ in range(5)]  # TCP only: no TLS handshake
-        plain = Peer(dicom.port, "127.0.0.71")
-        plain.send(b"GET / HTTP/1.0\r\n\r\n")
-        assert plain.wait_closed(REQUEST_TIMEOUT + 1.0) is not None
-        r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER",
-                     extra=["+tls", str(d / "client.key"), str(d / "client.crt"), "+cf", str(d / "ca.crt")])
-        assert r.returncode == 0, r.stderr  # one slot, five idle connections: it is still free
-        assert all(p.wait_closed(REQUEST_TIMEOUT + 2.0) is not None for p in idle)
-        for p in [*idle, plain]:
-            p.close()
-        gate = rx.gate
-        assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
-    finally:
-        rx.stop()
-        rx.store.dispose()
-        tempfile.tempdir = old_tempdir
+    rx = make_receiver(max_associations=1, tls=tls, association_request_timeout_seconds=REQUEST_TIMEOUT,
+                       network_timeout_seconds=NETWORK_TIMEOUT)
+    dicom = rx.dicom
+    idle = [Peer(dicom.port, "127.0.0.70") for _ in range(5)]  # TCP only: no TLS handshake
+    plain = Peer(dicom.port, "127.0.0.71")
+    plain.send(b"GET / HTTP/1.0\r\n\r\n")
+    assert plain.wait_closed(REQUEST_TIMEOUT + 1.0) is not None
+    r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER",
+                 extra=["+tls", str(d / "client.key"), str(d / "client.crt"), "+cf", str(d / "ca.crt")])
+    assert r.returncode == 0, r.stderr  # one slot, five idle connections: it is still free
+    assert all(p.wait_closed(REQUEST_TIMEOUT + 2.0) is not None for p in idle)
+    for p in [*idle, plain]:
+        p.close()
+    gate = rx.gate
+    assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
 
 
-def test_unknown_calling_aes_cannot_starve_an_allowed_one(tmp_path: Path) -> None:
-    import tempfile
-
+def test_unknown_calling_aes_cannot_starve_an_allowed_one(make_receiver: Any, tmp_path: Path) -> None:
     from hostile_helpers import associate_rq
 
-    from hexnode.config import DicomConfig
-    from hexnode.receive.scp import Receiver
-
-    dicom = DicomConfig(port=free_port(), min_free_disk_mb=1, max_associations=1, allowed_calling_aes=["SCANNER"],
-                        association_request_timeout_seconds=REQUEST_TIMEOUT, network_timeout_seconds=NETWORK_TIMEOUT)
-    old_tempdir = tempfile.tempdir
-    rx = Receiver(dicom, open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}"), Spool(tmp_path / "spool"))
-    rx.start()
-    try:
-        intruders = [Peer(dicom.port, f"127.0.0.{80 + i}") for i in range(5)]
-        for p in intruders:  # valid requests from an AE outside the allow-list, then they hang on
-            p.send(associate_rq(calling="INTRUDER"))
-        replies = [p.read_pdu() for p in intruders]
-        assert all(r is not None and r[0] == 0x03 for r in replies), replies  # A-ASSOCIATE-RJ
-        assert all(p.wait_closed(2.0) is not None for p in intruders), "rejected peers are closed, not waited for"
-        r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER")
-        assert r.returncode == 0, r.stderr  # the one slot was never theirs
-        for p in intruders:
-            p.close()
-        gate = rx.gate
-        assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
-    finally:
-        rx.stop()
-        rx.store.dispose()
-        tempfile.tempdir = old_tempdir
+    rx = make_receiver(max_associations=1, allowed_calling_aes=["SCANNER"],
+                       association_request_timeout_seconds=REQUEST_TIMEOUT, network_timeout_seconds=NETWORK_TIMEOUT)
+    dicom = rx.dicom
+    intruders = [Peer(dicom.port, f"127.0.0.{80 + i}") for i in range(5)]
+    for p in intruders:  # valid requests from an AE outside the allow-list, then they hang on
+        p.send(associate_rq(calling="INTRUDER"))
+    replies = [p.read_pdu() for p in intruders]
+    assert all(r is not None and r[0] == 0x03 for r in replies), replies  # A-ASSOCIATE-RJ
+    assert all(p.wait_closed(2.0) is not None for p in intruders), "rejected peers are closed, not waited for"
+    r = storescu(dicom.port, write_ct(tmp_path / "in", 2), aet="SCANNER")
+    assert r.returncode == 0, r.stderr  # the one slot was never theirs
+    for p in intruders:
+        p.close()
+    gate = rx.gate
+    assert gate is not None and _eventually(lambda: gate.associations == 0 and gate.pending == 0)
 
 
 def test_fuzz_batches_leave_the_node_receiving_and_the_spool_consistent(fuzz_serve: Serve, tmp_path: Path) -> None:

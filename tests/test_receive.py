@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,33 +14,13 @@ from plumbing_helpers import dcmtk_env, free_port, make_pki, storescu, write_ct
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from hexnode.config import DicomConfig, TLSConfig
+from hexnode.config import TLSConfig
 from hexnode.receive.scp import Receiver
 from hexnode.receive.spool import Spool, instance_relpath, safe_component
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Series, open_store
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.fixture
-def make_receiver(tmp_path: Path) -> Iterator:
-    started: list[Receiver] = []
-    old_tempdir = tempfile.tempdir
-
-    def make(**dicom_overrides) -> Receiver:
-        dicom = dataclasses.replace(DicomConfig(port=free_port(), min_free_disk_mb=1), **dicom_overrides)
-        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
-        rx = Receiver(dicom, store, Spool(tmp_path / "spool"))
-        rx.start()
-        started.append(rx)
-        return rx
-
-    yield make
-    for rx in started:
-        rx.stop()
-        rx.store.dispose()
-    tempfile.tempdir = old_tempdir
 
 
 def wait_indexed(rx: Receiver, n: int, timeout: float = 20) -> None:

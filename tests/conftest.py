@@ -1,0 +1,37 @@
+"""Fixtures shared by the receive tests (tests/test_receive.py, tests/test_hostile.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from plumbing_helpers import free_port
+
+from hexnode.config import DicomConfig
+from hexnode.receive.scp import Receiver
+from hexnode.receive.spool import Spool
+from hexnode.store.db import open_store
+
+
+@pytest.fixture
+def make_receiver(tmp_path: Path) -> Iterator:
+    started: list[Receiver] = []
+    old_tempdir = tempfile.tempdir
+
+    def make(**dicom_overrides) -> Receiver:
+        """A started Receiver on a free port (SQLite store and spool under tmp_path); stopped after the test."""
+        dicom = dataclasses.replace(DicomConfig(port=free_port(), min_free_disk_mb=1), **dicom_overrides)
+        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+        rx = Receiver(dicom, store, Spool(tmp_path / "spool"))
+        rx.start()
+        started.append(rx)
+        return rx
+
+    yield make
+    for rx in started:
+        rx.stop()
+        rx.store.dispose()
+    tempfile.tempdir = old_tempdir
