@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
     p.add_argument("--synth", type=int, default=0, metavar="N", help="generate N synthetic cases instead")
+    p.add_argument("--normal", type=int, default=0, metavar="N",
+                   help="with --synth: N more heads without blood, for the U-Net only (negatives: skull base, "
+                        "calcifications)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="models", help="where the model files go")
     p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")

@@ -33,7 +33,7 @@ from hexnode.models import metrics as M
 from hexnode.models.brain import intracranial
 from hexnode.models.segment import PostProcessing, postprocess, predict_probability
 from hexnode.runtime import setup_logging
-from hexnode.train.data import TrainCase, read_labels, site_case, synth_case
+from hexnode.train.data import NORMAL_INDEX_OFFSET, TrainCase, read_labels, site_case, synth_case
 
 log = logging.getLogger("hexnode.train")
 
@@ -155,9 +155,11 @@ def _jobs(args: argparse.Namespace, n_quick: int) -> tuple[list[tuple[str, str, 
         for i in range(n):
             hard = i % 10 == 9  # a tenth are the generator's hard cases (< 3 ml, motion, streaks)
             ids.append((f"synth-{args.seed}-{i}{'-hard' if hard else ''}", partial(synth_case, args.seed, i, hard=hard)))
+        n_normal = int(getattr(args, "normal", 0) or 0)
         desc = {
             "synthetic": True,
-            "source": f"hexnode synthetic generator (hexnode.synth.phantom), seed {args.seed}, {n} cases, every 10th --hard",
+            "source": f"hexnode synthetic generator (hexnode.synth.phantom), seed {args.seed}, {n} cases, every 10th --hard"
+                      + (f", plus {n_normal} heads without blood for the U-Net" if n_normal else ""),
         }
     # rank by a hash of the id, then cut by the split fractions: deterministic per patient, and
     # even a handful of cases (--quick) fills every split
@@ -167,6 +169,10 @@ def _jobs(args: argparse.Namespace, n_quick: int) -> tuple[list[tuple[str, str, 
     for r, (cid, loader) in enumerate(order):
         split = list(SPLITS)[int(np.searchsorted(cum, r, side="right"))]
         jobs.append((split, cid, loader))
+    if not args.data:
+        # normal heads teach the U-Net only (no blood: nothing for HE); they never enter a held-out split
+        for i in range(n_normal):
+            jobs.append(("segcnn", f"synth-{args.seed}-{NORMAL_INDEX_OFFSET + i}-normal", partial(synth_case, args.seed, i, normal=True)))
     jobs.sort(key=lambda j: list(SPLITS).index(j[0]))  # segcnn first
     return jobs, desc
 
@@ -233,6 +239,8 @@ def run_train(args: argparse.Namespace) -> int:
                               hypo_weight=plan.seg_hypo_weight, hypo_share=plan.seg_hypo_share)
     sample = np.stack([bank.hu[i] for i in range(min(4, len(bank)))])
     seg_diff = seg_train.export_seg(seg, out / "seg.onnx", sample)
+    # the torch weights (BatchNorm unfused, unlike the ONNX file) are what a later run starts from
+    torch.save(seg.state_dict(), work / "seg.pt")
     print(f"seg.onnx max |onnxruntime - torch| = {seg_diff:.3g}", flush=True)
     del bank
 
@@ -242,6 +250,7 @@ def run_train(args: argparse.Namespace) -> int:
     yc = np.array([r.label for r in cnn_recs])
     cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, steps=plan.cnn_steps, seed=args.seed)
     cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
+    torch.save(cnn.state_dict(), work / "cnn.pt")
     print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
     # --- full pipeline (predicted masks) on fusion, val and test -----------------------------------
     held = [r for r in recs if r.split in ("fusion", "val", "test")]
