@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
     p.add_argument("--refit", metavar="WORKDIR", help="refit only the fusion stage from WORKDIR/features.pkl")
+    p.add_argument("--resume", metavar="WORKDIR",
+                   help="continue a stopped run from its checkpoints and feature cache (its own arguments)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start the networks from a campaign's last weights (DIR/seg.pt, cnn.pt, campaign.json; "
+                        "e.g. models/campaign) and add this run to its history")
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")
