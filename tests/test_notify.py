@@ -7,6 +7,7 @@ message body holds the patient's name, ID or birth date."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import json
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from email.message import Message as MailMessage
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +111,20 @@ def test_config_rejects_bad_notification_settings(tmp_path: Path) -> None:
             load(body)
 
 
-def test_example_config_documents_notifications() -> None:
-    """deploy/hexnode.toml keeps every setting with its default; its [[notifications]] examples load."""
-    cfg = load_config(REPO / "deploy" / "hexnode.toml", env={})
-    assert cfg.notify.viewer_url == "" and cfg.notifications == []
+def test_example_config_documents_notifications(tmp_path: Path) -> None:
+    """deploy/hexnode.toml: [notify] with its defaults; the commented [[notifications]] examples load
+    (the "# " removed) and name every target setting at least once."""
     text = (REPO / "deploy" / "hexnode.toml").read_text()
-    examples = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# ") and "#" not in line[2:3])
-    start = examples.index("[[notifications]]")
+    assert load_config(REPO / "deploy" / "hexnode.toml", env={}).notifications == []
+    block = text[text.index("# --- begin notification examples"):text.index("# --- end notification examples")]
+    examples = "\n".join(line[2:] for line in block.splitlines()[1:])
+    cfg = cfg_from(tmp_path, examples)
+    assert {n.kind for n in cfg.notifications} == {"webhook", "email", "hl7"}
+    assert {n.format for n in cfg.notifications if n.kind == "webhook"} == {"teams", "slack", "json"}
     import tomllib
 
-    raw = tomllib.loads(examples[start:examples.index("# end of notification examples")]
-                        if "# end of notification examples" in examples else examples[start:])
-    kinds = {n["kind"] for n in raw["notifications"]}
-    assert kinds == {"webhook", "email", "hl7"}
+    named = {k for table in tomllib.loads(examples)["notifications"] for k in table}
+    assert named == {f.name for f in dataclasses.fields(NotificationTarget)}
 
 
 # --- one study, real peers, no node --------------------------------------------------------------
@@ -228,3 +229,341 @@ bearer_token = "tok"
         http.stop()
         smtp.stop()
         mllp.stop()
+
+
+def one_webhook(url: str, *, triggers: str = '["high_risk"]', extra: str = "") -> str:
+    return f"""
+[notify]
+viewer_url = "{VIEWER}"
+backoff_initial_seconds = 0.2
+backoff_max_seconds = 0.5
+{extra}
+[[notifications]]
+name = "hook"
+kind = "webhook"
+url = "{url}"
+triggers = {triggers}
+"""
+
+
+def cfg_from(tmp_path: Path, body: str) -> Config:
+    p = tmp_path / "hexnode.toml"
+    p.write_text(body)
+    return load_config(p, env={})
+
+
+def test_revised_result_sends_a_correction_never_a_second_alarm(db: tuple[Store, int, int], tmp_path: Path) -> None:
+    store, study_id, series_id = db
+    http = HttpReceiver(status=200).start()
+    try:
+        cfg = cfg_from(tmp_path, one_webhook(http.url + "/hook"))
+        n = notifier(store, cfg, tmp_path)
+        with store.transaction() as s:
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+        n.run_once()
+        # a restart re-runs the same job (same revision): nothing new
+        with store.transaction() as s:
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+        assert n.run_once() == 0
+        # more images arrived: revision 1 is still High → a correction of the delivered alert
+        with store.transaction() as s:
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=1, finding=high(p=0.72))
+        n.run_once()
+        # revision 2 is Low: the team is told the alarm no longer stands
+        low = Finding(headline="No longer High risk: the revised result is Low risk", accession_number="ACC123",
+                      study_uid="1.2.3.4", volume_ml=4.0, probability=0.1, risk="Low", threshold=0.29)
+        with store.transaction() as s:
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=2, finding=low, retraction=True)
+        n.run_once()
+        with store.transaction() as s:
+            # a second Low revision has nothing left to take back
+            assert enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=3, finding=low,
+                           retraction=True) == []
+        docs = [p.json() for p in http.at("/hook")]
+        assert [(d["correction"], d["finding"]["risk"]) for d in docs] == [(False, "High"), (True, "High"), (True, "Low")]
+        assert docs[1]["title"].startswith("CORRECTION: High risk") and docs[1]["finding"]["probability"] == 0.72
+        assert docs[2]["title"].startswith("CORRECTION: No longer High risk")
+        assert len({d["id"] for d in docs}) == 3
+    finally:
+        http.stop()
+
+
+def test_newer_result_before_delivery_supersedes_the_unsent_alert(db: tuple[Store, int, int], tmp_path: Path) -> None:
+    store, _, series_id = db
+    http = HttpReceiver().start()
+    try:
+        cfg = cfg_from(tmp_path, one_webhook(http.url + "/hook"))
+        with store.transaction() as s:
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high(p=0.5))
+            enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=1, finding=high(p=0.7))
+        notifier(store, cfg, tmp_path).run_once()
+        (only,) = [p.json() for p in http.at("/hook")]
+        assert only["correction"] is False and only["finding"]["probability"] == 0.7
+        with store.transaction() as s:
+            assert [r.state for r in s.execute(select(Notification).order_by(Notification.id)).scalars()] == [
+                "superseded", "delivered"]
+    finally:
+        http.stop()
+
+
+def test_receiver_down_for_a_while_is_delivered_later(db: tuple[Store, int, int], tmp_path: Path) -> None:
+    store, _, series_id = db
+    http = HttpReceiver()  # its port is free: nothing listens yet
+    cfg = cfg_from(tmp_path, one_webhook(http.url + "/hook"))
+    n = notifier(store, cfg, tmp_path)
+    with store.transaction() as s:
+        (nid,) = enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        n.run_once()
+        time.sleep(0.1)
+    st = collect(store)
+    (retrying,) = st["notifications"]["retrying"]
+    assert retrying["id"] == nid and retrying["attempts"] >= 3 and "Connection refused" in retrying["error"]
+    assert "notifications being retried" in render(st)
+    http.start()
+    try:
+        wait_for(lambda: n.run_once() or http.at("/hook"), 5, "not delivered after the receiver came back")
+        assert len(http.at("/hook")) == 1
+        with store.transaction() as s:
+            row = s.get(Notification, nid)
+            assert row is not None and row.state == "delivered" and row.attempts >= 4
+    finally:
+        http.stop()
+
+
+def test_hl7_error_ack_retries_then_fails_visibly_and_resend_delivers(db: tuple[Store, int, int],
+                                                                      tmp_path: Path) -> None:
+    store, _, series_id = db
+    bad = MllpListener(ack_code="AE").start()
+    cfg = cfg_from(tmp_path, f"""
+[notify]
+backoff_initial_seconds = 0.2
+backoff_max_seconds = 0.3
+max_age_seconds = 1.5
+[[notifications]]
+name = "ris"
+kind = "hl7"
+port = {bad.port}
+""")
+    n = notifier(store, cfg, tmp_path)
+    try:
+        with store.transaction() as s:
+            (nid,) = enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+        wait_for(lambda: n.run_once() == 0 and collect(store)["notifications"]["failed"], 10, "never failed")
+    finally:
+        bad.stop()
+    assert len(bad.messages) >= 2 and len({hl7.parse(m).segment("MSH")[10][0] for m in bad.messages}) == 1
+    st = collect(store)
+    (failed,) = st["notifications"]["failed"]
+    assert failed["id"] == nid and "ACK AE" in failed["error"] and "not accepted by the test engine" in failed["error"]
+    assert "FAILED notifications" in render(st) and f"#{nid} high_risk" in render(st)
+    # `hexnode status` and `hexnode resend --notification ID`, as a site runs them
+    good = MllpListener(ack_code="AA", port=bad.port).start()
+    try:
+        config = tmp_path / "hexnode.toml"
+        config.write_text(config.read_text().replace('[notify]', f'data_dir = "{tmp_path}"\n[database]\n'
+                                                     f'url = "{store.url}"\n[notify]'))
+        run = [sys.executable, "-m", "hexnode.cli"]
+        out = subprocess.run([*run, "status", "--config", str(config)], capture_output=True, text=True, check=True)
+        assert f"#{nid} high_risk" in out.stdout and "ACK AE" in out.stdout
+        out = subprocess.run([*run, "resend", "--config", str(config), "--notification", str(nid)],
+                             capture_output=True, text=True, check=True)
+        assert f"queued again: 1 notifications ({nid})" in out.stdout
+        out = subprocess.run([*run, "send", "--once", "--config", str(config)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert len(good.messages) == 1
+        with store.transaction() as s:
+            row = s.get(Notification, nid)
+            assert row is not None and row.state == "delivered"
+            events = [e.to_state for e in s.execute(select(Event).where(Event.entity == "notification",
+                                                                        Event.entity_id == nid)).scalars()]
+        assert events[0] == "pending" and "failed" in events and events[-1] == "delivered"
+    finally:
+        good.stop()
+
+
+# --- a High-risk synthetic series through the SCP, a real send process, SIGKILL, a receiver down ------
+class Scenario:
+    def __init__(self, workdir: Path, cert: tuple[Path, Path]) -> None:
+        from hexnode.synth.dicom import write_series as synth_series
+        from hexnode.synth.phantom import generate_case
+
+        # seed 5, case 1: a 12 ml bleed the bundled models call High (p 0.54 >= 0.29), 34 slices
+        self.paths = synth_series(generate_case(5, 1), workdir / "high")
+        self.partial = synth_series(generate_case(5, 4, n_slices=10), workdir / "partial")  # does not cover the brain
+        head = pydicom.dcmread(self.paths[0], stop_before_pixels=True)
+        self.accession, self.study_uid = str(head.AccessionNumber), str(head.StudyInstanceUID)
+        self.phi = [str(head.PatientName), str(head.PatientName).split("^")[1], str(head.PatientID),
+                    str(head.PatientBirthDate), f"{head.PatientBirthDate[:4]}-01-01"]
+        assert all(self.phi) and self.accession
+        self.http = HttpReceiver().start()
+        self.smtp = SmtpReceiver(*cert, stall_first=True).start()
+        self.mllp = MllpListener()  # not started: the interface engine is down at first
+        extra = f"""
+[[notifications]]
+name = "engine-json"
+kind = "webhook"
+url = "{self.http.url}/engine"
+phi_fields = ["patient_id"]
+[[notifications]]
+name = "it"
+kind = "webhook"
+url = "{self.http.url}/it"
+triggers = ["delivery_failed"]
+[send]
+backoff_initial_seconds = 0.5
+backoff_max_seconds = 1.0
+max_age_seconds = 4.0
+"""
+        from node_helpers import Node
+
+        self.node = Node(workdir, extra_toml=targets_toml(self.http, self.smtp, self.mllp.port, cert[0], extra))
+        self.log = workdir / "send.log"
+        self.senders: list[subprocess.Popen[bytes]] = []
+
+    def start_sender(self) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", "send", "--config", str(self.node.config)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.node.workdir)
+        self.senders.append(proc)
+        return proc
+
+    def rows(self) -> list[Notification]:
+        with self.node.store.transaction() as s:
+            return list(s.execute(select(Notification).order_by(Notification.id)).scalars())
+
+    def row(self, target: str, trigger: str = "high_risk") -> Notification:
+        return next(r for r in self.rows() if r.target == target and r.trigger == trigger)
+
+    def stop(self) -> None:
+        for p in self.senders:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.node.stop()
+        self.http.stop()
+        self.smtp.stop()
+        if hasattr(self.mllp, "stall"):
+            self.mllp.stop()
+
+
+@pytest.fixture(scope="module")
+def alerted(tmp_path_factory: pytest.TempPathFactory, cert: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
+    sc = Scenario(tmp_path_factory.mktemp("notify-node"), cert)
+    seen: dict[str, Any] = {"sc": sc}
+    try:
+        first = sc.start_sender()
+        out = sc.node.process(sc.paths)
+        assert out.state == "reported", (out.reason, out.job_error)
+        # the sender delivered the Teams card, then stalls inside the SMTP transaction (after RCPT
+        # TO, before DATA): killed there, mid-notification
+        assert sc.smtp.stall.reached.wait(60), sc.log.read_text()[-3000:]
+        seen["teams_before_kill"] = len(sc.http.at("/teams"))
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        sc.smtp.stall.release.set()
+        seen["mails_after_kill"] = len(sc.smtp.mails)
+        sc.start_sender()
+        wait_for(lambda: sc.smtp.mails, 30, "no e-mail after the restart")
+        # the interface engine is still down: the HL7 message is retried with back-off
+        # (`hexnode status` lists it as retried whenever it is not in the middle of an attempt)
+        seen["retrying"] = wait_for(lambda: [n for n in collect(sc.node.store)["notifications"]["retrying"]
+                                             if n["target"] == "ris" and n["attempts"] >= 3], 30,
+                                    "the HL7 message was not retried")
+        sc.mllp.start()
+        wait_for(lambda: sc.mllp.messages and sc.row("ris").state == "delivered", 30, "HL7 not delivered later")
+        # the PACS never answers: the objects fail at [send] max_age_seconds → one IT warning
+        wait_for(lambda: sc.http.at("/it"), 40, "no delivery-failed warning")
+        # a series that does not cover the brain: the stroke team hears it will get no result
+        out = sc.node.process(sc.partial)
+        seen["partial"] = out
+        wait_for(lambda: any(r.trigger == "not_analysed" and r.state == "delivered" for r in sc.rows()), 30,
+                 "no not-analysed notice")
+        time.sleep(3)  # anything more the sender would send, it has sent
+        seen["rows"] = sc.rows()
+        yield seen
+    finally:
+        sc.stop()
+
+
+def test_high_risk_series_through_the_scp_alerts_each_target_exactly_once(alerted: dict[str, Any]) -> None:
+    sc: Scenario = alerted["sc"]
+    high_rows = [r for r in alerted["rows"] if r.trigger == "high_risk"]
+    assert sorted(r.target for r in high_rows) == ["engine-json", "ris", "stroke-mail", "stroke-teams"]
+    assert all(r.state == "delivered" and not r.correction for r in high_rows)
+    teams = [p.json() for p in sc.http.at("/teams")]
+    assert len(teams) == 2  # the High alert and (below) the not-analysed notice
+    card = teams[0]["attachments"][0]["content"]
+    facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]}
+    assert card["body"][0]["text"] == f"High risk of hematoma expansion (accession {sc.accession})"
+    assert facts["Risk of expansion"] == "High" and facts["Model"].startswith("hexnode")
+    assert card["actions"][0]["url"] == f"{VIEWER}/viewer?StudyInstanceUIDs={sc.study_uid}"
+    assert len(sc.smtp.mails) == 1 and len(sc.mllp.messages) == 1 and len(sc.http.at("/engine")) == 1
+    oru = hl7.parse(sc.mllp.messages[0])
+    assert str(oru.segment("OBR")[18]) == sc.accession and str(oru.segment("OBR")[25]) == "F"
+    # the numbers are the SR's: the engine's JSON carries the same probability the worker logged
+    doc = sc.http.at("/engine")[0].json()
+    assert doc["finding"]["risk"] == "High" and doc["finding"]["probability"] >= doc["finding"]["threshold"]
+
+
+def test_sigkill_of_the_sender_mid_notification_still_sends_exactly_one(alerted: dict[str, Any]) -> None:
+    sc: Scenario = alerted["sc"]
+    assert alerted["teams_before_kill"] == 1 and alerted["mails_after_kill"] == 0
+    assert len(sc.smtp.mails) == 1 and len(sc.http.at("/teams")) == 2
+    mail = next(r for r in alerted["rows"] if r.target == "stroke-mail")
+    assert mail.attempts == 2  # the killed attempt, then the one that delivered
+    with sc.node.store.transaction() as s:
+        details = [e.detail or "" for e in s.execute(select(Event).where(
+            Event.entity == "notification", Event.entity_id == mail.id)).scalars()]
+    assert any("died" in d for d in details), details
+
+
+def test_interface_engine_down_for_a_while_gets_the_message_later(alerted: dict[str, Any]) -> None:
+    sc: Scenario = alerted["sc"]
+    (retrying,) = alerted["retrying"]
+    assert retrying["attempts"] >= 3 and "ConnectionRefusedError" in retrying["error"]
+    ris = next(r for r in alerted["rows"] if r.target == "ris" and r.trigger == "high_risk")
+    assert ris.state == "delivered" and ris.attempts >= 4 and len(sc.mllp.messages) == 1
+
+
+def test_failed_pacs_delivery_warns_it_once_and_not_analysed_series_notifies(alerted: dict[str, Any]) -> None:
+    sc: Scenario = alerted["sc"]
+    it = [p.json() for p in sc.http.at("/it")]
+    # SEG + SR + SC of the High series and SR + SC of the partial one failed to the one PACS: one
+    # warning per series and destination
+    assert [d["trigger"] for d in it] == ["delivery_failed"] * 2
+    assert len({d["finding"]["series"] for d in it}) == 2
+    first = next(d for d in it if d["finding"]["accession_number"] == sc.accession)
+    assert first["finding"]["facts"]["Destination"] == "pacs" and "resend" in first["finding"]["facts"]["Action"]
+    failed_rows = [r for r in alerted["rows"] if r.trigger == "delivery_failed"]
+    assert len(failed_rows) == 2 and {r.state for r in failed_rows} == {"delivered"}
+    assert alerted["partial"].state == "rejected" and "cover" in alerted["partial"].reason
+    notice = [p.json() for p in sc.http.at("/teams")][1]["attachments"][0]["content"]
+    assert notice["body"][0]["text"].startswith("Not analysed: the series does not cover the brain")
+    assert [r.target for r in alerted["rows"] if r.trigger == "not_analysed"] == ["stroke-teams"]
+
+
+def test_no_patient_identifier_in_any_message_or_row_unless_turned_on(alerted: dict[str, Any]) -> None:
+    sc: Scenario = alerted["sc"]
+    bodies = {f"http {i} {p.path}": p.body.decode() for i, p in enumerate(sc.http.posts) if p.path != "/engine"}
+    bodies |= {f"mail {i}": m.content.decode(errors="replace") for i, m in enumerate(sc.smtp.mails)}
+    bodies |= {f"hl7 {i}": m for i, m in enumerate(sc.mllp.messages)}
+    assert len(bodies) == 6  # 2 Teams cards, 2 IT warnings, 1 e-mail, 1 HL7 message
+    for where, body in bodies.items():
+        for value in sc.phi:
+            assert value not in body, f"{value!r} in {where}"
+    rows = json.dumps([[r.key, r.payload, r.last_error] for r in alerted["rows"]])
+    with sc.node.store.transaction() as s:
+        rows += json.dumps([e.detail for e in s.execute(select(Event)).scalars()])
+    for value in sc.phi:
+        assert value not in rows, f"{value!r} in the database"
+    # the one target that turned patient_id on gets it (read from the spool at send time), nothing else
+    doc = sc.http.at("/engine")[0].json()
+    assert doc["patient"] == {"patient_id": sc.phi[2]}
+    assert sc.phi[0] not in sc.http.at("/engine")[0].body.decode() and sc.phi[3] not in sc.http.at("/engine")[0].body.decode()
