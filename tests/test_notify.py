@@ -567,3 +567,131 @@ def test_no_patient_identifier_in_any_message_or_row_unless_turned_on(alerted: d
     doc = sc.http.at("/engine")[0].json()
     assert doc["patient"] == {"patient_id": sc.phi[2]}
     assert sc.phi[0] not in sc.http.at("/engine")[0].body.decode() and sc.phi[3] not in sc.http.at("/engine")[0].body.decode()
+
+
+def test_worker_outcomes_become_alarms_retractions_and_not_analysed_notices(db: tuple[Store, int, int],
+                                                                             tmp_path: Path) -> None:
+    """on_result (the worker's hook) decides from the stored result: High → alarm; a later Low answer
+    → "no longer High risk" only after a delivered alarm; incomplete coverage → not-analysed notice."""
+    from pydicom.dataset import Dataset
+
+    from hexnode.analysis import ModelInfo, Prediction
+    from hexnode.notify import on_result
+    from hexnode.produce import Produced
+
+    store, _, series_id = db
+    http = HttpReceiver().start()
+    try:
+        cfg = cfg_from(tmp_path, one_webhook(http.url + "/hook", triggers='["high_risk", "not_analysed"]'))
+        sr = Dataset()
+        sr.Modality, sr.AccessionNumber, sr.StudyInstanceUID = "SR", "ACC9", "1.2.826.0.1.9"
+        info = ModelInfo("hexnode-he", "9.9", threshold=0.3)
+
+        def result(p: float | None, cause: str | None = None) -> Produced:
+            pred = None if p is None else Prediction(volume_ml=10.0, probability=p, model=info)
+            return Produced(datasets=[sr], prediction=pred, reason=None if p is not None else "does not cover",
+                            cause=cause)
+
+        n = notifier(store, cfg, tmp_path)
+        with store.transaction() as s:
+            # Low first, nothing delivered before: nothing to say
+            assert on_result(s, cfg, series_id=series_id, revision=0, produced=result(0.1), answers=True) == []
+            assert len(on_result(s, cfg, series_id=series_id, revision=1, produced=result(0.6), answers=True)) == 1
+        n.run_once()
+        with store.transaction() as s:
+            # a series that is not the study's answer never retracts
+            assert on_result(s, cfg, series_id=series_id, revision=2, produced=result(0.1), answers=False) == []
+            assert len(on_result(s, cfg, series_id=series_id, revision=3, produced=result(0.1), answers=True)) == 1
+            ids = on_result(s, cfg, series_id=series_id, revision=4, produced=result(None, "incomplete_coverage"),
+                            answers=False)
+            assert len(ids) == 1
+        n.run_once()
+        docs = [p.json() for p in http.at("/hook")]
+        assert [(d["trigger"], d["correction"], d["finding"]["risk"]) for d in docs] == [
+            ("high_risk", False, "High"), ("high_risk", True, "Low"), ("not_analysed", False, None)]
+        assert docs[0]["viewer_url"] == f"{VIEWER}/viewer?StudyInstanceUIDs=1.2.826.0.1.9"
+        assert docs[0]["finding"]["model"] == "hexnode-he 9.9" and docs[0]["finding"]["accession_number"] == "ACC9"
+        assert docs[2]["title"] == "Not analysed: the series does not cover the brain (accession ACC9)"
+    finally:
+        http.stop()
+
+
+def test_email_refuses_a_relay_without_starttls(db: tuple[Store, int, int], tmp_path: Path) -> None:
+    """security = "starttls" against a server that does not offer it: a failed attempt, no clear-text mail."""
+    from aiosmtpd.controller import Controller
+
+    got: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            got.append(envelope.content)
+            return "250 OK"
+
+    from hexnode.netutil import free_port
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    store, _, series_id = db
+    try:
+        cfg = cfg_from(tmp_path, f"""
+[[notifications]]
+name = "mail"
+kind = "email"
+smtp_port = {port}
+mail_to = ["a@hospital.example"]
+""")
+        with store.transaction() as s:
+            (nid,) = enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+        notifier(store, cfg, tmp_path).run_once()
+        with store.transaction() as s:
+            row = s.get(Notification, nid)
+            assert row is not None and row.state == "pending" and "STARTTLS" in (row.last_error or "")
+        assert got == []
+    finally:
+        ctl.stop()
+
+
+def test_status_page_and_metrics_show_notifications(db: tuple[Store, int, int], tmp_path: Path) -> None:
+    from hexnode.web.page import status_html
+    from hexnode.web.server import metrics_text
+
+    store, _, series_id = db
+    cfg = cfg_from(tmp_path, one_webhook("http://127.0.0.1:9/hook"))
+    with store.transaction() as s:
+        enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+    st = collect(store)
+    assert st["notifications"]["states"] == {"pending": 1}
+    assert 'hexnode_notifications{state="pending"} 1.0' in metrics_text(st)
+    assert "Notifications by state" in status_html(st, generated_at="now")
+
+
+def test_postgresql_two_senders_claim_each_notification_once(tmp_path: Path) -> None:
+    """On PostgreSQL (several send processes) a due notification is claimed by one of them only."""
+    from plumbing_helpers import PG_URL, pg_available, pg_schema
+
+    from hexnode.notify import state
+
+    if not pg_available():
+        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
+    with pg_schema() as schema:
+        store = open_store(PG_URL, schema=schema)
+        try:
+            cfg = cfg_from(tmp_path, one_webhook("http://127.0.0.1:9/hook"))
+            with store.transaction() as s:
+                for _ in range(6):  # six studies (one study's newer alert would supersede the older)
+                    study = Study(study_uid=generate_uid())
+                    s.add(study)
+                    s.flush()
+                    x = Series(series_uid=generate_uid(), study_id=study.id)
+                    s.add(x)
+                    s.flush()
+                    enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=x.id, revision=0,
+                            finding=high(study_uid=study.study_uid))
+            # two claims in two open transactions: SKIP LOCKED hands each row to one of them
+            with store.transaction() as s1, store.transaction() as s2:
+                got_a = state.claim_due(s1, "send@a:1", lease_seconds=60, limit=4)
+                got_b = state.claim_due(s2, "send@b:1", lease_seconds=60, limit=10)
+            assert len(got_a) == 4 and len(got_b) == 2 and not {d.id for d in got_a} & {d.id for d in got_b}
+        finally:
+            store.dispose()

@@ -60,6 +60,8 @@ class Notifier:
 
     def run_once(self, limit: int = 20) -> int:
         """Attempt every due notification (up to `limit`); returns how many were attempted."""
+        if not self.targets:
+            return 0  # nothing configured: no rows are created either (triggers.enqueue)
         with self.store.transaction() as s:
             due = state.claim_due(s, self.owner, lease_seconds=self.lease_seconds, limit=limit)
         for d in due:

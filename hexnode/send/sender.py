@@ -132,6 +132,8 @@ def run_send(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
+    if cfg.notifications:
+        log.info("notifying %s", ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
     try:
         sender.run(stop, once=bool(getattr(args, "once", False)))
     finally:
