@@ -695,3 +695,56 @@ def test_postgresql_two_senders_claim_each_notification_once(tmp_path: Path) -> 
             assert len(got_a) == 4 and len(got_b) == 2 and not {d.id for d in got_a} & {d.id for d in got_b}
         finally:
             store.dispose()
+
+
+def test_unacknowledged_hl7_message_is_resent_with_the_same_control_id(db: tuple[Store, int, int],
+                                                                       tmp_path: Path) -> None:
+    """The engine took the message but its ACK never came (here: later than timeout_seconds): the
+    retry carries the same MSH-10, so an engine that keeps control ids files it once."""
+    store, _, series_id = db
+    engine = MllpListener(stall_first=True).start()
+    try:
+        cfg = cfg_from(tmp_path, f"""
+[notify]
+backoff_initial_seconds = 0.2
+[[notifications]]
+name = "ris"
+kind = "hl7"
+port = {engine.port}
+timeout_seconds = 1.0
+""")
+        with store.transaction() as s:
+            (nid,) = enqueue(s, cfg, trigger=Trigger.HIGH_RISK, series_id=series_id, revision=0, finding=high())
+        n = notifier(store, cfg, tmp_path)
+        n.run_once()
+        with store.transaction() as s:
+            row = s.get(Notification, nid)
+            assert row is not None and row.state == "pending" and "no ACK" in (row.last_error or "")
+        engine.stall.release.set()
+        def delivered() -> bool:
+            n.run_once()
+            return collect(store)["notifications"]["states"] == {"delivered": 1}
+
+        wait_for(delivered, 10, "not delivered on retry")
+        ids = [str(hl7.parse(m).segment("MSH")[10]) for m in engine.messages]
+        assert len(ids) == 2 and ids[0] == ids[1] and engine.messages[0] == engine.messages[1]
+    finally:
+        engine.stop()
+
+
+def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
+    """produce() tags incomplete coverage and a sender that stopped part-way, the causes the
+    not_analysed trigger listens to (the SCP path of the first is in the node scenario above)."""
+    from plumbing_helpers import models_dir
+
+    from hexnode.models.pipeline import Models
+    from hexnode.produce import produce
+    from hexnode.synth.dicom import write_series as synth_series
+    from hexnode.synth.phantom import generate_case
+
+    models = Models.load(models_dir(), ["CPUExecutionProvider"])
+    paths = synth_series(generate_case(5, 4, n_slices=10), tmp_path / "partial")
+    assert produce(paths, models).cause == "incomplete_coverage"
+    stopped = produce(paths, models, stopped="10 instances arrived before the association was aborted")
+    assert stopped.cause == "sender_stopped" and (stopped.reason or "").startswith("the sender stopped part-way")
+    assert produce(paths[:4] + paths[6:], models, stopped="8 instances arrived").cause == "sender_stopped"
