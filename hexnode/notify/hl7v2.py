@@ -46,7 +46,7 @@ def build_oru(msg: Message, target: NotificationTarget) -> str:
     segs = [
         "|".join(["MSH", "^~\\&", _e(target.sending_application), _e(target.sending_facility),
                   _e(target.receiving_application), _e(target.receiving_facility), ts, "", "ORU^R01^ORU_R01",
-                  msg.id, "P", "2.5.1"]),
+                  msg.id, "P", "2.5.1", "", "", "", "", "", "UNICODE UTF-8"]),  # MSH-18: what MLLP carries
         "|".join(["PID", "1", "", _e(msg.patient.get("patient_id", "")), "",
                   _e(msg.patient.get("patient_name", "")), "", _e(msg.patient.get("birth_date", ""))]),
         "|".join(["ORC", "RE", acc, acc, "", "CM"]),

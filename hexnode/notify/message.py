@@ -151,7 +151,7 @@ def plain_json(msg: Message) -> dict[str, Any]:
 def teams_card(msg: Message) -> dict[str, Any]:
     """An Adaptive Card message, as a Teams "Workflows" incoming webhook (Post to a channel when a
     webhook request is received) accepts it."""
-    alarm = msg.finding.positive and not (msg.correction and not msg.finding.positive)
+    alarm = msg.finding.positive  # High risk (also a correction that is still High): red
     body: list[dict[str, Any]] = [
         {"type": "TextBlock", "text": msg.title, "weight": "Bolder", "size": "Medium", "wrap": True,
          "color": "Attention" if alarm else ("Warning" if msg.correction else "Default")},

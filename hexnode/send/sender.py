@@ -7,6 +7,11 @@ each group over one association (C-STORE, ``kind = "dicom"``) or one STOW-RS req
 ``hexnode resend --all-failed`` or ``hexnode resend ID...`` queues them again). Several senders
 may run at once (claims are exclusive); a sender killed mid-send leaves rows that are reclaimed
 when their lease expires and sent again with the same SOP Instance UIDs.
+
+The same loop delivers the due notifications after the objects (``hexnode.notify.deliver``:
+webhook, e-mail, HL7), and an object that reaches ``failed`` queues the IT warning
+(``delivery_failed``) in the same transaction. ``hexnode resend --notification ID`` re-queues a
+failed notification; ``--all-failed`` re-queues failed deliveries and notifications.
 """
 
 from __future__ import annotations
