@@ -748,3 +748,24 @@ def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
     stopped = produce(paths, models, stopped="10 instances arrived before the association was aborted")
     assert stopped.cause == "sender_stopped" and (stopped.reason or "").startswith("the sender stopped part-way")
     assert produce(paths[:4] + paths[6:], models, stopped="8 instances arrived").cause == "sender_stopped"
+
+
+def test_an_older_database_gets_the_table_without_a_migration(tmp_path: Path) -> None:
+    """A database made before notifications existed: `create_all` adds the table on start; the
+    schema version (owned by the migrations) is not touched."""
+    from sqlalchemy import inspect, text
+
+    from hexnode.store.db import SCHEMA_VERSION, schema_version
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    store = open_store(url)
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE notifications"))
+    assert "notifications" not in inspect(store.engine).get_table_names()
+    store.dispose()
+    store = open_store(url)
+    try:
+        assert "notifications" in inspect(store.engine).get_table_names()
+        assert schema_version(store) == SCHEMA_VERSION
+    finally:
+        store.dispose()
