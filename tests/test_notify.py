@@ -393,6 +393,7 @@ class Scenario:
         # seed 5, case 1: a 12 ml bleed the bundled models call High (p 0.54 >= 0.29), 34 slices
         self.paths = synth_series(generate_case(5, 1), workdir / "high")
         self.partial = synth_series(generate_case(5, 4, n_slices=10), workdir / "partial")  # does not cover the brain
+        self.stopped = sorted(synth_series(generate_case(5, 7), workdir / "stopped"))[:10]  # sent, then A-ABORT
         head = pydicom.dcmread(self.paths[0], stop_before_pixels=True)
         self.accession, self.study_uid = str(head.AccessionNumber), str(head.StudyInstanceUID)
         self.phi = [str(head.PatientName), str(head.PatientName).split("^")[1], str(head.PatientID),
@@ -419,7 +420,8 @@ max_age_seconds = 4.0
 """
         from node_helpers import Node
 
-        self.node = Node(workdir, extra_toml=targets_toml(self.http, self.smtp, self.mllp.port, cert[0], extra))
+        self.node = Node(workdir, series_extra="aborted_wait_seconds = 2.0",
+                         extra_toml=targets_toml(self.http, self.smtp, self.mllp.port, cert[0], extra))
         self.log = workdir / "send.log"
         self.senders: list[subprocess.Popen[bytes]] = []
 
@@ -430,6 +432,20 @@ max_age_seconds = 4.0
                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.node.workdir)
         self.senders.append(proc)
         return proc
+
+    def send_then_abort(self, paths: list[Path]) -> None:
+        """C-STORE these instances, then A-ABORT: a sender that stopped part-way."""
+        from node_helpers import CALLING
+        from pynetdicom import AE
+
+        ae = AE(ae_title=CALLING)
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+        assoc = ae.associate("127.0.0.1", self.node.port, ae_title="HEXNODE")
+        assert assoc.is_established
+        for path in paths:
+            status = assoc.send_c_store(pydicom.dcmread(path))
+            assert status and int(status.Status) == 0
+        assoc.abort()
 
     def rows(self) -> list[Notification]:
         with self.node.store.transaction() as s:
@@ -485,6 +501,15 @@ def alerted(tmp_path_factory: pytest.TempPathFactory, cert: tuple[Path, Path]) -
         seen["partial"] = out
         wait_for(lambda: any(r.trigger == "not_analysed" and r.state == "delivered" for r in sc.rows()), 30,
                  "no not-analysed notice")
+        # a sender that stops after 10 instances: after [series] aborted_wait_seconds, not analysed
+        sc.send_then_abort(sc.stopped)
+        uid = str(pydicom.dcmread(sc.stopped[0], stop_before_pixels=True).SeriesInstanceUID)
+        sc.node.wait_decided([uid], timeout=60)
+        sc.node.drain()
+        seen["stopped"] = sc.node.outcome(uid)
+        wait_for(lambda: len([r for r in sc.rows() if r.trigger == "not_analysed" and r.state == "delivered"]) == 2,
+                 30, "no notice for the stopped sender")
+        wait_for(lambda: len(sc.http.at("/it")) == 3, 40, "no delivery-failed warning for the later series")
         time.sleep(3)  # anything more the sender would send, it has sent
         seen["rows"] = sc.rows()
         yield seen
@@ -498,7 +523,7 @@ def test_high_risk_series_through_the_scp_alerts_each_target_exactly_once(alerte
     assert sorted(r.target for r in high_rows) == ["engine-json", "ris", "stroke-mail", "stroke-teams"]
     assert all(r.state == "delivered" and not r.correction for r in high_rows)
     teams = [p.json() for p in sc.http.at("/teams")]
-    assert len(teams) == 2  # the High alert and (below) the not-analysed notice
+    assert len(teams) == 3  # the High alert and (below) two not-analysed notices
     card = teams[0]["attachments"][0]["content"]
     facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]}
     assert card["body"][0]["text"] == f"High risk of hematoma expansion (accession {sc.accession})"
@@ -515,7 +540,7 @@ def test_high_risk_series_through_the_scp_alerts_each_target_exactly_once(alerte
 def test_sigkill_of_the_sender_mid_notification_still_sends_exactly_one(alerted: dict[str, Any]) -> None:
     sc: Scenario = alerted["sc"]
     assert alerted["teams_before_kill"] == 1 and alerted["mails_after_kill"] == 0
-    assert len(sc.smtp.mails) == 1 and len(sc.http.at("/teams")) == 2
+    assert len(sc.smtp.mails) == 1 and len(sc.http.at("/teams")) == 3
     mail = next(r for r in alerted["rows"] if r.target == "stroke-mail")
     assert mail.attempts == 2  # the killed attempt, then the one that delivered
     with sc.node.store.transaction() as s:
@@ -535,18 +560,20 @@ def test_interface_engine_down_for_a_while_gets_the_message_later(alerted: dict[
 def test_failed_pacs_delivery_warns_it_once_and_not_analysed_series_notifies(alerted: dict[str, Any]) -> None:
     sc: Scenario = alerted["sc"]
     it = [p.json() for p in sc.http.at("/it")]
-    # SEG + SR + SC of the High series and SR + SC of the partial one failed to the one PACS: one
-    # warning per series and destination
-    assert [d["trigger"] for d in it] == ["delivery_failed"] * 2
-    assert len({d["finding"]["series"] for d in it}) == 2
+    # SEG + SR + SC of the High series and SR + SC of each not-analysed one failed to the one PACS:
+    # one warning per series and destination
+    assert [d["trigger"] for d in it] == ["delivery_failed"] * 3
+    assert len({d["finding"]["series"] for d in it}) == 3
     first = next(d for d in it if d["finding"]["accession_number"] == sc.accession)
     assert first["finding"]["facts"]["Destination"] == "pacs" and "resend" in first["finding"]["facts"]["Action"]
     failed_rows = [r for r in alerted["rows"] if r.trigger == "delivery_failed"]
-    assert len(failed_rows) == 2 and {r.state for r in failed_rows} == {"delivered"}
+    assert len(failed_rows) == 3 and {r.state for r in failed_rows} == {"delivered"}
     assert alerted["partial"].state == "rejected" and "cover" in alerted["partial"].reason
-    notice = [p.json() for p in sc.http.at("/teams")][1]["attachments"][0]["content"]
-    assert notice["body"][0]["text"].startswith("Not analysed: the series does not cover the brain")
-    assert [r.target for r in alerted["rows"] if r.trigger == "not_analysed"] == ["stroke-teams"]
+    notices = [p.json()["attachments"][0]["content"]["body"][0]["text"] for p in sc.http.at("/teams")][1:]
+    assert notices[0].startswith("Not analysed: the series does not cover the brain")
+    assert alerted["stopped"].state == "rejected" and alerted["stopped"].reason.startswith("the sender stopped")
+    assert notices[1].startswith("Not analysed: the sender stopped part-way")
+    assert [r.target for r in alerted["rows"] if r.trigger == "not_analysed"] == ["stroke-teams"] * 2
 
 
 def test_no_patient_identifier_in_any_message_or_row_unless_turned_on(alerted: dict[str, Any]) -> None:
@@ -554,7 +581,7 @@ def test_no_patient_identifier_in_any_message_or_row_unless_turned_on(alerted: d
     bodies = {f"http {i} {p.path}": p.body.decode() for i, p in enumerate(sc.http.posts) if p.path != "/engine"}
     bodies |= {f"mail {i}": m.content.decode(errors="replace") for i, m in enumerate(sc.smtp.mails)}
     bodies |= {f"hl7 {i}": m for i, m in enumerate(sc.mllp.messages)}
-    assert len(bodies) == 6  # 2 Teams cards, 2 IT warnings, 1 e-mail, 1 HL7 message
+    assert len(bodies) == 8  # 3 Teams cards, 3 IT warnings, 1 e-mail, 1 HL7 message
     for where, body in bodies.items():
         for value in sc.phi:
             assert value not in body, f"{value!r} in {where}"
