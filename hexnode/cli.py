@@ -169,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
-    p = add("resend", _cmd_resend, "queue failed deliveries again")
+    p = add("resend", _cmd_resend, "queue failed deliveries (and notifications) again")
     _config_arg(p)
-    p.add_argument("--all-failed", action="store_true")
+    p.add_argument("--all-failed", action="store_true", help="every failed delivery and notification")
+    p.add_argument("--notification", action="append", type=int, metavar="ID", help="a failed notification (repeatable)")
     p.add_argument("ids", nargs="*", type=int, help="outbox ids")
 
     p = add("purge", _cmd_purge, "delete delivered series older than the retention period")

@@ -29,6 +29,8 @@ class Produced:
     datasets: list[Dataset]
     prediction: Prediction | None = None  # None: not analysed
     reason: str | None = None  # why not analysed
+    # why not analysed, for notifications (hexnode/notify): "incomplete_coverage" | "sender_stopped" | None
+    cause: str | None = None
     notes: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None
@@ -99,7 +101,9 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
     except VolumeError as exc:
         timings["load"] = time.perf_counter() - t
         reason = exc.reason if stopped is None else _stopped_reason(stopped, exc.reason)
-        return not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out = not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out.cause = None if stopped is None else "sender_stopped"
+        return out
     timings["load"] = time.perf_counter() - t
     from hexnode.models.pipeline import IncompleteCoverage, NotAnalysable
 
@@ -115,7 +119,10 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
         reason = exc.reason
         if stopped is not None and isinstance(exc, IncompleteCoverage):
             reason = _stopped_reason(stopped, exc.reason)
-        return not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out = not_analysed(paths, reason, models, revision=revision, timings=timings)
+        if isinstance(exc, IncompleteCoverage):
+            out.cause = "sender_stopped" if stopped is not None else "incomplete_coverage"
+        return out
     for stage, seconds in analysis.timings.items():
         if stage != "total":
             timings[stage] = float(seconds)

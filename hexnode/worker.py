@@ -30,7 +30,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 
-from hexnode import runtime
+from hexnode import notify, runtime
 from hexnode.config import Config, load_config
 from hexnode.produce import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.receive.spool import Spool, uid_hash
@@ -216,6 +216,9 @@ class Worker:
                              reason=None if produced.analysed or study_job else produced.reason)
                 if ctx.answers:
                     _record_answer(s, ctx, produced)
+                if not study_job:  # alerts, corrections, not-analysed notices: with the result or not at all
+                    notify.on_result(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
+                                     answers=ctx.answers)
         except LeaseLost as exc:
             log.warning("job %d: %s; its results were not recorded", job_id, exc)
             return JobOutcome(job_id, name, "lost", str(exc))

@@ -64,6 +64,10 @@ def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRE
         _table("Deliveries being retried", st.get("retrying_deliveries", []),
                ["id", "destination", "attempts", "error", "next_attempt"]),
         _table("Rejected or failed series", st.get("rejected_series", []), ["series", "reason", "at"]),
+        _counts("Notifications by state", st.get("notifications", {}).get("states", {})),
+        _table("Failed notifications (re-send with `hexnode resend --notification ID`)",
+               st.get("notifications", {}).get("failed", []),
+               ["id", "trigger", "target", "kind", "series", "attempts", "error", "since"], bad=True),
         f"<h2>Quarantined instances</h2><p>{int(st.get('quarantined_instances', 0))}</p>",
         "</body></html>",
     ]
