@@ -94,7 +94,7 @@ class SeriesConfig:
     # The study is the unit of the answer: its series are decided together once no instance of the
     # study has arrived for this long (a PACS routing a whole study sends series one after another).
     study_settle_seconds: float = 10.0
-    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/select.py).
+    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/rules.py).
     selection: dict[str, Any] = field(default_factory=dict)
 
 

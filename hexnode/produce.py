@@ -12,11 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import Prediction
+from hexnode.analysis import Analyser, Prediction
 from hexnode.series.volume import VolumeError, load_volume, read_header
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def headers_of(paths: Sequence[Path]) -> list[Dataset]:
     return out
 
 
-def not_analysed(paths: Sequence[Path], reason: str, models: Any, *, revision: int = 0,
+def not_analysed(paths: Sequence[Path], reason: str, models: Analyser, *, revision: int = 0,
                  timings: dict[str, float] | None = None) -> Produced:
     from hexnode.report import build_not_analysed
 
@@ -83,7 +82,7 @@ def _stopped_reason(stopped: str, why: str) -> str:
     return f"the sender stopped part-way: {stopped} ({why})"
 
 
-def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_note: str | None = None,
+def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selection_note: str | None = None,
             rejected: str | None = None, stopped: str | None = None) -> Produced:
     """Analyse the series in `paths` (or report `rejected` as not analysed).
 

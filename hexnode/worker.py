@@ -25,12 +25,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 
 from hexnode import notify, runtime
+from hexnode.analysis import Analyser, Prediction
 from hexnode.config import Config, load_config
 from hexnode.produce import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.receive.spool import Spool, uid_hash
@@ -95,11 +95,11 @@ class JobOutcome:
     state: str  # reported | rejected | retry | failed | lost
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    prediction: Any = None
+    prediction: Prediction | None = None
 
 
 class Worker:
-    def __init__(self, store: Store, spool: Spool, cfg: Config, models: Any, owner: str | None = None) -> None:
+    def __init__(self, store: Store, spool: Spool, cfg: Config, models: Analyser, owner: str | None = None) -> None:
         self.store, self.spool, self.cfg, self.models = store, spool, cfg, models
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
 
@@ -165,7 +165,8 @@ class Worker:
     def _study_report(self, ctx: _StudyContext) -> Produced:
         """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
         from hexnode.report.study import Listed, build_study_not_analysed, headline
-        from hexnode.series.select import SeriesInfo, describe
+        from hexnode.series.info import SeriesInfo
+        from hexnode.series.ranking import describe
 
         t = time.perf_counter()
         listed: list[Listed] = []
@@ -294,7 +295,7 @@ def _record_answer(s: Session, ctx: _StudyContext, produced: Produced) -> None:
                   str(sr.SeriesInstanceUID), ctx.study_revision)
 
 
-def load_models(cfg: Config) -> Any:
+def load_models(cfg: Config) -> Analyser:
     from hexnode.models.pipeline import Models
 
     return Models.load(cfg.models_path, cfg.models.providers)
