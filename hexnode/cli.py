@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its checkpoints and feature cache (its own arguments)")
     p.add_argument("--init-from", metavar="DIR",
                    help="start the networks from a campaign's last weights (DIR/seg.pt, cnn.pt, campaign.json; "
-                        "e.g. models/campaign) and add this run to its history")
+                        "e.g. models/campaign) and add this run to its history; or from a model set's seg.onnx "
+                        "(e.g. models: the U-Net continues, BatchNorm statistics frozen; the CNN starts afresh)")
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")

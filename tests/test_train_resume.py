@@ -89,3 +89,26 @@ def test_a_campaign_run_starts_from_the_previous_weights(tmp_path):
         pb = dict(b.named_parameters())
         return sum(float((v - pb[k]).abs().sum()) for k, v in a.named_parameters())
     assert dist(warm, first) < 0.05 * dist(scratch, first)
+
+
+def test_the_committed_unet_imported_from_onnx_is_the_same_function():
+    """A campaign can continue from a model set that has only its ONNX file (BatchNorm fused)."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from hexnode.train.nets import SegUNet
+    from hexnode.train.onnx_import import freeze_batchnorm, seg_from_onnx
+
+    path = Path(__file__).resolve().parents[1] / "models" / "seg.onnx"
+    net = SegUNet(width=8)
+    net.load_state_dict(seg_from_onnx(path, 8))
+    x = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    net.train()
+    freeze_batchnorm(net)  # as a run started from it trains: the statistics stay the file's
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="convolutions|is"):
+        seg_from_onnx(path, 12)

@@ -49,6 +49,10 @@ HYPO_SHARE = 0.45
 # cases with a predicted mask to fit the fusion ("no usable feature", issue 17).
 QUICK_SEG_STEPS = 160
 QUICK_CNN_STEPS = 60
+#: U-Net peak learning rate from scratch, and for a run that continues a campaign (a restart at the
+#: full rate would first undo much of what the earlier runs learnt)
+SEG_LR = 3e-3
+SEG_LR_CONTINUED = 1e-3
 #: how often the U-Net and CNN loops write their checkpoint (seconds of training)
 CHECKPOINT_SECONDS = 300.0
 #: the arguments a resumed run takes from the first one (`--resume WORKDIR` reads WORKDIR/args.json)
@@ -260,10 +264,11 @@ def run_train(args: argparse.Namespace) -> int:
             bank.mask.extend(r.slices[1])
             r.slices = None
     log.info("segmentation: %d slices", len(bank))
+    seg_init, frozen_bn = _seg_init(init, plan.width)
     seg, seg_steps = seg_train.train_seg(
         bank, seconds=plan.seg_seconds, steps=plan.seg_steps, width=plan.width, seed=args.seed,
         hypo_weight=plan.seg_hypo_weight, hypo_share=plan.seg_hypo_share, checkpoint=work / "seg.ckpt", every=every,
-        init=torch.load(init / "seg.pt", weights_only=True) if init else None)
+        init=seg_init, frozen_bn=frozen_bn, lr=SEG_LR if seg_init is None else SEG_LR_CONTINUED)
     sample = np.stack([bank.hu[i] for i in range(min(4, len(bank)))])
     seg_diff = seg_train.export_seg(seg, out / "seg.onnx", sample)
     print(f"seg.onnx max |onnxruntime - torch| = {seg_diff:.3g}", flush=True)
@@ -275,7 +280,7 @@ def run_train(args: argparse.Namespace) -> int:
     yc = np.array([r.label for r in cnn_recs])
     cnn, cnn_steps = cnn_train.train_cnn(
         xc, yc, seconds=plan.cnn_seconds, steps=plan.cnn_steps, seed=args.seed, checkpoint=work / "cnn.ckpt",
-        every=every, init=torch.load(init / "cnn.pt", weights_only=True) if init else None)
+        every=every, init=torch.load(init / "cnn.pt", weights_only=True) if init and (init / "cnn.pt").exists() else None)
     cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
     print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
     # --- full pipeline (predicted masks) on fusion, val and test -----------------------------------
@@ -296,7 +301,8 @@ def run_train(args: argparse.Namespace) -> int:
     state = {"fus": fus, "val": val, "test": test, "desc": desc, "plan": plan, "seed": args.seed,
              "seg_diff": seg_diff, "cnn_diff": cnn_diff, "t_start_offset": time.monotonic() - t_start,
              "splits": {s: sum(r.split == s for r in recs + held_all) for s in SPLITS},
-             "campaign": campaign_entry(args, init, seg_steps, cnn_steps, seg.state_dict(), cnn.state_dict(), work)}
+             "campaign": campaign_entry(args, init, seg_steps, cnn_steps, seg.state_dict(), cnn.state_dict(), work,
+                                        frozen_bn=frozen_bn)}
     for r in fus + val + test:
         r.crop = None
     import pickle
@@ -428,8 +434,24 @@ def finish(out: Path, state: dict[str, Any]) -> None:
     print(json.dumps({"train_seconds": round(train_seconds, 1), "test": test_metrics}, default=float), flush=True)
 
 
+def _seg_init(init: Path | None, width: int) -> tuple[dict[str, Any] | None, bool]:
+    """Where the U-Net starts: a campaign's torch weights (`DIR/seg.pt`), or a model set's ONNX file
+    (`DIR/seg.onnx`: BatchNorm fused, so its statistics stay frozen from then on), or scratch."""
+    import torch
+
+    if init is None:
+        return None, False
+    if (init / "seg.pt").exists():
+        runs = json.loads((init / "campaign.json").read_text())["runs"] if (init / "campaign.json").exists() else []
+        return torch.load(init / "seg.pt", weights_only=True), any(r.get("frozen_bn") for r in runs)
+    from hexnode.train.onnx_import import seg_from_onnx
+
+    return seg_from_onnx(init / "seg.onnx", width), True
+
+
 def campaign_entry(args: argparse.Namespace, init: Path | None, seg_steps: int, cnn_steps: int,
-                   seg_weights: dict[str, Any], cnn_weights: dict[str, Any], work: Path) -> dict[str, Any]:
+                   seg_weights: dict[str, Any], cnn_weights: dict[str, Any], work: Path, *,
+                   frozen_bn: bool = False) -> dict[str, Any]:
     """This run as one step of a campaign: the runs before it (from `--init-from DIR/campaign.json`),
     its own steps and budgets, and the weights the next run starts from."""
     before: list[dict[str, Any]] = []
@@ -440,7 +462,7 @@ def campaign_entry(args: argparse.Namespace, init: Path | None, seg_steps: int, 
         "quick": bool(args.quick), "init_from": str(init) if init else None,
         "seg_steps": seg_steps, "cnn_steps": cnn_steps,
         "seg_seconds": float(args.seg_seconds or 0), "cnn_seconds": float(args.cnn_seconds or 0),
-        "resumed": bool(getattr(args, "resume", None)),
+        "resumed": bool(getattr(args, "resume", None)), "frozen_bn": frozen_bn,
     }
     return {"runs_before": before, "run": run, "seg_weights": seg_weights, "cnn_weights": cnn_weights}
 

@@ -17,6 +17,7 @@ from hexnode.models.segment import NOMINAL_SIZE, WINDOWS, _pad_amounts
 from hexnode.train import checkpoint as ckpt
 from hexnode.train.budget import Budget
 from hexnode.train.nets import SegUNet
+from hexnode.train.onnx_import import freeze_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,13 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
               lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0,
               checkpoint: Path | None = None, every: ckpt.Every | None = None,
-              init: dict[str, torch.Tensor] | None = None) -> tuple[SegUNet, int]:
+              init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False) -> tuple[SegUNet, int]:
     """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick).
 
     `checkpoint`: continue from it when it exists (a finished one returns its weights at once) and
     write it `every` so often. `init`: start from these weights (a campaign's previous run) instead
-    of a random initialisation. Returns the model and the number of steps trained."""
+    of a random initialisation; `frozen_bn`: BatchNorm statistics stay as they are (weights that
+    came from an ONNX file, see onnx_import). Returns the model and the number of steps trained."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
@@ -191,6 +193,8 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     budget = Budget(seconds, steps, spent_before=spent)
     every = every or ckpt.Every()
     model.train()
+    if frozen_bn:
+        freeze_batchnorm(model)
     while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
