@@ -24,6 +24,8 @@ Policies (``[dicom]`` in hexnode.toml):
   A-ASSOCIATE-RJ rejected-permanent, service-user, reason 3 "calling AE title not recognised".
   Called AE (``require_called_ae``): reason 7 "called AE title not recognised".
 * ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
+* ``fast_receive`` (default true): the receive fast path, ``hexnode.receive.fastpath``; false is
+  pynetdicom's own chunked receive.
 * Hostile and broken peers (``hexnode.receive.gate``): a connection waits in a separate pool until
   it has sent a valid A-ASSOCIATE-RQ (``association_request_timeout_seconds``), per-address
   connection limit, association slots only for allowed calling AEs. ``network_timeout_seconds``
@@ -168,6 +170,7 @@ class Receiver:
         self.gate: Gate | None = None
         self._excepthook = threading.excepthook
         self._serve_thread: threading.Thread | None = None
+        self._fast = False  # this receiver installed the fast path (dicom.fast_receive)
 
     def build_ae(self) -> AE:
         return build_ae(self.dicom)
@@ -194,7 +197,11 @@ class Receiver:
         # logger at WARNING anyway, and unbound handlers cost nothing per message.
         _config.LOG_HANDLER_LEVEL = "none"
         tempfile.tempdir = str(self.spool.incoming)
-        fastpath.install()
+        # Process-wide (pynetdicom's reactors are module code): installed for as long as a
+        # receiver with fast_receive runs; another receiver in the same process shares it.
+        self._fast = self.dicom.fast_receive and fastpath.install()
+        if not self.dicom.fast_receive and fastpath.installed():
+            log.warning("dicom.fast_receive = false, but another receiver in this process uses the fast path")
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
         d = self.dicom
         limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
@@ -232,6 +239,9 @@ class Receiver:
             self.server = None
             self.library_log.uninstall()
             threading.excepthook = self._excepthook
+        if self._fast:
+            fastpath.uninstall()
+            self._fast = False
         self.indexer.stop()
 
     def _thread_died(self, args: Any) -> None:
