@@ -386,7 +386,7 @@ def test_fast_receive_setting_patches_pynetdicom_only_while_its_receiver_runs(tm
     def pynetdicom_state() -> list[object]:
         dul = dul_mod.DULServiceProvider
         return [dul_mod.time, dul.send_pdu, dul._read_pdu_data, transport_mod.AssociationSocket.recv,
-                dimse_provider_mod.DIMSEServiceProvider.send_msg, dimse_mod.NamedTemporaryFile,
+                dimse_provider_mod.DIMSEServiceProvider.send_msg,
                 dimse_mod.create_file_meta, dimse_mod.write_file_meta_info]
 
     original = pynetdicom_state()
