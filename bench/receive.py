@@ -5,15 +5,19 @@ by default, sent with dcmtk `storescu` over loopback, TCP_NODELAY=1 for the dcmt
 
     .venv/bin/python bench/receive.py [--rounds 5] [--n 320] [--modes storescp,pynetdicom,...]
                                       [--fsync-before-success]
+    .venv/bin/python bench/receive.py --modes hexnode,hexnode-minus-store_rsp,...   # one patch out
 
 The receivers take turns within each round (interleaved, so a burst of other load hits them all
 alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode serve` process, so no
 instance is a duplicate). Printed per round and as medians: seconds for the transfer (storescu
 start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (DESIGN §6
-target ≥ 0.5), for hexnode also the time until the last instance was indexed; then the fast
+target ≥ 0.5), for hexnode also the time until the last instance was indexed and the CPU seconds
+the receiving process used during the transfer (less sensitive to other load); then the fast
 path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps the fast path only
-for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode serve` in a process whose
-`fastpath.install` is replaced by a no-op before the CLI runs (the node has no switch for it).
+for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode serve` with
+``[dicom] fast_receive = false``. ``hexnode-minus-NAME`` (not run by default; NAME one of
+``hexnode.receive.fastpath.PATCHES``) is `hexnode serve` with the fast path less that one patch, to
+see what each earns (the process sets ``fastpath.PATCHES`` before the CLI runs).
 hexnode answers Success once the complete file is renamed into place and fsyncs it when indexing
 (``--fsync-before-success``: before answering, as `[spool] fsync_before_success`); storescp and
 the plain pynetdicom SCP never fsync.
@@ -77,8 +81,10 @@ def round_storescp(folder: Path, work: Path) -> float:
         proc.wait(10)
 
 
-# `hexnode serve` with the fast path's install() a no-op: the same node at pynetdicom's own speed
-NO_FASTPATH = ("import sys; from hexnode.receive import fastpath; fastpath.install = lambda: False; "
+# `hexnode serve` with every fast-path patch but one (argv[1] names it)
+MINUS_PATCH = ("import sys; from hexnode.receive import fastpath; out = sys.argv.pop(1); "
+               "assert out in fastpath.PATCHES, out; "
+               "fastpath.PATCHES = tuple(p for p in fastpath.PATCHES if p != out); "
                "from hexnode.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -97,28 +103,39 @@ def round_pynetdicom(folder: Path, work: Path) -> float:
         proc.wait(30)
 
 
-def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False, fast: bool = True) -> tuple[float, float]:
-    data = work / ("hexnode-var" if fast else "hexnode-nofast-var")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
+                  mode: str = "hexnode") -> tuple[float, float, float]:
+    data = work / f"{mode}-var"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     port = free_port()
     cfg = data / "hexnode.toml"
     cfg.write_text(f'data_dir = "{data}"\nlog_level = "WARNING"\n[dicom]\nport = {port}\nmin_free_disk_mb = 1\n'
+                   f"fast_receive = {'false' if mode == 'hexnode-nofast' else 'true'}\n"
                    "[series]\nstable_seconds = 3600\n"
                    f"[spool]\nfsync_before_success = {'true' if fsync else 'false'}\n")
     venv = ROOT / ".venv" / "bin"
-    cmd = [str(venv / "hexnode")] if fast else [str(venv / "python"), "-c", NO_FASTPATH]
+    minus = mode.removeprefix("hexnode-minus-") if mode.startswith("hexnode-minus-") else None
+    cmd = [str(venv / "hexnode")] if minus is None else [str(venv / "python"), "-c", MINUS_PATCH, minus]
     proc = subprocess.Popen([*cmd, "serve", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "wb"))  # noqa: SIM115
     try:
         wait_port(port)
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         dt = send(port, folder, "HEXNODE")
+        cpu = cpu_seconds(proc.pid) - cpu0  # the receiving process (the indexer is a child)
         while count_indexed(data / "hexnode.sqlite") < n:
             if time.perf_counter() - t0 > 120:
                 raise TimeoutError("instances were not indexed within 120 s")
             time.sleep(0.02)
-        return dt, time.perf_counter() - t0
+        return dt, time.perf_counter() - t0, cpu
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -137,7 +154,7 @@ def main() -> int:
                     help="hexnode fsyncs each instance before answering (default: when indexing)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    if unknown := set(modes) - set(MODES):
+    if unknown := {m for m in modes if not m.startswith("hexnode-minus-")} - set(MODES):
         ap.error(f"unknown modes {', '.join(sorted(unknown))}")
     work = Path(args.work)
     folder = work / f"ct{args.n}"
@@ -149,6 +166,7 @@ def main() -> int:
           f"{args.rounds} rounds, hexnode fsync {'before Success' if args.fsync_before_success else 'when indexed'}")
     times: dict[str, list[float]] = {m: [] for m in modes}
     indexed: dict[str, list[float]] = {m: [] for m in modes if m.startswith("hexnode")}
+    cpu: dict[str, list[float]] = {m: [] for m in indexed}
     for r in range(args.rounds):
         cells = []
         for mode in modes:
@@ -157,8 +175,9 @@ def main() -> int:
             elif mode == "pynetdicom":
                 t = round_pynetdicom(folder, work)
             else:
-                t, t_idx = round_hexnode(folder, work, args.n, args.fsync_before_success, fast=mode == "hexnode")
+                t, t_idx, t_cpu = round_hexnode(folder, work, args.n, args.fsync_before_success, mode)
                 indexed[mode].append(t_idx)
+                cpu[mode].append(t_cpu)
             times[mode].append(t)
             cells.append(f"{mode} {t:.3f} s ({mb / t:.0f} MB/s)")
         print(f"round {r + 1}: " + "  ".join(cells))
@@ -166,12 +185,18 @@ def main() -> int:
     print(f"median of {args.rounds}:")
     for m in modes:
         ratio = f"  {med['storescp'] / med[m]:.2f} x storescp" if "storescp" in med else ""
-        idx = f"  (all indexed {statistics.median(indexed[m]):.3f} s)" if m in indexed else ""
+        idx = (f"  (all indexed {statistics.median(indexed[m]):.3f} s, receiver CPU {statistics.median(cpu[m]):.2f} s)"
+               if m in indexed else "")
         print(f"  {m:<15} {med[m]:.3f} s  {mb / med[m]:6.0f} MB/s{ratio}{idx}")
     if "hexnode" in med:
         gains = [f"{med[o] / med['hexnode']:.2f} x {o}" for o in ("pynetdicom", "hexnode-nofast") if o in med]
         if gains:
             print(f"fast path: hexnode {', '.join(gains)} (issue 17: kept only if >= 1.3 x pynetdicom)")
+        for m in modes:
+            if m.startswith("hexnode-minus-"):
+                cpu_ratio = statistics.median(cpu[m]) / statistics.median(cpu["hexnode"])
+                print(f"  without {m.removeprefix('hexnode-minus-')}: {med[m] / med['hexnode']:.2f} x the fast path's "
+                      f"time, {cpu_ratio:.2f} x its receiver CPU")
     return 0
 
 

@@ -41,6 +41,10 @@ class DicomConfig:
     # Reject associations whose called AE title is not ours.
     require_called_ae: bool = True
     max_pdu_size: int = 0  # 0 = unlimited, fastest on loopback and LAN
+    # The receive fast path (hexnode/receive/fastpath.py): event-driven wake-ups and direct file
+    # writes inside pynetdicom's receive path, ~2.5 x pynetdicom's own rate (bench/receive.py).
+    # false: plain pynetdicom (chunked receive), e.g. to rule the patches out when diagnosing.
+    fast_receive: bool = True
     max_associations: int = 10
     # Hostile and broken peers (hexnode/receive/gate.py): a connection must send a valid
     # A-ASSOCIATE-RQ within this long; until then it waits in a separate pool of this size (the

@@ -16,9 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from hexnode.netutil import dcmtk_env, free_port, wait_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Receive tests that run in both modes of [dicom] fast_receive: on a test, it overrides the
+# `fast_receive` fixture that conftest's make_receiver reads.
+BOTH_RECEIVE_MODES = pytest.mark.parametrize("fast_receive", [True, False], ids=["fast", "plain"])
 
 
 def models_dir() -> Path:

@@ -81,7 +81,7 @@ class Serve:
         return [p for p in paths if not self.spool.path(p).is_file()]
 
 
-def start_serve(work: Path, max_associations: int) -> Serve:
+def start_serve(work: Path, max_associations: int, fast_receive: bool = True) -> Serve:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = work / "hexnode.toml"
@@ -94,6 +94,7 @@ max_associations = {max_associations}
 association_request_timeout_seconds = {REQUEST_TIMEOUT}
 network_timeout_seconds = {NETWORK_TIMEOUT}
 max_connections_per_address = 10
+fast_receive = {'true' if fast_receive else 'false'}
 [series]
 stable_seconds = 3600
 """)
@@ -128,6 +129,18 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     node = start_serve(tmp_path_factory.mktemp("hostile"), 2)
     yield node
     stop_serve(node)
+
+
+@pytest.fixture(scope="module")
+def plain_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """As `serve`, with [dicom] fast_receive = false (pynetdicom's own receive path)."""
+    node = start_serve(tmp_path_factory.mktemp("hostile-plain"), 2, fast_receive=False)
+    yield node
+    stop_serve(node)
+
+
+# Tests of broken transfers run against both receive paths ([dicom] fast_receive true and false).
+BOTH_RECEIVE_MODES = pytest.mark.parametrize("node", ["serve", "plain_serve"], ids=["fast", "plain"])
 
 
 @pytest.fixture
@@ -205,8 +218,10 @@ def test_idle_and_broken_connections_hold_no_association_slot(serve: Serve, tmp_
     assert "Traceback" not in text
 
 
-def test_stalled_p_data_is_cut_off_its_partial_file_deleted_and_the_series_marked(serve: Serve,
-                                                                                   tmp_path: Path) -> None:
+@BOTH_RECEIVE_MODES
+def test_stalled_p_data_is_cut_off_its_partial_file_deleted_and_the_series_marked(node: str, tmp_path: Path,
+                                                                                   request: pytest.FixtureRequest) -> None:
+    serve: Serve = request.getfixturevalue(node)
     files = write_ct(tmp_path / "stall", 4, size=128)
     uids_and_data = [dataset_of(f) for f in files]
     from pydicom import dcmread
@@ -244,7 +259,9 @@ def test_stalled_p_data_is_cut_off_its_partial_file_deleted_and_the_series_marke
     assert "Traceback" not in text and "SECRET" not in text
 
 
-def test_a_sender_that_aborts_is_reported_as_such(serve: Serve, tmp_path: Path) -> None:
+@BOTH_RECEIVE_MODES
+def test_a_sender_that_aborts_is_reported_as_such(node: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    serve: Serve = request.getfixturevalue(node)
     files = write_ct(tmp_path / "abort", 3, size=32)
     peer = Peer(serve.port, "127.0.0.62")
     try:

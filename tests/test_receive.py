@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plumbing_helpers import dcmtk_env, free_port, make_pki, storescu, write_ct
+from plumbing_helpers import BOTH_RECEIVE_MODES, dcmtk_env, free_port, make_pki, storescu, write_ct
 from pydicom import dcmread
 from sqlalchemy import func, select
 
@@ -33,6 +33,7 @@ def wait_indexed(rx: Receiver, n: int, timeout: float = 20) -> None:
     raise AssertionError(f"fewer than {n} instances indexed after {timeout} s")
 
 
+@BOTH_RECEIVE_MODES
 def test_storescu_instances_spooled_indexed_and_duplicates_stored_once(make_receiver, tmp_path: Path) -> None:
     rx = make_receiver()
     files = write_ct(tmp_path / "in", 6)
@@ -91,6 +92,7 @@ def _convert(src: Path, dst: Path, kind: str) -> Path:
     return dst
 
 
+@BOTH_RECEIVE_MODES
 def test_compressed_and_uncommon_transfer_syntaxes_are_accepted_as_sent(make_receiver, tmp_path: Path) -> None:
     rx = make_receiver()
     base = write_ct(tmp_path / "src", 7)
@@ -215,6 +217,7 @@ def test_file_spooled_but_not_indexed_is_recovered_at_start(make_receiver, tmp_p
     assert inst.sop_instance_uid == uid
 
 
+@BOTH_RECEIVE_MODES
 def test_tls_with_dcmtk_storescu(make_receiver, tmp_path: Path) -> None:
     d = make_pki(tmp_path / "pki")
     tls = TLSConfig(enabled=True, cert_file=str(d / "server.crt"), key_file=str(d / "server.key"),
@@ -318,7 +321,9 @@ def test_fast_store_response_is_byte_identical_to_pynetdicom() -> None:
     assert encode_store_rsp(rsp) is None  # optional fields: pynetdicom's own encoder
 
 
-def test_large_instances_multi_pdu_arrive_byte_exact(make_receiver, tmp_path: Path, monkeypatch) -> None:
+@BOTH_RECEIVE_MODES
+def test_large_instances_multi_pdu_arrive_byte_exact(make_receiver, fast_receive: bool, tmp_path: Path,
+                                                     monkeypatch) -> None:
     import hexnode.receive.fastpath as fastpath
 
     fast_pdus = []
@@ -335,7 +340,10 @@ def test_large_instances_multi_pdu_arrive_byte_exact(make_receiver, tmp_path: Pa
     r = storescu(rx.dicom.port, files)
     assert r.returncode == 0, r.stderr
     wait_indexed(rx, 3)
-    assert sum(fast_pdus) >= 3, "middle fragments took the direct path"
+    if fast_receive:
+        assert sum(fast_pdus) >= 3, "middle fragments took the direct path"
+    else:
+        assert not fast_pdus, "fast_receive = false: every PDU takes pynetdicom's path"
     with rx.store.transaction() as s:
         insts = {i.sop_instance_uid: i for i in s.execute(select(Instance)).scalars()}
     for f in files:
@@ -364,3 +372,40 @@ def test_association_limit_refuses_the_extra_association(make_receiver, tmp_path
         held.release()
     r = storescu(rx.dicom.port, write_ct(tmp_path / "in2", 1))
     assert r.returncode == 0, r.stderr
+
+
+def test_fast_receive_setting_patches_pynetdicom_only_while_its_receiver_runs(tmp_path: Path) -> None:
+    import pynetdicom.dimse as dimse_provider_mod
+    import pynetdicom.dimse_messages as dimse_mod
+    import pynetdicom.dul as dul_mod
+    import pynetdicom.transport as transport_mod
+
+    from hexnode.config import load_config
+    from hexnode.receive import fastpath
+
+    def pynetdicom_state() -> list[object]:
+        dul = dul_mod.DULServiceProvider
+        return [dul_mod.time, dul.send_pdu, dul._read_pdu_data, transport_mod.AssociationSocket.recv,
+                dimse_provider_mod.DIMSEServiceProvider.send_msg,
+                dimse_mod.create_file_meta, dimse_mod.write_file_meta_info]
+
+    original = pynetdicom_state()
+    assert not fastpath.installed()
+    cfg = tmp_path / "hexnode.toml"
+    for setting, fast in (("fast_receive = false\n", False), ("", True)):
+        cfg.write_text(f'data_dir = "{tmp_path / "var"}"\n[dicom]\nport = {free_port()}\nmin_free_disk_mb = 1\n'
+                       + setting)
+        dicom = load_config(cfg).dicom
+        assert dicom.fast_receive is fast
+        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+        rx = Receiver(dicom, store, Spool(tmp_path / "spool"))
+        rx.start()
+        try:
+            assert fastpath.installed() is fast
+            assert (pynetdicom_state() == original) is not fast
+            assert (transport_mod.AssociationSocket.recv is fastpath._recv) is fast
+            assert storescu(rx.dicom.port, write_ct(tmp_path / f"in-{fast}", 1)).returncode == 0
+        finally:
+            rx.stop()
+            store.dispose()
+        assert not fastpath.installed() and pynetdicom_state() == original, "stop() restores pynetdicom"

@@ -95,10 +95,12 @@ def withhold_pydicom_text() -> None:
 
 
 # pynetdicom's message (its start) -> what we say. Anything else: "protocol error".
+_STALLED_IN_PDU = "stalled in the middle of a PDU: no data for dicom.network_timeout_seconds"
+_LOST_IN_PDU = "connection lost in the middle of a PDU"
 _REASONS = (
-    ("PDU stalled", "stalled in the middle of a PDU: no data for dicom.network_timeout_seconds"),
+    ("PDU stalled", _STALLED_IN_PDU),
     ("Network timeout reached", "stalled: no data for dicom.network_timeout_seconds"),
-    ("Connection closed before the entire PDU", "connection lost in the middle of a PDU"),
+    ("Connection closed before the entire PDU", _LOST_IN_PDU),
     ("The received PDU is shorter", "truncated PDU"),
     ("Unknown PDU type", "malformed PDU (unknown PDU type)"),
     ("Unable to decode the received PDU", "malformed PDU"),
@@ -149,6 +151,11 @@ class LibraryLog(logging.Handler):
         except Exception:
             text = ""
         reason = classify(text)
+        # pynetdicom's own PDU reader ([dicom] fast_receive = false) says "Connection closed" for a
+        # socket timeout too, then logs the exception: that one tells a stall from a lost connection.
+        stalled = record.exc_info is not None and isinstance(record.exc_info[1], TimeoutError)
+        if stalled:
+            reason = _STALLED_IN_PDU
         thread = threading.current_thread()
         # the DUL thread knows its association; the association thread is one
         assoc = thread if hasattr(thread, "acceptor") else getattr(thread, "assoc", None)
@@ -158,7 +165,7 @@ class LibraryLog(logging.Handler):
                 try:
                     # the first error is the cause; a warning only when nothing worse was said
                     old = self._reasons.get(assoc)
-                    if old is None or (error and not old[0]):
+                    if old is None or (error and not old[0]) or (stalled and old[1] == _LOST_IN_PDU):
                         self._reasons[assoc] = (error, reason)
                 except TypeError:
                     pass

@@ -24,6 +24,8 @@ Policies (``[dicom]`` in hexnode.toml):
   A-ASSOCIATE-RJ rejected-permanent, service-user, reason 3 "calling AE title not recognised".
   Called AE (``require_called_ae``): reason 7 "called AE title not recognised".
 * ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
+* ``fast_receive`` (default true): the receive fast path, ``hexnode.receive.fastpath``; false is
+  pynetdicom's own chunked receive.
 * Hostile and broken peers (``hexnode.receive.gate``): a connection waits in a separate pool until
   it has sent a valid A-ASSOCIATE-RQ (``association_request_timeout_seconds``), per-address
   connection limit, association slots only for allowed calling AEs. ``network_timeout_seconds``
@@ -95,7 +97,8 @@ STATUS_PROCESSING_FAILURE = 0x0110
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 # Seconds without a DIMSE reply before the association is aborted (network: [dicom] network_timeout_seconds).
 DIMSE_TIMEOUT_SECONDS = 60.0
-# Temporary files of transfers in progress: pynetdicom's NamedTemporaryFile, or the fast path's.
+# Temporary files of transfers in progress: pynetdicom's NamedTemporaryFile (rx-…: the fast path's own,
+# before it was cut to what earns its gain; still swept after an upgrade).
 _RECEIVE_TEMP = re.compile(r"^(tmp[A-Za-z0-9_]+|rx-\d+-\d+-[0-9a-f]+)\.dcm$")
 # A file in incoming/ untouched for network_timeout + this long belongs to no live transfer.
 ORPHAN_GRACE_SECONDS = 10.0
@@ -168,6 +171,7 @@ class Receiver:
         self.gate: Gate | None = None
         self._excepthook = threading.excepthook
         self._serve_thread: threading.Thread | None = None
+        self._fast = False  # this receiver installed the fast path (dicom.fast_receive)
 
     def build_ae(self) -> AE:
         return build_ae(self.dicom)
@@ -194,7 +198,11 @@ class Receiver:
         # logger at WARNING anyway, and unbound handlers cost nothing per message.
         _config.LOG_HANDLER_LEVEL = "none"
         tempfile.tempdir = str(self.spool.incoming)
-        fastpath.install()
+        # Process-wide (pynetdicom's reactors are module code): installed for as long as a
+        # receiver with fast_receive runs; another receiver in the same process shares it.
+        self._fast = self.dicom.fast_receive and fastpath.install()
+        if not self.dicom.fast_receive and fastpath.installed():
+            log.warning("dicom.fast_receive = false, but another receiver in this process uses the fast path")
         self.indexer.start()  # recovers spooled-but-unindexed files before we listen
         d = self.dicom
         limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
@@ -232,6 +240,9 @@ class Receiver:
             self.server = None
             self.library_log.uninstall()
             threading.excepthook = self._excepthook
+        if self._fast:
+            fastpath.uninstall()
+            self._fast = False
         self.indexer.stop()
 
     def _thread_died(self, args: Any) -> None:
