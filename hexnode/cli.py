@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal", action="store_true", help="heads without any blood (false-positive checks)")
     p.add_argument("--mixed", metavar="RUNS",
                    help="mixed slice thickness in one series, runs bottom up, e.g. 4x14,7x14 (GE head protocol)")
+    p.add_argument("--followup", action="store_true",
+                   help="also write case-NNNN/followup/: the same patient hours later, the bleed grown to the "
+                        "truth's followup_volume_ml")
 
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
