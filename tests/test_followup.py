@@ -644,7 +644,9 @@ def test_drift_and_recalibration_on_a_miscalibrated_site(tmp_path: Path) -> None
     assert status["outcomes"]["drift"] and status["outcomes"]["pairs_recorded"] == 400
     assert 'hexnode_outcomes_drift{model_version="v-test"} 1.0' in metrics_text(status)
     page = status_html(status, generated_at="now")
-    assert "Follow-up outcomes (400 pairs recorded" in page and "outside the predicted 95 % interval" in page
+    from html import escape
+
+    assert "Follow-up outcomes (400 pairs recorded" in page and escape(state.drift_reasons[0]) in page
     r = recalibrate(st, cfg, now=datetime(2026, 12, 2))
     print(f"held-out before: {r.before.line()}\nheld-out after:  {r.after.line()}")
     assert r.pairs == 400 and r.events == int(y.sum())
