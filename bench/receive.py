@@ -1,16 +1,22 @@
-"""Receive rate: 320 × 512² CT instances sent with dcmtk `storescu` to `hexnode serve` and to dcmtk
-`storescp` (default mode), interleaved in the same run, TCP_NODELAY=1 for both dcmtk tools.
+"""Receive rate of four Storage SCPs in one run: dcmtk `storescp`, plain pynetdicom (chunked
+receive, ``maximum_pdu_size = 0``; bench/receive_pynetdicom.py), `hexnode serve` with its receive
+fast path (hexnode/receive/fastpath.py) and `hexnode serve` without it. 320 × 512² CT instances
+by default, sent with dcmtk `storescu` over loopback, TCP_NODELAY=1 for the dcmtk tools.
 
-    .venv/bin/python bench/receive.py [--rounds 3] [--n 320] [--fsync-before-success]
+    .venv/bin/python bench/receive.py [--rounds 5] [--n 320] [--modes storescp,pynetdicom,...]
+                                      [--fsync-before-success]
 
-For every round both receivers start empty (hexnode: a fresh data dir and a fresh `hexnode serve`
-process, so no instance is a duplicate). Printed per round and as medians: seconds for the
-transfer (storescu start → exit, i.e. until the last Success), MB/s, the ratio hexnode/storescp
-rate (DESIGN §6 target ≥ 0.5; "best" compares the fastest round of each, the one least disturbed
-by other processes on a shared machine), and for hexnode also the time until the last instance was indexed
-in the database. hexnode answers Success once the complete file is renamed into place and fsyncs
-it when indexing (``--fsync-before-success``: before answering, as `[spool] fsync_before_success`);
-storescp never fsyncs.
+The receivers take turns within each round (interleaved, so a burst of other load hits them all
+alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode serve` process, so no
+instance is a duplicate). Printed per round and as medians: seconds for the transfer (storescu
+start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (DESIGN §6
+target ≥ 0.5), for hexnode also the time until the last instance was indexed; then the fast
+path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps the fast path only
+for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode serve` in a process whose
+`fastpath.install` is replaced by a no-op before the CLI runs (the node has no switch for it).
+hexnode answers Success once the complete file is renamed into place and fsyncs it when indexing
+(``--fsync-before-success``: before answering, as `[spool] fsync_before_success`); storescp and
+the plain pynetdicom SCP never fsync.
 """
 
 from __future__ import annotations
@@ -71,8 +77,28 @@ def round_storescp(folder: Path, work: Path) -> float:
         proc.wait(10)
 
 
-def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False) -> tuple[float, float]:
-    data = work / "hexnode-var"
+# `hexnode serve` with the fast path's install() a no-op: the same node at pynetdicom's own speed
+NO_FASTPATH = ("import sys; from hexnode.receive import fastpath; fastpath.install = lambda: False; "
+               "from hexnode.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def round_pynetdicom(folder: Path, work: Path) -> float:
+    out = work / "pynetdicom-out"
+    shutil.rmtree(out, ignore_errors=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "receive_pynetdicom.py"), str(port), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        dt = send(port, folder, "PYNETDICOM")
+        return dt
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False, fast: bool = True) -> tuple[float, float]:
+    data = work / ("hexnode-var" if fast else "hexnode-nofast-var")
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     port = free_port()
@@ -80,7 +106,9 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False) -> tupl
     cfg.write_text(f'data_dir = "{data}"\nlog_level = "WARNING"\n[dicom]\nport = {port}\nmin_free_disk_mb = 1\n'
                    "[series]\nstable_seconds = 3600\n"
                    f"[spool]\nfsync_before_success = {'true' if fsync else 'false'}\n")
-    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "hexnode"), "serve", "--config", str(cfg)],
+    venv = ROOT / ".venv" / "bin"
+    cmd = [str(venv / "hexnode")] if fast else [str(venv / "python"), "-c", NO_FASTPATH]
+    proc = subprocess.Popen([*cmd, "serve", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "wb"))  # noqa: SIM115
     try:
         wait_port(port)
@@ -96,14 +124,21 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False) -> tupl
         proc.wait(30)
 
 
+MODES = ("storescp", "pynetdicom", "hexnode", "hexnode-nofast")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=320)
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--work", default=str(ROOT / "bench" / "output" / "receive"))
     ap.add_argument("--fsync-before-success", action="store_true",
                     help="hexnode fsyncs each instance before answering (default: when indexing)")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        ap.error(f"unknown modes {', '.join(sorted(unknown))}")
     work = Path(args.work)
     folder = work / f"ct{args.n}"
     if len(list(folder.glob("*.dcm"))) != args.n:
@@ -111,22 +146,32 @@ def main() -> int:
         write_ct_series(folder, args.n)
     mb = sum(p.stat().st_size for p in folder.glob("*.dcm")) / 1e6
     print(f"{args.n} instances, {mb:.1f} MB, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-          f"hexnode fsync {'before Success' if args.fsync_before_success else 'when indexed'}")
-    ref, hx, idx = [], [], []
+          f"{args.rounds} rounds, hexnode fsync {'before Success' if args.fsync_before_success else 'when indexed'}")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    indexed: dict[str, list[float]] = {m: [] for m in modes if m.startswith("hexnode")}
     for r in range(args.rounds):
-        t_ref = round_storescp(folder, work)
-        t_hx, t_idx = round_hexnode(folder, work, args.n, args.fsync_before_success)
-        ref.append(t_ref)
-        hx.append(t_hx)
-        idx.append(t_idx)
-        print(f"round {r + 1}: storescp {t_ref:.3f} s ({mb / t_ref:.0f} MB/s)  hexnode {t_hx:.3f} s "
-              f"({mb / t_hx:.0f} MB/s, all indexed {t_idx:.3f} s)  ratio {t_ref / t_hx:.2f}")
-    m_ref, m_hx, m_idx = statistics.median(ref), statistics.median(hx), statistics.median(idx)
-    b_ref, b_hx = min(ref), min(hx)
-    print(f"best:   storescp {b_ref:.3f} s {mb / b_ref:.0f} MB/s | hexnode serve {b_hx:.3f} s "
-          f"{mb / b_hx:.0f} MB/s | ratio {b_ref / b_hx:.2f} (least disturbed by other load)")
-    print(f"median: storescp {m_ref:.3f} s {mb / m_ref:.0f} MB/s | hexnode serve {m_hx:.3f} s "
-          f"{mb / m_hx:.0f} MB/s (indexed {m_idx:.3f} s) | ratio {m_ref / m_hx:.2f} (target >= 0.5)")
+        cells = []
+        for mode in modes:
+            if mode == "storescp":
+                t = round_storescp(folder, work)
+            elif mode == "pynetdicom":
+                t = round_pynetdicom(folder, work)
+            else:
+                t, t_idx = round_hexnode(folder, work, args.n, args.fsync_before_success, fast=mode == "hexnode")
+                indexed[mode].append(t_idx)
+            times[mode].append(t)
+            cells.append(f"{mode} {t:.3f} s ({mb / t:.0f} MB/s)")
+        print(f"round {r + 1}: " + "  ".join(cells))
+    med = {m: statistics.median(ts) for m, ts in times.items()}
+    print(f"median of {args.rounds}:")
+    for m in modes:
+        ratio = f"  {med['storescp'] / med[m]:.2f} x storescp" if "storescp" in med else ""
+        idx = f"  (all indexed {statistics.median(indexed[m]):.3f} s)" if m in indexed else ""
+        print(f"  {m:<15} {med[m]:.3f} s  {mb / med[m]:6.0f} MB/s{ratio}{idx}")
+    if "hexnode" in med:
+        gains = [f"{med[o] / med['hexnode']:.2f} x {o}" for o in ("pynetdicom", "hexnode-nofast") if o in med]
+        if gains:
+            print(f"fast path: hexnode {', '.join(gains)} (issue 17: kept only if >= 1.3 x pynetdicom)")
     return 0
 
 

@@ -1,12 +1,19 @@
-"""Typed values that cross the boundary between the model stage and the report stage.
+"""The contract between the model stage and the rest: typed values and the analyser's shape.
 
-The worker gets a `Prediction` from `hexnode.models` and hands it, with the mask, to
-`hexnode.report`; neither side imports the other.
+The worker (and `hexnode run`) calls an `Analyser` (hexnode.models.pipeline.Models is the one
+the node loads) and gets an `Analysed`: a mask and a `Prediction`, which it hands to
+`hexnode.report`; neither side imports the other. An analyser that cannot make a statement about
+a series raises hexnode.models.pipeline.NotAnalysable (with a `reason` for the report).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
 
 NOT_FOR_CLINICAL_USE = "Synthetic-trained demonstration model: not for clinical use."
 
@@ -38,3 +45,32 @@ class Prediction:
     @property
     def threshold(self) -> float:
         return self.model.threshold
+
+
+class Analysed(Protocol):
+    """An analyser's answer for one series (read-only, so a frozen dataclass satisfies it)."""
+
+    @property
+    def mask(self) -> NDArray[np.uint8]: ...  # (slices, rows, cols), 1 = hemorrhage
+
+    @property
+    def prediction(self) -> Prediction: ...
+
+    @property
+    def timings(self) -> dict[str, float]: ...  # seconds per stage; "total" when known
+
+
+class Analyser(Protocol):
+    """The model stage as its callers see it."""
+
+    @property
+    def info(self) -> ModelInfo: ...  # also what a "not analysed" report names
+
+    def analyse(
+        self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
+        extents: Sequence[float] | None = None, head_up: bool = True,
+    ) -> Analysed:
+        """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
+        carried into the prediction; `extents`: each slice's extent when the thickness is mixed;
+        `head_up`: slice index grows towards the vertex."""
+        ...

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
     p.add_argument("--synth", type=int, default=0, metavar="N", help="generate N synthetic cases instead")
+    p.add_argument("--normal", type=int, default=0, metavar="N",
+                   help="with --synth: N more heads without blood, for the U-Net only (negatives: skull base, "
+                        "calcifications)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="models", help="where the model files go")
     p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")
@@ -149,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
     p.add_argument("--refit", metavar="WORKDIR", help="refit only the fusion stage from WORKDIR/features.pkl")
+    p.add_argument("--resume", metavar="WORKDIR",
+                   help="continue a stopped run from its checkpoints and feature cache (its own arguments)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start the networks from a campaign's last weights (DIR/seg.pt, cnn.pt, campaign.json; "
+                        "e.g. models/campaign) and add this run to its history")
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")
@@ -198,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "activate"])
     p.add_argument("version", nargs="?")
 
-    p = add("resend", _cmd_resend, "queue failed deliveries again")
+    p = add("resend", _cmd_resend, "queue failed deliveries (and notifications) again")
     _config_arg(p)
-    p.add_argument("--all-failed", action="store_true")
+    p.add_argument("--all-failed", action="store_true", help="every failed delivery and notification")
+    p.add_argument("--notification", action="append", type=int, metavar="ID", help="a failed notification (repeatable)")
     p.add_argument("ids", nargs="*", type=int, help="outbox ids")
 
     p = add("purge", _cmd_purge, "delete delivered series older than the retention period")

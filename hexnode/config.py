@@ -94,7 +94,7 @@ class SeriesConfig:
     # The study is the unit of the answer: its series are decided together once no instance of the
     # study has arrived for this long (a PACS routing a whole study sends series one after another).
     study_settle_seconds: float = 10.0
-    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/select.py).
+    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/rules.py).
     selection: dict[str, Any] = field(default_factory=dict)
 
 
@@ -176,6 +176,54 @@ class FollowupConfig:
 
 
 @dataclass
+class NotifyConfig:
+    """`[notify]`: what every notification target shares (hexnode/notify)."""
+
+    # The site's OHIF viewer (e.g. https://ohif.hospital.example): messages link to
+    # <viewer_url>/viewer?StudyInstanceUIDs=<study UID>. Empty: no link.
+    viewer_url: str = ""
+    backoff_initial_seconds: float = 2.0
+    backoff_max_seconds: float = 120.0
+    # An alert not delivered within this long is `failed` (visible in `hexnode status`; `hexnode resend`).
+    max_age_seconds: float = 6 * 3600.0
+
+
+@dataclass
+class NotificationTarget:
+    """One `[[notifications]]` entry: a kind (webhook | email | hl7), the triggers it listens to, a target."""
+
+    name: str = ""
+    kind: str = "webhook"
+    # high_risk | expansion_observed | not_analysed | delivery_failed | drift_warning
+    triggers: list[str] = field(default_factory=lambda: ["high_risk"])
+    for_calling_aes: list[str] = field(default_factory=list)  # empty: series from every sender
+    # PHI decision: messages carry no patient name, ID or birth date. A site that needs them (e.g. an
+    # interface engine that files by patient ID) turns fields on here: patient_name, patient_id, birth_date.
+    phi_fields: list[str] = field(default_factory=list)
+    timeout_seconds: float = 10.0
+    # webhook: HTTP POST of JSON. format: teams (Adaptive Card, Teams Workflows), slack (Block Kit), json.
+    url: str = ""
+    format: str = "json"
+    bearer_token: str = ""
+    tls_ca_file: str = ""  # https: verify against this CA (empty: system CAs)
+    # email (SMTP). security: starttls (port 587), tls (implicit, port 465), none (a local relay only).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    security: str = "starttls"
+    username: str = ""
+    password: str = ""
+    mail_from: str = "hexnode@localhost"
+    mail_to: list[str] = field(default_factory=list)
+    # hl7: ORU^R01 over MLLP to an interface engine; the ACK (MSA-1 AA/CA) is checked.
+    host: str = "127.0.0.1"
+    port: int = 2575
+    sending_application: str = "HEXNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+@dataclass
 class Config:
     data_dir: str = "var"
     log_level: str = "INFO"
@@ -190,6 +238,8 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    notifications: list[NotificationTarget] = field(default_factory=list)
 
     # Derived paths, so no module builds them twice.
     @property
@@ -232,6 +282,10 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}.destinations: expected an array of tables")
             kwargs[key] = [_build(Destination, v, f"{where}.destinations[{i}]") for i, v in enumerate(value)]
+        elif key == "notifications":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}.notifications: expected an array of tables")
+            kwargs[key] = [_build(NotificationTarget, v, f"{where}.notifications[{i}]") for i, v in enumerate(value)]
         else:
             kwargs[key] = _coerce(value, default, f"{where}.{key}")
     return cls(**kwargs)
@@ -342,9 +396,53 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("followup: min_pairs >= 2 and min_events >= 1 required")
     if not 0 <= fu.target_sensitivity < 1:
         raise ConfigError("followup.target_sensitivity: 0 (Youden) or a sensitivity below 1")
+    _validate_notifications(cfg)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
     return cfg
+
+
+NOTIFICATION_KINDS = ("webhook", "email", "hl7")
+NOTIFICATION_TRIGGERS = ("high_risk", "expansion_observed", "not_analysed", "delivery_failed", "drift_warning")
+PHI_FIELDS = ("patient_name", "patient_id", "birth_date")
+
+
+def _validate_notifications(cfg: Config) -> None:
+    names: set[str] = set()
+    for i, n in enumerate(cfg.notifications):
+        where = f"notifications[{i}]"
+        if not n.name or len(n.name) > 64:
+            raise ConfigError(f"{where}.name: 1 to 64 characters (it names the target in status and the database)")
+        if n.name in names:
+            raise ConfigError(f"{where}.name: {n.name!r} is used twice")
+        names.add(n.name)
+        if n.kind not in NOTIFICATION_KINDS:
+            raise ConfigError(f"{where}.kind: one of {', '.join(NOTIFICATION_KINDS)}, got {n.kind!r}")
+        for key, allowed in (("triggers", NOTIFICATION_TRIGGERS), ("phi_fields", PHI_FIELDS)):
+            bad = [v for v in getattr(n, key) if v not in allowed]
+            if bad:
+                raise ConfigError(f"{where}.{key}: {bad} not among {', '.join(allowed)}")
+        if not n.triggers:
+            raise ConfigError(f"{where}.triggers: at least one")
+        if not n.timeout_seconds > 0:
+            raise ConfigError(f"{where}.timeout_seconds: must be > 0")
+        if n.kind == "webhook":
+            if not n.url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.url: an http:// or https:// URL is required for a webhook")
+            if n.format not in ("teams", "slack", "json"):
+                raise ConfigError(f"{where}.format: teams, slack or json, got {n.format!r}")
+        elif n.kind == "email":
+            if not n.mail_to:
+                raise ConfigError(f"{where}.mail_to: at least one address")
+            if n.security not in ("starttls", "tls", "none"):
+                raise ConfigError(f"{where}.security: starttls, tls or none, got {n.security!r}")
+            if n.username and n.security == "none":
+                raise ConfigError(f"{where}.security: a password is never sent in clear; use starttls or tls")
+        elif not 0 < n.port < 65536:
+            raise ConfigError(f"{where}.port: {n.port} is not a TCP port")
+    for key in ("backoff_initial_seconds", "backoff_max_seconds", "max_age_seconds"):
+        if not getattr(cfg.notify, key) > 0:
+            raise ConfigError(f"notify.{key}: must be > 0")
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:

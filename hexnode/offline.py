@@ -22,7 +22,8 @@ from typing import Any
 from hexnode.config import load_config
 from hexnode.produce import Produced, encode, kind_of, produce
 from hexnode.runtime import setup_logging
-from hexnode.series.select import Selector, SeriesInfo
+from hexnode.series.info import SeriesInfo
+from hexnode.series.select import Selector
 from hexnode.series.volume import VolumeError, read_header
 
 log = logging.getLogger(__name__)

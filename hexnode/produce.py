@@ -12,12 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import Prediction
+from hexnode.analysis import Analyser, Prediction
 from hexnode.series.volume import VolumeError, load_volume, read_header
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,8 @@ class Produced:
     datasets: list[Dataset]
     prediction: Prediction | None = None  # None: not analysed
     reason: str | None = None  # why not analysed
+    # why not analysed, for notifications (hexnode/notify): "incomplete_coverage" | "sender_stopped" | None
+    cause: str | None = None
     notes: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None
@@ -90,7 +91,7 @@ def headers_of(paths: Sequence[Path]) -> list[Dataset]:
     return out
 
 
-def not_analysed(paths: Sequence[Path], reason: str, models: Any, *, revision: int = 0,
+def not_analysed(paths: Sequence[Path], reason: str, models: Analyser, *, revision: int = 0,
                  timings: dict[str, float] | None = None) -> Produced:
     from hexnode.report import build_not_analysed
 
@@ -108,7 +109,7 @@ def _stopped_reason(stopped: str, why: str) -> str:
     return f"the sender stopped part-way: {stopped} ({why})"
 
 
-def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_note: str | None = None,
+def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selection_note: str | None = None,
             rejected: str | None = None, stopped: str | None = None) -> Produced:
     """Analyse the series in `paths` (or report `rejected` as not analysed).
 
@@ -126,7 +127,9 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
     except VolumeError as exc:
         timings["load"] = time.perf_counter() - t
         reason = exc.reason if stopped is None else _stopped_reason(stopped, exc.reason)
-        return not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out = not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out.cause = None if stopped is None else "sender_stopped"
+        return out
     timings["load"] = time.perf_counter() - t
     from hexnode.models.pipeline import IncompleteCoverage, NotAnalysable
 
@@ -142,7 +145,10 @@ def produce(paths: Sequence[Path], models: Any, *, revision: int = 0, selection_
         reason = exc.reason
         if stopped is not None and isinstance(exc, IncompleteCoverage):
             reason = _stopped_reason(stopped, exc.reason)
-        return not_analysed(paths, reason, models, revision=revision, timings=timings)
+        out = not_analysed(paths, reason, models, revision=revision, timings=timings)
+        if isinstance(exc, IncompleteCoverage):
+            out.cause = "sender_stopped" if stopped is not None else "incomplete_coverage"
+        return out
     for stage, seconds in analysis.timings.items():
         if stage != "total":
             timings[stage] = float(seconds)

@@ -74,6 +74,7 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
                 select(Series).where(Series.aborted_at.is_not(None)).order_by(Series.aborted_at.desc()).limit(errors)
             ).scalars()
         ]
+        notifications = _notifications(s, name, errors)
         quarantined = s.execute(
             select(func.count()).select_from(Event).where(Event.entity == "instance", Event.to_state == "rejected")
         ).scalar_one()
@@ -119,7 +120,26 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
         "stopped_senders": stopped,
         "quarantined_instances": int(quarantined),
         "outcomes": outcomes,
+        "notifications": notifications,
     }
+
+
+def _notifications(s: Any, name: Any, errors: int) -> dict[str, Any]:
+    """Notifications (hexnode/notify) by state, those that failed for good and those being retried."""
+    from hexnode.store.db import Notification
+
+    def row(n: Notification) -> dict[str, Any]:
+        return {"id": n.id, "target": n.target, "kind": n.kind, "trigger": n.trigger, "correction": n.correction,
+                "series": name(n.series_id), "attempts": n.attempts, "error": n.last_error,
+                "since": _iso(n.queued_at), "next_attempt": _iso(n.next_attempt_at)}
+
+    states = dict(s.execute(select(Notification.state, func.count()).group_by(Notification.state)).all())
+    failed = s.execute(select(Notification).where(Notification.state == "failed")
+                       .order_by(Notification.id.desc()).limit(errors)).scalars()
+    retrying = s.execute(select(Notification).where(Notification.state == "pending", Notification.attempts > 0)
+                         .order_by(Notification.id.desc()).limit(errors)).scalars()
+    return {"states": {k: int(v) for k, v in states.items()}, "failed": [row(n) for n in failed],
+            "retrying": [row(n) for n in retrying]}
 
 
 def render(st: dict[str, Any]) -> str:
@@ -143,6 +163,17 @@ def render(st: dict[str, Any]) -> str:
         lines.append("deliveries being retried:")
         lines += [f"  #{d['id']} → {d['destination']} attempt {d['attempts']}, next {d['next_attempt']}: {d['error']}"
                   for d in st["retrying_deliveries"]]
+    nt = st.get("notifications") or {}
+    if nt.get("states"):
+        lines.append(f"notifications: {states(nt['states'])}")
+    if nt.get("failed"):
+        lines.append("FAILED notifications (re-send with `hexnode resend --notification ID` or `--all-failed`):")
+        lines += [f"  #{n['id']} {n['trigger']} of series {n['series']} → {n['target']} ({n['kind']}): {n['error']}"
+                  for n in nt["failed"]]
+    if nt.get("retrying"):
+        lines.append("notifications being retried:")
+        lines += [f"  #{n['id']} {n['trigger']} → {n['target']} attempt {n['attempts']}, next {n['next_attempt']}: "
+                  f"{n['error']}" for n in nt["retrying"]]
     if st["job_errors"]:
         lines.append("last job errors:")
         lines += [f"  job {e['job']} series {e['series']} ({e['state']}, {e['attempts']} attempts): {e['error']}"

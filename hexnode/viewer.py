@@ -72,6 +72,11 @@ window.config = {
 """
 
 
+def study_url(viewer_url: str, study_uid: str) -> str:
+    """OHIF opened on one study: the link the demo prints and notifications carry (hexnode/notify)."""
+    return f"{viewer_url.rstrip('/')}/viewer?StudyInstanceUIDs={quote(study_uid, safe='.')}"
+
+
 def ohif_installed(dist: Path = OHIF_DIST) -> bool:
     return (dist / "index.html").is_file()
 
@@ -162,7 +167,7 @@ class ViewerServer:
         return f"http://{self.host}:{self.port}"
 
     def study_url(self, study_uid: str) -> str:
-        return f"{self.url}/viewer?StudyInstanceUIDs={study_uid}"
+        return study_url(self.url, study_uid)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -25,12 +25,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 
-from hexnode import runtime
+from hexnode import notify, runtime
+from hexnode.analysis import Analyser, Prediction
 from hexnode.config import Config, load_config
 from hexnode.produce import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.receive.spool import Spool, uid_hash
@@ -48,6 +49,9 @@ from hexnode.store.queue import (
     heartbeat,
     series_instances,
 )
+
+if TYPE_CHECKING:
+    from hexnode.followup import Pending
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +99,11 @@ class JobOutcome:
     state: str  # reported | rejected | retry | failed | lost
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    prediction: Any = None
+    prediction: Prediction | None = None
 
 
 class Worker:
-    def __init__(self, store: Store, spool: Spool, cfg: Config, models: Any, owner: str | None = None) -> None:
+    def __init__(self, store: Store, spool: Spool, cfg: Config, models: Analyser, owner: str | None = None) -> None:
         self.store, self.spool, self.cfg, self.models = store, spool, cfg, models
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         # [followup] enabled: later scans of a patient are measured against the baseline (hexnode/followup.py)
@@ -189,7 +193,8 @@ class Worker:
     def _study_report(self, ctx: _StudyContext) -> Produced:
         """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
         from hexnode.report.study import Listed, build_study_not_analysed, headline
-        from hexnode.series.select import SeriesInfo, describe
+        from hexnode.series.info import SeriesInfo
+        from hexnode.series.ranking import describe
 
         t = time.perf_counter()
         listed: list[Listed] = []
@@ -242,6 +247,9 @@ class Worker:
                     _record_answer(s, ctx, produced)
                 if ctx.followup is not None and self.followup is not None:
                     self.followup.record(s, job.series_id, ctx.followup, rows)
+                if not study_job:  # alerts, corrections, not-analysed notices: with the result or not at all
+                    notify.on_result(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
+                                     answers=ctx.answers)
         except LeaseLost as exc:
             log.warning("job %d: %s; its results were not recorded", job_id, exc)
             return JobOutcome(job_id, name, "lost", str(exc))
@@ -297,7 +305,7 @@ class _StudyContext:
     study_revision: int | None  # set: a study-level report job
     listed: list[tuple[str, str, list[Path]]] = field(default_factory=list)  # (series UID, reason, files)
     answers: bool = False  # this job's outcome becomes the study's answer
-    followup: Any = None  # hexnode.followup.Pending: the scan (and outcome pair) to record with the results
+    followup: Pending | None = None  # what the follow-up step records with the results (scan, outcome pair)
 
 
 def _sr_of(produced: Produced) -> Dataset | None:
@@ -318,7 +326,7 @@ def _record_answer(s: Session, ctx: _StudyContext, produced: Produced) -> None:
                   str(sr.SeriesInstanceUID), ctx.study_revision)
 
 
-def load_models(cfg: Config, store: Store | None = None) -> Any:
+def load_models(cfg: Config, store: Store | None = None) -> Analyser:
     from hexnode.models.pipeline import Models
     from hexnode.store.model_versions import active_dir
 

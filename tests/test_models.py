@@ -191,6 +191,17 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
     assert manifest["files"]["markers.json"]["role"] == "markers"
     assert "marker_logit" in manifest["preprocessing"]["features"]["context"]
 
+    # the campaign's weights and history, and a resumed run that finds everything done: it trains
+    # nothing, reuses the stage-2 feature cache and writes the same model files
+    campaign = json.loads((out / "campaign" / "campaign.json").read_text())
+    assert campaign["totals"]["runs"] == 1 and campaign["totals"]["seg_steps"] > 0
+    assert manifest["campaign"] == campaign["totals"]
+    before = {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    r = subprocess.run([*hexnode, "train", "--resume", str(work)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "seg: continuing from" in r.stderr and "cnn: continuing from" in r.stderr
+    assert {name: e["sha256"] for name, e in json.loads((out / "manifest.json").read_text())["files"].items()} == before
+
     models = Models.load(out)
     assert models.markers is not None
     c = site_case(data, "case01", 0)

@@ -119,3 +119,37 @@ def test_post_processing_drops_small_blobs_far_from_the_hematoma_only():
     assert run(PostProcessing()) == [True, True, False, True]
     assert run(PostProcessing(remote_min_ml=0.0)) == [True, True, True, True]  # model sets from before the rule
     assert run(PostProcessing(remote_reach_mm=3.0)) == [True, False, False, True]  # the reach is in mm
+
+
+def test_plan_families_groups_by_image_type_and_keeps_only_needed_sigmas():
+    plan = {family: (sigmas, classes) for family, sigmas, classes in F.plan_families(frozenset({
+        "original_shape_Sphericity", "original_glszm_ZoneEntropy", "log-sigma-2-0-mm-3D_gldm_DependenceVariance",
+        "log-sigma-5-0-mm-3D_glcm_Idmn", "wavelet-LLH_glrlm_RunEntropy", "volume_ml", "cnn_03"}))}
+    assert set(plan) == {"Original", "LoG", "Wavelet"}
+    assert plan["Original"] == ([], {"shape": {"Sphericity"}, "glszm": {"ZoneEntropy"}})
+    assert plan["LoG"] == ([2.0, 5.0], {"gldm": {"DependenceVariance"}, "glcm": {"Idmn"}})
+    assert plan["Wavelet"] == ([], {"glrlm": {"RunEntropy"}})
+    with pytest.raises(ValueError, match="unknown image type"):
+        F.plan_families(frozenset({"log-whatever_glcm_Idmn"}))
+
+
+def test_only_the_boosters_features_are_computed_with_the_full_extractions_values():
+    """Inference extracts the 60 features the committed booster reads (issue 21: feature cost bounded);
+    each must equal, bit for bit, the value of the full ~1,300-feature extraction it was trained on."""
+    from pathlib import Path
+
+    from hexnode.synth.phantom import generate_case
+
+    repo = Path(__file__).resolve().parents[1]
+    manifest = json.loads((repo / "models" / "manifest.json").read_text())
+    selected = manifest["preprocessing"]["features"]["radiomics_selected"]
+    assert len(selected) >= 20
+    case = generate_case(7, 4, n_slices=12)
+    hu, mask = case.hu.astype(np.float32), case.mask > 0
+    assert mask.sum() > 500
+    full = F.RadiomicsExtractor(repo / "models" / "radiomics.yaml").extract(hu, mask, case.spacing)
+    only = F.RadiomicsExtractor(repo / "models" / "radiomics.yaml", only=selected + ["volume_ml"]).extract(
+        hu, mask, case.spacing)
+    assert len(full) > 1000
+    assert sorted(only) == sorted(selected)
+    assert {k: only[k] for k in selected} == {k: full[k] for k in selected}

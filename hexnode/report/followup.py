@@ -48,7 +48,7 @@ from hexnode.report.common import (
 from hexnode.report.render import HIGH_RGB, LOW_RGB, OUTLINE_RGB, TEXT_RGB, WARN_RGB, slice_rgb
 from hexnode.report.sc import sc_dataset
 from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
-from hexnode.report.sr import algorithm_id, observation_context, plain, with_library_and_comments
+from hexnode.report.sr import algorithm_id, measurement_report, plain
 from hexnode.report.uids import derive_uid
 from hexnode.series.followup import DEFINITIONS, Growth
 
@@ -180,9 +180,6 @@ def build_followup_sr(sources: Sequence[Dataset], baseline: Side, followup: Side
         _volume_group(followup, "follow-up", 2, model, revision, key + "|followup", None),
         _change_group(growth, hours, model, revision, key),
     ]
-    report = hd.sr.MeasurementReport(observation_context=observation_context(model),
-                                     procedure_reported=codes.PROCEDURE_REPORTED,
-                                     imaging_measurements=groups, title=codes.TITLE)
     comments = [
         summary_text(growth, hours, baseline, followup),
         prediction_text(pred),
@@ -190,7 +187,7 @@ def build_followup_sr(sources: Sequence[Dataset], baseline: Side, followup: Side
         f"Baseline segmented by model {pred.model_version}, follow-up by {model_label(model)}.",
         clinical_use_note(model),
     ]
-    with_library_and_comments(report, sources, [plain(c) for c in comments])
+    report = measurement_report(model, groups, sources, [plain(c) for c in comments])
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, followup.seg, *baseline.images, baseline.seg],
         content=report,

@@ -8,7 +8,7 @@ as a result would, so a later corrected revision supersedes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -21,9 +21,8 @@ from hexnode.report.sr import (
     TRACKING_LABEL,
     algorithm_id,
     document,
-    observation_context,
+    measurement_report,
     supersedes_text,
-    with_library_and_comments,
 )
 from hexnode.report.uids import derive_uid
 
@@ -32,9 +31,12 @@ def not_analysed_comment(reason: str) -> str:
     return f"Not analysed: {reason}"
 
 
-def not_analysed_report(key: str, model: ModelInfo, revision: int) -> hd.sr.MeasurementReport:
+def not_analysed_report(
+    key: str, model: ModelInfo, revision: int, sources: Sequence[Dataset], comments: Iterable[str]
+) -> hd.sr.ContentSequence:
     """The TID 1500 report of a "not analysed" answer: one group whose status is Not analysed,
-    tracked by a UID derived from `key` (a series UID, or a study's key)."""
+    tracked by a UID derived from `key` (a series UID, or a study's key), the image library of
+    `sources` and the `comments`."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid(key, model.version, "tracking", revision), identifier=TRACKING_LABEL
@@ -44,26 +46,20 @@ def not_analysed_report(key: str, model: ModelInfo, revision: int) -> hd.sr.Meas
             hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS, value=codes.NOT_ANALYSED)
         ],
     )
-    return hd.sr.MeasurementReport(
-        observation_context=observation_context(model),
-        procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=[group],
-        title=codes.TITLE,
-    )
+    return measurement_report(model, [group], sources, comments)
 
 
 def build_not_analysed_sr(
     sources: Sequence[Dataset], reason: str, model: ModelInfo, *, revision: int = 0
 ) -> hd.sr.Comprehensive3DSR:
     src = first_image(sources)
-    report = not_analysed_report(str(src.SeriesInstanceUID), model, revision)
     comments = [
         not_analysed_comment(reason),
         source_line(src),
         clinical_use_note(model),
         supersedes_text(revision) or "",
     ]
-    with_library_and_comments(report, sources, comments)
+    report = not_analysed_report(str(src.SeriesInstanceUID), model, revision, sources, comments)
     return document(sources, report, model, revision=revision, not_analysed=True)
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as sr_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 
@@ -55,7 +56,7 @@ from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.uids import derive_uid, device_uid
 
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-IMAGE_LIBRARY = "111028"
+LANGUAGE = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")  # what highdicom writes by default
 
 
 def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
@@ -132,38 +133,58 @@ def image_sources(sources: Sequence[Dataset]) -> list[Dataset]:
 
 
 def separate_findings(items: Iterable[Dataset]) -> None:
-    """Mark every container SEPARATE (findings, each printed with its name), except the Image
-    Library's, whose image references read best as one running list."""
+    """Mark every container SEPARATE (findings, each printed with its name): highdicom's group
+    templates take no continuity argument and make theirs CONTINUOUS."""
     for item in items:
         if item.ValueType != "CONTAINER":
-            continue
-        if item.ConceptNameCodeSequence[0].CodeValue == IMAGE_LIBRARY:
             continue
         item.ContinuityOfContent = "SEPARATE"
         separate_findings(item.get("ContentSequence", []))
 
 
-def with_library_and_comments(
-    report: hd.sr.MeasurementReport, sources: Sequence[Dataset], comments: Iterable[str]
-) -> hd.sr.MeasurementReport:
-    """Add the Image Library (TID 1600, after 'procedure reported') and the comments (row 12)."""
-    report[0].ContinuityOfContent = "SEPARATE"
-    separate_findings(report[0].ContentSequence)
-    root = report[0].ContentSequence
+def measurement_report(
+    model: ModelInfo,
+    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+    sources: Sequence[Dataset],
+    comments: Iterable[str],
+) -> hd.sr.ContentSequence:
+    """TID 1500 assembled once, in the template's row order, from highdicom's public content items
+    and templates. (Not typed through `MeasurementReport.from_sequence`: it re-creates every item
+    of the tree, +170 ms for a 320-image library; test_report re-reads the SR with it instead.)
+
+    Not `MeasurementReport(referenced_images=...)`: its TID 1600 library writes ~16 descriptors
+    under every image (the screen of Image Position footnotes of issue 24, tests/test_sr_text.py)
+    and takes 31 x as long as library.py's (534 vs 17 ms for 40 images), and the constructor
+    has no row 12 (Qualitative Evaluations) for the comments."""
+    measurements = hd.sr.ContainerContentItem(
+        name=sr_codes.DCM.ImagingMeasurements, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
+    )
+    measurements.ContentSequence = hd.sr.ContentSequence()
+    for group in groups:
+        separate_findings(group)
+        measurements.ContentSequence.extend(group)
+    rows = hd.sr.ContentSequence()
+    rows.extend(hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE))  # row 2
+    rows.extend(observation_context(model))  # row 3
+    rows.append(hd.sr.CodeContentItem(  # row 4
+        name=sr_codes.DCM.ProcedureReported, value=codes.PROCEDURE_REPORTED,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+    ))
     images = image_sources(sources)
     if images:
-        index = next(
-            (i + 1 for i, item in enumerate(root) if item.ConceptNameCodeSequence[0].CodeValue == "121058"),
-            len(root),
-        )
-        root.insert(index, image_library(images))
-    root.append(comments_container(comments))
-    return report
+        rows.append(image_library(images))  # row 5 (TID 1600): the only CONTINUOUS container
+    rows.append(measurements)  # row 6
+    rows.append(comments_container(comments))  # row 12
+    root = hd.sr.ContainerContentItem(name=codes.TITLE, template_id="1500", is_content_continuous=False)
+    root.ContentSequence = rows
+    return hd.sr.ContentSequence([root], is_root=True)
 
 
 def document(
     sources: Sequence[Dataset],
-    report: hd.sr.MeasurementReport,
+    report: hd.sr.ContentSequence,
     model: ModelInfo,
     *,
     revision: int,
@@ -321,13 +342,8 @@ def build_sr(
     if key is not None and prediction.hemorrhage_detected:
         groups.append(planar_group(sources, key[0], key[1], prediction, revision))
         key_text = key_slice_text(sources, key[0], key[1], prediction)
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(prediction.model),
-        procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
-        title=codes.TITLE,
-    )
-    with_library_and_comments(report, sources, result_comments(prediction, selection_note, revision, key_text))
+    report = measurement_report(prediction.model, groups, sources,
+                                result_comments(prediction, selection_note, revision, key_text))
     return document(
         sources, report, prediction.model, revision=revision, not_analysed=False, extra_evidence=[seg]
     )

@@ -21,10 +21,7 @@ from hexnode.report.common import addressable, burned_in_warning, clinical_use_n
 from hexnode.report.not_analysed import not_analysed_comment, not_analysed_report
 from hexnode.report.render import WARN_RGB, Line, annotate, blank
 from hexnode.report.sc import sc_dataset
-from hexnode.report.sr import (
-    document,
-    with_library_and_comments,
-)
+from hexnode.report.sr import document
 from hexnode.report.uids import derive_uid
 
 # Lines the SC has room for; the SR lists every series.
@@ -112,7 +109,6 @@ def build_study_not_analysed(
     study_uid = str(sources[0].StudyInstanceUID)
     key = study_key(study_uid)
     reason = headline(listed)
-    report = not_analysed_report(key, model, revision)
     comments = [
         not_analysed_comment(reason),
         f"Series received in this study ({len(listed)}), none analysed:",
@@ -120,7 +116,7 @@ def build_study_not_analysed(
         clinical_use_note(model),
         supersedes_study_text(revision, previous),
     ]
-    with_library_and_comments(report, sources, comments)
+    report = not_analysed_report(key, model, revision, sources, comments)
     sr = document(sources, report, model, revision=revision, not_analysed=True, uid_key=key)
     if previous is not None:
         name_predecessor(sr, previous)

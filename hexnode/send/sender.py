@@ -7,6 +7,11 @@ each group over one association (C-STORE, ``kind = "dicom"``) or one STOW-RS req
 ``hexnode resend --all-failed`` or ``hexnode resend ID...`` queues them again). Several senders
 may run at once (claims are exclusive); a sender killed mid-send leaves rows that are reclaimed
 when their lease expires and sent again with the same SOP Instance UIDs.
+
+The same loop delivers the due notifications after the objects (``hexnode.notify.deliver``:
+webhook, e-mail, HL7), and an object that reaches ``failed`` queues the IT warning
+(``delivery_failed``) in the same transaction. ``hexnode resend --notification ID`` re-queues a
+failed notification; ``--all-failed`` re-queues failed deliveries and notifications.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hexnode import notify
 from hexnode.config import Config, Destination, load_config
+from hexnode.notify import state as notify_state
+from hexnode.notify.deliver import Notifier
 from hexnode.receive.spool import Spool
 from hexnode.runtime import setup_logging
 from hexnode.send import outbox
@@ -49,6 +57,7 @@ class Sender:
         self.owner = owner or f"send@{socket.gethostname()}:{os.getpid()}"
         self.destinations = {d.name: d for d in cfg.destinations}
         self.transport: Transport = _default_transport
+        self.notifier = Notifier(cfg, store, spool, self.owner)
 
     @property
     def lease_seconds(self) -> float:
@@ -60,14 +69,13 @@ class Sender:
         """Attempt every due delivery (up to `limit`); returns how many were attempted."""
         with self.store.transaction() as s:
             due = outbox.claim_due(s, self.owner, lease_seconds=self.lease_seconds, limit=limit)
-        if not due:
-            return 0
         groups: dict[str, list[outbox.Due]] = defaultdict(list)
         for d in due:
             groups[d.destination].append(d)
         for name, items in groups.items():
             self._send_group(name, items)
-        return len(due)
+        # notifications (hexnode/notify) after the objects: an alert's viewer link then finds them
+        return len(due) + self.notifier.run_once()
 
     def _send_group(self, name: str, items: list[outbox.Due]) -> None:
         dest = self.destinations.get(name)
@@ -91,6 +99,9 @@ class Sender:
                     state = outbox.mark_failed_attempt(s, d.outbox_id, self.owner, res.detail, self.cfg.send)
                     if state == "failed":
                         log.error("outbox %d (%s → %s) failed for good: %s", d.outbox_id, d.kind, name, res.detail)
+                        notify.on_delivery_failed(s, self.cfg, series_id=d.series_id, destination=name, kind=d.kind,
+                                                  outbox_id=d.outbox_id, error=res.detail,
+                                                  result_file=self.spool.path(d.path))
         failed = len(items) - delivered
         if failed:
             first = next(r.detail for r in results.values() if not r.ok)
@@ -126,6 +137,8 @@ def run_send(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
+    if cfg.notifications:
+        log.info("notifying %s", ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
     try:
         sender.run(stop, once=bool(getattr(args, "once", False)))
     finally:
@@ -137,18 +150,23 @@ def run_resend(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
     setup_logging(cfg.log_level)
     ids = list(getattr(args, "ids", []) or [])
+    notes = list(getattr(args, "notification", []) or [])
     all_failed = bool(getattr(args, "all_failed", False))
-    if not ids and not all_failed:
-        print("hexnode resend: give outbox ids or --all-failed (see `hexnode status`)")
+    if not ids and not notes and not all_failed:
+        print("hexnode resend: give outbox ids, --notification ID or --all-failed (see `hexnode status`)")
         return 2
     store = open_store(cfg.database_url)
     try:
         with store.transaction() as s:
-            done = outbox.requeue(s, ids, all_failed=all_failed)
+            done = outbox.requeue(s, ids, all_failed=all_failed) if ids or all_failed else []
+            done_notes = notify_state.requeue(s, notes, all_failed=all_failed) if notes or all_failed else []
     finally:
         store.dispose()
     print(f"queued again: {len(done)} deliveries" + (f" ({', '.join(map(str, done))})" if done else ""))
-    missing = sorted(set(ids) - set(done))
+    if notes or done_notes:
+        print(f"queued again: {len(done_notes)} notifications"
+              + (f" ({', '.join(map(str, done_notes))})" if done_notes else ""))
+    missing = sorted(set(ids) - set(done)) + [f"notification {n}" for n in sorted(set(notes) - set(done_notes))]
     if missing:
         print(f"not failed or unknown (left alone): {', '.join(map(str, missing))}")
     return 0

@@ -1,86 +1,140 @@
-"""DICOMweb STOW-RS: POST result objects to ``{url}/studies`` as multipart/related.
+"""DICOMweb STOW-RS through dicomweb-client: POST result objects to ``{url}/studies``.
 
 ``stow_files(dest, files) -> dict[sop_uid, Outcome]``. The response (DICOM JSON) lists stored
 objects in ReferencedSOPSequence (0008,1199) and refused ones in FailedSOPSequence (0008,1198)
-with a FailureReason (0008,1197); an object is delivered when it is referenced. An HTTP or
-network error fails the whole batch, so the caller backs off.
+with a FailureReason (0008,1197); an object is delivered when it is referenced. 202 (some stored)
+and 409 (none stored) carry that list too; any other HTTP error or a network error fails the
+whole batch, so the caller backs off. dicomweb-client's own retries are off: the outbox's back-off
+(``[send]``) is the one retry policy, and a sender must not sleep through a 503 inside one batch.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from requests.adapters import HTTPAdapter
 
 from hexnode.config import Destination
 from hexnode.send.scu import Outcome, _client_ssl
 
-
-def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
-    boundary = "hexnode-" + os.urandom(12).hex()
-    body = bytearray()
-    for part in parts:
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        body += part
-        body += b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return bytes(body), f'multipart/related; type="application/dicom"; boundary={boundary}'
+# HTTP statuses whose body still says, object by object, what was stored (PS3.18 10.5.3).
+PER_OBJECT_STATUSES = (200, 202, 409)
 
 
-def _uids(seq: object) -> dict[str, str]:
-    """SOP Instance UID → failure reason ('' for referenced items) from a DICOM JSON sequence."""
+class _TLSAdapter(HTTPAdapter):
+    """HTTPS with the destination's own SSL context (CA file or system CAs, optional client
+    certificate), the same as C-STORE over TLS; the peer is addressed by IP, so no hostname match."""
+
+    def __init__(self, ctx: object) -> None:
+        self._ctx = ctx
+        super().__init__()
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        kwargs["ssl_context"] = self._ctx
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def client_for(dest: Destination, statuses: list[int] | None = None) -> DICOMwebClient:
+    """The DICOMweb client for one destination: its URL, bearer token, TLS and timeout.
+    `statuses` collects each response's HTTP status (the result of a store is only its body)."""
+    session = requests.Session()
+    session.headers["Accept"] = "application/dicom+json"
+    ctx = _client_ssl(dest)
+    if ctx is not None:
+        session.verify = dest.tls_ca_file or True
+        session.mount("https://", _TLSAdapter(ctx))
+    headers = {"Authorization": f"Bearer {dest.bearer_token}"} if dest.bearer_token else None
+
+    def record(resp: requests.Response, *_args: object, **_kwargs: object) -> requests.Response:
+        if statuses is not None:
+            statuses.append(resp.status_code)
+        return resp
+
+    client = DICOMwebClient(dest.url.rstrip("/"), session=session, headers=headers, callback=record,
+                            timeout=dest.timeout_seconds)
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a requests error (e.g. ConnectionRefusedError), for a short text."""
+    seen = {id(exc)}
+    while True:
+        reason = getattr(exc, "reason", None)
+        nested = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        nxt = exc.__cause__ or (reason if isinstance(reason, BaseException) else None) or nested or exc.__context__
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+
+
+def _network_error(dest: Destination, exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return f"STOW-RS {dest.url}: timed out after {dest.timeout_seconds:g} s"
+    root = _root_cause(exc)
+    return f"STOW-RS {dest.url}: {root.strerror if isinstance(root, OSError) and root.strerror else root}"
+
+
+def _uids(items: object) -> dict[str, str]:
+    """SOP Instance UID → failure reason ('' for referenced items) of a response sequence."""
     out: dict[str, str] = {}
-    if not isinstance(seq, dict):
-        return out
-    for item in seq.get("Value", []) or []:
-        uid = (item.get("00081155", {}).get("Value") or [""])[0]
-        reason = (item.get("00081197", {}).get("Value") or [""])[0]
+    for item in items or []:  # type: ignore[attr-defined]
+        uid = str(item.get("ReferencedSOPInstanceUID", "") or "")
         if uid:
-            out[str(uid)] = str(reason)
+            out[uid] = str(item.get("FailureReason", "") or "")
     return out
+
+
+def _response(resp: requests.Response | None) -> Dataset:
+    """The DICOM JSON body of a STOW-RS response; an empty dataset when there is none or it is not JSON."""
+    if resp is None or not resp.content:
+        return Dataset()
+    try:
+        doc = resp.json()
+        if isinstance(doc, list):
+            doc = doc[0] if doc else {}
+        return Dataset.from_json(doc)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return Dataset()
 
 
 def stow_files(dest: Destination, files: dict[str, Path]) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
-    parts = []
+    datasets = []
     sent = []
     for uid, path in files.items():
         try:
-            parts.append(path.read_bytes())
+            datasets.append(dcmread(path))
             sent.append(uid)
-        except OSError as exc:
+        except (OSError, InvalidDicomError) as exc:
             outcomes[uid] = Outcome(False, f"cannot read {path.name}: {type(exc).__name__}")
-    if not parts:
+    if not datasets:
         return outcomes
-    body, ctype = _multipart(parts)
-    req = urllib.request.Request(dest.url.rstrip("/") + "/studies", data=body, method="POST")
-    req.add_header("Content-Type", ctype)
-    req.add_header("Accept", "application/dicom+json")
-    if dest.bearer_token:
-        req.add_header("Authorization", f"Bearer {dest.bearer_token}")
+    statuses: list[int] = []
     try:
-        with urllib.request.urlopen(req, timeout=dest.timeout_seconds, context=_client_ssl(dest)) as r:
-            status, payload = r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        status, payload = exc.code, exc.read()
-        if status not in (202, 409):
+        doc = client_for(dest, statuses).store_instances(datasets)
+        status = statuses[-1] if statuses else 200
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status not in PER_OBJECT_STATUSES:
             for uid in sent:
                 outcomes[uid] = Outcome(False, f"STOW-RS HTTP {status}")
             return outcomes
-    except (urllib.error.URLError, OSError) as exc:
+        doc = _response(exc.response)
+    except requests.RequestException as exc:
+        why = _network_error(dest, exc)
         for uid in sent:
-            outcomes[uid] = Outcome(False, f"STOW-RS {dest.url}: {getattr(exc, 'reason', exc)}")
+            outcomes[uid] = Outcome(False, why)
         return outcomes
-    try:
-        doc = json.loads(payload or b"{}")
-    except ValueError:
-        doc = {}
-    if isinstance(doc, list):
-        doc = doc[0] if doc else {}
-    referenced = _uids(doc.get("00081199"))
-    failed = _uids(doc.get("00081198"))
+    referenced = _uids(doc.get("ReferencedSOPSequence"))
+    failed = _uids(doc.get("FailedSOPSequence"))
     for uid in sent:
         if uid in referenced:
             outcomes[uid] = Outcome(True, f"STOW-RS HTTP {status}")

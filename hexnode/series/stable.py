@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config
 from hexnode.receive.spool import Spool, uid_hash
-from hexnode.series.select import Decision, Selector, SeriesInfo
+from hexnode.series.info import SeriesInfo
+from hexnode.series.select import Decision, Selector
 from hexnode.series.study import (
     answer_of,
     enqueue_study_job,

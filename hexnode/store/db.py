@@ -30,7 +30,9 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
     ``results``    produced objects (SEG/SR/SC) with their SOP Instance UID and spool path.
     ``outbox``     one per (result, destination): pending/sending/delivered/failed, attempts,
                    next_attempt_at (back-off), last_error, delivered_at.
-    ``events``     audit trail: every state change of a series, job or outbox row.
+    ``events``     audit trail: every state change of a series, job, outbox row or notification.
+    ``notifications``  one per (trigger, series, revision, target): alerts and IT warnings
+                   (hexnode/notify), with the outbox's retry, lease and maximum-age columns.
 
 No patient name, ID or birth date is stored: nothing here needs them.
 """
@@ -266,6 +268,42 @@ class Outcome(Base):
     threshold: Mapped[float] = mapped_column(Float)
     baseline_at: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+class Notification(Base):
+    """One message to one notification target (hexnode/notify): an alert, a correction, an IT warning.
+
+    ``key`` is the idempotency key (trigger, subject — the series UID, or the series and the
+    destination for a failed delivery —, revision, target): a restart or a re-run never creates a
+    second row, so never a second alert. ``payload`` is the finding (volume, probability, risk,
+    accession number, viewer link …), never a patient name, ID or birth date: a target that turns
+    such a field on gets it read from the spool at send time, not stored here. A new table, so
+    ``create_all`` adds it to an older database without a migration."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_state_due", "state", "next_attempt_at"),
+                      Index("ix_notifications_study", "study_id", "trigger", "target"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, unique=True)
+    target: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # webhook | email | hl7
+    trigger: Mapped[str] = mapped_column(String(32))
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True, index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    # True: it corrects an alert already delivered for the study (a re-analysed or superseding result).
+    correction: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending | sending | delivered | failed | superseded (a newer result came before it was sent)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the maximum age counts from here
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
 
 # Versioned migrations: MIGRATIONS[v] brings a database at version v-1 to v. Version 1 is the
 # initial schema (create_all). Later versions append a function here; never edit an old one.

@@ -80,6 +80,7 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         f"Training time: {m['training']['seconds'] / 60:.1f} min wall on 2 shared CPU cores "
         f"(U-Net {m['training']['seg_seconds']:.0f} s, CNN {m['training']['cnn_seconds']:.0f} s budgets). "
         f"models/ size: {size / 2**20:.2f} MB.",
+        *_campaign_lines(m.get("campaign")),
         "",
         f"Generative HE model (hexnode.synth.hemodel {hemodel.MODEL_VERSION}; its Bayes-optimal AUC and "
         "prevalence: `hexnode synth --bayes-auc`):",
@@ -102,3 +103,14 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
               "The seeds are real patients; these figures are synthetic, where the ceiling (Bayes AUC) is known. "
               "They are not comparable as clinical performance.", ""]
     return "\n".join(lines)
+
+
+def _campaign_lines(totals: dict[str, Any] | None) -> list[str]:
+    """The campaign so far (models/campaign/campaign.json holds every run and its held-out figures)."""
+    if not totals:
+        return []
+    return [
+        f"Campaign: {totals['runs']} run(s), U-Net {totals['seg_steps']:,} steps and CNN {totals['cnn_steps']:,} "
+        f"steps in all, {totals['wall_hours']:.2f} h wall; the next run continues from these weights with "
+        "`hexnode train --init-from models/campaign ...` (learning curve: `models/campaign/campaign.json`).",
+    ]

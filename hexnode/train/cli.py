@@ -33,7 +33,7 @@ from hexnode.models import metrics as M
 from hexnode.models.brain import intracranial
 from hexnode.models.segment import PostProcessing, postprocess, predict_probability
 from hexnode.runtime import setup_logging
-from hexnode.train.data import TrainCase, read_labels, site_case, synth_case
+from hexnode.train.data import NORMAL_INDEX_OFFSET, TrainCase, read_labels, site_case, synth_case
 
 log = logging.getLogger("hexnode.train")
 
@@ -49,6 +49,10 @@ HYPO_SHARE = 0.45
 # cases with a predicted mask to fit the fusion ("no usable feature", issue 17).
 QUICK_SEG_STEPS = 160
 QUICK_CNN_STEPS = 60
+#: how often the U-Net and CNN loops write their checkpoint (seconds of training)
+CHECKPOINT_SECONDS = 300.0
+#: the arguments a resumed run takes from the first one (`--resume WORKDIR` reads WORKDIR/args.json)
+RESUMED_ARGS = ("data", "synth", "normal", "seed", "out", "quick", "seg_seconds", "cnn_seconds", "workers", "init_from")
 
 
 @dataclass
@@ -84,10 +88,10 @@ class Record:
 _G: dict[str, Any] = {}
 
 
-def _init_worker(params_yaml: str, workdir: str, seg_path: str | None, cnn_path: str | None) -> None:
+def _init_worker(params_yaml: str, cache: str, seg_path: str | None, cnn_path: str | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _G["extractor"] = F.RadiomicsExtractor(Path(params_yaml))
-    _G["workdir"] = Path(workdir)
+    _G["cache"] = Path(cache)
     if seg_path:
         from hexnode.models.registry import make_session
 
@@ -96,47 +100,57 @@ def _init_worker(params_yaml: str, workdir: str, seg_path: str | None, cnn_path:
 
 
 def _stage1(job: tuple[str, str, Callable[[], TrainCase]]) -> Record:
-    """Load one case; keep what its split needs (slices, crop, GT-mask features, or the volume)."""
+    """A `segcnn` case: its slices for the U-Net and its crop for the CNN (ground-truth mask)."""
     split, case_id, loader = job
     c = loader()
     rec = Record(case_id, split, c.label, c.he_probability, float(c.mask.sum()) * float(np.prod(c.spacing)) / 1000.0)
-    if not c.mask.any():
-        rec.split = "skip"  # nothing to learn HE from; still fine for segmentation
-    if split == "segcnn":
-        rng = np.random.default_rng(abs(hash(case_id)) % (2**32))
-        from hexnode.train.seg_train import SliceBank
+    # a stable seed (str hash() changes with every interpreter): a resumed run draws the same slices
+    rng = np.random.default_rng(int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16))
+    from hexnode.train.seg_train import SliceBank
 
-        bank = SliceBank()
-        bank.add_case(c.hu, c.mask, rng)
-        rec.slices = (bank.hu, bank.mask)
-        if c.mask.any():
-            rec.crop = F.cnn_input(c.hu, c.mask, c.spacing)
-    elif split in ("val", "test") or (split == "fusion" and c.mask.any()):
-        np.savez(_G["workdir"] / f"{case_id}.npz", hu=c.hu, mask=c.mask, spacing=np.array(c.spacing))
-        rec.split = split
+    bank = SliceBank()
+    bank.add_case(c.hu, c.mask, rng)
+    rec.slices = (bank.hu, bank.mask)
+    if c.mask.any():
+        rec.crop = F.cnn_input(c.hu, c.mask, c.spacing)
     return rec
 
 
-def _stage2(rec: Record) -> Record:
-    """Full pipeline on a fusion/val/test case: predicted mask, then features from it."""
-    path = _G["workdir"] / f"{rec.case_id}.npz"
-    with np.load(path) as z:
-        hu, gt, spacing = z["hu"].astype(np.float32), z["mask"], tuple(float(s) for s in z["spacing"])
-    path.unlink()
-    pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST, intracranial(hu, spacing))
-    rec.seg = {
-        "iou": M.iou(gt, pred), "dice": M.dice(gt, pred), "slice_ious": M.slice_ious(gt, pred),
-        "vol_true": rec.volume_ml, "vol_pred": float(pred.sum()) * float(np.prod(spacing)) / 1000.0,
-    }
-    if pred.any():
-        rec.feats = dict(_G["extractor"].extract(hu, pred, spacing))
-        rec.feats.update(F.context_features(hu, pred, spacing))
-        x = F.cnn_input(hu, pred, spacing)
-        emb, logit = _G["cnn"].run(["embedding", "logit"], {"crop": x})
-        rec.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(np.asarray(emb)[0])})
-        rec.feats["cnn_logit"] = float(np.asarray(logit).ravel()[0])
+def _stage2(job: tuple[str, str, Callable[[], TrainCase]]) -> Record:
+    """A fusion/val/test case through the full pipeline (predicted mask, then features from it),
+    cached per case: a resumed run (`--resume`) does not compute a case twice."""
+    import pickle
+
+    split, case_id, loader = job
+    cached = _G["cache"] / f"{case_id}.pkl"
+    if cached.exists():
+        with open(cached, "rb") as fh:
+            rec: Record = pickle.load(fh)
+        return rec
+    c = loader()
+    hu, gt, spacing = c.hu.astype(np.float32), c.mask, c.spacing
+    rec = Record(case_id, split, c.label, c.he_probability, float(gt.sum()) * float(np.prod(spacing)) / 1000.0)
+    if split == "fusion" and not gt.any():
+        rec.split = "skip"  # nothing to learn HE from
     else:
-        rec.feats = {"volume_ml": 0.0}
+        pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST, intracranial(hu, spacing))
+        rec.seg = {
+            "iou": M.iou(gt, pred), "dice": M.dice(gt, pred), "slice_ious": M.slice_ious(gt, pred),
+            "vol_true": rec.volume_ml, "vol_pred": float(pred.sum()) * float(np.prod(spacing)) / 1000.0,
+        }
+        if pred.any():
+            rec.feats = dict(_G["extractor"].extract(hu, pred, spacing))
+            rec.feats.update(F.context_features(hu, pred, spacing))
+            x = F.cnn_input(hu, pred, spacing)
+            emb, logit = _G["cnn"].run(["embedding", "logit"], {"crop": x})
+            rec.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(np.asarray(emb)[0])})
+            rec.feats["cnn_logit"] = float(np.asarray(logit).ravel()[0])
+        else:
+            rec.feats = {"volume_ml": 0.0}
+    tmp = cached.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(rec, fh)
+    os.replace(tmp, cached)
     return rec
 
 
@@ -155,9 +169,11 @@ def _jobs(args: argparse.Namespace, n_quick: int) -> tuple[list[tuple[str, str, 
         for i in range(n):
             hard = i % 10 == 9  # a tenth are the generator's hard cases (< 3 ml, motion, streaks)
             ids.append((f"synth-{args.seed}-{i}{'-hard' if hard else ''}", partial(synth_case, args.seed, i, hard=hard)))
+        n_normal = int(getattr(args, "normal", 0) or 0)
         desc = {
             "synthetic": True,
-            "source": f"hexnode synthetic generator (hexnode.synth.phantom), seed {args.seed}, {n} cases, every 10th --hard",
+            "source": f"hexnode synthetic generator (hexnode.synth.phantom), seed {args.seed}, {n} cases, every 10th --hard"
+                      + (f", plus {n_normal} heads without blood for the U-Net" if n_normal else ""),
         }
     # rank by a hash of the id, then cut by the split fractions: deterministic per patient, and
     # even a handful of cases (--quick) fills every split
@@ -167,6 +183,10 @@ def _jobs(args: argparse.Namespace, n_quick: int) -> tuple[list[tuple[str, str, 
     for r, (cid, loader) in enumerate(order):
         split = list(SPLITS)[int(np.searchsorted(cum, r, side="right"))]
         jobs.append((split, cid, loader))
+    if not args.data:
+        # normal heads teach the U-Net only (no blood: nothing for HE); they never enter a held-out split
+        for i in range(n_normal):
+            jobs.append(("segcnn", f"synth-{args.seed}-{NORMAL_INDEX_OFFSET + i}-normal", partial(synth_case, args.seed, i, normal=True)))
     jobs.sort(key=lambda j: list(SPLITS).index(j[0]))  # segcnn first
     return jobs, desc
 
@@ -184,6 +204,7 @@ def run_train(args: argparse.Namespace) -> int:
     setup_logging(logging.INFO)
     import torch
 
+    from hexnode.train import checkpoint as ckpt
     from hexnode.train import cnn_train, seg_train
 
     if getattr(args, "refit", None):
@@ -192,6 +213,13 @@ def run_train(args: argparse.Namespace) -> int:
         with open(Path(args.refit) / "features.pkl", "rb") as fh:
             finish(Path(args.out), pickle.load(fh))
         return 0
+    if getattr(args, "resume", None):
+        # the same run, continued: its own arguments, its own work dir
+        saved = json.loads((Path(args.resume) / "args.json").read_text())
+        for key in RESUMED_ARGS:
+            setattr(args, key, saved.get(key))
+        args.workdir = args.resume
+        log.info("resuming the run in %s", args.resume)
     quick = bool(args.quick)
     plan = Plan(
         quick=quick,
@@ -210,6 +238,7 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hexnode-train-"))
     work.mkdir(parents=True, exist_ok=True)
+    (work / "args.json").write_text(json.dumps({k: getattr(args, k, None) for k in RESUMED_ARGS}, indent=1) + "\n")
     t_start = time.monotonic()
     params = out / "radiomics.yaml"
     params.write_text(F.RADIOMICS_YAML_QUICK if quick else F.RADIOMICS_YAML)
@@ -217,9 +246,11 @@ def run_train(args: argparse.Namespace) -> int:
     jobs, desc = _jobs(args, n_quick=20)
     log.info("%d cases: %s", len(jobs), {s: sum(j[0] == s for j in jobs) for s in SPLITS})
     with _pool(plan.workers, (str(params), str(work), None, None)) as pool:
-        recs = list(pool.imap(_stage1, jobs, chunksize=1))
+        recs = list(pool.imap(_stage1, [j for j in jobs if j[0] == "segcnn"], chunksize=1))
     t_data = time.monotonic() - t_start
-    log.info("stage 1 (data) %.0f s", t_data)
+    log.info("stage 1 (U-Net and CNN data) %.0f s", t_data)
+    init = Path(args.init_from) if getattr(args, "init_from", None) else None
+    every = ckpt.Every(seconds=CHECKPOINT_SECONDS)
 
     # --- segmentation -----------------------------------------------------------------------
     bank = seg_train.SliceBank()
@@ -229,25 +260,34 @@ def run_train(args: argparse.Namespace) -> int:
             bank.mask.extend(r.slices[1])
             r.slices = None
     log.info("segmentation: %d slices", len(bank))
-    seg = seg_train.train_seg(bank, seconds=plan.seg_seconds, steps=plan.seg_steps, width=plan.width, seed=args.seed,
-                              hypo_weight=plan.seg_hypo_weight, hypo_share=plan.seg_hypo_share)
+    seg, seg_steps = seg_train.train_seg(
+        bank, seconds=plan.seg_seconds, steps=plan.seg_steps, width=plan.width, seed=args.seed,
+        hypo_weight=plan.seg_hypo_weight, hypo_share=plan.seg_hypo_share, checkpoint=work / "seg.ckpt", every=every,
+        init=torch.load(init / "seg.pt", weights_only=True) if init else None)
     sample = np.stack([bank.hu[i] for i in range(min(4, len(bank)))])
     seg_diff = seg_train.export_seg(seg, out / "seg.onnx", sample)
     print(f"seg.onnx max |onnxruntime - torch| = {seg_diff:.3g}", flush=True)
     del bank
 
     # --- CNN ------------------------------------------------------------------------------------
-    cnn_recs = [r for r in recs if r.split == "segcnn" and r.crop is not None]
+    cnn_recs = [r for r in recs if r.crop is not None]
     xc = np.concatenate([r.crop for r in cnn_recs])
     yc = np.array([r.label for r in cnn_recs])
-    cnn = cnn_train.train_cnn(xc, yc, seconds=plan.cnn_seconds, steps=plan.cnn_steps, seed=args.seed)
+    cnn, cnn_steps = cnn_train.train_cnn(
+        xc, yc, seconds=plan.cnn_seconds, steps=plan.cnn_steps, seed=args.seed, checkpoint=work / "cnn.ckpt",
+        every=every, init=torch.load(init / "cnn.pt", weights_only=True) if init else None)
     cnn_diff = cnn_train.export_cnn(cnn, out / "cnn.onnx", xc[:8])
     print(f"cnn.onnx max |onnxruntime - torch| = {cnn_diff:.3g}", flush=True)
     # --- full pipeline (predicted masks) on fusion, val and test -----------------------------------
-    held = [r for r in recs if r.split in ("fusion", "val", "test")]
+    from hexnode.models.registry import sha256_file
+
+    # the cache is valid for these two networks only
+    cache = work / f"stage2-{sha256_file(out / 'seg.onnx')[:12]}-{sha256_file(out / 'cnn.onnx')[:12]}"
+    cache.mkdir(exist_ok=True)
     t = time.monotonic()
-    with _pool(plan.workers, (str(params), str(work), str(out / "seg.onnx"), str(out / "cnn.onnx"))) as pool:
-        held = list(pool.imap(_stage2, held, chunksize=1))
+    with _pool(plan.workers, (str(params), str(cache), str(out / "seg.onnx"), str(out / "cnn.onnx"))) as pool:
+        held_all = list(pool.imap(_stage2, [j for j in jobs if j[0] != "segcnn"], chunksize=1))
+    held = [r for r in held_all if r.split != "skip"]
     log.info("fusion/val/test full pipeline on %d cases: %.0f s", len(held), time.monotonic() - t)
     fus = [r for r in held if r.split == "fusion"]
     val = [r for r in held if r.split == "val"]
@@ -255,7 +295,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     state = {"fus": fus, "val": val, "test": test, "desc": desc, "plan": plan, "seed": args.seed,
              "seg_diff": seg_diff, "cnn_diff": cnn_diff, "t_start_offset": time.monotonic() - t_start,
-             "splits": {s: sum(r.split == s for r in recs) for s in SPLITS}}
+             "splits": {s: sum(r.split == s for r in recs + held_all) for s in SPLITS},
+             "campaign": campaign_entry(args, init, seg_steps, cnn_steps, seg.state_dict(), cnn.state_dict(), work)}
     for r in fus + val + test:
         r.crop = None
     import pickle
@@ -376,6 +417,7 @@ def finish(out: Path, state: dict[str, Any]) -> None:
                      "seg_hypo_weight": getattr(plan, "seg_hypo_weight", 3.0),
                      "seg_hypo_share": getattr(plan, "seg_hypo_share", 0.3)},
         "metrics": {"validation": val_metrics, "test": test_metrics},
+        "campaign": write_campaign(out, state["campaign"], train_seconds, test_metrics) if state.get("campaign") else None,
         "intended_use": "synthetic-trained demonstration models, not for clinical use; retrain on site data with `hexnode train --data`",
     }
     (out / "manifest.json").write_text(json.dumps(_finite(manifest), indent=2) + "\n")
@@ -384,6 +426,47 @@ def finish(out: Path, state: dict[str, Any]) -> None:
     # the card is not in the manifest's file list: `hexnode evaluate` figures are added to it later
     (out / "model_card.md").write_text(render(_finite(manifest)))
     print(json.dumps({"train_seconds": round(train_seconds, 1), "test": test_metrics}, default=float), flush=True)
+
+
+def campaign_entry(args: argparse.Namespace, init: Path | None, seg_steps: int, cnn_steps: int,
+                   seg_weights: dict[str, Any], cnn_weights: dict[str, Any], work: Path) -> dict[str, Any]:
+    """This run as one step of a campaign: the runs before it (from `--init-from DIR/campaign.json`),
+    its own steps and budgets, and the weights the next run starts from."""
+    before: list[dict[str, Any]] = []
+    if init is not None and (init / "campaign.json").exists():
+        before = json.loads((init / "campaign.json").read_text())["runs"]
+    run = {
+        "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "synth": args.synth, "normal": getattr(args, "normal", 0),
+        "quick": bool(args.quick), "init_from": str(init) if init else None,
+        "seg_steps": seg_steps, "cnn_steps": cnn_steps,
+        "seg_seconds": float(args.seg_seconds or 0), "cnn_seconds": float(args.cnn_seconds or 0),
+        "resumed": bool(getattr(args, "resume", None)),
+    }
+    return {"runs_before": before, "run": run, "seg_weights": seg_weights, "cnn_weights": cnn_weights}
+
+
+def write_campaign(out: Path, campaign: dict[str, Any], wall_seconds: float, test: dict[str, Any]) -> dict[str, Any]:
+    """`out/campaign/`: the torch weights (BatchNorm not fused, unlike the ONNX files) that the next
+    run continues from (`--init-from out/campaign`), and every run so far with its held-out figures:
+    the campaign's learning curve."""
+    import torch
+
+    folder = out / "campaign"
+    folder.mkdir(exist_ok=True)
+    torch.save(campaign["seg_weights"], folder / "seg.pt")
+    torch.save(campaign["cnn_weights"], folder / "cnn.pt")
+
+    def value(v: Any) -> Any:
+        return v.get("value") if isinstance(v, dict) else v
+
+    run = dict(campaign["run"], wall_seconds=round(wall_seconds, 1),
+               test={k: value(test.get(k)) for k in ("n", "auc", "bayes_auc", "ece", "iou_slice", "iou_patient")})
+    runs = [*campaign["runs_before"], run]
+    totals = {"runs": len(runs), "seg_steps": sum(r["seg_steps"] for r in runs),
+              "cnn_steps": sum(r["cnn_steps"] for r in runs),
+              "wall_hours": round(sum(r.get("wall_seconds", 0.0) for r in runs) / 3600, 2)}
+    (folder / "campaign.json").write_text(json.dumps(_finite({"totals": totals, "runs": runs}), indent=1) + "\n")
+    return totals
 
 
 def _files_tag(files: dict[str, dict[str, Any]]) -> str:

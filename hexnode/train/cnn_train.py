@@ -12,6 +12,7 @@ import torch.nn.functional as TF
 from numpy.typing import NDArray
 
 from hexnode.models.features import CNN_SIZE
+from hexnode.train import checkpoint as ckpt
 from hexnode.train.budget import Budget
 from hexnode.train.nets import HECNN
 
@@ -29,18 +30,31 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, seed: int = 0, batch: int = 32,
-              steps: int = 0) -> HECNN:
-    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick)."""
+              steps: int = 0, checkpoint: Path | None = None, every: ckpt.Every | None = None,
+              init: dict[str, torch.Tensor] | None = None) -> tuple[HECNN, int]:
+    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick);
+    `checkpoint`, `every`, `init` as in seg_train.train_seg. Returns the model and its steps."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = HECNN()
+    if init is not None:
+        model.load_state_dict(init)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y.astype(np.float32))[:, None]
     pos = float(y.mean()) if y.size else 0.5
     pos_weight = torch.tensor([(1 - pos) / max(pos, 1e-3)])
-    budget = Budget(seconds, steps)
-    step = 0
+    step, spent = 0, 0.0
+    saved = ckpt.load(checkpoint)
+    if saved is not None:
+        ckpt.restore(saved, model, opt, rng)
+        step, spent = saved.step, saved.spent_seconds
+        log.info("cnn: continuing from %s at step %d (%.0f s trained)", checkpoint, step, spent)
+        if saved.done:
+            model.eval()
+            return model, step
+    budget = Budget(seconds, steps, spent_before=spent)
+    every = every or ckpt.Every()
     model.train()
     while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:
@@ -52,9 +66,13 @@ def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, s
         loss.backward()
         opt.step()
         step += 1
+        if checkpoint is not None and every.due(step, budget.spent()):
+            ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=None))
     log.info("cnn trained: %d steps of %d crops", step, batch)
+    if checkpoint is not None:
+        ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=None, done=True))
     model.eval()
-    return model
+    return model, step
 
 
 def embed(model: HECNN, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:

@@ -33,13 +33,22 @@ class TrainCase:
     hard: bool = False
 
 
-def synth_case(seed: int, index: int, *, hard: bool = False) -> TrainCase:
+#: index offset of the normal heads `hexnode train --normal` adds: their heads are drawn apart from
+#: every bleed case's (the same (seed, index) with normal=True is the same head without blood, and
+#: it would put a held-out patient's anatomy into the U-Net's training set)
+NORMAL_INDEX_OFFSET = 1_000_000
+
+
+def synth_case(seed: int, index: int, *, hard: bool = False, normal: bool = False) -> TrainCase:
     from hexnode.synth.phantom import generate_case
 
-    c = generate_case(seed, index, hard=hard)
+    if normal:
+        index += NORMAL_INDEX_OFFSET
+    c = generate_case(seed, index, hard=hard, normal=normal)
     t = c.truth
+    tag = "-normal" if normal else "-hard" if hard else ""
     return TrainCase(
-        case_id=f"synth-{seed}-{index}{'-hard' if hard else ''}",
+        case_id=f"synth-{seed}-{index}{tag}",
         hu=np.asarray(c.hu, np.int16),
         mask=(np.asarray(c.mask) > 0).astype(np.uint8),
         spacing=tuple(float(s) for s in c.spacing),  # type: ignore[arg-type]

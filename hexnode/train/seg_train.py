@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 from numpy.typing import NDArray
 
 from hexnode.models.segment import NOMINAL_SIZE, WINDOWS, _pad_amounts
+from hexnode.train import checkpoint as ckpt
 from hexnode.train.budget import Budget
 from hexnode.train.nets import SegUNet
 
@@ -163,15 +164,32 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 
 
 def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
-              lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0) -> SegUNet:
-    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick)."""
+              lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0,
+              checkpoint: Path | None = None, every: ckpt.Every | None = None,
+              init: dict[str, torch.Tensor] | None = None) -> tuple[SegUNet, int]:
+    """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick).
+
+    `checkpoint`: continue from it when it exists (a finished one returns its weights at once) and
+    write it `every` so often. `init`: start from these weights (a campaign's previous run) instead
+    of a random initialisation. Returns the model and the number of steps trained."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
+    if init is not None:
+        model.load_state_dict(init)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.monotonic()
-    budget = Budget(seconds, steps)
-    step, ema = 0, None
+    step, ema, spent = 0, None, 0.0
+    saved = ckpt.load(checkpoint)
+    if saved is not None:
+        ckpt.restore(saved, model, opt, rng)
+        step, ema, spent = saved.step, saved.ema, saved.spent_seconds
+        log.info("seg: continuing from %s at step %d (%.0f s trained)", checkpoint, step, spent)
+        if saved.done:
+            model.eval()
+            return model, step
+    budget = Budget(seconds, steps, spent_before=spent)
+    every = every or ckpt.Every()
     model.train()
     while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
@@ -189,9 +207,13 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
         step += 1
         if step % 100 == 0:
             log.info("seg step %d loss %.4f (%.0f s)", step, ema, time.monotonic() - t0)
+        if checkpoint is not None and every.due(step, budget.spent()):
+            ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=ema))
     log.info("seg trained: %d steps of %d crops %dx%d, final loss %.4f", step, batch, crop, crop, ema or float("nan"))
+    if checkpoint is not None:
+        ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=ema, done=True))
     model.eval()
-    return model
+    return model, step
 
 
 def export_seg(model: SegUNet, path: Path, sample_hu: NDArray[np.int16]) -> float:

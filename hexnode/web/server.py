@@ -56,6 +56,8 @@ class StatusCollector:
              st["queue_depth"]),
             ("hexnode_stage_median_seconds", "Median seconds per stage over the last finished jobs.", "stage",
              st["median_seconds"]),
+            ("hexnode_notifications", "Notifications (alerts, IT warnings) by state.", "state",
+             st.get("notifications", {}).get("states", {})),
         ):
             family = GaugeMetricFamily(name, help_, labels=[label])
             for key, value in sorted(values.items()):
