@@ -84,6 +84,24 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     return run_conformance(args)
 
 
+def _cmd_outcomes(args: argparse.Namespace) -> int:
+    from hexnode.store.outcomes import run_outcomes
+
+    return run_outcomes(args)
+
+
+def _cmd_recalibrate(args: argparse.Namespace) -> int:
+    from hexnode.train.recalibrate import run_recalibrate  # numpy only: no torch
+
+    return run_recalibrate(args)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from hexnode.store.model_versions import run_models
+
+    return run_models(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hexnode.demo import run_demo
 
@@ -116,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal", action="store_true", help="heads without any blood (false-positive checks)")
     p.add_argument("--mixed", metavar="RUNS",
                    help="mixed slice thickness in one series, runs bottom up, e.g. 4x14,7x14 (GE head protocol)")
+    p.add_argument("--followup", action="store_true",
+                   help="also write case-NNNN/followup/: the same patient hours later, the bleed grown to the "
+                        "truth's followup_volume_ml")
 
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")
@@ -160,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--once", action="store_true", help="exit when nothing is due")
 
-    p = add("run", _cmd_run, "offline: analyse a folder of DICOM files, write SEG/SR/SC to --out")
-    p.add_argument("series_dir")
+    p = add("run", _cmd_run, "offline: analyse folders of DICOM files, write SEG/SR/SC to --out; several folders "
+                             "of one patient: later scans are linked to the baseline as the node does")
+    p.add_argument("series_dir", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--models", help="models folder (default: the repository's models/)")
     _config_arg(p)  # optional: selection rules and providers from a hexnode.toml
@@ -169,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", _cmd_status, "jobs by state, last errors, queue depth, stage times")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
+
+    p = add("outcomes", _cmd_outcomes, "the site's outcome pairs: AUC, calibration, sensitivity ... per model version")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--png", metavar="FILE", help="also write the reliability diagram here")
+    p.add_argument("--version", help="the reliability diagram of this model version only")
+
+    p = add("recalibrate", _cmd_recalibrate,
+            "refit calibration and threshold on the site's outcomes; writes a new model version")
+    _config_arg(p)
+
+    p = add("models", _cmd_models, "list model versions, or activate one for the workers")
+    _config_arg(p)
+    p.add_argument("action", choices=["list", "activate"])
+    p.add_argument("version", nargs="?")
 
     p = add("resend", _cmd_resend, "queue failed deliveries (and notifications) again")
     _config_arg(p)
@@ -204,7 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hexnode.runtime import route_warnings
 
     route_warnings()
-    return int(args.handler(args) or 0)
+    from hexnode.config import ConfigError
+
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:  # a bad or incomplete settings file: one clear line, no traceback
+        print(f"hexnode: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

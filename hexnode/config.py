@@ -153,6 +153,33 @@ class HttpConfig:
 
 
 @dataclass
+class FollowupConfig:
+    """Follow-up scans (hexnode/series/followup.py): a patient's later NCCT is measured against the
+    first analysed scan of the episode, and the pair becomes one of the site's outcomes."""
+
+    enabled: bool = False
+    # Site secret for the patient key, HMAC-SHA256(secret, Patient ID + Issuer of Patient ID): the
+    # database holds only that key, never the ID. Required when enabled; prefer the environment
+    # (HEXNODE_FOLLOWUP_SECRET) to the file. At least 16 characters.
+    secret: str = ""
+    # A scan min_hours .. max_hours after the episode's baseline is its follow-up; earlier it is a
+    # repeat of the baseline (no outcome); later it starts a new episode (it is a new baseline).
+    min_hours: float = 3.0
+    max_hours: float = 168.0
+    # Expansion observed: "6ml-33pct" (growth > 6 ml or > 33 %) or "12.5ml-33pct" (> 12.5 ml or > 33 %).
+    definition: str = "6ml-33pct"
+    # hexnode recalibrate: the least pairs and events (observed expansions) it refits on, and the
+    # threshold rule: 0 = Youden, else the highest threshold reaching this sensitivity.
+    min_pairs: int = 100
+    min_events: int = 20
+    target_sensitivity: float = 0.0
+    # Drift warning: with at least drift_min_pairs, the observed rate outside the 95 % interval of
+    # the predicted one, or ECE (10 bins) above drift_max_ece.
+    drift_min_pairs: int = 50
+    drift_max_ece: float = 0.10
+
+
+@dataclass
 class NotifyConfig:
     """`[notify]`: what every notification target shares (hexnode/notify)."""
 
@@ -214,6 +241,7 @@ class Config:
     send: SendConfig = field(default_factory=SendConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    followup: FollowupConfig = field(default_factory=FollowupConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     notifications: list[NotificationTarget] = field(default_factory=list)
 
@@ -229,6 +257,11 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_path / 'hexnode.sqlite'}"
+
+    @property
+    def model_versions_path(self) -> Path:
+        """Where `hexnode recalibrate` writes new model versions (one folder each)."""
+        return self.data_path / "models"
 
     @property
     def models_path(self) -> Path:
@@ -353,6 +386,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("series.aborted_wait_seconds: must be >= 0")
     if cfg.series.study_settle_seconds < 0:
         raise ConfigError("series.study_settle_seconds: must be >= 0")
+    fu = cfg.followup
+    if fu.enabled and len(fu.secret) < 16:
+        raise ConfigError("followup.secret: follow-up linking is enabled but the site secret is "
+                          + ("missing" if not fu.secret else "shorter than 16 characters")
+                          + "; set [followup] secret or HEXNODE_FOLLOWUP_SECRET (patients are stored only as "
+                            "HMAC-SHA256 keys under it)")
+    if not 0 <= fu.min_hours < fu.max_hours:
+        raise ConfigError("followup: 0 <= min_hours < max_hours required")
+    if fu.definition not in ("6ml-33pct", "12.5ml-33pct"):
+        raise ConfigError(f"followup.definition: '6ml-33pct' or '12.5ml-33pct', got {fu.definition!r}")
+    if fu.min_pairs < 2 or fu.min_events < 1:
+        raise ConfigError("followup: min_pairs >= 2 and min_events >= 1 required")
+    if not 0 <= fu.target_sensitivity < 1:
+        raise ConfigError("followup.target_sensitivity: 0 (Youden) or a sensitivity below 1")
     _validate_notifications(cfg)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")

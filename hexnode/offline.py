@@ -1,8 +1,12 @@
-"""`hexnode run SERIES_DIR --out OUT_DIR`: the node's pipeline on a folder, without database or network.
+"""`hexnode run SERIES_DIR [SERIES_DIR ...] --out OUT_DIR`: the node's pipeline on folders, without
+database or network.
 
 For debugging and for site IT: the same selection, volume loading, models and result objects as
 the worker. Files that are not DICOM (truth.json, DICOMDIR leftovers, notes) are ignored. When the
 folder holds several series, the study-level rule picks one and the output says which.
+Several folders: each is analysed into OUT/NN-<name>/, then scans of one patient are linked in time
+order by the node's follow-up rule (hexnode/series/followup.py) and each follow-up gets its report
+and one line `growth: +12.3 ml (+45 %) over 24.0 h; expansion: yes` (offline_followup.py).
 Exit status: 0 analysed, 3 not analysed (the SR/SC saying why are written anyway), 2 nothing usable.
 """
 
@@ -13,9 +17,10 @@ import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from hexnode.config import load_config
-from hexnode.produce import encode, kind_of, produce
+from hexnode.produce import Produced, encode, kind_of, produce
 from hexnode.runtime import setup_logging
 from hexnode.series.info import SeriesInfo
 from hexnode.series.select import Selector
@@ -44,15 +49,45 @@ def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
 
 def run_offline(args: argparse.Namespace) -> int:
     setup_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
-    folder, out = Path(args.series_dir), Path(args.out)
-    if not folder.is_dir():
-        print(f"hexnode run: {folder} is not a folder", file=sys.stderr)
-        return 2
+    folders = [Path(f) for f in (args.series_dir if isinstance(args.series_dir, list) else [args.series_dir])]
+    out = Path(args.out)
+    for folder in folders:
+        if not folder.is_dir():
+            print(f"hexnode run: {folder} is not a folder", file=sys.stderr)
+            return 2
+    cfg = load_config(getattr(args, "config", None)) if getattr(args, "config", None) else None
+    from hexnode.models.pipeline import Models
+
+    models_dir = Path(args.models) if getattr(args, "models", None) else (cfg.models_path if cfg else None)
+    if models_dir is None:
+        from hexnode.config import Config
+
+        models_dir = Config().models_path
+    models = Models.load(models_dir, cfg.models.providers if cfg else None)
+    if len(folders) == 1:
+        rc, _ = _analyse(folders[0], out, cfg, models)
+        return rc
+    # several folders: each in out/<folder name>/, then a patient's later scans linked to the baseline
+    done: list[tuple[Path, Path, Produced, list[Path]]] = []
+    rc = 0
+    for i, folder in enumerate(folders):
+        sub = out / f"{i + 1:02d}-{folder.name}"
+        print(f"== {folder} -> {sub}")
+        code, result = _analyse(folder, sub, cfg, models)
+        rc = max(rc, code)
+        if result is not None:
+            done.append((folder, sub, *result))
+    from hexnode.offline_followup import link_offline
+
+    link_offline(done, cfg, models)
+    return rc
+
+
+def _analyse(folder: Path, out: Path, cfg: Any, models: Any) -> tuple[int, tuple[Produced, list[Path]] | None]:
     groups, skipped = group_series(folder)
     if not groups:
         print(f"hexnode run: no DICOM files in {folder} ({skipped} other files)", file=sys.stderr)
-        return 2
-    cfg = load_config(getattr(args, "config", None)) if getattr(args, "config", None) else None
+        return 2, None
     selector = Selector.from_config(cfg.series.selection if cfg else {})
     infos = [SeriesInfo(uid, read_header(paths[len(paths) // 2]), len(paths)) for uid, paths in groups.items()]
     choice = selector.choose(infos)
@@ -62,14 +97,6 @@ def run_offline(args: argparse.Namespace) -> int:
         # nothing analysable: report on the first series, with its reason
         uid = infos[0].series_uid
         rejected, note = choice.rejected.get(uid, choice.note), None
-    from hexnode.models.pipeline import Models
-
-    models_dir = Path(args.models) if getattr(args, "models", None) else (cfg.models_path if cfg else None)
-    if models_dir is None:
-        from hexnode.config import Config
-
-        models_dir = Config().models_path
-    models = Models.load(models_dir, cfg.models.providers if cfg else None)
     produced = produce(groups[uid], models, selection_note=note, rejected=rejected)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -95,4 +122,4 @@ def run_offline(args: argparse.Namespace) -> int:
     print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in produced.timings.items()))
     for path in written:
         print(f"wrote {path}")
-    return 0 if produced.analysed else 3
+    return (0 if produced.analysed else 3), (produced, groups[uid])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from hexnode.analysis import Analyser, Prediction
@@ -33,10 +34,36 @@ class Produced:
     notes: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None
+    key: KeySlice | None = None  # an analysed series' key slice (the follow-up report shows it)
 
     @property
     def analysed(self) -> bool:
         return self.prediction is not None
+
+
+@dataclass(frozen=True)
+class KeySlice:
+    """The slice with the largest hematoma area (the middle one without blood): HU, mask, pixel
+    spacing (row, column mm), its index and header. Kept for the follow-up report's side-by-side."""
+
+    hu: np.ndarray  # int16 (rows, cols)
+    mask: np.ndarray  # bool (rows, cols)
+    spacing: tuple[float, float]
+    index: int
+    n_slices: int
+    sop_instance_uid: str  # the CT image (or multi-frame instance) the slice comes from
+
+
+def key_slice_of(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float],
+                 headers: Sequence[Dataset]) -> KeySlice:
+    from hexnode.report.frames import slice_source
+    from hexnode.report.render import key_slice
+
+    k = key_slice(mask)
+    hu_k = np.clip(np.rint(hu[k]), -32768, 32767).astype(np.int16)
+    source, _frame = slice_source(headers, k)
+    return KeySlice(hu_k, mask[k].astype(bool), (float(spacing[1]), float(spacing[0])), k, int(hu.shape[0]),
+                    str(source.SOPInstanceUID))
 
 
 def kind_of(ds: Dataset) -> str:
@@ -130,6 +157,7 @@ def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selec
     datasets = build_results(vol.headers, vol.hu, analysis.mask, analysis.prediction, revision=revision,
                              selection_note=selection_note)
     timings["report"] = time.perf_counter() - t
-    out = Produced(datasets=datasets, prediction=analysis.prediction, notes=notes, timings=timings, shape=vol.shape)
+    out = Produced(datasets=datasets, prediction=analysis.prediction, notes=notes, timings=timings, shape=vol.shape,
+                   key=key_slice_of(vol.hu, analysis.mask, vol.spacing, vol.headers))
     del vol, analysis  # the volume is the biggest thing a worker holds: free it before the next job
     return out

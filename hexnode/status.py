@@ -81,6 +81,9 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
         done = s.execute(
             select(Job).where(Job.state == "done").order_by(Job.id.desc()).limit(recent)
         ).scalars().all()
+        from hexnode.store.outcomes import status_section
+
+        outcomes = status_section(s)
         delivered = s.execute(
             select(Outbox.delivered_at, Result.created_at).join(Result, Result.id == Outbox.result_id)
             .where(Outbox.state == "delivered").order_by(Outbox.id.desc()).limit(recent)
@@ -116,6 +119,7 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
         "rejected_series": rejected,
         "stopped_senders": stopped,
         "quarantined_instances": int(quarantined),
+        "outcomes": outcomes,
         "notifications": notifications,
     }
 
@@ -181,6 +185,10 @@ def render(st: dict[str, Any]) -> str:
         lines.append("series whose sender stopped part-way (analysed only if whole after [series] aborted_wait_seconds):")
         lines += [f"  {r['series']} from {r['calling_ae'] or 'unknown AE'}: {r['note']} ({r['state']})"
                   for r in st["stopped_senders"]]
+    oc = st.get("outcomes") or {}
+    if oc.get("pairs_recorded"):
+        lines.append(f"follow-up outcome pairs: {oc['pairs_recorded']} (figures: hexnode outcomes)")
+        lines += [f"  OUTCOMES DRIFT, model {v}: {'; '.join(d['reasons'])}" for v, d in oc["versions"].items() if d["drift"]]
     if st["quarantined_instances"]:
         lines.append(f"quarantined instances (unreadable header, see spool/quarantine): {st['quarantined_instances']}")
     return "\n".join(lines)

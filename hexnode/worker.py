@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
@@ -48,6 +49,9 @@ from hexnode.store.queue import (
     heartbeat,
     series_instances,
 )
+
+if TYPE_CHECKING:
+    from hexnode.followup import Pending
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +106,31 @@ class Worker:
     def __init__(self, store: Store, spool: Spool, cfg: Config, models: Analyser, owner: str | None = None) -> None:
         self.store, self.spool, self.cfg, self.models = store, spool, cfg, models
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        # [followup] enabled: later scans of a patient are measured against the baseline (hexnode/followup.py)
+        from hexnode.followup import FollowupStep
+
+        self.followup = FollowupStep.from_config(cfg, spool)
+        self._models_checked = 0.0
+
+    def sync_models(self, every: float = 5.0) -> None:
+        """Load the activated model version (`hexnode models activate`) before the next job."""
+        now = time.monotonic()
+        if now - self._models_checked < every:
+            return
+        self._models_checked = now
+        from hexnode.store.model_versions import active
+
+        current = active(self.store)
+        if current is None or current[0] == self.models.info.version:
+            return
+        from hexnode.models.pipeline import Models
+
+        self.models = Models.load(current[1], self.cfg.models.providers)
+        log.info("worker %s: switched to model version %s", self.owner, self.models.info.version)
 
     def run_once(self) -> JobOutcome | None:
         """Claim and process one job; None when the queue is empty."""
+        self.sync_models()
         with self.store.transaction() as s:
             job = claim_job(s, self.owner, self.cfg.worker.lease_seconds, max_attempts=self.cfg.worker.max_attempts)
             if job is None:
@@ -141,6 +167,8 @@ class Worker:
                     produced = produce(paths, self.models, revision=revision, selection_note=note,
                                        stopped=stopped)
                     _name_predecessor(produced, previous)
+                    if self.followup is not None:
+                        ctx.followup = self.followup.prepare(self.store, paths, produced, series_uid, revision)
             except Exception as exc:  # a bug or a resource problem: retry, and on the last attempt report it
                 return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc, ctx)
         if hb.lost:
@@ -217,6 +245,8 @@ class Worker:
                              reason=None if produced.analysed or study_job else produced.reason)
                 if ctx.answers:
                     _record_answer(s, ctx, produced)
+                if ctx.followup is not None and self.followup is not None:
+                    self.followup.record(s, job.series_id, ctx.followup, rows)
                 if not study_job:  # alerts, corrections, not-analysed notices: with the result or not at all
                     notify.on_result(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
                                      answers=ctx.answers)
@@ -275,6 +305,7 @@ class _StudyContext:
     study_revision: int | None  # set: a study-level report job
     listed: list[tuple[str, str, list[Path]]] = field(default_factory=list)  # (series UID, reason, files)
     answers: bool = False  # this job's outcome becomes the study's answer
+    followup: Pending | None = None  # what the follow-up step records with the results (scan, outcome pair)
 
 
 def _sr_of(produced: Produced) -> Dataset | None:
@@ -295,10 +326,11 @@ def _record_answer(s: Session, ctx: _StudyContext, produced: Produced) -> None:
                   str(sr.SeriesInstanceUID), ctx.study_revision)
 
 
-def load_models(cfg: Config) -> Analyser:
+def load_models(cfg: Config, store: Store | None = None) -> Analyser:
     from hexnode.models.pipeline import Models
+    from hexnode.store.model_versions import active_dir
 
-    return Models.load(cfg.models_path, cfg.models.providers)
+    return Models.load(active_dir(store, cfg) if store is not None else cfg.models_path, cfg.models.providers)
 
 
 def setup_logging(cfg: Config) -> None:
@@ -318,7 +350,7 @@ def run_worker(args: argparse.Namespace) -> int:
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)  # not prepare(): that clears receive's in-flight files
     (spool.root / "results").mkdir(parents=True, exist_ok=True)
-    models = load_models(cfg)  # verifies sha256 and opens the ONNX sessions, once per process
+    models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
     worker = Worker(store, spool, cfg, models)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

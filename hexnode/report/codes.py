@@ -53,3 +53,16 @@ NOT_ANALYSED = Code("NOT-ANALYSED", PRIVATE_SCHEME, "Not analysed")
 # IHE AI Results profile: the AI algorithm is listed in Contributing Equipment with this purpose.
 PROCESSING_ALGORITHM = Code("1630", "99IHE", "Processing Algorithm")
 SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
+
+# --- follow-up report (hexnode/report/followup.py) --------------------------------------------
+# No standard concept names "hematoma expansion observed on follow-up" or the growth between two
+# scans; private codes, with standard value codes (SCT yes / no / decreased).
+HE_GROWTH = Code("HE-GROWTH", PRIVATE_SCHEME, "Hematoma volume change since baseline")
+HE_GROWTH_PCT = Code("HE-GROWTH-PCT", PRIVATE_SCHEME, "Hematoma relative volume change since baseline")
+HE_INTERVAL = Code("HE-INTERVAL", PRIVATE_SCHEME, "Time since baseline scan")
+HE_OBSERVED = Code("HE-OBSERVED", PRIVATE_SCHEME, "Hematoma expansion observed")
+HE_BASELINE_RISK = Code("HE-BASE-RISK", PRIVATE_SCHEME, "Predicted risk of hematoma expansion at baseline")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+DECREASED = Code("1250004", "SCT", "Decreased")
+HOUR = Code("h", "UCUM", "hour")

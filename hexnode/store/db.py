@@ -219,6 +219,56 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
+
+class Scan(Base):
+    """An analysed (or not analysable) NCCT of a known patient, for follow-up linking
+    (hexnode/series/followup.py). The patient is only its keyed hash: never an ID in clear."""
+
+    __tablename__ = "scans"
+    __table_args__ = (Index("ix_scans_patient_role", "patient_key", "role"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_key: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 hex
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), unique=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)  # the scan's own time (scanner local)
+    role: Mapped[str] = mapped_column(String(16))  # baseline | followup | repeat
+    baseline_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id"), nullable=True, index=True)
+    analysed: Mapped[bool] = mapped_column(Boolean, default=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why not analysed
+    hemorrhage: Mapped[bool] = mapped_column(Boolean, default=False)
+    volume_ml: Mapped[float | None] = mapped_column(Float, nullable=True)
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_version: Mapped[str] = mapped_column(Text, default="")
+    study_uid: Mapped[str] = mapped_column(Text, default="")
+    series_uid: Mapped[str] = mapped_column(Text, default="")
+    seg_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # spool-relative
+    key_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # key slice (npz), spool-relative
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Outcome(Base):
+    """One baseline/follow-up pair: the baseline's prediction and what the follow-up measured."""
+
+    __tablename__ = "outcomes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    baseline_id: Mapped[int] = mapped_column(ForeignKey("scans.id"), index=True)
+    followup_id: Mapped[int] = mapped_column(ForeignKey("scans.id"), unique=True)
+    hours: Mapped[float] = mapped_column(Float)
+    baseline_ml: Mapped[float] = mapped_column(Float)
+    followup_ml: Mapped[float] = mapped_column(Float)
+    growth_ml: Mapped[float] = mapped_column(Float)
+    growth_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    category: Mapped[str] = mapped_column(String(16))  # yes | no | decreased
+    expansion: Mapped[bool] = mapped_column(Boolean)
+    definition: Mapped[str] = mapped_column(String(32))
+    # the baseline's prediction, as reported
+    model_version: Mapped[str] = mapped_column(Text)
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    baseline_at: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
 class Notification(Base):
     """One message to one notification target (hexnode/notify): an alert, a correction, an IT warning.
 

@@ -43,7 +43,7 @@ def run_synth(args: argparse.Namespace) -> int:
         print("hexnode synth: --out is required (or use --bayes-auc)")
         return 2
     from hexnode.synth.dicom import write_case
-    from hexnode.synth.phantom import generate_case
+    from hexnode.synth.phantom import generate_case, generate_followup
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,14 @@ def run_synth(args: argparse.Namespace) -> int:
                              normal=bool(getattr(args, "normal", False)), mixed=mixed)
         case_dir = out / f"case-{i:04d}"
         paths = write_case(case, case_dir, transfer_syntax=ts)
+        fu_summary = None
+        if getattr(args, "followup", False) and not case.truth.normal:
+            # generated after the baseline is written: the baseline's files do not depend on it
+            fu = generate_followup(case, thin=bool(args.thin), hard=bool(args.hard), tilt_deg=tilt, mixed=mixed)
+            write_case(fu, case_dir / "followup", transfer_syntax=ts)
+            f = fu.extra["followup"]
+            fu_summary = {"hours": f["hours"], "volume_ml": round(f["volume_ml"], 2),
+                          "growth_ml": round(f["growth_ml"], 2), "expansion": f["expansion"]}
         t = case.truth
         summary = {
             "case": case_dir.name, "slices": len(paths), "volume_ml": round(t.volume_ml, 2),
@@ -70,5 +78,7 @@ def run_synth(args: argparse.Namespace) -> int:
             "hard": [k for k, v in t.hard.items() if v], "normal": t.normal,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        if fu_summary is not None:
+            summary["followup"] = fu_summary
         print(json.dumps(summary))
     return 0

@@ -32,7 +32,9 @@ _SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEnd
 def case_uid(case: Case, kind: str, *extra: object) -> str:
     """Deterministic UID (2.25.<hash>) for this case and `kind` (study, series, frame, sop)."""
     # pydicom's generate_uid ignores entropy_srcs when prefix is None (random UUID): hash ourselves
-    text = "|".join(["hexnode-synth", str(case.seed), str(case.index), kind, *map(str, extra)])
+    visit = case.extra.get("visit")  # a follow-up scan: a new study, series, frame of reference
+    text = "|".join(["hexnode-synth", str(case.seed), str(case.index), kind, *map(str, extra),
+                     *([str(visit)] if visit else [])])
     return "2.25." + str(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big"))
 
 
@@ -46,7 +48,11 @@ def _fmt(x: float) -> str:
 
 def _study_datetime(case: Case) -> dt.datetime:
     base = dt.datetime(2024, 1, 1, 7, 0, 0)
-    return base + dt.timedelta(days=(case.seed * 97 + case.index) % 700, minutes=(case.index * 37) % 600)
+    when = base + dt.timedelta(days=(case.seed * 97 + case.index) % 700, minutes=(case.index * 37) % 600)
+    followup = case.extra.get("followup")
+    if followup:  # the follow-up CT, the truth's hours after the baseline (whole seconds, as DICOM TM here)
+        when += dt.timedelta(seconds=round(float(followup["hours"]) * 3600.0))
+    return when
 
 
 def _base_dataset(case: Case, *, series_number: int, series_description: str) -> Dataset:
@@ -65,7 +71,7 @@ def _base_dataset(case: Case, *, series_number: int, series_description: str) ->
     ds.SeriesTime = ds.StudyTime
     ds.AcquisitionTime = ds.StudyTime
     ds.ContentTime = ds.StudyTime
-    ds.AccessionNumber = f"SYN{case.seed % 100000:05d}{case.index % 100000:05d}"
+    ds.AccessionNumber = f"SYN{case.seed % 100000:05d}{case.index % 100000:05d}" + ("F" if case.extra.get("visit") else "")
     ds.Modality = "CT"
     ds.Manufacturer = "hexnode-synth"
     ds.InstitutionName = "Synthetic"
@@ -189,6 +195,8 @@ def write_truth(case: Case, case_dir: str | Path) -> tuple[Path, Path]:
     doc["study_instance_uid"] = case_uid(case, "study")
     doc["series_instance_uid"] = case_uid(case, "series", 2)
     doc["mask_file"] = "mask.nii.gz"
+    if case.extra.get("followup"):
+        doc["followup"] = case.extra["followup"]
     doc["mask_axes"] = "NIfTI (x=column, y=row, z=slice; slice 0 = IM0001); sform maps to RAS mm"
     truth_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     img = nib.Nifti1Image(np.ascontiguousarray(case.mask.transpose(2, 1, 0)), case.geometry.affine_ras())

@@ -66,7 +66,7 @@ from hexnode.synth.geometry import Geometry
 from hexnode.synth.hematoma import Hematoma, draw_hematoma
 from hexnode.synth.hemodel import Markers, bayes_auc
 
-__all__ = ["Case", "Truth", "generate_case", "bayes_auc"]
+__all__ = ["Case", "Truth", "generate_case", "generate_followup", "bayes_auc"]
 
 HU_MIN, HU_MAX = -1024, 3071
 
@@ -231,70 +231,13 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     head.calcs = [c for c in head.calcs if not hem.parenchymal
                   or np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
 
-    nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
-    hu = np.empty((nz, n, n), dtype=np.int16)
-    mask = np.zeros((nz, n, n), dtype=np.uint8)
-    labels = np.zeros((nz, n, n), dtype=np.uint8) if with_labels else None
     noise_sd = float(r_noise.uniform(3.5, 7.0))
-    noise_sigma = 1.3  # mm-scale grain like a soft-tissue kernel's noise power spectrum
-    noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
-    w_lo, w_hi = hem.w_range(head)
-    if normal:  # nothing to paint anywhere
-        w_lo, w_hi = math.inf, -math.inf
-    stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
     motion_slices = _motion_slices(r_art, geo, head) if hard_flags["motion"] else {}
     streak_slices = _streak_slices(r_art, geo, head) if hard_flags["streaks"] else {}
-    pf_rng = _rng(seed, index, 8)
-
-    chunk = 8
-    for k0 in range(0, nz, chunk):
-        ks = list(range(k0, min(nz, k0 + chunk)))
-        half = np.empty((len(ks), n // 2, n // 2), dtype=F32)
-        art_half = np.zeros_like(half)
-        layers = []
-        for j, k in enumerate(ks):
-            w = geo.slice_w(k)
-            thk = geo.thickness(k)
-            grid = Grid.full(geo.uv_affine(k, 2), n // 2, 2 * px)
-            lay = head.render_slice(grid.m, n // 2, 2 * px, w, thk)
-            half[j] = lay.img
-            layers.append(lay)
-            if labels is not None:
-                lab = _classify(lay, head)
-                labels[k] = np.repeat(np.repeat(lab, 2, axis=0), 2, axis=1)
-            pf = head.posterior_fossa_streaks(grid, w, pf_rng)
-            if pf is not None:
-                art_half[j] += pf * lay.ic
-        img = up2(half)
-        for j, k in enumerate(ks):
-            w = geo.slice_w(k)
-            thk = geo.thickness(k)
-            if w_lo - thk <= w <= w_hi + thk:
-                lay = layers[j]
-                ic = up2(lay.ic[None])[0]
-                vent = up2(lay.vent[None])[0]
-                brain = up2(lay.brain[None])[0]
-                fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
-                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
-                                None if labels is None else labels[k])
-            if k in streak_slices:
-                img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
-            if k in motion_slices:
-                dy, dx, alpha = motion_slices[k]
-                ghost = ndimage.shift(img[j], (dy, dx), order=1, mode="nearest")
-                img[j] += F32(alpha) * (ghost - img[j])
-        for jj in np.flatnonzero(art_half.any(axis=(1, 2))):
-            img[jj] += up2(art_half[jj])
-        noise = r_noise.standard_normal(img.shape, dtype=F32)
-        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), output=noise, truncate=3.0)
-        # fewer photons through the skull base: noisier low slices
-        gain = np.array([1.0 + 0.3 * min(1.0, max(0.0, (-15.0 - geo.slice_w(k)) / 30.0)) for k in ks], dtype=F32)
-        noise *= (noise_gain * gain)[:, None, None]
-        img += noise
-        np.clip(img, HU_MIN, HU_MAX, out=img)
-        np.rint(img, out=img)
-        hu[k0:k0 + len(ks)] = img  # exact: integral values in the int16 range
-
+    hu, mask, labels, stats = _render(geo, head, hem, noise_sd=noise_sd, r_noise=r_noise, pf_rng=_rng(seed, index, 8),
+                                      motion_slices=motion_slices, streak_slices=streak_slices,
+                                      normal=normal, with_labels=with_labels)
+    nz = geo.n_slices
     sx, sy, sz = geo.spacing
     n_mask = int(mask.sum(dtype=np.int64))
     per_slice = mask.reshape(nz, -1).sum(axis=1, dtype=np.int64)
@@ -342,6 +285,236 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     )
     return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)
+
+
+# --- follow-up scan ---------------------------------------------------------------------------
+#: HE definition of the generative model (hemodel.draw_followup): growth > 6 ml or > 33 %
+FOLLOWUP_HOURS = (8.0, 30.0)  # the interval to the follow-up CT, uniform (the clinical "about 24 h")
+
+
+def _replay(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
+            ) -> tuple[Head, Geometry, Acquisition, dict[str, bool], str, Markers, Hematoma, float]:
+    """The baseline's draws again, from the same generators in the same order: the same head,
+    scanner, markers and bleed (and its noise level) as `generate_case(seed, index)`."""
+    r_head, r_geo, r_mark, r_hem = (_rng(seed, index, k) for k in (1, 2, 3, 4))
+    r_noise, r_art = _rng(seed, index, 5), _rng(seed, index, 6)
+    head = Head.draw(r_head)
+    geo = _draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head)
+    acq = _draw_acquisition(r_geo)
+    hard_flags = {"small": False, "motion": False, "streaks": False}
+    if hard:
+        hard_flags = {"small": r_art.random() < 0.6, "motion": r_art.random() < 0.5,
+                      "streaks": r_art.random() < 0.5}
+        if not any(hard_flags.values()):
+            hard_flags[str(r_art.choice(list(hard_flags)))] = True
+    location, markers = hemodel.draw_case(r_mark, small=hard_flags["small"])
+    hem = draw_hematoma(r_hem, head, markers, location)
+    return head, geo, acq, hard_flags, location, markers, hem, float(r_noise.uniform(3.5, 7.0))
+
+
+def _grown(hem: Hematoma, scale: float, level_shift: float) -> Hematoma:
+    """The same bleed grown (or shrunk) about its centre: the main blob's radius x `scale` (same
+    shape, same hypodense pattern, same satellites pushed out with its surface), and the
+    intraventricular level moved by `level_shift` mm (for a bleed that is only intraventricular)."""
+    main = replace(hem.main, r0=hem.main.r0 * scale, _table=None)
+    push = (scale - 1.0) * hem.main.r0
+    sats = []
+    for sat in hem.satellites:
+        d = sat.centre - hem.main.centre
+        dist = float(np.linalg.norm(d)) or 1.0
+        sats.append(replace(sat, centre=hem.main.centre + d * (dist + push) / dist, _table=None))
+    return replace(hem, main=main, satellites=sats, ivh_level_v=hem.ivh_level_v + level_shift)
+
+
+def _stack(geo: Geometry, hem: Hematoma, head: Head, *, n_slices: int | None,
+           mixed: tuple[tuple[float, int], ...] | None) -> Geometry:
+    if mixed is not None:
+        return _mixed(geo, mixed)
+    if n_slices is not None:
+        return _with_slices(geo, n_slices, float(hem.centre[2]))
+    return _covering(geo, *hem.w_range(head))
+
+
+def _mask_ml(geo: Geometry, mask: np.ndarray) -> float:
+    sx, sy, _ = geo.spacing
+    per_slice = mask.reshape(geo.n_slices, -1).sum(axis=1, dtype=np.int64)
+    return float(np.dot(per_slice, geo.extents_mm())) * sx * sy / 1000.0
+
+
+def generate_followup(baseline: Case, *, thin: bool = False, hard: bool = False, tilt_deg: float = 0.0,
+                      n_slices: int | None = None, mixed: tuple[tuple[float, int], ...] | None = None,
+                      iterations: int = 4) -> Case:
+    """The follow-up CT of `baseline` (give the options the baseline was generated with).
+
+    The same patient, head and scanner, a few hours later (`Case.extra["followup"]["hours"]`,
+    uniform 8-30 h) with the head slightly moved (yaw +-3 degrees, +-3 mm in plane, +-2.5 mm along
+    the table) and new noise; the bleed grown (or shrunk) in place, with the same shape and markers,
+    to the baseline truth's `followup_volume_ml` (its radius is fitted on the rendered mask, since
+    the skull, the falx and the ventricles clip it; the realised volume is what the truth records,
+    typically within 1 % of the target). No motion or streak artefacts on the follow-up.
+    """
+    seed, index, t = baseline.seed, baseline.index, baseline.truth
+    if t.normal:
+        raise ValueError("a normal head has no bleed to follow up")
+    head, geo0, acq, _flags, location, _markers, hem0, noise_sd = _replay(
+        seed, index, thin=thin, hard=hard, tilt_deg=tilt_deg)
+    r_fu = _rng(seed, index, 9)
+    hours = float(r_fu.uniform(*FOLLOWUP_HOURS))
+    yaw, du, dv, dw = (float(r_fu.uniform(-3.0, 3.0)), float(r_fu.uniform(-3.0, 3.0)),
+                       float(r_fu.uniform(-3.0, 3.0)), float(r_fu.uniform(-2.5, 2.5)))
+    moved = replace(geo0, yaw_deg=geo0.yaw_deg + yaw, w_bottom_mm=geo0.w_bottom_mm + dw,
+                    head_offset_mm=(geo0.head_offset_mm[0] + du, geo0.head_offset_mm[1] + dv))
+    calcs = list(head.calcs)
+
+    def attempt(scale: float, shift: float, *, full: bool) -> tuple[Hematoma, Geometry, Any]:
+        hem = _grown(hem0, scale, shift)
+        geo = _stack(moved, hem, head, n_slices=n_slices, mixed=mixed)
+        head.calcs = [c for c in calcs if not hem.parenchymal
+                      or np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
+        if full:
+            out = _render(geo, head, hem, noise_sd=noise_sd, r_noise=_rng(seed, index, 10), pf_rng=_rng(seed, index, 12),
+                          motion_slices={}, streak_slices={}, normal=False, with_labels=False)
+        else:
+            out = _render(geo, head, hem, noise_sd=noise_sd, r_noise=None, pf_rng=_rng(seed, index, 12),
+                          motion_slices={}, streak_slices={}, normal=False, with_labels=False, only_bleed=True)
+        return hem, geo, out
+
+    target = float(t.followup_volume_ml)
+    base = max(float(t.volume_ml), 1e-3)
+    scale, shift = 1.0, 0.0
+    parenchymal = hem0.parenchymal
+    if parenchymal:
+        scale = (target / base) ** (1.0 / 3.0)
+    # fit: V(scale) ~ scale^3 near the solution (a secant step in scale^3), or V(shift) for an
+    # intraventricular-only bleed (the fluid level moves; lower v fills more)
+    prev: tuple[float, float] | None = None
+    for _ in range(iterations):
+        _hem, geo, (_hu, mask, _lab, _st) = attempt(scale, shift, full=False)
+        vol = _mask_ml(geo, mask)
+        if abs(vol - target) <= max(0.005 * target, 0.02):
+            break
+        if parenchymal:
+            scale *= (target / max(vol, 1e-3)) ** (1.0 / 3.0)
+        else:
+            if prev is None or prev[1] == vol:
+                step = -2.0 if vol < target else 2.0
+            else:
+                step = (target - vol) * (shift - prev[0]) / (vol - prev[1])
+            prev = (shift, vol)
+            shift += float(np.clip(step, -8.0, 8.0))
+    hem, geo, (hu, mask, _labels, stats) = attempt(scale, shift, full=True)
+    volume_ml = _mask_ml(geo, mask)
+    n_mask = int(mask.sum(dtype=np.int64))
+    growth = volume_ml - t.volume_ml
+    cz = geo.slice_of(float(hem.centre[2]))
+    cx, cy = geo.pixel_of(cz, float(hem.centre[0]), float(hem.centre[1]))
+    sx, sy, sz = geo.spacing
+    truth = replace(
+        t, volume_ml=volume_ml, followup_volume_ml=volume_ml, n_slices=geo.n_slices, spacing_mm=(sx, sy, sz),
+        centre_voxel=(cz, cy, cx), artefact_slices={"motion": [], "streaks": []},
+        hard={**t.hard, "motion": False, "streaks": False},
+        markers={**t.markers, "volume_ml": volume_ml,
+                 "hypodense_fraction": (stats["hypo"] / n_mask) if n_mask else 0.0,
+                 "islands": float(len(stats["islands"]))},
+        calcifications=_calc_truth(head, geo),
+    )
+    followup = {
+        "hours": round(hours, 3), "baseline_volume_ml": t.volume_ml, "target_volume_ml": target,
+        "volume_ml": volume_ml, "growth_ml": growth, "growth_pct": 100.0 * growth / max(t.volume_ml, 1e-6),
+        "he_label": t.he_label, "expansion": bool(growth > 6.0 or growth > 0.33 * t.volume_ml),
+        "moved": {"yaw_deg": yaw, "u_mm": du, "v_mm": dv, "w_mm": dw}, "location": location,
+    }
+    head.calcs = calcs
+    return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq, seed=seed,
+                index=index, extra={"visit": "followup", "followup": followup})
+
+
+def _render(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r_noise: np.random.Generator | None,
+            pf_rng: np.random.Generator, motion_slices: dict[int, tuple[float, float, float]],
+            streak_slices: dict[int, Any], normal: bool, with_labels: bool, only_bleed: bool = False,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Render the stack: (hu, mask, labels, marker stats).  `r_noise` None: no noise.
+    `only_bleed`: only the slices the bleed can touch are painted (the mask volume of a candidate
+    follow-up hematoma, a fraction of the cost of the whole stack)."""
+    nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
+    hu = np.empty((nz, n, n), dtype=np.int16)
+    mask = np.zeros((nz, n, n), dtype=np.uint8)
+    labels = np.zeros((nz, n, n), dtype=np.uint8) if with_labels else None
+    noise_sigma = 1.3  # mm-scale grain like a soft-tissue kernel's noise power spectrum
+    noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
+    w_lo, w_hi = hem.w_range(head)
+    if normal:  # nothing to paint anywhere
+        w_lo, w_hi = math.inf, -math.inf
+    stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
+
+    chunk = 8
+    for k0 in range(0, nz, chunk):
+        ks = list(range(k0, min(nz, k0 + chunk)))
+        if only_bleed:
+            ks = [k for k in ks if w_lo - geo.thickness(k) <= geo.slice_w(k) <= w_hi + geo.thickness(k)]
+            if not ks:
+                continue
+        half = np.empty((len(ks), n // 2, n // 2), dtype=F32)
+        art_half = np.zeros_like(half)
+        layers = []
+        for j, k in enumerate(ks):
+            w = geo.slice_w(k)
+            thk = geo.thickness(k)
+            grid = Grid.full(geo.uv_affine(k, 2), n // 2, 2 * px)
+            lay = head.render_slice(grid.m, n // 2, 2 * px, w, thk)
+            half[j] = lay.img
+            layers.append(lay)
+            if labels is not None:
+                lab = _classify(lay, head)
+                labels[k] = np.repeat(np.repeat(lab, 2, axis=0), 2, axis=1)
+            pf = head.posterior_fossa_streaks(grid, w, pf_rng)
+            if pf is not None:
+                art_half[j] += pf * lay.ic
+        img = up2(half)
+        for j, k in enumerate(ks):
+            w = geo.slice_w(k)
+            thk = geo.thickness(k)
+            if w_lo - thk <= w <= w_hi + thk:
+                lay = layers[j]
+                ic = up2(lay.ic[None])[0]
+                vent = up2(lay.vent[None])[0]
+                brain = up2(lay.brain[None])[0]
+                fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
+                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
+                                None if labels is None else labels[k])
+            if k in streak_slices:
+                img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
+            if k in motion_slices:
+                dy, dx, alpha = motion_slices[k]
+                ghost = ndimage.shift(img[j], (dy, dx), order=1, mode="nearest")
+                img[j] += F32(alpha) * (ghost - img[j])
+        for jj in np.flatnonzero(art_half.any(axis=(1, 2))):
+            img[jj] += up2(art_half[jj])
+        if r_noise is None:
+            hu[ks] = np.rint(np.clip(img, HU_MIN, HU_MAX))
+            continue
+        noise = r_noise.standard_normal(img.shape, dtype=F32)
+        noise = ndimage.gaussian_filter(noise, (0, noise_sigma, noise_sigma), output=noise, truncate=3.0)
+        # fewer photons through the skull base: noisier low slices
+        gain = np.array([1.0 + 0.3 * min(1.0, max(0.0, (-15.0 - geo.slice_w(k)) / 30.0)) for k in ks], dtype=F32)
+        noise *= (noise_gain * gain)[:, None, None]
+        img += noise
+        np.clip(img, HU_MIN, HU_MAX, out=img)
+        np.rint(img, out=img)
+        hu[ks] = img  # exact: integral values in the int16 range
+
+    return hu, mask, labels, stats
+
+
+def _calc_truth(head: Head, geo: Geometry) -> list[dict[str, Any]]:
+    calcs = []
+    for c in head.calcs:
+        kz = geo.slice_of(c.centre[2])
+        if not (-0.5 <= kz <= geo.n_slices - 0.5):
+            continue
+        xx, yy = geo.pixel_of(kz, c.centre[0], c.centre[1])
+        calcs.append({"kind": c.kind, "voxel": [kz, yy, xx], "semi_mm": list(c.semi), "hu": round(c.hu, 1)})
+    return calcs
 
 
 def _classify(lay: Any, head: Head) -> np.ndarray:

@@ -37,6 +37,17 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str], *, bad: b
     return f"<h2>{escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
 
+def _outcomes(oc: dict[str, Any]) -> str:
+    """Follow-up outcomes: pairs and the drift state per model version (figures: GET /outcomes)."""
+    rows = [{"model version": v, "pairs": d.get("pairs"), "expansions": d.get("events"),
+             "observed rate": d.get("observed_rate"), "predicted rate": d.get("predicted_rate"),
+             "ECE": d.get("ece"), "drift": "; ".join(d.get("reasons") or []) or "no"}
+            for v, d in sorted((oc.get("versions") or {}).items())]
+    title = f"Follow-up outcomes ({int(oc.get('pairs_recorded', 0))} pairs recorded; AUC and CI: /outcomes)"
+    return _table(title, rows, ["model version", "pairs", "expansions", "observed rate", "predicted rate", "ECE",
+                                "drift"], bad=bool(oc.get("drift")))
+
+
 def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRESH_SECONDS) -> str:
     depth = st.get("queue_depth", {})
     stages = {k: v for k, v in st.get("median_seconds", {}).items()}
@@ -69,6 +80,7 @@ def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRE
                st.get("notifications", {}).get("failed", []),
                ["id", "trigger", "target", "kind", "series", "attempts", "error", "since"], bad=True),
         f"<h2>Quarantined instances</h2><p>{int(st.get('quarantined_instances', 0))}</p>",
+        _outcomes(st.get("outcomes") or {}),
         "</body></html>",
     ]
     return "".join(parts)

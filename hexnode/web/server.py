@@ -3,6 +3,7 @@
 GET /          the same facts as a plain HTML page for a browser, refreshing itself (web/page.py)
 GET /healthz   "ok" — liveness, no token (it says nothing about the data)
 GET /status    the JSON of `hexnode status --json` (no patient identifiers)
+GET /outcomes  the JSON of `hexnode outcomes --json` (follow-up pairs: AUC, calibration, drift; no identifiers)
 GET /metrics   Prometheus text (prometheus_client): series/jobs/deliveries by state, queue depths, stage medians
 
 A token (`Authorization: Bearer <token>`) guards /, /status and /metrics whenever one is configured;
@@ -62,6 +63,17 @@ class StatusCollector:
             for key, value in sorted(values.items()):
                 family.add_metric([key], float(value))
             yield family
+        oc = st.get("outcomes") or {}
+        drift = GaugeMetricFamily("hexnode_outcomes_drift", "1 when a model version's follow-up outcomes drift "
+                                  "(observed expansion rate outside the predicted 95 % interval, or ECE too high).",
+                                  labels=["model_version"])
+        pairs = GaugeMetricFamily("hexnode_outcome_pairs", "Scored follow-up outcome pairs per model version.",
+                                  labels=["model_version"])
+        for version, d in sorted((oc.get("versions") or {}).items()):
+            drift.add_metric([version], 1.0 if d["drift"] else 0.0)
+            pairs.add_metric([version], float(d["pairs"]))
+        yield drift
+        yield pairs
         yield GaugeMetricFamily("hexnode_quarantined_instances", "Received files whose header could not be read.",
                                 value=float(st["quarantined_instances"]))
 
@@ -108,13 +120,16 @@ class StatusServer:
                 if path == "/healthz":
                     self._send(200, "text/plain", b"ok\n")
                     return
-                if path not in ("/", "/status", "/metrics"):
+                if path not in ("/", "/status", "/metrics", "/outcomes"):
                     self._send(404, "text/plain", b"not found\n")
                     return
                 if not server._authorised(self.headers.get("Authorization")):
                     # the page asks a browser for the token (as a Basic password); API clients use Bearer
                     challenge = 'Basic realm="hexnode status"' if path == "/" else "Bearer"
                     self._send(401, "text/plain", b"token required\n", {"WWW-Authenticate": challenge})
+                    return
+                if path == "/outcomes":
+                    self._outcomes()
                     return
                 try:
                     st = collect(server.store)
@@ -130,6 +145,17 @@ class StatusServer:
                     self._send(200, "application/json", json.dumps(st).encode())
                 else:
                     self._send(200, CONTENT_TYPE_LATEST, metrics_text(st).encode())
+
+            def _outcomes(self) -> None:
+                from hexnode.store.outcomes import summarise
+
+                try:
+                    body = json.dumps(summarise(server.store)).encode()
+                except Exception:
+                    log.exception("outcomes summary failed")
+                    self._send(500, "text/plain", b"outcomes unavailable\n")
+                    return
+                self._send(200, "application/json", body)
 
             def _send(self, code: int, ctype: str, body: bytes, extra: dict[str, str] | None = None) -> None:
                 self.send_response(code)
