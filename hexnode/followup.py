@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Recorded:
+    """A follow-up's outcome as recorded: its growth, and the drift its pair revealed, if any."""
+
+    growth: rule.Growth | None = None
+    hours: float = 0.0
+    drift_version: str | None = None
+    drift_pairs: int = 0
+    drift_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Pending:
     """What `record` writes: the scan's row, and its outcome when it is a follow-up."""
 
@@ -181,8 +192,9 @@ class FollowupStep:
         pending.extra_kinds = [kind_of(ds) for ds in objects]
 
     # --- inside the commit ------------------------------------------------------------------
-    def record(self, s: Session, series_id: int, pending: Pending, rows: Sequence[tuple[str, str, str, str]]) -> None:
-        """Insert or update the scan (a revision re-analysed replaces its values) and its outcome."""
+    def record(self, s: Session, series_id: int, pending: Pending, rows: Sequence[tuple[str, str, str, str]]) -> Recorded:
+        """Insert or update the scan (a revision re-analysed replaces its values) and its outcome;
+        returns what the stroke team and the site are told about (notify.on_followup)."""
         seg_path = next((rel for kind, _sop, rel, _cls in rows if kind == "SEG"), None)
         scan = s.execute(select(Scan).where(Scan.series_id == series_id)).scalar_one_or_none()
         if scan is None:
@@ -203,8 +215,13 @@ class FollowupStep:
             state = check_drift(s, base.model_version, drift_min_pairs=self.cfg.drift_min_pairs,
                                 drift_max_ece=self.cfg.drift_max_ece)
             save_drift(s, state)
-            if state.drift:  # the lead wires notifications to this event
+            recorded = Recorded(growth=pending.growth, hours=float(pending.link.hours or 0.0))
+            if state.drift:
                 log.warning("outcomes drift: model %s, %d pairs: %s", state.model_version, state.pairs,
                             "; ".join(state.drift_reasons))
+                recorded.drift_version, recorded.drift_pairs = state.model_version, state.pairs
+                recorded.drift_reasons = list(state.drift_reasons)
             if pending.growth.expansion:
                 log.info("expansion observed on a follow-up (%s)", pending.growth.line(float(pending.link.hours or 0.0)))
+            return recorded
+        return Recorded()

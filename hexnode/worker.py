@@ -246,7 +246,9 @@ class Worker:
                 if ctx.answers:
                     _record_answer(s, ctx, produced)
                 if ctx.followup is not None and self.followup is not None:
-                    self.followup.record(s, job.series_id, ctx.followup, rows)
+                    recorded = self.followup.record(s, job.series_id, ctx.followup, rows)
+                    notify.on_followup(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
+                                       recorded=recorded)
                 if not study_job:  # alerts, corrections, not-analysed notices: with the result or not at all
                     notify.on_result(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
                                      answers=ctx.answers)

@@ -643,6 +643,55 @@ def test_worker_outcomes_become_alarms_retractions_and_not_analysed_notices(db: 
         http.stop()
 
 
+def test_follow_up_expansion_alarms_corrects_and_drift_warns_once_a_day(db: tuple[Store, int, int],
+                                                                        tmp_path: Path) -> None:
+    """on_followup (the worker's hook after a follow-up's outcome is recorded): expansion observed →
+    an alarm with the measured growth; a revised follow-up without expansion corrects it; a drift
+    the pair revealed → one warning per model version and day, however many pairs confirm it."""
+    from pydicom.dataset import Dataset
+
+    from hexnode.followup import Recorded
+    from hexnode.notify import on_followup
+    from hexnode.produce import Produced
+    from hexnode.series.followup import growth
+
+    store, _, series_id = db
+    http = HttpReceiver().start()
+    try:
+        cfg = cfg_from(tmp_path, one_webhook(http.url + "/hook", triggers='["expansion_observed", "drift_warning"]'))
+        sr = Dataset()
+        sr.Modality, sr.AccessionNumber, sr.StudyInstanceUID = "SR", "ACC7", "1.2.826.0.1.7"
+        produced = Produced(datasets=[sr], prediction=None, reason=None)
+        grown = Recorded(growth=growth(10.0, 19.0), hours=20.0, drift_version="hexnode-he 9.9", drift_pairs=60,
+                         drift_reasons=["ECE 0.14 > 0.10"])
+        n = notifier(store, cfg, tmp_path)
+        with store.transaction() as s:
+            assert on_followup(s, cfg, series_id=series_id, revision=0, produced=produced, recorded=Recorded()) == []
+            first = on_followup(s, cfg, series_id=series_id, revision=0, produced=produced, recorded=grown)
+            assert len(first) == 2
+            # the same job retried: the same rows, nothing new
+            assert on_followup(s, cfg, series_id=series_id, revision=0, produced=produced, recorded=grown) == first
+        n.run_once()
+        with store.transaction() as s:
+            same = Recorded(growth=growth(10.0, 10.5), hours=20.0, drift_version="hexnode-he 9.9", drift_pairs=61,
+                            drift_reasons=["ECE 0.14 > 0.10"])
+            again = on_followup(s, cfg, series_id=series_id, revision=1, produced=produced, recorded=same)
+            assert len(again) == 2 and first[1] in again  # the correction, and today's drift row again
+        n.run_once()
+        docs = [p.json() for p in http.at("/hook")]
+        got = sorted((d["trigger"], d["correction"], d["finding"]["headline"]) for d in docs)
+        assert got == [
+            ("drift_warning", False, "Model drift on this site's outcomes: hexnode-he 9.9"),
+            ("expansion_observed", False, "Hematoma expansion observed on the follow-up scan"),
+            ("expansion_observed", True, "No longer expansion: the revised follow-up shows no"),
+        ]
+        alarm = next(d for d in docs if d["trigger"] == "expansion_observed" and not d["correction"])
+        assert alarm["finding"]["facts"]["Growth"].startswith("growth: +9.0 ml (+90 %) over 20.0 h")
+        assert alarm["finding"]["accession_number"] == "ACC7"
+    finally:
+        http.stop()
+
+
 def test_email_refuses_a_relay_without_starttls(db: tuple[Store, int, int], tmp_path: Path) -> None:
     """security = "starttls" against a server that does not offer it: a failed attempt, no clear-text mail."""
     from aiosmtpd.controller import Controller

@@ -18,6 +18,6 @@ table's life), deliver (the send-stage loop), webhook, mail, hl7v2 (one transpor
 """
 
 from hexnode.notify.message import Finding, Message
-from hexnode.notify.triggers import Trigger, enqueue, on_delivery_failed, on_result
+from hexnode.notify.triggers import Trigger, enqueue, on_delivery_failed, on_followup, on_result
 
-__all__ = ["Finding", "Message", "Trigger", "enqueue", "on_delivery_failed", "on_result"]
+__all__ = ["Finding", "Message", "Trigger", "enqueue", "on_delivery_failed", "on_followup", "on_result"]

@@ -23,6 +23,7 @@ from hexnode.receive.spool import uid_hash
 from hexnode.store.db import Series
 
 if TYPE_CHECKING:
+    from hexnode.followup import Recorded
     from hexnode.produce import Produced
 
 
@@ -145,3 +146,45 @@ def on_delivery_failed(s: Session, cfg: Config, *, series_id: int, destination: 
     # keyed per destination too
     return enqueue(s, cfg, trigger=Trigger.DELIVERY_FAILED, series_id=series_id, revision=series.revision,
                    finding=f, subject=f"{series.series_uid}>{destination}")
+
+
+def on_followup(s: Session, cfg: Config, *, series_id: int, revision: int, produced: Produced,
+                recorded: Recorded) -> list[int]:
+    """The worker recorded a follow-up's outcome (same transaction): expansion observed, for the
+    stroke team (a revised follow-up without expansion corrects a delivered alarm), and a drift
+    warning for the site, once per model version and day."""
+    if not cfg.notifications or recorded.growth is None:
+        return []
+    from hexnode.produce import kind_of
+
+    series = s.get(Series, series_id)
+    assert series is not None
+    g = recorded.growth
+    base = _about(next((ds for ds in produced.datasets if kind_of(ds) == "SR"), None), series)
+    facts = {"Growth": g.line(recorded.hours), "Baseline volume": f"{g.baseline_ml:.1f} ml",
+             "Follow-up volume": f"{g.followup_ml:.1f} ml", "Definition": g.definition}
+    f = replace(base, volume_ml=round(g.followup_ml, 2), facts=facts)
+    ids: list[int] = []
+    if g.expansion:
+        ids += enqueue(s, cfg, trigger=Trigger.EXPANSION_OBSERVED, series_id=series_id, revision=revision,
+                       finding=replace(f, headline="Hematoma expansion observed on the follow-up scan", positive=True))
+    else:
+        ids += enqueue(s, cfg, trigger=Trigger.EXPANSION_OBSERVED, series_id=series_id, revision=revision,
+                       finding=replace(f, headline=f"No longer expansion: the revised follow-up shows {g.category}"),
+                       retraction=True)
+    if recorded.drift_version is not None:
+        day = produced_day()
+        drift = Finding(headline=f"Model drift on this site's outcomes: {recorded.drift_version}",
+                        model=recorded.drift_version, reason="; ".join(recorded.drift_reasons),
+                        facts={"Outcome pairs": str(recorded.drift_pairs),
+                               "Action": "review `hexnode outcomes`; `hexnode recalibrate` when enough pairs"})
+        ids += enqueue(s, cfg, trigger=Trigger.DRIFT_WARNING, series_id=None, revision=0, finding=drift,
+                       subject=f"drift {recorded.drift_version} {day}")
+    return ids
+
+
+def produced_day() -> str:
+    """UTC date: one drift warning per model version and day, however many pairs confirm it."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%d")
