@@ -112,3 +112,24 @@ def test_the_committed_unet_imported_from_onnx_is_the_same_function():
     assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
     with pytest.raises(ValueError, match="convolutions|is"):
         seg_from_onnx(path, 12)
+
+
+def test_the_committed_campaign_is_where_the_next_run_starts(tmp_path):
+    """models/campaign: the next run loads its U-Net (BatchNorm stays frozen: run 1 came from ONNX)
+    and CNN weights, and adds itself to the history."""
+    import json
+    from pathlib import Path
+
+    from hexnode.train.cli import _seg_init, write_campaign
+    from hexnode.train.nets import HECNN, SegUNet
+
+    campaign = Path(__file__).resolve().parents[1] / "models" / "campaign"
+    weights, frozen = _seg_init(campaign, 8)
+    assert frozen
+    SegUNet(width=8).load_state_dict(weights)
+    HECNN().load_state_dict(torch.load(campaign / "cnn.pt", weights_only=True))
+    runs = json.loads((campaign / "campaign.json").read_text())["runs"]
+    totals = write_campaign(tmp_path, {"runs_before": runs, "run": {"seg_steps": 7, "cnn_steps": 3},
+                                       "seg_weights": weights, "cnn_weights": {}}, 10.0, {"n": 1})
+    assert totals["runs"] == len(runs) + 1
+    assert totals["seg_steps"] == sum(r.get("seg_steps") or 0 for r in runs) + 7

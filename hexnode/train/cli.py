@@ -484,9 +484,10 @@ def write_campaign(out: Path, campaign: dict[str, Any], wall_seconds: float, tes
     run = dict(campaign["run"], wall_seconds=round(wall_seconds, 1),
                test={k: value(test.get(k)) for k in ("n", "auc", "bayes_auc", "ece", "iou_slice", "iou_patient")})
     runs = [*campaign["runs_before"], run]
-    totals = {"runs": len(runs), "seg_steps": sum(r["seg_steps"] for r in runs),
-              "cnn_steps": sum(r["cnn_steps"] for r in runs),
-              "wall_hours": round(sum(r.get("wall_seconds", 0.0) for r in runs) / 3600, 2)}
+    # a run may lack a figure (run 0 kept no CNN step count, run 1 no wall time): it counts as 0
+    totals = {"runs": len(runs), "seg_steps": sum(r.get("seg_steps") or 0 for r in runs),
+              "cnn_steps": sum(r.get("cnn_steps") or 0 for r in runs),
+              "wall_hours": round(sum(r.get("wall_seconds") or 0.0 for r in runs) / 3600, 2)}
     (folder / "campaign.json").write_text(json.dumps(_finite({"totals": totals, "runs": runs}), indent=1) + "\n")
     return totals
 
