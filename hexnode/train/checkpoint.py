@@ -61,6 +61,17 @@ def restore(state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer
     torch.set_rng_state(state.torch_rng)
 
 
+def resume(path: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator,
+           log: Any, name: str) -> LoopState | None:
+    """Restore a loop from `path` when it holds a checkpoint (the loop then goes on from its step
+    and time spent, or stops at once when it is `done`); None: start from step 0."""
+    saved = load(path)
+    if saved is not None:
+        restore(saved, model, opt, rng)
+        log.info("%s: continuing from %s at step %d (%.0f s trained)", name, path, saved.step, saved.spent_seconds)
+    return saved
+
+
 @dataclass
 class Every:
     """When to write a checkpoint: every `steps` steps (tests) or every `seconds` of training."""

@@ -45,11 +45,9 @@ def train_cnn(x: NDArray[np.float32], y: NDArray[np.int64], *, seconds: float, s
     pos = float(y.mean()) if y.size else 0.5
     pos_weight = torch.tensor([(1 - pos) / max(pos, 1e-3)])
     step, spent = 0, 0.0
-    saved = ckpt.load(checkpoint)
+    saved = ckpt.resume(checkpoint, model, opt, rng, log, "cnn")
     if saved is not None:
-        ckpt.restore(saved, model, opt, rng)
         step, spent = saved.step, saved.spent_seconds
-        log.info("cnn: continuing from %s at step %d (%.0f s trained)", checkpoint, step, spent)
         if saved.done:
             model.eval()
             return model, step

@@ -182,11 +182,9 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.monotonic()
     step, ema, spent = 0, None, 0.0
-    saved = ckpt.load(checkpoint)
+    saved = ckpt.resume(checkpoint, model, opt, rng, log, "seg")
     if saved is not None:
-        ckpt.restore(saved, model, opt, rng)
         step, ema, spent = saved.step, saved.ema, saved.spent_seconds
-        log.info("seg: continuing from %s at step %d (%.0f s trained)", checkpoint, step, spent)
         if saved.done:
             model.eval()
             return model, step
