@@ -202,25 +202,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     false-positive figures).  `mixed`: runs of (thickness mm, slices) from the bottom up, e.g.
     ((4.0, 14), (7.0, 14)) for GE's head protocol, covering the head from the foramen magnum up.
     """
-    r_head = _rng(seed, index, 1)
-    r_geo = _rng(seed, index, 2)
-    r_mark = _rng(seed, index, 3)
-    r_hem = _rng(seed, index, 4)
-    r_noise = _rng(seed, index, 5)
-    r_art = _rng(seed, index, 6)
+    head, geo, acq, hard_flags, location, markers, hem, r_noise, r_art = _draw(seed, index, thin=thin, hard=hard,
+                                                                               tilt_deg=tilt_deg)
     r_label = _rng(seed, index, 7)
-
-    head = Head.draw(r_head)
-    geo = _draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head)
-    acq = _draw_acquisition(r_geo)
-    hard_flags = {"small": False, "motion": False, "streaks": False}
-    if hard:
-        hard_flags = {"small": r_art.random() < 0.6, "motion": r_art.random() < 0.5,
-                      "streaks": r_art.random() < 0.5}
-        if not any(hard_flags.values()):
-            hard_flags[str(r_art.choice(list(hard_flags)))] = True
-    location, markers = hemodel.draw_case(r_mark, small=hard_flags["small"])
-    hem = draw_hematoma(r_hem, head, markers, location)
     if mixed is not None:
         geo = _mixed(geo, mixed)
     elif n_slices is not None:
@@ -292,10 +276,11 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
 FOLLOWUP_HOURS = (8.0, 30.0)  # the interval to the follow-up CT, uniform (the clinical "about 24 h")
 
 
-def _replay(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
-            ) -> tuple[Head, Geometry, Acquisition, dict[str, bool], str, Markers, Hematoma, float]:
-    """The baseline's draws again, from the same generators in the same order: the same head,
-    scanner, markers and bleed (and its noise level) as `generate_case(seed, index)`."""
+def _draw(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
+          ) -> tuple[Head, Geometry, Acquisition, dict[str, bool], str, Markers, Hematoma,
+                     np.random.Generator, np.random.Generator]:
+    """A case's head, scanner, hard-case flags, markers and bleed, from its own generators; also the
+    noise and artefact generators, where the caller goes on drawing (noise level first)."""
     r_head, r_geo, r_mark, r_hem = (_rng(seed, index, k) for k in (1, 2, 3, 4))
     r_noise, r_art = _rng(seed, index, 5), _rng(seed, index, 6)
     head = Head.draw(r_head)
@@ -309,6 +294,15 @@ def _replay(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
             hard_flags[str(r_art.choice(list(hard_flags)))] = True
     location, markers = hemodel.draw_case(r_mark, small=hard_flags["small"])
     hem = draw_hematoma(r_hem, head, markers, location)
+    return head, geo, acq, hard_flags, location, markers, hem, r_noise, r_art
+
+
+def _replay(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
+            ) -> tuple[Head, Geometry, Acquisition, dict[str, bool], str, Markers, Hematoma, float]:
+    """The baseline's draws again, from the same generators in the same order: the same head,
+    scanner, markers and bleed (and its noise level) as `generate_case(seed, index)`."""
+    head, geo, acq, hard_flags, location, markers, hem, r_noise, _ = _draw(seed, index, thin=thin, hard=hard,
+                                                                          tilt_deg=tilt_deg)
     return head, geo, acq, hard_flags, location, markers, hem, float(r_noise.uniform(3.5, 7.0))
 
 
