@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hexnode.demo import DemoStack, storescu, wait_port  # noqa: E402
+from hexnode.devtools.demo import DemoStack, storescu, wait_port  # noqa: E402
 
 PROCS = ("serve", "worker", "send")
 PHASES = ("receive", "job", "send", "random")

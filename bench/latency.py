@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hexnode.demo import DemoStack  # noqa: E402
+from hexnode.devtools.demo import DemoStack  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
 
     from hexnode.config import Config
     from hexnode.models.pipeline import Models
-    from hexnode.produce import produce
+    from hexnode.pipeline.run import produce
     from hexnode.synth.dicom import write_case
     from hexnode.synth.phantom import generate_case
 

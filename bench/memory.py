@@ -2,7 +2,7 @@
 
 Writes a synthetic thin series (hexnode.synth, 600 × 512², 0.625-1.25 mm) once under
 bench/output/memory/, then runs the worker's own code path in a fresh process — Models.load (ONNX
-sessions), `hexnode.produce.produce` (load volume → segment → features → predict → SEG/SR/SC) and
+sessions), `hexnode.pipeline.run.produce` (load volume → segment → features → predict → SEG/SR/SC) and
 the DICOM encoding the worker writes to the spool — and reads that process' peak RSS
 (getrusage ru_maxrss). The same process' RSS right after loading the models is printed as the
 reference, so the figure for the series itself is visible.
@@ -36,7 +36,7 @@ def rss_mb():
 
 paths = sorted(Path(sys.argv[1]).glob("*.dcm"))
 import threading
-import hexnode.produce as P
+import hexnode.pipeline.run as P
 import hexnode.report as R
 from hexnode.models.pipeline import Models
 models = Models.load(Path(sys.argv[2]), ["CPUExecutionProvider"])

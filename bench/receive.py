@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 from ctfiles import write_ct_series  # noqa: E402
 
-from hexnode.netutil import dcmtk_env, free_port, wait_port  # noqa: E402
+from hexnode.devtools.net import dcmtk_env, free_port, wait_port  # noqa: E402
 
 
 def send(port: int, folder: Path, aec: str) -> float:

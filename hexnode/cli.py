@@ -31,7 +31,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from hexnode.models.evaluate import run_evaluate
+    from hexnode.train.evaluate import run_evaluate
 
     return run_evaluate(args)
 
@@ -55,7 +55,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hexnode.offline import run_offline
+    from hexnode.pipeline.offline import run_offline
 
     return run_offline(args)
 
@@ -103,7 +103,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hexnode.demo import run_demo
+    from hexnode.devtools.demo import run_demo
 
     return run_demo(args)
 

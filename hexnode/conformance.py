@@ -136,7 +136,7 @@ def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> 
     """(scenario, datasets) for every outcome the worker writes."""
     import numpy as np
 
-    from hexnode.analysis import ModelInfo, Prediction
+    from hexnode.pipeline.contracts import ModelInfo, Prediction
     from hexnode.report import build_not_analysed, build_results
     from hexnode.report.study import Listed, build_study_not_analysed
 
@@ -167,7 +167,7 @@ def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> 
 def built_objects() -> tuple[Built, ...]:
     from pydicom import dcmread
 
-    from hexnode.produce import encode, kind_of
+    from hexnode.pipeline.run import encode, kind_of
 
     out = []
     for scenario, datasets in _build_all(example_sources()):

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from hexnode.config import load_config
-from hexnode.receive.spool import uid_hash
 from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_store
 from hexnode.store.queue import counts_by_state
+from hexnode.store.spool import uid_hash
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -5,7 +5,7 @@ with a heart-beat thread marks the job as ours, so a `kill -9` leaves it to be r
 another worker after `lease_seconds`. Results, outbox rows and the job's completion are one
 transaction: either all of them exist or none (and the derived UIDs make a rerun identical).
 
-The study is the unit of the answer (hexnode.series.study): the chosen series that cannot be loaded
+The study is the unit of the answer (hexnode.route.study): the chosen series that cannot be loaded
 as a volume (gap, duplicates, missing decoder …) or is incomplete gets a "not analysed" SR + SC
 with the reason; a study-level job builds one "not analysed" SR + SC for a study with no analysable
 series (`[report] per_series_not_analysed`: one per rejected series instead). Each answer names
@@ -31,14 +31,13 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 
 from hexnode import notify, runtime
-from hexnode.analysis import Analyser, Prediction
 from hexnode.config import Config, load_config
-from hexnode.produce import Produced, encode, headers_of, kind_of, not_analysed, produce
-from hexnode.receive.spool import Spool, uid_hash
+from hexnode.pipeline.contracts import Analyser, Prediction
+from hexnode.pipeline.load import VolumeError
+from hexnode.pipeline.run import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.report.study import PreviousAnswer, name_predecessor
 from hexnode.report.uids import derive_uid
-from hexnode.series.study import Answer, answer_of, listed_series, record_answer
-from hexnode.series.volume import VolumeError
+from hexnode.route.study import Answer, answer_of, listed_series, record_answer
 from hexnode.store.db import Job, Series, Store, Study, open_store
 from hexnode.store.queue import (
     LeaseLost,
@@ -49,9 +48,10 @@ from hexnode.store.queue import (
     heartbeat,
     series_instances,
 )
+from hexnode.store.spool import Spool, uid_hash
 
 if TYPE_CHECKING:
-    from hexnode.followup import Pending
+    from hexnode.pipeline.followup import Pending
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ class Worker:
     def __init__(self, store: Store, spool: Spool, cfg: Config, models: Analyser, owner: str | None = None) -> None:
         self.store, self.spool, self.cfg, self.models = store, spool, cfg, models
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-        # [followup] enabled: later scans of a patient are measured against the baseline (hexnode/followup.py)
-        from hexnode.followup import FollowupStep
+        # [followup] enabled: later scans of a patient are measured against the baseline (hexnode/pipeline/followup.py)
+        from hexnode.pipeline.followup import FollowupStep
 
         self.followup = FollowupStep.from_config(cfg, spool)
         self._models_checked = 0.0
@@ -193,8 +193,8 @@ class Worker:
     def _study_report(self, ctx: _StudyContext) -> Produced:
         """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
         from hexnode.report.study import Listed, build_study_not_analysed, headline
-        from hexnode.series.info import SeriesInfo
-        from hexnode.series.ranking import describe
+        from hexnode.route.info import SeriesInfo
+        from hexnode.route.ranking import describe
 
         t = time.perf_counter()
         listed: list[Listed] = []

@@ -13,8 +13,8 @@ from plumbing_helpers import free_port
 from hexnode.config import DicomConfig
 from hexnode.receive import fastpath
 from hexnode.receive.scp import Receiver
-from hexnode.receive.spool import Spool
 from hexnode.store.db import open_store
+from hexnode.store.spool import Spool
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from plumbing_helpers import free_port, models_dir, storescu, wait_port
 from sqlalchemy import func, select
 
 from hexnode.config import load_config
-from hexnode.receive.spool import Spool
 from hexnode.store.db import Event, Instance, Job, Result, Series, Store, open_store
+from hexnode.store.spool import Spool
 
 DCIODVFY = "/usr/bin/dciodvfy"
 CALLING = "SCANNER"

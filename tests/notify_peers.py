@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from hexnode.netutil import free_port
+from hexnode.devtools.net import free_port
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hexnode.netutil import dcmtk_env, free_port, wait_port  # noqa: F401  (re-exported for the tests)
+from hexnode.devtools.net import dcmtk_env, free_port, wait_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from hexnode.analysis import ModelInfo, Prediction
+from hexnode.pipeline.contracts import ModelInfo, Prediction
 
 TRANSFER_SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "jpegls": JPEGLSLossless}
 OUTPUT = Path(__file__).parent / "output"

@@ -18,8 +18,8 @@ from pydicom.uid import (
 )
 
 from hexnode.receive.index import read_header, record_instance
-from hexnode.receive.spool import Spool, instance_relpath
 from hexnode.store.db import Store
+from hexnode.store.spool import Spool, instance_relpath
 
 
 def phantom(n: int, rows: int, cols: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from node_helpers import CALLING, Node, Outcome, dciodvfy_errors, series_uid_of
 from plumbing_helpers import models_dir
 from sqlalchemy import select
 
-from hexnode.demo import sr_summary
+from hexnode.devtools.demo import sr_summary
 from hexnode.store.db import Instance, Series
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,7 +171,7 @@ def test_compressed_syntax_without_decoder(node: Node, tmp_path: Path) -> None:
     assert accepted == []  # no presentation context for a syntax we could not decode later
     assert node.instance_count() == before
     # the same files in an offline folder (hexnode run / worker code path): not analysed, with why
-    from hexnode.produce import produce
+    from hexnode.pipeline.run import produce
 
     produced = produce(paths, node.models)
     assert produced.prediction is None and "cannot decode pixel data" in (produced.reason or "")
@@ -242,7 +242,7 @@ def test_matrix_sizes(node: Node, tmp_path: Path, kind: str, rows: int, cols: in
 
 
 def _spooled_hu(node: Node, series_uid: str) -> np.ndarray:
-    from hexnode.series.volume import load_volume
+    from hexnode.pipeline.load import load_volume
 
     with node.store.transaction() as s:
         sid = s.execute(select(Series.id).where(Series.series_uid == series_uid)).scalar_one()
@@ -364,7 +364,7 @@ def test_offline_folder_with_zero_byte_truncated_and_non_dicom_files(node: Node,
     """`hexnode run` on a folder: broken files are skipped and counted, the series is analysed."""
     import argparse
 
-    from hexnode.offline import run_offline
+    from hexnode.pipeline.offline import run_offline
 
     folder = tmp_path / "folder"
     paths = bad.good(folder)

@@ -17,9 +17,9 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.receive.spool import Spool
-from hexnode.series.stable import INCOMPLETE_WAIT_FACTOR, check_once
+from hexnode.route.stable import INCOMPLETE_WAIT_FACTOR, check_once
 from hexnode.store.db import Series, open_store, utcnow
+from hexnode.store.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -39,8 +39,8 @@ from ruamel.yaml import YAML  # installed with pyradiomics (via pykwalify)
 from series_helpers import write_series
 from sqlalchemy import select
 
-from hexnode.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, ResultSet, sr_summary, storescu
-from hexnode.netutil import free_port
+from hexnode.devtools.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, ResultSet, sr_summary, storescu
+from hexnode.devtools.net import free_port
 from hexnode.store.db import Event, Job, Outbox, Series, open_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,8 +31,8 @@ from report_helpers import dciodvfy
 
 from hexnode import conformance
 from hexnode.config import Destination
-from hexnode.netutil import free_port, wait_port
-from hexnode.produce import encode
+from hexnode.devtools.net import free_port, wait_port
+from hexnode.pipeline.run import encode
 from hexnode.send.scu import store_files
 
 DOC = REPO / "docs" / "conformance.md"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from series_helpers import write_series
 
-from hexnode.netutil import free_port
-from hexnode.orthanc_local import ORTHANC_BIN, Orthanc, OrthancConfig
+from hexnode.devtools.net import free_port
+from hexnode.devtools.orthanc import ORTHANC_BIN, Orthanc, OrthancConfig
 
 pytestmark = pytest.mark.skipif(not Path(ORTHANC_BIN).exists(), reason="Debian orthanc not installed")
 

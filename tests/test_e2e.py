@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from series_helpers import write_series
 from sqlalchemy import select
 
-from hexnode.demo import DemoStack, sr_summary
+from hexnode.devtools.demo import DemoStack, sr_summary
 from hexnode.store.db import Event, Job, Series, open_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from plumbing_helpers import models_dir
 from sqlalchemy import select
 
 from hexnode.config import ConfigError, load_config
-from hexnode.series import followup as rule
+from hexnode.route import followup as rule
 from hexnode.store.db import Event, Outcome, Scan, Series
 
 N_PAIRS = int(os.environ.get("FOLLOWUP_TEST_PAIRS", "30"))
@@ -338,11 +338,11 @@ def test_measured_growth_matches_the_truth(cohort: Cohort) -> None:
 
 
 def test_outcomes_auc_equals_the_offline_auc_of_the_same_predictions(cohort: Cohort) -> None:
-    from hexnode.models import metrics as M
+    from hexnode.train import metrics as M
 
     node = cohort.node
     probs, observed = [], []
-    from hexnode.receive.spool import uid_hash
+    from hexnode.store.spool import uid_hash
 
     for pair in cohort.pairs:
         # the baseline's probability as the worker returned it; the expansion as the follow-up SR says
@@ -420,7 +420,7 @@ def test_a_followup_that_cannot_be_analysed_records_no_outcome_and_says_why(coho
     assert out.kinds == ["SC", "SR"] and "gap" in out.reason  # the usual "not analysed" report
     with node.store.transaction() as s:
         assert s.execute(select(Outcome).where(Outcome.followup_id == gap.id)).scalar_one_or_none() is None
-    from hexnode.receive.spool import uid_hash
+    from hexnode.store.spool import uid_hash
 
     said = [r.getMessage() for r in cohort.records if uid_hash(uid) in r.getMessage() and "no outcome" in r.getMessage()]
     assert said and "not analysed" in said[0], said
@@ -599,7 +599,7 @@ def test_followup_tables_on_postgresql() -> None:
         try:
             p, y = _fill(st, 60, miscalibrated=False)
             summary = summarise(st)
-            from hexnode.models import metrics as M
+            from hexnode.train import metrics as M
 
             (v,) = summary["versions"]
             assert v["pairs"] == 60 and v["auc"] == pytest.approx(M.auc(y, p), abs=1e-12)
@@ -614,9 +614,9 @@ def test_drift_and_recalibration_on_a_miscalibrated_site(tmp_path: Path) -> None
     import shutil
 
     from hexnode.config import Config, FollowupConfig, ModelsConfig
-    from hexnode.models import metrics as M
     from hexnode.store.db import open_store
     from hexnode.store.outcomes import check_drift, summarise
+    from hexnode.train import metrics as M
     from hexnode.train.recalibrate import Refused, recalibrate
 
     models = tmp_path / "models"

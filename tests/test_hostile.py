@@ -35,8 +35,8 @@ from plumbing_helpers import free_port, storescu, wait_port, write_ct
 from sqlalchemy import select
 
 from hexnode.receive.peers import PeerLog
-from hexnode.receive.spool import Spool
 from hexnode.store.db import Event, Instance, Series, Store, open_store
+from hexnode.store.spool import Spool
 
 REQUEST_TIMEOUT = 1.0
 NETWORK_TIMEOUT = 2.0

@@ -219,7 +219,7 @@ def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
               "sensitivity", "specificity"):
         assert k in obj
     assert 0.0 <= obj["iou_patient"] <= 1.0
-    from hexnode.models.evaluate import read_cases
+    from hexnode.train.evaluate import read_cases
 
     rows = read_cases(tmp_path / "cases.csv")
     assert sorted(r.case_id for r in rows) == sorted(read_labels(data))

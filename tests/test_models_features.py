@@ -69,7 +69,7 @@ def test_marker_score_fits_a_logistic_truth_and_round_trips(tmp_path):
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     names = ["a", "b", "c"]
     score, oof = fit_marker_score(x, y, names, seed=1)
-    from hexnode.models.metrics import auc
+    from hexnode.train.metrics import auc
 
     assert auc(y, oof) > 0.75  # out-of-fold: close to the truth's own AUC
     assert auc(y, oof) < auc(y, score.apply(x)) + 0.02
@@ -88,8 +88,8 @@ def test_marker_score_fits_a_logistic_truth_and_round_trips(tmp_path):
 
 
 def test_out_of_fold_booster_scores():
-    from hexnode.models.metrics import auc
     from hexnode.train.fusion_train import out_of_fold_raw
+    from hexnode.train.metrics import auc
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(200, 2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hexnode.models import metrics as M
-from hexnode.models.evaluate import CaseResult, json_line, summarise
+from hexnode.train import metrics as M
+from hexnode.train.evaluate import CaseResult, json_line, summarise
 
 
 def _blob(shape=(6, 40, 40), centre=(3, 20, 20), r=8):
@@ -137,7 +137,7 @@ def test_marker_score_ablation_only_when_every_case_has_one():
 def test_per_case_csv_round_trips_to_the_same_figures(tmp_path):
     from dataclasses import replace
 
-    from hexnode.models.evaluate import read_cases, write_cases
+    from hexnode.train.evaluate import read_cases, write_cases
 
     rng = np.random.default_rng(7)
     m = _blob()

@@ -31,9 +31,9 @@ from hexnode.config import Config, ConfigError, NotificationTarget, load_config
 from hexnode.notify import Finding, Trigger, enqueue
 from hexnode.notify.deliver import Notifier
 from hexnode.notify.message import message_id
-from hexnode.receive.spool import Spool
 from hexnode.status import collect, render
 from hexnode.store.db import Event, Notification, Series, Store, Study, open_store
+from hexnode.store.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWER = "https://ohif.hospital.example"
@@ -602,9 +602,9 @@ def test_worker_outcomes_become_alarms_retractions_and_not_analysed_notices(db: 
     → "no longer High risk" only after a delivered alarm; incomplete coverage → not-analysed notice."""
     from pydicom.dataset import Dataset
 
-    from hexnode.analysis import ModelInfo, Prediction
     from hexnode.notify import on_result
-    from hexnode.produce import Produced
+    from hexnode.pipeline.contracts import ModelInfo, Prediction
+    from hexnode.pipeline.run import Produced
 
     store, _, series_id = db
     http = HttpReceiver().start()
@@ -650,10 +650,10 @@ def test_follow_up_expansion_alarms_corrects_and_drift_warns_once_a_day(db: tupl
     the pair revealed → one warning per model version and day, however many pairs confirm it."""
     from pydicom.dataset import Dataset
 
-    from hexnode.followup import Recorded
     from hexnode.notify import on_followup
-    from hexnode.produce import Produced
-    from hexnode.series.followup import growth
+    from hexnode.pipeline.followup import Recorded
+    from hexnode.pipeline.run import Produced
+    from hexnode.route.followup import growth
 
     store, _, series_id = db
     http = HttpReceiver().start()
@@ -703,7 +703,7 @@ def test_email_refuses_a_relay_without_starttls(db: tuple[Store, int, int], tmp_
             got.append(envelope.content)
             return "250 OK"
 
-    from hexnode.netutil import free_port
+    from hexnode.devtools.net import free_port
 
     port = free_port()
     ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
@@ -814,7 +814,7 @@ def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
     from plumbing_helpers import models_dir
 
     from hexnode.models.pipeline import Models
-    from hexnode.produce import produce
+    from hexnode.pipeline.run import produce
     from hexnode.synth.dicom import write_series as synth_series
     from hexnode.synth.phantom import generate_case
 

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from test_chaos import models_dir
 
-from hexnode.demo import DemoStack
+from hexnode.devtools.demo import DemoStack
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/Orthanc").exists(), reason="Debian orthanc not installed")
 

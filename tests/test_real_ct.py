@@ -20,7 +20,7 @@ import pytest
 from node_helpers import CALLING, Node, dciodvfy_errors, series_uid_of
 from sqlalchemy import select
 
-from hexnode.demo import sr_summary
+from hexnode.devtools.demo import sr_summary
 from hexnode.store.db import Event, Series
 from hexnode.synth.dicom import write_case
 from hexnode.synth.phantom import generate_case
@@ -104,8 +104,8 @@ def test_sender_that_aborts_part_way_gets_a_not_analysed_report(node: Node, tmp_
             select(Event).where(Event.entity == "series", Event.entity_id == series.id)).scalars()]
     assert any(f"sender {CALLING} stopped part-way" in d for d in detail), detail
     assert "aborted the association after 10 instances" in node.log.read_text()
-    from hexnode.receive.spool import uid_hash
     from hexnode.status import collect, render
+    from hexnode.store.spool import uid_hash
 
     text = render(collect(node.store))
     assert f"{uid_hash(uid)} from {CALLING}: 10 instances arrived before the association was aborted (rejected)" in text, text

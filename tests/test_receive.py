@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from hexnode.config import TLSConfig
 from hexnode.receive.scp import Receiver
-from hexnode.receive.spool import Spool, instance_relpath, safe_component
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Series, open_store
+from hexnode.store.spool import Spool, instance_relpath, safe_component
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

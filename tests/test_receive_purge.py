@@ -9,9 +9,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from hexnode.receive.purge import run_purge
-from hexnode.receive.spool import Spool, instance_relpath
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Job, Outbox, Series, Study, open_store, utcnow
+from hexnode.store.spool import Spool, instance_relpath
 
 
 def test_purge_deletes_only_finished_old_series(tmp_path: Path) -> None:

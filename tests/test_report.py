@@ -32,7 +32,7 @@ from report_helpers import (
     write_series,
 )
 
-from hexnode.analysis import Prediction
+from hexnode.pipeline.contracts import Prediction
 from hexnode.report import build_not_analysed, build_results, codes, derive_uid
 from hexnode.report.render import OUTLINE_RGB, key_slice, slice_rgb
 
@@ -545,7 +545,7 @@ def test_not_analysed_from_odd_headers(tmp_path: Path) -> None:
 
 def test_synth_series_through_load_volume(tmp_path: Path) -> None:
     """The worker's real path: hexnode.synth files -> load_volume headers -> report."""
-    from hexnode.series.volume import load_volume
+    from hexnode.pipeline.load import load_volume
     from hexnode.synth.dicom import write_series as synth_write
     from hexnode.synth.phantom import generate_case
 

@@ -12,8 +12,8 @@ from pydicom.uid import generate_uid
 from report_helpers import MODEL
 from series_helpers import write_series
 
-from hexnode.demo import sr_summary
-from hexnode.produce import headers_of
+from hexnode.devtools.demo import sr_summary
+from hexnode.pipeline.run import headers_of
 from hexnode.report.study import (
     SC_MAX_SERIES,
     Listed,

@@ -14,10 +14,10 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from hexnode.config import Config, Destination, SendConfig
-from hexnode.receive.spool import Spool
 from hexnode.send.sender import Sender, run_resend
 from hexnode.store import queue
 from hexnode.store.db import Outbox, Series, Study, open_store
+from hexnode.store.spool import Spool
 
 
 @pytest.fixture(scope="module")

@@ -140,10 +140,10 @@ def test_other_http_errors_fail_the_batch_once_without_library_retries(peer: Pee
 
 def test_network_errors_are_short_and_the_outbox_row_backs_off(tmp_path: Path) -> None:
     from hexnode.config import Config
-    from hexnode.receive.spool import Spool
     from hexnode.send.sender import Sender
     from hexnode.store import queue
     from hexnode.store.db import Outbox, Series, Study, open_store
+    from hexnode.store.spool import Spool
 
     port = free_port()
     dest = Destination(name="web", kind="stow", url=f"http://127.0.0.1:{port}/dicom-web", timeout_seconds=2)

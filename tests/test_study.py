@@ -24,7 +24,7 @@ from node_helpers import Node, dciodvfy_errors
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from hexnode.demo import sr_summary
+from hexnode.devtools.demo import sr_summary
 from hexnode.report.study import study_uids
 from hexnode.store.db import Job, Result, Series, Study
 

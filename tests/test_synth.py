@@ -321,7 +321,7 @@ def test_calcification_inside_an_intraventricular_cast_stays_visible() -> None:
 
 
 def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
-    from hexnode.series.volume import load_volume
+    from hexnode.pipeline.load import load_volume
 
     case = generate_case(81, 0, mixed=((4.0, 14), (7.0, 14)), tilt_deg=18.5)
     assert case.hu.shape[0] == 28 and case.truth.thickness_runs == [[4.0, 14], [7.0, 14]]
@@ -342,7 +342,7 @@ def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
     assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
     assert any(n.startswith("gantry tilt 18.5 degrees") for n in vol.notes)
     # a missing slice inside either run is still a gap
-    from hexnode.series.volume import VolumeError
+    from hexnode.pipeline.load import VolumeError
 
     ordered = sorted(paths, key=lambda p: p.name)
     for missing, step in ((5, 4.0), (20, 7.0)):

@@ -30,8 +30,8 @@ from pydicom.dataset import Dataset
 from report_helpers import OUTPUT, Series, prediction, write_series
 from viewer_helpers import CHROMIUM, PROJECT_JS, launch, open_ohif, wait_for_sop
 
-from hexnode.netutil import free_port
-from hexnode.orthanc_local import Orthanc, OrthancConfig
+from hexnode.devtools.net import free_port
+from hexnode.devtools.orthanc import Orthanc, OrthancConfig
 from hexnode.report import build_results
 from hexnode.report.render import key_slice
 from hexnode.viewer import ViewerServer, ohif_installed

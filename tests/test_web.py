@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 
 from hexnode.config import ConfigError, HttpConfig, load_config
-from hexnode.receive.spool import uid_hash
 from hexnode.store.db import Series, Study, open_store
 from hexnode.store.queue import enqueue_job, transition
+from hexnode.store.spool import uid_hash
 from hexnode.web.server import StatusServer
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.4242"

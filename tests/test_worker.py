@@ -21,10 +21,10 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.demo import sr_summary
-from hexnode.receive.spool import Spool
-from hexnode.series.stable import check_once
+from hexnode.devtools.demo import sr_summary
+from hexnode.route.stable import check_once
 from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_store, utcnow
+from hexnode.store.spool import Spool
 from hexnode.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,8 +218,8 @@ class ThresholdModels:
 
     def analyse(self, hu: Any, spacing: Any, notes: Any = (), **_geometry: Any) -> Any:
         # extents / head_up feed the real models' coverage rule, which a threshold does not need
-        from hexnode.analysis import Prediction
         from hexnode.models.pipeline import Analysis
+        from hexnode.pipeline.contracts import Prediction
 
         mask = ((hu >= 50) & (hu <= 90)).astype(np.uint8)
         ml = float(mask.sum()) * spacing[0] * spacing[1] * spacing[2] / 1000
@@ -232,8 +232,8 @@ def test_enhanced_ct_multiframe_is_analysed_with_matching_frames(models: Any, sy
     holds the mask of the slice at the position of the source frame it references."""
     import highdicom as hd
 
-    from hexnode.produce import produce
-    from hexnode.series.volume import load_volume
+    from hexnode.pipeline.load import load_volume
+    from hexnode.pipeline.run import produce
 
     _, paths = synth_case
     enh = hd.legacy.LegacyConvertedEnhancedCTImage(
@@ -263,7 +263,7 @@ def test_enhanced_ct_multiframe_is_analysed_with_matching_frames(models: Any, sy
 @pytest.mark.parametrize("rows,cols", [(256, 256), (400, 512), (600, 520)])
 def test_matrix_sizes_analysed_on_their_own_grid(models: Any, tmp_path: Path, rows: int, cols: int) -> None:
     """256², non-square and larger-than-512 matrices: analysed, SEG on the source grid (the models pad)."""
-    from hexnode.produce import produce
+    from hexnode.pipeline.run import produce
 
     out = produce(write_series(tmp_path, n=10, rows=rows, cols=cols), models)
     assert out.analysed and out.shape == (10, rows, cols)

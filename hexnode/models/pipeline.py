@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hexnode.analysis import ModelInfo, Prediction
 from hexnode.models import features as F
 from hexnode.models.brain import Cavity, coverage_problem, gate_mask, intracranial
 from hexnode.models.predict import Booster, Calibration, MarkerScore
@@ -28,6 +27,7 @@ from hexnode.models.registry import (
     make_session,
 )
 from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, volume_ml
+from hexnode.pipeline.contracts import ModelInfo, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from hexnode.config import Config, NotificationTarget
 from hexnode.notify import state
 from hexnode.notify.message import Finding, Message, message_id, viewer_link
 from hexnode.notify.webhook import Sent
-from hexnode.receive.spool import Spool
 from hexnode.store.db import Instance, Store
+from hexnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
 

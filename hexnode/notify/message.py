@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hexnode.analysis import NOT_FOR_CLINICAL_USE
+from hexnode.pipeline.contracts import NOT_FOR_CLINICAL_USE
 
 SCHEMA = "hexnode.notification/1"
 PHI_LABELS = {"patient_name": "Patient name", "patient_id": "Patient ID", "birth_date": "Birth date"}

@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session
 from hexnode.config import Config
 from hexnode.notify import state
 from hexnode.notify.message import Finding
-from hexnode.receive.spool import uid_hash
 from hexnode.store.db import Series
+from hexnode.store.spool import uid_hash
 
 if TYPE_CHECKING:
-    from hexnode.followup import Recorded
-    from hexnode.produce import Produced
+    from hexnode.pipeline.followup import Recorded
+    from hexnode.pipeline.run import Produced
 
 
 class Trigger(StrEnum):
@@ -92,7 +92,7 @@ def on_result(s: Session, cfg: Config, *, series_id: int, revision: int, produce
     `answers`: this result is the study's answer (a retraction is only sent for the study's answer)."""
     if not cfg.notifications:
         return []
-    from hexnode.produce import kind_of
+    from hexnode.pipeline.run import kind_of
 
     series = s.get(Series, series_id)
     assert series is not None
@@ -155,7 +155,7 @@ def on_followup(s: Session, cfg: Config, *, series_id: int, revision: int, produ
     warning for the site, once per model version and day."""
     if not cfg.notifications or recorded.growth is None:
         return []
-    from hexnode.produce import kind_of
+    from hexnode.pipeline.run import kind_of
 
     series = s.get(Series, series_id)
     assert series is not None

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hexnode.receive.spool import uid_hash
 from hexnode.store import queue
 from hexnode.store.db import Instance, Series, Study
+from hexnode.store.spool import uid_hash
 
 log = logging.getLogger(__name__)
 

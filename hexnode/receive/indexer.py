@@ -7,7 +7,7 @@ process through a queue; here each file is fsynced (with its directory), its hea
 Why a process: header parsing and ORM inserts are CPU-bound Python; in a thread they hold the
 GIL while pynetdicom's reactors wait to answer the next C-STORE, which more than doubled the
 receive time of a 320-instance series. For the same reason the series-completion scheduler
-(``hexnode.series.stable.start_scheduler``, an APScheduler job that reads the database every
+(``hexnode.route.stable.start_scheduler``, an APScheduler job that reads the database every
 ``check_interval_seconds``) runs in this process too, not beside the SCP. Why it is safe: a file is complete in the spool before
 Success is answered; if this process dies (or the queue is lost with serve), ``Indexer.recover``
 indexes every spooled file the database does not know when the indexer starts again.
@@ -35,9 +35,9 @@ from sqlalchemy import func, select
 from hexnode.config import Config
 from hexnode.receive.index import HeaderError, read_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
-from hexnode.receive.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Event, Instance, Series, Store, open_store
+from hexnode.store.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
 
 log = logging.getLogger(__name__)
 
@@ -283,15 +283,15 @@ def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready:
 
 
 def start_series_scheduler(cfg: Config, store: Store, spool: Spool) -> Any:
-    """The pipeline's series-completion scheduler (``hexnode.series.stable``), or None."""
+    """The pipeline's series-completion scheduler (``hexnode.route.stable``), or None."""
     try:
-        from hexnode.series import stable
+        from hexnode.route import stable
     except ImportError:
-        log.warning("hexnode.series.stable is not available: series will not be completed")
+        log.warning("hexnode.route.stable is not available: series will not be completed")
         return None
     start = getattr(stable, "start_scheduler", None)
     if start is None:
-        log.warning("hexnode.series.stable has no start_scheduler: series will not be completed")
+        log.warning("hexnode.route.stable has no start_scheduler: series will not be completed")
         return None
     return start(store, cfg, spool)
 

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 
 from hexnode.config import load_config
-from hexnode.receive.spool import Spool, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Event, Instance, Outbox, Result, Series, Store, open_store, utcnow
+from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
 

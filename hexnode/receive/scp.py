@@ -49,7 +49,7 @@ Policies (``[dicom]`` in hexnode.toml):
 
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
-The series scheduler (``hexnode.series.stable.start_scheduler(store, cfg, spool)``, owned by the
+The series scheduler (``hexnode.route.stable.start_scheduler(store, cfg, spool)``, owned by the
 pipeline) is started by :func:`run_serve` inside the indexer process (see
 ``hexnode.receive.indexer``); it returns an object with ``shutdown()``.
 """
@@ -82,9 +82,9 @@ from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningSe
 from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
-from hexnode.receive.spool import Spool, instance_relpath, uid_hash
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Store, open_store, utcnow
+from hexnode.store.spool import Spool, instance_relpath, uid_hash
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class Receiver:
 
         A sender that aborted (or lost the connection, or stalled past the network timeout) or that
         had C-STOREs fail stopped part-way through what it was sending; its series must wait for
-        the rest and is never analysed partial (hexnode.series.stable). Its partial file, if it was
+        the rest and is never analysed partial (hexnode.route.stable). Its partial file, if it was
         cut off inside an instance, is deleted. One line says what happened."""
         with self._sent_lock:
             sent = self._sent.pop(id(assoc), None)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import Prediction
+from hexnode.pipeline.contracts import Prediction
 from hexnode.report.common import addressable
 from hexnode.report.not_analysed import build_not_analysed
 from hexnode.report.outline import key_slice_roi

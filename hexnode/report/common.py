@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from hexnode import __version__
-from hexnode.analysis import NOT_FOR_CLINICAL_USE, ModelInfo, Prediction
+from hexnode.pipeline.contracts import NOT_FOR_CLINICAL_USE, ModelInfo, Prediction
 from hexnode.report import codes
 from hexnode.report.uids import device_uid
 

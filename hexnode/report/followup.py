@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import ModelInfo
+from hexnode.pipeline.contracts import ModelInfo
 from hexnode.report import codes
 from hexnode.report.common import (
     MANUFACTURER,
@@ -50,14 +50,14 @@ from hexnode.report.sc import sc_dataset
 from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.sr import algorithm_id, measurement_report, plain
 from hexnode.report.uids import derive_uid
-from hexnode.series.followup import DEFINITIONS, Growth
+from hexnode.route.followup import DEFINITIONS, Growth
 
 FOLLOWUP_SR = (9904, "hexnode follow-up SR")
 FOLLOWUP_SC = (9905, "hexnode follow-up summary")
 
 
 class KeyImage(Protocol):
-    """A key slice (hexnode.produce.KeySlice): HU and mask (rows, cols), spacing (row, column) mm."""
+    """A key slice (hexnode.pipeline.run.KeySlice): HU and mask (rows, cols), spacing (row, column) mm."""
 
     @property
     def hu(self) -> np.ndarray: ...

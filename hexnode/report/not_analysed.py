@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import ModelInfo
+from hexnode.pipeline.contracts import ModelInfo
 from hexnode.report import codes
 from hexnode.report.common import addressable, clinical_use_note, first_image
 from hexnode.report.sc import build_message_sc, source_line

@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import ModelInfo, Prediction
+from hexnode.pipeline.contracts import ModelInfo, Prediction
 from hexnode.report import codes
 from hexnode.report.common import (
     MANUFACTURER,

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from hexnode.analysis import ModelInfo
+from hexnode.pipeline.contracts import ModelInfo
 from hexnode.report import codes
 from hexnode.report.common import (
     ALGORITHM_NAME,

@@ -32,7 +32,7 @@ from pydicom.sr.codedict import codes as sr_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 
-from hexnode.analysis import ModelInfo, Prediction
+from hexnode.pipeline.contracts import ModelInfo, Prediction
 from hexnode.report import codes
 from hexnode.report.common import (
     ALGORITHM_NAME,

@@ -16,7 +16,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
-from hexnode.analysis import ModelInfo
+from hexnode.pipeline.contracts import ModelInfo
 from hexnode.report.common import addressable, burned_in_warning, clinical_use_note, model_label
 from hexnode.report.not_analysed import not_analysed_comment, not_analysed_report
 from hexnode.report.render import WARN_RGB, Line, annotate, blank

@@ -31,12 +31,12 @@ from hexnode import notify
 from hexnode.config import Config, Destination, load_config
 from hexnode.notify import state as notify_state
 from hexnode.notify.deliver import Notifier
-from hexnode.receive.spool import Spool
 from hexnode.runtime import setup_logging
 from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
 from hexnode.store.db import Store, open_store
+from hexnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.series.followup import Growth
+from hexnode.route.followup import Growth
 from hexnode.store.db import Meta, Outcome, Scan, Store
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _finite(x: float) -> float | None:
 
 def figures(version: str, pairs: list[Pair], *, drift_min_pairs: int = 50, drift_max_ece: float = 0.10,
             with_auc: bool = True) -> VersionFigures:
-    from hexnode.models import metrics as M
+    from hexnode.train import metrics as M
 
     y = np.array([p.expansion for p in pairs], bool)
     prob = np.array([p.probability for p in pairs], float)
@@ -211,7 +211,7 @@ def summarise(store: Store, *, drift_min_pairs: int = 50, drift_max_ece: float =
 
 def reliability_png(store: Store, path: Path, version: str | None = None) -> int:
     """Reliability diagram of the scored pairs (of one model version, or all); returns n."""
-    from hexnode.models.plots import reliability_png as draw
+    from hexnode.train.plots import reliability_png as draw
 
     with store.transaction() as s:
         pairs, _ = scored_pairs(s)

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from hexnode.models import features as F
-from hexnode.models import metrics as M
 from hexnode.models.brain import intracranial
 from hexnode.models.segment import PostProcessing, postprocess, predict_probability
 from hexnode.runtime import setup_logging
+from hexnode.train import metrics as M
 from hexnode.train.data import NORMAL_INDEX_OFFSET, TrainCase, read_labels, site_case, synth_case
 
 log = logging.getLogger("hexnode.train")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from hexnode.models import metrics as M
 from hexnode.models.predict import MarkerScore
+from hexnode.train import metrics as M
 
 log = logging.getLogger(__name__)
 

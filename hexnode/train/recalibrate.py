@@ -73,7 +73,7 @@ def fit_platt(x: NDArray[np.float64], y: NDArray[np.bool_], iterations: int = 50
 
 
 def choose_threshold(y: NDArray[np.bool_], p: NDArray[np.float64], target_sensitivity: float) -> float:
-    from hexnode.models import metrics as M
+    from hexnode.train import metrics as M
 
     if target_sensitivity > 0:
         return M.sensitivity_threshold(y, p, target_sensitivity)
@@ -101,7 +101,7 @@ class Figures:
 
     @staticmethod
     def of(y: NDArray[np.bool_], p: NDArray[np.float64], thr: NDArray[np.float64]) -> Figures:
-        from hexnode.models import metrics as M
+        from hexnode.train import metrics as M
 
         high = p >= thr
         tp, fn = int((y & high).sum()), int((y & ~high).sum())

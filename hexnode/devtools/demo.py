@@ -28,8 +28,8 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from hexnode.netutil import free_port, wait_port
-from hexnode.orthanc_local import Orthanc, OrthancConfig
+from hexnode.devtools.net import free_port, wait_port
+from hexnode.devtools.orthanc import Orthanc, OrthancConfig
 from hexnode.viewer import ViewerServer, ohif_installed
 
 STORESCU = "/usr/bin/storescu"

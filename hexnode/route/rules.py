@@ -1,7 +1,7 @@
 """The built-in selection rules as plain data: which series are analysable head NCCT, and why not.
 
-The rule engine is hexnode.series.conditions, the study-level choice hexnode.series.ranking and
-hexnode.series.select puts them together (`Selector`).
+The rule engine is hexnode.route.conditions, the study-level choice hexnode.route.ranking and
+hexnode.route.select puts them together (`Selector`).
 
 Rules are plain data, so a site can read and change them in `hexnode.toml` (`[series.selection]`):
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hexnode.series.volume import CT_SOP_CLASSES, MAX_SLICES
+from hexnode.pipeline.load import CT_SOP_CLASSES, MAX_SLICES
 
 BUILTIN_REQUIRE: list[dict[str, Any]] = [
     {"name": "modality", "attr": "Modality", "equals": "CT", "reason": "modality {value} is not CT"},

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hexnode.analysis import Analyser, Prediction
-from hexnode.series.volume import VolumeError, load_volume, read_header
+from hexnode.pipeline.contracts import Analyser, Prediction
+from hexnode.pipeline.load import VolumeError, load_volume, read_header
 
 log = logging.getLogger(__name__)
 

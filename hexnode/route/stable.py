@@ -8,7 +8,7 @@ counts alone never decide (PACS resend and send in any order).
 
 Completed series of one study are decided together once the study has settled (no instance of it
 for `[series] study_settle_seconds`; a PACS routing a whole study sends one series after another).
-The study is the unit of the answer (`hexnode.series.study`): the chosen series gets a job and its
+The study is the unit of the answer (`hexnode.route.study`): the chosen series gets a job and its
 result set; every other series is closed as `rejected` with its reason and no report. A study with
 no analysable series gets one job for a study-level "not analysed" SR + SC listing what arrived;
 localizers, dose reports and objects that are not CT images never cause one. `[report]
@@ -33,19 +33,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hexnode.config import Config
-from hexnode.receive.spool import Spool, uid_hash
-from hexnode.series.info import SeriesInfo
-from hexnode.series.select import Decision, Selector
-from hexnode.series.study import (
+from hexnode.pipeline.load import VolumeError, read_header
+from hexnode.route.info import SeriesInfo
+from hexnode.route.select import Decision, Selector
+from hexnode.route.study import (
     answer_of,
     enqueue_study_job,
     never_candidate,
     study_jobs,
     supersede_study_jobs,
 )
-from hexnode.series.volume import VolumeError, read_header
 from hexnode.store.db import Instance, Job, Series, Store, Study, utcnow
 from hexnode.store.queue import enqueue_job, transition
+from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
 

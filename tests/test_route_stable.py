@@ -14,9 +14,9 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.receive.spool import Spool
-from hexnode.series.stable import check_once, start_scheduler, whole_reason
+from hexnode.route.stable import check_once, start_scheduler, whole_reason
 from hexnode.store.db import Event, Instance, Job, Series, Store, open_store, utcnow
+from hexnode.store.spool import Spool
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_study_without_analysable_series_gets_one_study_report(env: tuple[Store,
 
 
 def test_late_series_after_a_study_answer(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
-    from hexnode.series.study import record_answer
+    from hexnode.route.study import record_answer
 
     store, spool, cfg = env
     t0 = utcnow()
@@ -302,7 +302,7 @@ def test_indexer_lag_does_not_complete_a_series_mid_indexing(env: tuple[Store, S
     """Rows appearing with old C-STORE times (the indexer behind a fast sender) keep the series open
     until its count has been still for the stable time; the count proof (Images in Acquisition) is
     not delayed."""
-    from hexnode.series.stable import CountWatch
+    from hexnode.route.stable import CountWatch
 
     store, spool, cfg = env
     watch = CountWatch()

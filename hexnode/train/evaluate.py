@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hexnode.models import metrics as M
 from hexnode.runtime import route_warnings, setup_logging
+from hexnode.train import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def read_cases(path: Path) -> list[CaseResult]:
 
 
 def write_plots(results: list[CaseResult], s: dict[str, Any], outdir: Path, tag: str = "") -> None:
-    from hexnode.models import plots
+    from hexnode.train import plots
 
     outdir.mkdir(parents=True, exist_ok=True)
     y = np.array([r.label for r in results])

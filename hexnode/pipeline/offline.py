@@ -5,7 +5,7 @@ For debugging and for site IT: the same selection, volume loading, models and re
 the worker. Files that are not DICOM (truth.json, DICOMDIR leftovers, notes) are ignored. When the
 folder holds several series, the study-level rule picks one and the output says which.
 Several folders: each is analysed into OUT/NN-<name>/, then scans of one patient are linked in time
-order by the node's follow-up rule (hexnode/series/followup.py) and each follow-up gets its report
+order by the node's follow-up rule (hexnode/route/followup.py) and each follow-up gets its report
 and one line `growth: +12.3 ml (+45 %) over 24.0 h; expansion: yes` (offline_followup.py).
 Exit status: 0 analysed, 3 not analysed (the SR/SC saying why are written anyway), 2 nothing usable.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from hexnode.config import load_config
-from hexnode.produce import Produced, encode, kind_of, produce
+from hexnode.pipeline.load import VolumeError, read_header
+from hexnode.pipeline.run import Produced, encode, kind_of, produce
+from hexnode.route.info import SeriesInfo
+from hexnode.route.select import Selector
 from hexnode.runtime import setup_logging
-from hexnode.series.info import SeriesInfo
-from hexnode.series.select import Selector
-from hexnode.series.volume import VolumeError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run_offline(args: argparse.Namespace) -> int:
         rc = max(rc, code)
         if result is not None:
             done.append((folder, sub, *result))
-    from hexnode.offline_followup import link_offline
+    from hexnode.pipeline.offline_followup import link_offline
 
     link_offline(done, cfg, models)
     return rc

@@ -16,7 +16,7 @@ The rule (README "Follow-up scans"):
   a PACS sends them does not matter for the interval; a scan is only ever linked to a baseline
   acquired before it.
 
-Pure functions: the worker's follow-up step (hexnode/followup.py) reads the candidates from the
+Pure functions: the worker's follow-up step (hexnode/pipeline/followup.py) reads the candidates from the
 database and records the decision.
 """
 
