@@ -119,6 +119,27 @@ def test_post_processing_drops_small_blobs_far_from_the_hematoma_only():
     assert run(PostProcessing()) == [True, True, False, True]
     assert run(PostProcessing(remote_min_ml=0.0)) == [True, True, True, True]  # model sets from before the rule
     assert run(PostProcessing(remote_reach_mm=3.0)) == [True, False, False, True]  # the reach is in mm
+    # the smallest-lesion limit never touches a hematoma's satellites, only masks with nothing larger
+    assert run(PostProcessing(min_lesion_ml=0.1)) == [True, True, False, True]
+
+
+def test_islands_alone_below_the_smallest_lesion_are_no_hemorrhage():
+    from hexnode.models.segment import PostProcessing, clean_mask
+
+    shape, sp = (30, 200, 200), (0.5, 0.5, 1.0)
+    voxel_ml = 0.5 * 0.5 * 1.0 / 1000
+    a = _ellipsoid(shape, (10, 100, 60), (2.5, 2.5, 2.5), sp)
+    b = _ellipsoid(shape, (20, 100, 140), (2.0, 2.0, 2.0), sp)
+    assert 0.02 < b.sum() * voxel_ml < a.sum() * voxel_ml < 0.1
+
+    def kept(pp, m):
+        return int(clean_mask(m.copy(), sp, pp).sum())
+
+    # the far-island rule off, so only the limit decides (b is 40 mm from a)
+    assert kept(PostProcessing(remote_min_ml=0.0), a | b) == int((a | b).sum())  # no limit: both stay
+    assert kept(PostProcessing(remote_min_ml=0.0, min_lesion_ml=0.1), a | b) == 0
+    limit = float(a.sum() * voxel_ml) * 0.99  # a reaches it: the mask is kept, b with it
+    assert kept(PostProcessing(remote_min_ml=0.0, min_lesion_ml=limit), a | b) == int((a | b).sum())
 
 
 def test_plan_families_groups_by_image_type_and_keeps_only_needed_sigmas():

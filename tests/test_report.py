@@ -458,6 +458,20 @@ def test_no_hemorrhage(tmp_path: Path) -> None:
     # nothing to outline: no planar group, and the summary says so first
     assert hd.sr.srread(files["sr"]).content.get_planar_roi_measurement_groups() == []
     assert _comments(sr)[0].startswith("No hemorrhage detected (hematoma 0.0 ml): Low risk")
+    assert not any("Smallest hemorrhage reported" in t for t in _comments(sr))  # this model names no limit
+
+
+def test_no_hemorrhage_names_the_model_sets_smallest_reported_hemorrhage(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    series = write_series(tmp_path / "ct", n=8, size=96)
+    pred = Prediction(volume_ml=0.0, probability=0.02, model=replace(MODEL, min_lesion_ml=0.1),
+                      hemorrhage_detected=False)
+    _seg, sr, _sc = build_results(series.headers(), series.hu, np.zeros_like(series.mask), pred)
+    errors, text = dciodvfy(_write([sr], ["sr"], tmp_path)["sr"])
+    assert errors == [], text
+    assert "Smallest hemorrhage reported: 0.1 ml (isolated islands of suspected blood below it are not called a " \
+           "hemorrhage)." in _comments(sr)
 
 
 def test_revision_supersedes(tmp_path: Path) -> None:

@@ -103,12 +103,14 @@ class Models:
             fill_holes=bool(pp["fill_holes"]),
             remote_min_ml=float(pp.get("remote_min_ml", 0.0)),  # absent: a model set from before the rule
             remote_reach_mm=float(pp.get("remote_reach_mm", PostProcessing.remote_reach_mm)),
+            min_lesion_ml=float(pp.get("min_lesion_ml", 0.0)),  # absent: a set from before the limit
         )
         self.info = ModelInfo(
             name=manifest.name,
             version=manifest.version,
             threshold=manifest.threshold,
             synthetic_trained=manifest.synthetic_trained,
+            min_lesion_ml=self.post.min_lesion_ml,
         )
         self.provider = self.seg.get_providers()[0]
         log.info("models %s %s on %s", self.info.name, self.info.version, self.provider)

@@ -26,6 +26,9 @@ class ModelInfo:
     version: str  # the manifest's version; also part of derived output UIDs
     threshold: float  # calibrated probability threshold for the High risk category
     synthetic_trained: bool = True
+    # The smallest hemorrhage the model set reports (its post-processing's min_lesion_ml): a
+    # "no hemorrhage" statement is qualified with it. 0: no limit named.
+    min_lesion_ml: float = 0.0
 
 
 @dataclass(frozen=True)

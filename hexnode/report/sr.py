@@ -307,6 +307,9 @@ def result_comments(
     texts = [summary_sentence(prediction)]
     if not prediction.hemorrhage_detected:
         texts.append("No hemorrhage detected.")
+        if model.min_lesion_ml > 0:
+            texts.append(f"Smallest hemorrhage reported: {model.min_lesion_ml:g} ml (isolated islands of "
+                         "suspected blood below it are not called a hemorrhage).")
     # The series' own facts (gantry tilt; the lead's mixed slice thickness line, e.g. "slice
     # thickness 4 mm (14 slices) and 7 mm (14 slices)") arrive as prediction.notes: right after
     # the summary, before how the series was chosen.

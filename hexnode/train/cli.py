@@ -30,7 +30,7 @@ import numpy as np
 
 from hexnode.models import features as F
 from hexnode.models.brain import intracranial
-from hexnode.models.segment import PostProcessing, postprocess, predict_probability
+from hexnode.models.segment import MIN_LESION_ML, PostProcessing, postprocess, predict_probability
 from hexnode.runtime import setup_logging
 from hexnode.train import metrics as M
 from hexnode.train.data import NORMAL_INDEX_OFFSET, TrainCase, read_labels, site_case, synth_case
@@ -38,7 +38,7 @@ from hexnode.train.data import NORMAL_INDEX_OFFSET, TrainCase, read_labels, site
 log = logging.getLogger("hexnode.train")
 
 SPLITS = {"segcnn": 0.35, "fusion": 0.38, "val": 0.16, "test": 0.11}
-POST = PostProcessing()
+POST = PostProcessing(min_lesion_ml=MIN_LESION_ML)
 # U-Net emphasis on hypodense blood (the blend-sign cap the models missed: recall 0.23 with 3x / 30 %).
 # Pilot, 150 training cases, 6 min each, 80 fresh cases: 3x / 30 % -> 8x / 45 % raised the recall of
 # blend caps 0.27 -> 0.33 and of swirl foci 0.63 -> 0.70, dense blood 0.97 both, IoU 0.808 / 0.806.
@@ -408,7 +408,8 @@ def finish(out: Path, state: dict[str, Any]) -> None:
             "windows_hu": [list(w) for w in WINDOWS],
             "postprocessing": {"threshold": POST.threshold, "min_component_ml": POST.min_component_ml,
                                "fill_holes": POST.fill_holes, "connectivity": 26,
-                               "remote_min_ml": POST.remote_min_ml, "remote_reach_mm": POST.remote_reach_mm},
+                               "remote_min_ml": POST.remote_min_ml, "remote_reach_mm": POST.remote_reach_mm,
+                               "min_lesion_ml": POST.min_lesion_ml},
             "radiomics": "pyradiomics 3.0.1 on the CT cropped to the mask bbox + 12 mm; see radiomics.yaml",
             "cnn_input": "slice of largest mask area and its neighbours (0-100 HU) + mask, square 1.6x extent + 10 mm, 64x64",
             "features": {"context": context_names, "cnn": cnn_names, "radiomics_selected": sel_rad,
