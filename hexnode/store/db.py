@@ -1,4 +1,4 @@
-"""The node's database: SQLAlchemy 2 models, engine set-up, schema creation and migration.
+"""The node's database: SQLAlchemy 2 models, engine set-up, opening (and migrating) a store.
 
 Everything that crosses a process boundary (serve → worker → send) goes through these tables, so a
 restart of any process loses nothing. SQLite (WAL) is the embedded default; PostgreSQL by URL for
@@ -7,8 +7,9 @@ several workers.
 API
 ---
 ``open_store(url, *, schema=None, create=True) -> Store``
-    Engine + session factory. ``create=True`` creates the schema and applies migrations
-    (idempotent; safe for several processes starting at once). ``schema`` (PostgreSQL only) puts
+    Engine + session factory. ``create=True`` creates the schema or upgrades it to the newest
+    Alembic revision (``hexnode.store.migrate``; idempotent; safe for several processes starting
+    at once). ``schema`` (PostgreSQL only) puts
     every table in that schema, which tests use to isolate a run.
 ``Store.transaction()``
     ``with store.transaction() as s:`` → a ``Session`` in one transaction, committed on exit,
@@ -40,7 +41,7 @@ No patient name, ID or birth date is stored: nothing here needs them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,13 +61,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -79,7 +76,9 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Schema version, so a newer hexnode can migrate an older database in place."""
+    """Small node-wide settings by key (the active model version, the outcomes' drift state).
+
+    Before Alembic it also held ``schema_version``; the legacy_v1_v4 revision reads and removes it."""
 
     __tablename__ = "hexnode_meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -276,8 +275,7 @@ class Notification(Base):
     destination for a failed delivery —, revision, target): a restart or a re-run never creates a
     second row, so never a second alert. ``payload`` is the finding (volume, probability, risk,
     accession number, viewer link …), never a patient name, ID or birth date: a target that turns
-    such a field on gets it read from the spool at send time, not stored here. A new table, so
-    ``create_all`` adds it to an older database without a migration."""
+    such a field on gets it read from the spool at send time, not stored here."""
 
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_state_due", "state", "next_attempt_at"),
@@ -303,40 +301,6 @@ class Notification(Base):
     queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the maximum age counts from here
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-# Versioned migrations: MIGRATIONS[v] brings a database at version v-1 to v. Version 1 is the
-# initial schema (create_all). Later versions append a function here; never edit an old one.
-def _v2_outbox_queued_at(s: Session) -> None:
-    cols = {c["name"] for c in inspect(s.connection()).get_columns("outbox")}
-    if "queued_at" not in cols:
-        s.execute(text("ALTER TABLE outbox ADD COLUMN queued_at TIMESTAMP"))
-    s.execute(text("UPDATE outbox SET queued_at = created_at WHERE queued_at IS NULL"))
-
-
-def _v3_series_aborted(s: Session) -> None:
-    cols = {c["name"] for c in inspect(s.connection()).get_columns("series")}
-    if "aborted_at" not in cols:
-        s.execute(text("ALTER TABLE series ADD COLUMN aborted_at TIMESTAMP"))
-    if "aborted_note" not in cols:
-        s.execute(text("ALTER TABLE series ADD COLUMN aborted_note TEXT"))
-
-
-def _v4_study_answer(s: Session) -> None:
-    insp = inspect(s.connection())
-    cols = {c["name"] for c in insp.get_columns("studies")}
-    for name, sql_type in (("answer_kind", "VARCHAR(16)"), ("answer_sr_uid", "TEXT"),
-                           ("answer_sr_series_uid", "TEXT"), ("report_revision", "INTEGER")):
-        if name not in cols:
-            s.execute(text(f"ALTER TABLE studies ADD COLUMN {name} {sql_type}"))
-    s.execute(text("UPDATE studies SET report_revision = 0 WHERE report_revision IS NULL"))
-    if "study_revision" not in {c["name"] for c in insp.get_columns("jobs")}:
-        s.execute(text("ALTER TABLE jobs ADD COLUMN study_revision INTEGER"))
-
-
-MIGRATIONS: dict[int, Callable[[Session], None]] = {
-    2: _v2_outbox_queued_at, 3: _v3_series_aborted, 4: _v4_study_answer,
-}
 
 
 @dataclass
@@ -398,7 +362,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def open_store(url: str, *, schema: str | None = None, create: bool = True) -> Store:
-    """Open (and by default create/migrate) the database at `url`."""
+    """Open (and by default create, or upgrade to the head revision) the database at `url`."""
     engine = make_engine(url, schema=schema)
     if url.startswith("sqlite:///"):
         from pathlib import Path
@@ -411,38 +375,7 @@ def open_store(url: str, *, schema: str | None = None, create: bool = True) -> S
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     store = Store(engine, sessionmaker(engine, expire_on_commit=False), url=url, schema=schema)
     if create:
-        init_db(store)
+        from hexnode.store.migrate import upgrade  # Alembic is imported only by who migrates
+
+        upgrade(store)
     return store
-
-
-def init_db(store: Store) -> int:
-    """Create missing tables and apply pending migrations; returns the schema version."""
-    engine = store.engine
-    if engine.dialect.name == "postgresql":
-        # Several processes may start together: serialise schema creation on an advisory lock.
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            Base.metadata.create_all(conn)
-    else:
-        Base.metadata.create_all(engine)
-    with store.transaction() as s:
-        if engine.dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-        row = s.get(Meta, "schema_version")
-        current = int(row.value) if row else 0
-        if current == 0:
-            current = SCHEMA_VERSION  # a new database: create_all just built the current schema
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](s)
-            current = version
-        if row is None:
-            s.add(Meta(key="schema_version", value=str(current)))
-        else:
-            row.value = str(current)
-    return current
-
-
-def schema_version(store: Store) -> int:
-    with store.transaction() as s:
-        value = s.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one_or_none()
-    return int(value) if value else 0
