@@ -65,6 +65,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# PostgreSQL advisory lock that serialises schema creation and migration between processes
+# starting together (the number hexnode has always used, so an older process waits on it too).
+PG_SCHEMA_LOCK = 4242001
+
 
 def utcnow() -> datetime:
     """Naive UTC now: the one clock every timestamp column uses."""
@@ -372,6 +376,9 @@ def open_store(url: str, *, schema: str | None = None, create: bool = True) -> S
             Path(db_file).parent.mkdir(parents=True, exist_ok=True)
     if schema and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
+            # IF NOT EXISTS is not safe against a concurrent CREATE (a unique violation on
+            # pg_namespace): processes starting together take the migration lock for it too
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     store = Store(engine, sessionmaker(engine, expire_on_commit=False), url=url, schema=schema)
     if create:

@@ -32,11 +32,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from hexnode.store.db import Store
+from hexnode.store.db import PG_SCHEMA_LOCK, Store
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
-PG_LOCK = 4242001  # the lock init_db took before Alembic: an older process serialises with a newer one
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -93,7 +92,7 @@ def upgrade(store: Store) -> str:
         try:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
-                    conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_LOCK})"))
+                    conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
                 command.upgrade(_config(conn), "head")
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
