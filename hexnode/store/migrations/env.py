@@ -38,6 +38,10 @@ given = config.attributes.get("connection")
 if given is not None:
     _run(given)
 else:
+    if config.config_file_name:  # the alembic CLI: its ini's logging (hexnode's processes keep theirs)
+        from logging.config import fileConfig
+
+        fileConfig(config.config_file_name)
     url = os.environ.get("HEXNODE_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise SystemExit("set sqlalchemy.url in alembic.ini or $HEXNODE_DATABASE_URL")
