@@ -243,3 +243,14 @@ def test_job_of_a_dead_local_worker_is_reclaimed_before_its_lease_ends(store) ->
     with store.transaction() as s:
         job = queue.claim_job(s, "w2", 30, max_attempts=3)
         assert job is not None and job.id == jid and job.attempts == 2
+
+
+def test_one_back_off_for_outbox_and_notifications() -> None:
+    """hexnode.store.lease's back-off: initial * 2**(attempts-1), capped; [send] and [notify] defaults."""
+    from hexnode.config import NotifyConfig, SendConfig
+    from hexnode.notify import state
+    from hexnode.send import outbox
+
+    assert [outbox.backoff_seconds(a, SendConfig()) for a in (0, 1, 2, 3, 8, 9, 20)] == [
+        2.0, 2.0, 4.0, 8.0, 256.0, 300.0, 300.0]
+    assert [state.backoff_seconds(a, NotifyConfig()) for a in (1, 2, 6, 7, 20)] == [2.0, 4.0, 64.0, 120.0, 120.0]

@@ -35,6 +35,10 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
     ``notifications``  one per (trigger, series, revision, target): alerts and IT warnings
                    (hexnode/notify), with the outbox's retry, lease and maximum-age columns.
 
+Jobs, outbox rows and notifications share their lease columns through the ``Leased`` mixin, and
+outbox rows and notifications their retry columns through ``Delivery``; the steps on those
+columns (claim, release, back-off, give up, re-queue) are ``hexnode.store.lease``'s.
+
 No patient name, ID or birth date is stored: nothing here needs them.
 """
 
@@ -77,6 +81,29 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class Leased:
+    """Columns of a row that one process at a time works on (jobs, outbox, notifications): the
+    claimer counts an attempt and holds a lease until lease_until; hexnode.store.lease takes back
+    the lease of a claimer that died."""
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Delivery(Leased):
+    """Columns of a row delivered to a peer with retries (outbox, notifications): its
+    pending/sending/delivered/failed state, when it is next due (back-off), the last error.
+    Each table adds its own ``queued_at`` (the maximum age counts from it), whose nullability
+    differs between the two."""
+
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Meta(Base):
@@ -153,7 +180,7 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Job(Base):
+class Job(Leased, Base):
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("series_id", "revision"), Index("ix_jobs_state_id", "state", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -165,9 +192,7 @@ class Job(Base):
     study_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # queued | running | done | failed | superseded
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # attempts, lease_owner, lease_until: Leased
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -188,26 +213,19 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Outbox(Base):
+class Outbox(Delivery, Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("result_id", "destination"),
         Index("ix_outbox_state_due", "state", "next_attempt_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # state (pending | sending | delivered | failed), attempts, next_attempt_at, lease_owner,
+    # lease_until, created_at, last_error, delivered_at: Delivery
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    # pending | sending | delivered | failed
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Start of the current delivery period: the maximum age counts from here (reset by resend).
     queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Event(Base):
@@ -272,7 +290,7 @@ class Outcome(Base):
     baseline_at: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-class Notification(Base):
+class Notification(Delivery, Base):
     """One message to one notification target (hexnode/notify): an alert, a correction, an IT warning.
 
     ``key`` is the idempotency key (trigger, subject — the series UID, or the series and the
@@ -295,16 +313,10 @@ class Notification(Base):
     # True: it corrects an alert already delivered for the study (a re-analysed or superseding result).
     correction: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # pending | sending | delivered | failed | superseded (a newer result came before it was sent)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Delivery: state (pending | sending | delivered | failed | superseded: a newer result came
+    # before it was sent), attempts, next_attempt_at, lease_owner, lease_until, created_at,
+    # last_error, delivered_at
     queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the maximum age counts from here
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 @dataclass
