@@ -102,6 +102,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return run_models(args)
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    from hexnode.store.dbcli import run_db  # Alembic is imported only here and by open_store
+
+    return run_db(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hexnode.devtools.demo import run_demo
 
@@ -217,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--days", type=float, help="override spool.retention_days")
     p.add_argument("--dry-run", action="store_true")
+
+    p = add("db", _cmd_db, "the database schema: current revision (exit 1 when an upgrade is pending), "
+                           "upgrade to this version's head, history of revisions")
+    _config_arg(p)
+    p.add_argument("action", choices=["current", "upgrade", "history"])
 
     p = add("conformance", _cmd_conformance,
             "print the generated tables of the DICOM Conformance Statement (docs/conformance.md)")

@@ -826,22 +826,24 @@ def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
     assert produce(paths[:4] + paths[6:], models, stopped="8 instances arrived").cause == "sender_stopped"
 
 
-def test_an_older_database_gets_the_table_without_a_migration(tmp_path: Path) -> None:
-    """A database made before notifications existed: `create_all` adds the table on start; the
-    schema version (owned by the migrations) is not touched."""
+def test_an_older_database_gets_the_table_on_upgrade(tmp_path: Path) -> None:
+    """A database made before notifications existed (hexnode's schema version 4, before Alembic):
+    opening it upgrades it, and the baseline revision creates the table it lacks."""
     from sqlalchemy import inspect, text
 
-    from hexnode.store.db import SCHEMA_VERSION, schema_version
+    from hexnode.store import migrate
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     store = open_store(url)
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE notifications"))
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '4')"))
     assert "notifications" not in inspect(store.engine).get_table_names()
     store.dispose()
     store = open_store(url)
     try:
         assert "notifications" in inspect(store.engine).get_table_names()
-        assert schema_version(store) == SCHEMA_VERSION
+        assert migrate.current(store) == migrate.head()
     finally:
         store.dispose()

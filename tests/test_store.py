@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from hexnode.store import queue
+from hexnode.store import migrate, queue
 from hexnode.store.db import (
-    SCHEMA_VERSION,
     Event,
     Job,
     Outbox,
     Series,
     Study,
     open_store,
-    schema_version,
     utcnow,
 )
 
@@ -57,11 +55,11 @@ def store(tmp_path: Path):
 def test_schema_created_versioned_and_reopenable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite'}"
     st = open_store(url)
-    assert schema_version(st) == SCHEMA_VERSION
+    assert migrate.current(st) == migrate.head()
     _series(st)
     st.dispose()
     st2 = open_store(url)  # second start: no error, data kept
-    assert schema_version(st2) == SCHEMA_VERSION
+    assert migrate.current(st2) == migrate.head()
     with st2.transaction() as s:
         assert s.execute(select(func.count()).select_from(Series)).scalar_one() == 1
         mode = s.connection().exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -193,11 +191,15 @@ def test_two_threads_claim_each_job_exactly_once_on_sqlite(store) -> None:
 
 
 def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """Today's schema with the columns of versions 2-4 taken out, as hexnode's own migrations
+    recorded it (hexnode_meta.schema_version 1, no alembic_version): the legacy revision adds
+    them back. tests/test_migrations.py does the same from the real DDL of each old version."""
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     open_store(url).dispose()
     con = sqlite3.connect(tmp_path / "old.sqlite")  # make it look like a version-1 database
+    con.execute("DROP TABLE alembic_version")
     con.execute("ALTER TABLE outbox DROP COLUMN queued_at")
     con.execute("ALTER TABLE series DROP COLUMN aborted_at")
     con.execute("ALTER TABLE series DROP COLUMN aborted_note")
@@ -205,16 +207,18 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         con.execute(f"ALTER TABLE studies DROP COLUMN {col}")
     con.execute("ALTER TABLE jobs DROP COLUMN study_revision")
     con.execute("INSERT INTO studies (study_uid, created_at) VALUES ('1.2.3', '2026-01-01 00:00:00')")
-    con.execute("UPDATE hexnode_meta SET value = '1' WHERE key = 'schema_version'")
+    con.execute("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '1')")
     con.commit()
     con.close()
     st = open_store(url)
-    assert schema_version(st) == SCHEMA_VERSION
+    assert migrate.current(st) == migrate.head()
     with st.transaction() as s:
         cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(outbox)")]
         series_cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(series)")]
+        meta = s.connection().exec_driver_sql("SELECT key FROM hexnode_meta").scalars().all()
     assert "queued_at" in cols
     assert {"aborted_at", "aborted_note"} <= set(series_cols)  # version 3
+    assert "schema_version" not in meta  # alembic_version is the record now
     with st.transaction() as s:  # version 4: the study's answer; an old study has none yet
         study = s.execute(select(Study)).scalar_one()
         assert (study.answer_kind, study.answer_sr_uid, study.report_revision) == (None, None, 0)
@@ -239,3 +243,14 @@ def test_job_of_a_dead_local_worker_is_reclaimed_before_its_lease_ends(store) ->
     with store.transaction() as s:
         job = queue.claim_job(s, "w2", 30, max_attempts=3)
         assert job is not None and job.id == jid and job.attempts == 2
+
+
+def test_one_back_off_for_outbox_and_notifications() -> None:
+    """hexnode.store.lease's back-off: initial * 2**(attempts-1), capped; [send] and [notify] defaults."""
+    from hexnode.config import NotifyConfig, SendConfig
+    from hexnode.notify import state
+    from hexnode.send import outbox
+
+    assert [outbox.backoff_seconds(a, SendConfig()) for a in (0, 1, 2, 3, 8, 9, 20)] == [
+        2.0, 2.0, 4.0, 8.0, 256.0, 300.0, 300.0]
+    assert [state.backoff_seconds(a, NotifyConfig()) for a in (1, 2, 6, 7, 20)] == [2.0, 4.0, 64.0, 120.0, 120.0]

@@ -10,8 +10,8 @@ import pytest
 from plumbing_helpers import PG_URL, pg_available, pg_schema
 from sqlalchemy import select
 
-from hexnode.store import queue
-from hexnode.store.db import SCHEMA_VERSION, Event, Job, Series, Study, open_store, schema_version, utcnow
+from hexnode.store import migrate, queue
+from hexnode.store.db import Event, Job, Series, Study, open_store, utcnow
 
 pytestmark = pytest.mark.skipif(not pg_available(), reason="PostgreSQL not running on 127.0.0.1:5432")
 
@@ -41,7 +41,7 @@ def _queued(store, n: int) -> list[int]:
 
 def test_schema_is_isolated_and_versioned(store) -> None:
     assert store.dialect == "postgresql"
-    assert schema_version(store) == SCHEMA_VERSION
+    assert migrate.current(store) == migrate.head()
     with store.transaction() as s:
         path = s.connection().exec_driver_sql("SHOW search_path").scalar()
     assert path.startswith("hexnode_t_")

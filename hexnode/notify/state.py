@@ -10,6 +10,7 @@ Life of a row (the outbox's, plus ``superseded``)::
        └── sending left by a dead sender (lease expired, or its pid gone on this host)
 
 Every state change writes an ``events`` row (entity ``notification``) in the same transaction.
+The lease and back-off steps are hexnode.store.lease's, shared with the outbox.
 A sender killed after the receiver took a message but before the row says ``delivered`` sends it
 once more on restart, with the same message id (MSH-10, Message-ID, Idempotency-Key) so that a
 receiver that keeps ids drops it; a kill at any earlier moment sends it exactly once.
@@ -18,15 +19,15 @@ receiver that keeps ids drops it; a kill at any earlier moment sends it exactly 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hexnode.config import NotificationTarget, NotifyConfig
 from hexnode.notify.message import Finding
+from hexnode.store import lease
 from hexnode.store.db import Event, Notification, utcnow
-from hexnode.store.queue import owner_is_dead
 
 TRANSITIONS: dict[str, set[str]] = {
     "pending": {"sending", "failed", "superseded"},
@@ -109,81 +110,36 @@ class Due:
 def claim_due(s: Session, owner: str, *, lease_seconds: float, limit: int = 20,
               now: datetime | None = None) -> list[Due]:
     now = now or utcnow()
-    q = select(Notification).where(Notification.state == "sending")
-    if s.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    for row in s.execute(q).scalars():
-        expired = row.lease_until is not None and row.lease_until < now
-        if expired or owner_is_dead(row.lease_owner):
-            transition(s, row, "pending", f"lease of {row.lease_owner} " + ("expired" if expired else "ended: it died"))
-            row.lease_owner, row.lease_until, row.next_attempt_at = None, None, now
-    q = (select(Notification).where(Notification.state == "pending", Notification.next_attempt_at <= now)
-         .order_by(Notification.next_attempt_at, Notification.id).limit(limit))
-    if s.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
+    lease.reclaim(s, Notification, now, transition, died="lease of {owner} ended: it died")
     out = []
-    for row in s.execute(q).scalars():
-        row.attempts += 1
-        row.lease_owner = owner
-        row.lease_until = now + timedelta(seconds=lease_seconds)
-        transition(s, row, "sending", f"attempt {row.attempts} by {owner}")
+    for row in s.execute(lease.skip_locked(s, lease.due(Notification, now, limit), Notification)).scalars():
+        lease.claim(s, row, owner, lease_seconds, now, transition)
         out.append(Due(row.id, row.key, row.target, row.trigger, row.correction, dict(row.payload), row.series_id,
                        row.attempts, row.created_at))
     return out
 
 
-def _own(s: Session, notification_id: int, owner: str) -> Notification | None:
-    row = s.get(Notification, notification_id)
-    if row is None or row.state != "sending" or row.lease_owner != owner:
-        return None  # reclaimed meanwhile: whoever holds it records the outcome
-    return row
-
-
 def mark_delivered(s: Session, notification_id: int, owner: str, detail: str) -> bool:
-    row = _own(s, notification_id, owner)
+    row = lease.own(s, Notification, notification_id, owner)
     if row is None:
         return False
-    row.delivered_at = utcnow()
-    row.lease_owner = row.lease_until = None
-    row.last_error = None
-    transition(s, row, "delivered", detail[:500])
+    lease.delivered(s, row, detail[:500], transition)
     return True
 
 
 def backoff_seconds(attempts: int, cfg: NotifyConfig) -> float:
-    return float(min(cfg.backoff_max_seconds, cfg.backoff_initial_seconds * 2 ** max(0, attempts - 1)))
+    return lease.backoff_seconds(attempts, cfg)
 
 
 def mark_failed_attempt(s: Session, notification_id: int, owner: str, error: str, cfg: NotifyConfig,
                         now: datetime | None = None) -> str | None:
     """Back off, or give up past `max_age_seconds`; returns the new state (None: not ours any more)."""
-    row = _own(s, notification_id, owner)
+    row = lease.own(s, Notification, notification_id, owner)
     if row is None:
         return None
-    now = now or utcnow()
-    row.lease_owner = row.lease_until = None
-    delay = backoff_seconds(row.attempts, cfg)
-    age = (now - row.queued_at).total_seconds()
-    if age + delay > cfg.max_age_seconds:
-        row.last_error = f"gave up after {row.attempts} attempts over {age:.0f} s: {error}"[:2000]
-        transition(s, row, "failed", row.last_error)
-        return "failed"
-    row.last_error = error[:2000]
-    row.next_attempt_at = now + timedelta(seconds=delay)
-    transition(s, row, "pending", f"retry in {delay:.1f} s: {error}"[:2000])
-    return "pending"
+    return lease.failed_attempt(s, row, error, cfg, now or utcnow(), transition)
 
 
 def requeue(s: Session, ids: list[int] | None = None, *, all_failed: bool = False) -> list[int]:
     """`hexnode resend`: failed notifications back to pending, due now, with a fresh maximum age."""
-    q = select(Notification).where(Notification.state == "failed")
-    if not all_failed:
-        q = q.where(Notification.id.in_(ids or []))
-    now = utcnow()
-    done = []
-    for row in s.execute(q.order_by(Notification.id)).scalars():
-        row.next_attempt_at = row.queued_at = now
-        row.attempts = 0
-        transition(s, row, "pending", "resend requested")
-        done.append(row.id)
-    return done
+    return lease.requeue(s, Notification, ids, all_failed, transition)

@@ -15,19 +15,21 @@ Objects stay in the spool until delivery is confirmed (``hexnode purge`` only de
 whose every outbox row is delivered).
 
 Back-off: ``backoff_initial_seconds * 2**(attempts-1)``, capped at ``backoff_max_seconds``.
+The lease and back-off steps are hexnode.store.lease's, shared with the notifications.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hexnode.config import SendConfig
+from hexnode.store import lease
 from hexnode.store.db import Outbox, Result, Series, utcnow
-from hexnode.store.queue import owner_is_dead, transition
+from hexnode.store.queue import transition
 
 
 @dataclass(frozen=True)
@@ -45,26 +47,12 @@ class Due:
 
 
 def backoff_seconds(attempts: int, cfg: SendConfig) -> float:
-    return float(min(cfg.backoff_max_seconds, cfg.backoff_initial_seconds * 2 ** max(0, attempts - 1)))
+    return lease.backoff_seconds(attempts, cfg)
 
 
 def reclaim_stale(s: Session, now: datetime) -> int:
     """`sending` rows whose lease expired or whose sender died on this host → pending, due now."""
-    q = select(Outbox).where(Outbox.state == "sending")
-    if s.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    n = 0
-    for row in s.execute(q).scalars():
-        expired = row.lease_until is not None and row.lease_until < now
-        if not expired and not owner_is_dead(row.lease_owner):
-            continue
-        transition(s, row, "pending", f"lease of {row.lease_owner} expired" if expired else
-                   f"sender {row.lease_owner} died")
-        row.lease_owner = None
-        row.lease_until = None
-        row.next_attempt_at = now
-        n += 1
-    return n
+    return lease.reclaim(s, Outbox, now, transition, died="sender {owner} died")
 
 
 def claim_due(
@@ -72,44 +60,22 @@ def claim_due(
 ) -> list[Due]:
     now = now or utcnow()
     reclaim_stale(s, now)
-    q = (
-        select(Outbox, Result)
-        .join(Result, Result.id == Outbox.result_id)
-        .where(Outbox.state == "pending", Outbox.next_attempt_at <= now)
-        .order_by(Outbox.next_attempt_at, Outbox.id)
-        .limit(limit)
-    )
-    if s.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(of=Outbox, skip_locked=True)
+    q = lease.due(Outbox, now, limit).add_columns(Result).join(Result, Result.id == Outbox.result_id)
     out = []
-    for row, result in s.execute(q).all():
-        row.attempts += 1
-        row.lease_owner = owner
-        row.lease_until = now + timedelta(seconds=lease_seconds)
+    for row, result in s.execute(lease.skip_locked(s, q, Outbox)).all():
         if row.queued_at is None:
             row.queued_at = row.created_at
-        transition(s, row, "sending", f"attempt {row.attempts} by {owner}")
+        lease.claim(s, row, owner, lease_seconds, now, transition)
         out.append(Due(row.id, row.destination, row.attempts, result.id, result.kind,
                        result.sop_instance_uid, result.path, result.series_id))
     return out
 
 
-def _own(s: Session, outbox_id: int, owner: str) -> Outbox | None:
-    row = s.get(Outbox, outbox_id)
-    if row is None or row.state != "sending" or row.lease_owner != owner:
-        return None  # reclaimed meanwhile: the other sender records the outcome
-    return row
-
-
 def mark_delivered(s: Session, outbox_id: int, owner: str, detail: str | None = None) -> bool:
-    row = _own(s, outbox_id, owner)
+    row = lease.own(s, Outbox, outbox_id, owner)
     if row is None:
         return False
-    row.delivered_at = utcnow()
-    row.lease_owner = None
-    row.lease_until = None
-    row.last_error = None
-    transition(s, row, "delivered", detail)
+    lease.delivered(s, row, detail, transition)
     result = s.get(Result, row.result_id)
     if result is not None:
         _maybe_series_delivered(s, result.series_id)
@@ -131,37 +97,12 @@ def mark_failed_attempt(
     s: Session, outbox_id: int, owner: str, error: str, cfg: SendConfig, now: datetime | None = None
 ) -> str | None:
     """Back off, or give up when the row is older than `max_age_seconds`. Returns the new state."""
-    row = _own(s, outbox_id, owner)
+    row = lease.own(s, Outbox, outbox_id, owner)
     if row is None:
         return None
-    now = now or utcnow()
-    row.last_error = error[:2000]
-    row.lease_owner = None
-    row.lease_until = None
-    started = row.queued_at or row.created_at
-    delay = backoff_seconds(row.attempts, cfg)
-    age = (now - started).total_seconds()
-    if age + delay > cfg.max_age_seconds:
-        reason = f"gave up after {row.attempts} attempts over {age:.0f} s: {error}"
-        row.last_error = reason[:2000]
-        transition(s, row, "failed", reason)
-        return "failed"
-    row.next_attempt_at = now + timedelta(seconds=delay)
-    transition(s, row, "pending", f"retry in {delay:.1f} s: {error}")
-    return "pending"
+    return lease.failed_attempt(s, row, error, cfg, now or utcnow(), transition)
 
 
 def requeue(s: Session, ids: list[int] | None = None, *, all_failed: bool = False) -> list[int]:
     """`hexnode resend`: failed rows back to pending, due now, with a fresh maximum age."""
-    q = select(Outbox).where(Outbox.state == "failed")
-    if not all_failed:
-        q = q.where(Outbox.id.in_(ids or []))
-    now = utcnow()
-    done = []
-    for row in s.execute(q).scalars():
-        row.next_attempt_at = now
-        row.queued_at = now
-        row.attempts = 0
-        transition(s, row, "pending", "resend requested")
-        done.append(row.id)
-    return done
+    return lease.requeue(s, Outbox, ids, all_failed, transition)

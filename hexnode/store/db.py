@@ -1,4 +1,4 @@
-"""The node's database: SQLAlchemy 2 models, engine set-up, schema creation and migration.
+"""The node's database: SQLAlchemy 2 models, engine set-up, opening (and migrating) a store.
 
 Everything that crosses a process boundary (serve → worker → send) goes through these tables, so a
 restart of any process loses nothing. SQLite (WAL) is the embedded default; PostgreSQL by URL for
@@ -7,8 +7,9 @@ several workers.
 API
 ---
 ``open_store(url, *, schema=None, create=True) -> Store``
-    Engine + session factory. ``create=True`` creates the schema and applies migrations
-    (idempotent; safe for several processes starting at once). ``schema`` (PostgreSQL only) puts
+    Engine + session factory. ``create=True`` creates the schema or upgrades it to the newest
+    Alembic revision (``hexnode.store.migrate``; idempotent; safe for several processes starting
+    at once). ``schema`` (PostgreSQL only) puts
     every table in that schema, which tests use to isolate a run.
 ``Store.transaction()``
     ``with store.transaction() as s:`` → a ``Session`` in one transaction, committed on exit,
@@ -34,13 +35,17 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
     ``notifications``  one per (trigger, series, revision, target): alerts and IT warnings
                    (hexnode/notify), with the outbox's retry, lease and maximum-age columns.
 
+Jobs, outbox rows and notifications share their lease columns through the ``Leased`` mixin, and
+outbox rows and notifications their retry columns through ``Delivery``; the steps on those
+columns (claim, release, back-off, give up, re-queue) are ``hexnode.store.lease``'s.
+
 No patient name, ID or birth date is stored: nothing here needs them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,13 +65,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 4
+# PostgreSQL advisory lock that serialises schema creation and migration between processes
+# starting together (the number hexnode has always used, so an older process waits on it too).
+PG_SCHEMA_LOCK = 4242001
 
 
 def utcnow() -> datetime:
@@ -78,8 +83,33 @@ class Base(DeclarativeBase):
     pass
 
 
+class Leased:
+    """Columns of a row that one process at a time works on (jobs, outbox, notifications): the
+    claimer counts an attempt and holds a lease until lease_until; hexnode.store.lease takes back
+    the lease of a claimer that died."""
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Delivery(Leased):
+    """Columns of a row delivered to a peer with retries (outbox, notifications): its
+    pending/sending/delivered/failed state, when it is next due (back-off), the last error.
+    Each table adds its own ``queued_at`` (the maximum age counts from it), whose nullability
+    differs between the two."""
+
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class Meta(Base):
-    """Schema version, so a newer hexnode can migrate an older database in place."""
+    """Small node-wide settings by key (the active model version, the outcomes' drift state).
+
+    Before Alembic it also held ``schema_version``; the legacy_v1_v4 revision reads and removes it."""
 
     __tablename__ = "hexnode_meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -150,7 +180,7 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Job(Base):
+class Job(Leased, Base):
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("series_id", "revision"), Index("ix_jobs_state_id", "state", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -162,9 +192,7 @@ class Job(Base):
     study_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # queued | running | done | failed | superseded
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # attempts, lease_owner, lease_until: Leased
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -185,26 +213,19 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Outbox(Base):
+class Outbox(Delivery, Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("result_id", "destination"),
         Index("ix_outbox_state_due", "state", "next_attempt_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # state (pending | sending | delivered | failed), attempts, next_attempt_at, lease_owner,
+    # lease_until, created_at, last_error, delivered_at: Delivery
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    # pending | sending | delivered | failed
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Start of the current delivery period: the maximum age counts from here (reset by resend).
     queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Event(Base):
@@ -269,15 +290,14 @@ class Outcome(Base):
     baseline_at: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-class Notification(Base):
+class Notification(Delivery, Base):
     """One message to one notification target (hexnode/notify): an alert, a correction, an IT warning.
 
     ``key`` is the idempotency key (trigger, subject — the series UID, or the series and the
     destination for a failed delivery —, revision, target): a restart or a re-run never creates a
     second row, so never a second alert. ``payload`` is the finding (volume, probability, risk,
     accession number, viewer link …), never a patient name, ID or birth date: a target that turns
-    such a field on gets it read from the spool at send time, not stored here. A new table, so
-    ``create_all`` adds it to an older database without a migration."""
+    such a field on gets it read from the spool at send time, not stored here."""
 
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_state_due", "state", "next_attempt_at"),
@@ -293,50 +313,10 @@ class Notification(Base):
     # True: it corrects an alert already delivered for the study (a re-analysed or superseding result).
     correction: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # pending | sending | delivered | failed | superseded (a newer result came before it was sent)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Delivery: state (pending | sending | delivered | failed | superseded: a newer result came
+    # before it was sent), attempts, next_attempt_at, lease_owner, lease_until, created_at,
+    # last_error, delivered_at
     queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # the maximum age counts from here
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-# Versioned migrations: MIGRATIONS[v] brings a database at version v-1 to v. Version 1 is the
-# initial schema (create_all). Later versions append a function here; never edit an old one.
-def _v2_outbox_queued_at(s: Session) -> None:
-    cols = {c["name"] for c in inspect(s.connection()).get_columns("outbox")}
-    if "queued_at" not in cols:
-        s.execute(text("ALTER TABLE outbox ADD COLUMN queued_at TIMESTAMP"))
-    s.execute(text("UPDATE outbox SET queued_at = created_at WHERE queued_at IS NULL"))
-
-
-def _v3_series_aborted(s: Session) -> None:
-    cols = {c["name"] for c in inspect(s.connection()).get_columns("series")}
-    if "aborted_at" not in cols:
-        s.execute(text("ALTER TABLE series ADD COLUMN aborted_at TIMESTAMP"))
-    if "aborted_note" not in cols:
-        s.execute(text("ALTER TABLE series ADD COLUMN aborted_note TEXT"))
-
-
-def _v4_study_answer(s: Session) -> None:
-    insp = inspect(s.connection())
-    cols = {c["name"] for c in insp.get_columns("studies")}
-    for name, sql_type in (("answer_kind", "VARCHAR(16)"), ("answer_sr_uid", "TEXT"),
-                           ("answer_sr_series_uid", "TEXT"), ("report_revision", "INTEGER")):
-        if name not in cols:
-            s.execute(text(f"ALTER TABLE studies ADD COLUMN {name} {sql_type}"))
-    s.execute(text("UPDATE studies SET report_revision = 0 WHERE report_revision IS NULL"))
-    if "study_revision" not in {c["name"] for c in insp.get_columns("jobs")}:
-        s.execute(text("ALTER TABLE jobs ADD COLUMN study_revision INTEGER"))
-
-
-MIGRATIONS: dict[int, Callable[[Session], None]] = {
-    2: _v2_outbox_queued_at, 3: _v3_series_aborted, 4: _v4_study_answer,
-}
 
 
 @dataclass
@@ -398,7 +378,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def open_store(url: str, *, schema: str | None = None, create: bool = True) -> Store:
-    """Open (and by default create/migrate) the database at `url`."""
+    """Open (and by default create, or upgrade to the head revision) the database at `url`."""
     engine = make_engine(url, schema=schema)
     if url.startswith("sqlite:///"):
         from pathlib import Path
@@ -408,41 +388,13 @@ def open_store(url: str, *, schema: str | None = None, create: bool = True) -> S
             Path(db_file).parent.mkdir(parents=True, exist_ok=True)
     if schema and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
+            # IF NOT EXISTS is not safe against a concurrent CREATE (a unique violation on
+            # pg_namespace): processes starting together take the migration lock for it too
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     store = Store(engine, sessionmaker(engine, expire_on_commit=False), url=url, schema=schema)
     if create:
-        init_db(store)
+        from hexnode.store.migrate import upgrade  # Alembic is imported only by who migrates
+
+        upgrade(store)
     return store
-
-
-def init_db(store: Store) -> int:
-    """Create missing tables and apply pending migrations; returns the schema version."""
-    engine = store.engine
-    if engine.dialect.name == "postgresql":
-        # Several processes may start together: serialise schema creation on an advisory lock.
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            Base.metadata.create_all(conn)
-    else:
-        Base.metadata.create_all(engine)
-    with store.transaction() as s:
-        if engine.dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-        row = s.get(Meta, "schema_version")
-        current = int(row.value) if row else 0
-        if current == 0:
-            current = SCHEMA_VERSION  # a new database: create_all just built the current schema
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](s)
-            current = version
-        if row is None:
-            s.add(Meta(key="schema_version", value=str(current)))
-        else:
-            row.value = str(current)
-    return current
-
-
-def schema_version(store: Store) -> int:
-    with store.transaction() as s:
-        value = s.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one_or_none()
-    return int(value) if value else 0

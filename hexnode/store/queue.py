@@ -44,14 +44,15 @@ Queue API
 
 from __future__ import annotations
 
-import os
-import socket
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from hexnode.store.db import Event, Instance, Job, Outbox, Result, Series, utcnow
+from hexnode.store.lease import owner_is_dead, stale, take
+
+__all__ = ["owner_is_dead"]  # re-exported: it lived here before hexnode.store.lease
 
 SERIES_TRANSITIONS: dict[str, set[str]] = {
     "received": {"complete", "rejected", "failed"},
@@ -160,9 +161,7 @@ def claim_job(
     # the clock is read once the job is found: read before the query, it could precede the
     # job's created_at when the enqueue committed in between (the demo showed queue wait -0.02 s)
     now = now or utcnow()
-    job.attempts += 1
-    job.lease_owner = owner
-    job.lease_until = now + timedelta(seconds=lease_seconds)
+    take(job, owner, lease_seconds, now)
     job.started_at = now
     job.error = None
     transition(s, job, "running", f"claimed by {owner}, attempt {job.attempts}")
@@ -241,27 +240,6 @@ def _retry_or_fail(s: Session, job: Job, error: str, *, max_attempts: int, retry
         transition(s, series, "failed", reason)
 
 
-def owner_is_dead(owner: str | None) -> bool:
-    """True when `owner` ("[name@]host:pid") is a process on this host that no longer exists.
-
-    Lets a restarted worker or sender take back what its killed predecessor held at once instead
-    of waiting for the lease to expire. Owners on other hosts are never judged (lease only).
-    """
-    if not owner or ":" not in owner:
-        return False
-    host, _, pid_text = owner.rpartition(":")
-    host = host.rpartition("@")[2]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def reclaim_expired(s: Session, *, max_attempts: int, now: datetime | None = None) -> list[int]:
     """Running jobs whose lease expired, or whose owner died on this host → retry or fail."""
     now = now or utcnow()
@@ -270,11 +248,10 @@ def reclaim_expired(s: Session, *, max_attempts: int, now: datetime | None = Non
         q = q.with_for_update(skip_locked=True)
     ids = []
     for job in s.execute(q).scalars():
-        expired = job.lease_until is not None and job.lease_until < now
-        dead = not expired and owner_is_dead(job.lease_owner)
-        if not (expired or dead):
+        why = stale(job, now)
+        if why is None:
             continue
-        error = f"lease of {job.lease_owner} expired" if expired else f"owner {job.lease_owner} died"
+        error = f"lease of {job.lease_owner} expired" if why == "expired" else f"owner {job.lease_owner} died"
         job.error = error
         job.lease_until = None
         _retry_or_fail(s, job, error, max_attempts=max_attempts, retry=True)

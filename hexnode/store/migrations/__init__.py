@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the node's database (env.py, versions/); run by hexnode.store.migrate."""
