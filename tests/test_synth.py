@@ -284,7 +284,8 @@ def test_cli_bayes_prints_formula(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_thin_series_geometry() -> None:
     from hexnode.synth.anatomy import Head
-    from hexnode.synth.phantom import _draw_geometry, _rng
+    from hexnode.synth.draw import rng_for as _rng
+    from hexnode.synth.scanner import draw_geometry as _draw_geometry
 
     head = Head.draw(_rng(0, 0, 1))
     for i in range(40):

@@ -120,7 +120,8 @@ def test_the_committed_campaign_is_where_the_next_run_starts(tmp_path):
     import json
     from pathlib import Path
 
-    from hexnode.train.cli import _seg_init, write_campaign
+    from hexnode.train.campaign import seg_init as _seg_init
+    from hexnode.train.campaign import write_campaign
     from hexnode.train.nets import HECNN, SegUNet
 
     campaign = Path(__file__).resolve().parents[1] / "models" / "campaign"

@@ -23,7 +23,7 @@ from pydicom.uid import (
 )
 
 from hexnode import __version__
-from hexnode.synth.phantom import Case
+from hexnode.synth.case import Case
 
 INTERCEPT = -1024.0
 _SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
