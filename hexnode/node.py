@@ -140,7 +140,7 @@ class Supervisor:
         child.restart_at = now + delay
         child.proc = None
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        log.error("%s %s after %.1f s; restarting in %.0f s%s", child.spec.name, how, ran, delay,
+        log.error("%s %s after %.1f s; restarting in %g s%s", child.spec.name, how, ran, round(delay, 1),
                   f" ({child.quick_exits} quick exits in a row)" if child.quick_exits > 1 else "")
 
     def step(self, now: float | None = None) -> None:
