@@ -1,6 +1,6 @@
 """hexnode settings: one documented TOML file (`deploy/hexnode.toml`) plus environment overrides.
 
-Every key has a sane default, so `hexnode serve` runs with no file at all. Values are validated
+Every key has a sane default, so `hexnode node` (or any stage) runs with no file at all. Values are validated
 at start-up; an unknown key is an error (a typo in a hospital config must not pass silently).
 
 Environment overrides use `HEXNODE_<SECTION>_<KEY>`, e.g. `HEXNODE_DATABASE_URL`,
