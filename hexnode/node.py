@@ -126,7 +126,10 @@ class Supervisor:
         # shadow the installed package (seen with the demo's var/demo/hexnode)
         env["PYTHONSAFEPATH"] = "1"
         parent = os.getpid()
-        child.proc = subprocess.Popen(self.argv(child.spec), env=env, preexec_fn=lambda: _die_with_parent(parent))
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which stops
+        # the children with SIGTERM like any other stop (no KeyboardInterrupt in a child mid-write).
+        child.proc = subprocess.Popen(self.argv(child.spec), env=env, process_group=0,
+                                      preexec_fn=lambda: _die_with_parent(parent))
         child.started_at = time.monotonic()
         child.restart_at = None
         child.starts += 1
