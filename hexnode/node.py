@@ -27,8 +27,8 @@ Supervision, standard library only (subprocess):
 * Children get SIGTERM if the supervisor itself dies (Linux PR_SET_PDEATHSIG): a `kill -9` of the
   node never leaves an orphaned receiver holding the DICOM port against the next start.
 
-The database's tables are created once here, before any child starts, so that the children do not
-race to create them (SQLite has no lock for that; PostgreSQL's advisory lock would cope).
+The database is created (or upgraded to the head revision) once here, before any child starts:
+an upgrade then runs once and logs once, instead of five children queueing on its lock.
 """
 
 from __future__ import annotations
