@@ -1,16 +1,17 @@
 """Crash safety: `kill -9` a random hexnode process at a random moment, restart it, count the results.
 
-Real Debian Orthanc with the repository's auto-routing + `hexnode serve`, `worker` and `send` as
-processes on loopback (the demo's `DemoStack`, so the same command lines the containers run). Each
+Real Debian Orthanc with the repository's auto-routing + `hexnode receive`, `route`, `worker` and
+`send` as processes on loopback (the demo's `DemoStack`, so the same command lines the containers run). Each
 run streams one synthetic head NCCT (hexnode.synth, 29-36 slices of 5 mm: a whole head, which the coverage
 rule needs before any result) into Orthanc with dcmtk
 `storescu`; Orthanc routes it to hexnode once stable; while the series travels through the node,
 one process is killed with SIGKILL
 
-* `serve`  while instances arrive (between the first spooled file and the end of the association),
+* `receive` while instances arrive (between the first spooled file and the end of the association;
+  its indexer child sees its pipe close and exits with it),
 * `worker` while the series' job is running,
 * `send`   while its results are being delivered (an outbox row is `sending`, or just delivered),
-* or any of the three at a uniformly random moment,
+* or any of them (route too) at a uniformly random moment,
 
 and restarted after a random pause. At the end every source series must have in Orthanc exactly
 one SEG, one SR and one SC, identified by the SOP Instance UIDs hexnode derives from the series
@@ -41,9 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from hexnode.devtools.demo import DemoStack, storescu, wait_port  # noqa: E402
 
-PROCS = ("serve", "worker", "send")
+PROCS = ("receive", "route", "worker", "send")
 PHASES = ("receive", "job", "send", "random")
-TARGET = {"receive": "serve", "job": "worker", "send": "send"}
+TARGET = {"receive": "receive", "job": "worker", "send": "send"}
 # Short worker lease so a killed worker's job is reclaimed within the run (the default is minutes).
 WORKER_LEASE_S = 8.0
 OUTPUT_KINDS = ("seg", "sr", "sc")
@@ -88,7 +89,7 @@ class ChaosStack(DemoStack):
 
     def restart(self, name: str) -> None:
         proc = self.spawn(name)
-        if name == "serve":
+        if name == "receive":
             wait_port(self.hexnode_port, 60, proc)
 
 

@@ -36,8 +36,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _cmd_receive(args: argparse.Namespace) -> int:
+    from hexnode.receive.scp import run_receive
+
+    return run_receive(args)
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    from hexnode.route.stable import run_route
+
+    return run_route(args)
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    from hexnode.web.server import run_web
+
+    return run_web(args)
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from hexnode.node import run_node
+
+    return run_node(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hexnode.receive.scp import run_serve
+    from hexnode.node import run_serve
 
     return run_serve(args)
 
@@ -176,7 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", metavar="CSV", help="write one row per case (IoU, volumes, scores) here")
     p.add_argument("--workers", type=int, default=2, help="processes (each runs the whole pipeline)")
 
-    p = add("serve", _cmd_serve, "run the C-STORE SCP (receive + spool + index + series completion)")
+    p = add("node", _cmd_node, "a one-machine site: receive, route, worker(s), send and web (if [http] enabled) "
+                               "as supervised child processes")
+    _config_arg(p)
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: [worker] processes, 1)")
+
+    p = add("receive", _cmd_receive, "the C-STORE SCP: receive, spool and index (stores, never decides)")
+    _config_arg(p)
+
+    p = add("route", _cmd_route, "series completion, selection and the study's decision; queues the jobs")
+    _config_arg(p)
+
+    p = add("web", _cmd_web, "the status page, /status, /outcomes and /metrics over HTTP ([http])")
+    _config_arg(p)
+
+    p = add("serve", _cmd_serve, "the old name: receive + route (+ web if [http] enabled) under one supervisor; "
+                                 "worker and send run on their own")
     _config_arg(p)
 
     p = add("worker", _cmd_worker, "run a worker: claim jobs, run the models, build the result objects")

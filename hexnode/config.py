@@ -1,6 +1,6 @@
 """hexnode settings: one documented TOML file (`deploy/hexnode.toml`) plus environment overrides.
 
-Every key has a sane default, so `hexnode serve` runs with no file at all. Values are validated
+Every key has a sane default, so `hexnode node` (or any stage) runs with no file at all. Values are validated
 at start-up; an unknown key is an error (a typo in a hospital config must not pass silently).
 
 Environment overrides use `HEXNODE_<SECTION>_<KEY>`, e.g. `HEXNODE_DATABASE_URL`,
@@ -124,6 +124,9 @@ class WorkerConfig:
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     poll_seconds: float = 0.5
+    # Worker processes `hexnode node` starts (each loads the models once; one per GPU or a few
+    # per CPU host). Separately started workers (`hexnode worker`, compose --scale) ignore it.
+    processes: int = 1
 
 
 @dataclass
@@ -373,6 +376,8 @@ def validate(cfg: Config) -> Config:
     for key in ("max_associations", "max_pending_connections", "max_connections_per_address"):
         if getattr(cfg.dicom, key) < 1:
             raise ConfigError(f"dicom.{key}: must be >= 1")
+    if cfg.worker.processes < 1:
+        raise ConfigError("worker.processes: must be >= 1")
     if cfg.dicom.peer_log_interval_seconds < 0:
         raise ConfigError("dicom.peer_log_interval_seconds: must be >= 0")
     if cfg.dicom.tls.enabled and not (cfg.dicom.tls.cert_file and cfg.dicom.tls.key_file):

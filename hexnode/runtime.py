@@ -1,4 +1,10 @@
-"""Process set-up every hexnode command shares: logging, and Python warnings routed through it.
+"""Process set-up every hexnode command shares: logging, Python warnings routed through it, and
+the stop signals.
+
+Stop signals: every long-running stage (receive, route, worker, send, web, node) and purge stops
+the same way: SIGTERM (systemd, docker, `hexnode node`) or SIGINT (Ctrl-C) sets one
+`threading.Event` (:func:`stop_on_signals`); the stage finishes what it is doing — the worker its
+job, purge its series — and returns. Nothing is done inside the handler itself.
 
 Why warnings need care: the DICOM libraries quote data element values in their warnings —
 highdicom's `UserWarning` about a person name with a single component prints the name itself
@@ -12,7 +18,10 @@ Deprecation and numeric warnings of other libraries keep their text (they carry 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +36,24 @@ def setup_logging(level: str | int = "INFO", fmt: str = FORMAT) -> None:
     # pynetdicom's INFO/DEBUG output can include dataset summaries: keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     route_warnings()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_on_signals(signals: Iterable[int] = STOP_SIGNALS) -> threading.Event:
+    """An event that SIGTERM or SIGINT (or `signals`) sets; call from the main thread.
+
+    A second signal while stopping changes nothing: the stage is already on its way out (a
+    service manager escalates to SIGKILL when its own timeout runs out)."""
+    stop = threading.Event()
+
+    def _set(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in signals:
+        signal.signal(sig, _set)
+    return stop
 
 
 def route_warnings() -> None:

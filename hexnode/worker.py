@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -354,9 +353,7 @@ def run_worker(args: argparse.Namespace) -> int:
     (spool.root / "results").mkdir(parents=True, exist_ok=True)
     models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
     worker = Worker(store, spool, cfg, models)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = runtime.stop_on_signals()  # the running job finishes; then the loop ends
     log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
     while not stop.is_set():
         try:

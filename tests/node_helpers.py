@@ -1,5 +1,5 @@
-"""A node for the through-the-SCP tests: `hexnode serve` as a process + a worker in this process,
-sharing one SQLite store and spool, with the real ONNX models."""
+"""A node for the through-the-SCP tests: `hexnode serve` as a process (the supervisor over receive
+and route) + a worker in this process, sharing one SQLite store and spool, with the real ONNX models."""
 
 from __future__ import annotations
 

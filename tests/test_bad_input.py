@@ -5,7 +5,7 @@ about it), no crash, other series unaffected.
 Receive-level inputs go through the real SCP (`hexnode serve` as a process) with dcmtk's
 `/usr/bin/storescu`, or with a pynetdicom SCU where storescu will not send the file (a broken data
 set is sent byte for byte from a file path). Series-level inputs then go on through the scheduler
-(completion + selection, inside serve), the worker (in this process, real ONNX models) and the
+(completion + selection: route, under serve), the worker (in this process, real ONNX models) and the
 database: state, reason, result objects in the spool; every not-analysed SR and SC passes
 `dciodvfy`. One server and one worker are shared by the module. Each test appends its outcome to
 a table written to tests/output/bad_input_table.md (kind → outcome) for the operations notes.

@@ -1,6 +1,7 @@
 """docker-compose.yml for real: the images built here (Debian base from debootstrap, no registry),
-the stack started by compose on a real dockerd, a synthetic head CT sent with dcmtk's storescu to
-the Orthanc container and SEG, SR and SC read back from it; the worker container killed mid-job
+the stack (one container per stage: receive, route, worker, send, web) started by compose on a
+real dockerd, a synthetic head CT sent with dcmtk's storescu to the Orthanc container and SEG, SR
+and SC read back from it, the web container's /status counting the job; the worker container killed mid-job
 and started again gives exactly one result set; `down` and `up` without -v keep the spool, the
 database and what was delivered; two worker containers on the PostgreSQL container share the
 queue, each series analysed once; `down -v` at the end removes the volumes.
@@ -52,6 +53,7 @@ DCIODVFY = "/usr/bin/dciodvfy"
 # One compose test per machine at a time: the images, the project name and dockerd are shared.
 LOCK = Path("/tmp/hexnode-compose-test.lock")
 LEASE_SECONDS = 15  # the killed worker's job comes back after this (production: 120 s)
+WEB_TOKEN = "compose-test-token"
 
 pytestmark = [
     pytest.mark.slow,
@@ -144,7 +146,8 @@ def loopback_variant(config: dict[str, Any], ports: dict[str, int], hexnode_toml
         "ORTHANC__StableAge": "2",
     })
     hexnode_services = [name for name, svc in services.items() if svc.get("image") == "hexnode:latest"]
-    assert {"hexnode-serve", "hexnode-worker", "hexnode-worker-cpu", "hexnode-send"} <= set(hexnode_services)
+    assert set(hexnode_services) == {"hexnode-receive", "hexnode-route", "hexnode-worker", "hexnode-worker-cpu",
+                                     "hexnode-send", "hexnode-web"}
     for name in hexnode_services:
         svc = services[name]
         env = svc["environment"]
@@ -158,6 +161,10 @@ def loopback_variant(config: dict[str, Any], ports: dict[str, int], hexnode_toml
         mount: Any = (f"{hexnode_toml}:/etc/hexnode/hexnode.toml:ro" if isinstance(mounts[0], str) else
                       {"type": "bind", "source": str(hexnode_toml), "target": "/etc/hexnode/hexnode.toml", "read_only": True})
         svc["volumes"] = [v for v in svc["volumes"] if v not in mounts] + [mount]
+    web = services["hexnode-web"]["environment"]
+    assert web["HEXNODE_HTTP_ENABLED"] == "true" and web["HEXNODE_HTTP_BIND"] == "0.0.0.0", web
+    # on the host network, the container's 0.0.0.0 would be the host's: loopback, a free port
+    web.update({"HEXNODE_HTTP_BIND": "127.0.0.1", "HEXNODE_HTTP_PORT": str(ports["web"]), "HEXNODE_HTTP_TOKEN": WEB_TOKEN})
     return config
 
 
@@ -290,8 +297,16 @@ class Stack:
         finally:
             store.dispose()
 
+    def web_status(self) -> dict[str, Any]:
+        """GET /status of the web container, with its token."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports['web']}/status",
+                                     headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status: dict[str, Any] = json.loads(resp.read())
+        return status
+
     def spool_files(self) -> list[str]:
-        cid = self.containers("hexnode-serve")[0]
+        cid = self.containers("hexnode-receive")[0]
         out = run(["docker", "exec", cid, "find", "/var/lib/hexnode/spool", "-type", "f", "-name", "*.dcm"]).stdout
         return sorted(out.split())
 
@@ -312,7 +327,7 @@ def copy_site_cas() -> None:
 def stack(dockerd: None) -> Iterator[Stack]:
     compose = compose_command()
     env = {**os.environ, "POSTGRES_PASSWORD": PASSWORD, "HEXNODE_BASE_IMAGE": BASE_IMAGE}
-    ports = {k: free_port() for k in ("postgres", "orthanc_dicom", "orthanc_http", "hexnode")}
+    ports = {k: free_port() for k in ("postgres", "orthanc_dicom", "orthanc_http", "hexnode", "web")}
     toml = OUT / "hexnode.toml"
     toml.write_text(loopback_hexnode_toml(ports))
     config = YAML(typ="safe").load(run([*compose, "-f", "docker-compose.yml", "config"], env=env).stdout)
@@ -331,7 +346,7 @@ def stack(dockerd: None) -> Iterator[Stack]:
     t = time.monotonic()
     # The three images side by side (every hexnode service shares one image: built once here),
     # then the whole file, which finds every layer cached.
-    build = s("build", "--force-rm", "--parallel", "postgres", "orthanc", "hexnode-serve", timeout=1800)
+    build = s("build", "--force-rm", "--parallel", "postgres", "orthanc", "hexnode-receive", timeout=1800)
     s("build", "--force-rm", timeout=600)
     timings["build_s"] = round(time.monotonic() - t, 1)
     timings["build_steps_cached"] = build.stdout.count("Using cache")
@@ -370,10 +385,11 @@ def test_round_trip_worker_killed_mid_job_and_down_up(stack: Stack, head_ct: tup
     stack.up(workers=1)
     ps = stack("ps").stdout
     (OUT / "ps.txt").write_text(ps)
-    for service in ("postgres", "orthanc", "hexnode-serve", "hexnode-worker-cpu", "hexnode-send"):
+    for service in ("postgres", "orthanc", "hexnode-receive", "hexnode-route", "hexnode-worker-cpu", "hexnode-send",
+                    "hexnode-web"):
         assert re.search(rf"{PROJECT}[_-]{service}[_-]1\s.*\b(Up|running)\b.*\bhealthy\b", ps), ps
 
-    # storescu to the Orthanc container; its routing sends the stable series to hexnode-serve
+    # storescu to the Orthanc container; its routing sends the stable series to hexnode-receive
     stack.send(paths)
     [worker] = stack.containers("hexnode-worker-cpu")
     wait_for(lambda: re.search(r"job \d+: series", stack.container_logs(worker)), 120, "the worker never claimed the job",
@@ -394,6 +410,8 @@ def test_round_trip_worker_killed_mid_job_and_down_up(stack: Stack, head_ct: tup
         select(Event).where(Event.entity == "job", Event.entity_id == job.id).order_by(Event.id)).scalars()])
     assert [state for state, _ in history] == ["queued", "running", "queued", "running", "done"], history
     assert "expired" in history[2][1], history  # taken back when the killed worker's lease ran out
+    st = stack.web_status()  # the web container reads the same database
+    assert st["jobs"].get("done") == 1 and sum(st["series"].values()) == 1, st
     for kind, oid in (("seg", res.seg[0]), ("sr", res.sr[0]), ("sc", res.sc[0])):
         assert dciodvfy_errors(stack.orthanc(f"/instances/{oid}/file"), tmp_path / f"{kind}.dcm") == [], kind
     sr = pydicom.dcmread(io.BytesIO(stack.orthanc(f"/instances/{res.sr[0]}/file")))

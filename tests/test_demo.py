@@ -123,7 +123,8 @@ def test_demo_stopped_by_a_signal_stops_orthanc_and_hexnode(tmp_path, sig):
         assert any(name.startswith("queue wait") for name, _ in spans), text[-3000:]
         assert all(float(v) >= 0 for _, v in spans), spans  # a negative span means clocks read out of order
         children = [pid for pid in _pids(work) if pid != proc.pid]
-        assert len(children) >= 4, "the demo's Orthanc, serve, worker and send should be running"
+        # Orthanc, hexnode node and its receive, route, worker and send
+        assert len(children) >= 6, "the demo's Orthanc, node, receive, route, worker and send should be running"
         # a terminal's Ctrl-C reaches the demo's whole process group; the children must not get it, or
         # they stop on their own while the demo still watches them (seen: "serve exited with 0")
         assert all(os.getsid(pid) != os.getsid(proc.pid) for pid in children)

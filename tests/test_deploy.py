@@ -36,7 +36,8 @@ def compose_config(*profiles: str) -> dict[str, Any]:
 def test_compose_is_valid_and_complete() -> None:
     subprocess.run(["docker-compose", "config", "-q"], check=True, cwd=REPO)
     gpu = cpu = compose_config("gpu")["services"]  # config lists every service with its profiles
-    assert {"orthanc", "postgres", "hexnode-serve", "hexnode-worker", "hexnode-send"} <= set(gpu)
+    stages = ("hexnode-receive", "hexnode-route", "hexnode-worker", "hexnode-send", "hexnode-web")
+    assert set(gpu) == {"orthanc", "postgres", "hexnode-worker-cpu", *stages}  # one container per stage
     assert gpu["hexnode-worker"]["profiles"] == ["gpu"] and cpu["hexnode-worker-cpu"]["profiles"] == ["cpu"]
     assert "deploy" not in cpu["hexnode-worker-cpu"]
     devices = gpu["hexnode-worker"]["deploy"]["resources"]["reservations"]["devices"]
@@ -49,17 +50,23 @@ def test_compose_is_valid_and_complete() -> None:
         assert svc["build"]["dockerfile"].startswith("deploy/Dockerfile"), name
         assert svc["build"]["args"]["BASE_IMAGE"] == "debian:bookworm-slim", name
     assert gpu["postgres"]["image"] == "hexnode-postgres:latest"
-    assert "pytest@postgres" in gpu["hexnode-serve"]["environment"]["HEXNODE_DATABASE_URL"]
-    # every hexnode container runs a command line our CLI accepts, with a config that loads
+    assert "pytest@postgres" in gpu["hexnode-receive"]["environment"]["HEXNODE_DATABASE_URL"]
+    # every hexnode container runs its stage's command line, which our CLI accepts, with a config
+    # that loads under the container's own environment
     parser = build_parser()
-    for name in ("hexnode-serve", "hexnode-worker", "hexnode-send"):
+    for name in (*stages, "hexnode-worker-cpu"):
         args = parser.parse_args(gpu[name]["command"])
+        assert args.command == name.removeprefix("hexnode-").removesuffix("-cpu"), gpu[name]["command"]
         assert args.config == "/etc/hexnode/hexnode.toml"
         mount = next(v for v in gpu[name]["volumes"] if ":/etc/hexnode/hexnode.toml" in v)
-        cfg = load_config(mount.split(":")[0], env={"HEXNODE_DATABASE_URL": gpu[name]["environment"]["HEXNODE_DATABASE_URL"]})
+        env = {k: str(v) for k, v in gpu[name]["environment"].items() if k.startswith("HEXNODE_") and k != "HEXNODE_CONFIG"}
+        cfg = load_config(mount.split(":")[0], env=env)
         assert cfg.destinations[0].host == "orthanc" and cfg.dicom.bind == "0.0.0.0"
+        assert cfg.http.enabled == (name == "hexnode-web")  # the status server runs in its own container only
+        assert any(":/var/lib/hexnode" in v for v in gpu[name]["volumes"]), name  # the shared spool
+    assert gpu["hexnode-web"]["ports"] == ["127.0.0.1:8470:8470/tcp"]  # the host's loopback only
     orthanc_env = gpu["orthanc"]["environment"]
-    assert orthanc_env["HEXNODE_HOST"] == "hexnode-serve"
+    assert orthanc_env["HEXNODE_HOST"] == "hexnode-receive"
 
 
 def test_dockerfiles_are_hadolint_clean() -> None:
@@ -128,3 +135,31 @@ def test_orthanc_render_config_overrides(tmp_path: Path) -> None:
     assert cfg["RemoteAccessAllowed"] is True and cfg["Name"] == "site-a" and cfg["RegisteredUsers"] == {"admin": "x"}
     assert cfg["DicomModalities"]["hexnode"]["AET"] == "HEXNODE"
     assert cfg["PythonScript"] == "/etc/orthanc/hexnode_routing.py"
+
+
+def _unit(path: Path) -> dict[str, str]:
+    """The key = value lines of a systemd unit (sections flattened; every key used once here)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
+def test_systemd_units_one_per_stage_and_one_for_the_node() -> None:
+    from hexnode.node import STOP_GRACE_SECONDS
+
+    units = {p.stem: p for p in (REPO / "deploy" / "systemd").glob("*.service")}
+    stages = ("receive", "route", "worker", "send", "web")
+    assert set(units) == {f"hexnode-{s}" for s in (*stages, "node")}, sorted(units)
+    parser = build_parser()
+    for name, path in units.items():
+        unit = _unit(path)
+        exe, *argv = unit["ExecStart"].split()
+        assert exe == "/opt/hexnode/.venv/bin/hexnode"
+        args = parser.parse_args(argv)  # a command line our CLI accepts
+        assert args.command == name.removeprefix("hexnode-") and args.config == "/etc/hexnode/hexnode.toml"
+        assert unit["Restart"] == "always" and unit["KillSignal"] == "SIGTERM"
+    node = _unit(units["hexnode-node"])
+    # the supervisor forwards SIGTERM and waits for its children: systemd must neither signal them
+    # itself at once (KillMode=mixed) nor SIGKILL before the supervisor's own grace is over
+    assert node["KillMode"] == "mixed"
+    assert float(node["TimeoutStopSec"]) > STOP_GRACE_SECONDS
+    assert float(_unit(units["hexnode-worker"])["TimeoutStopSec"]) >= 60  # a CPU job finishes

@@ -1,4 +1,4 @@
-"""End to end on loopback: dcmtk storescu → real Orthanc (auto-routing) → hexnode serve/worker/send
+"""End to end on loopback: dcmtk storescu → real Orthanc (auto-routing) → hexnode receive/route/worker/send
 (processes) → SEG, SR and SC back in Orthanc, each valid for dciodvfy, SR volume within 10 % of
 the ground truth; resending and shuffled/duplicated sending give one result set; on PostgreSQL two
 workers process ten series exactly once."""
@@ -257,7 +257,7 @@ def test_no_patient_identifiers_in_hexnode_logs(stack: DemoStack, case: tuple[An
     if ds.get("PatientBirthDate"):
         needles.add(str(ds.PatientBirthDate))
     logs = list((stack.workdir / "logs").glob("*.log"))
-    assert {p.stem for p in logs} >= {"serve", "worker", "send"}
+    assert {p.stem for p in logs} >= {"receive", "route", "worker", "send"}
     for log in logs:
         text = log.read_text(errors="replace")
         assert text.strip(), log

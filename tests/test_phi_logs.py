@@ -1,4 +1,4 @@
-"""No patient identifiers in any log: an end-to-end run (Orthanc auto-routing → hexnode serve, worker,
+"""No patient identifiers in any log: an end-to-end run (Orthanc auto-routing → hexnode receive, route, worker,
 send → results back in Orthanc) with two synthetic patients, then every log line of the run is
 searched for their names (whole and by component, ASCII and non-ASCII), IDs and birth dates (both
 as stored and as a dashed date), and for their study, series and SOP Instance UIDs (DESIGN: logs
@@ -91,7 +91,7 @@ def test_no_patient_identifiers_in_any_log(tmp_path: Path) -> None:
 
     logs = sorted((stack.workdir / "logs").glob("*.log")) + [stack.workdir / "orthanc" / "orthanc.log"]
     names = {p.name for p in logs}
-    assert {"serve.log", "worker.log", "send.log", "orthanc.log"} <= names, names
+    assert {"receive.log", "route.log", "worker.log", "send.log", "orthanc.log"} <= names, names
     total = 0
     leaks: list[str] = []
     for log in logs:

@@ -1,13 +1,16 @@
 """`hexnode demo` (= `make demo`): Orthanc + hexnode on loopback, a synthetic head NCCT in, SEG/SR/SC back.
 
 Starts Debian's Orthanc with `orthanc/orthanc.json` (free ports, folders under --workdir), and
-`hexnode serve`, `hexnode worker` and `hexnode send` as processes — the same command lines the
-containers run. Then synthesises a head NCCT with a hematoma, C-STOREs it to Orthanc with dcmtk's
+`hexnode node` — the supervisor a one-machine site runs, which starts receive, route, worker and
+send as its children. Then synthesises a head NCCT with a hematoma, C-STOREs it to Orthanc with dcmtk's
 `/usr/bin/storescu` (as a scanner would), and waits until Orthanc's auto-routing has sent it to
 hexnode and the SEG, SR and SC are back in Orthanc. Prints the volume, probability and risk read
 from the SR that Orthanc stored, where to look, and how long each stage took.
 
-`DemoStack` is also what the end-to-end tests and `bench/latency.py` start.
+`DemoStack` is also what the end-to-end tests, `bench/chaos.py` and `bench/latency.py` start: by
+default with each stage a process of its own (`hexnode receive`, `route`, `worker`, `send` — the
+command lines the containers run), each with its own log, so a test can kill exactly one of them;
+`supervised=True` is the demo's single `hexnode node`.
 """
 
 from __future__ import annotations
@@ -103,7 +106,10 @@ class ResultSet:
 
 @dataclass
 class DemoStack:
-    """Orthanc (auto-routing) + hexnode serve/worker/send on loopback, in `workdir`."""
+    """Orthanc (auto-routing) + hexnode's stages on loopback, in `workdir`.
+
+    `supervised`: one `hexnode node` process (log: logs/node.log) instead of one process per stage
+    (logs/receive.log, route.log, worker.log, send.log)."""
 
     workdir: Path
     database_url: str = ""
@@ -112,6 +118,7 @@ class DemoStack:
     orthanc_stable_age: int = 1
     models_dir: str = ""
     extra_toml: str = ""
+    supervised: bool = False
     orthanc: Orthanc | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     hexnode_port: int = 0
@@ -175,14 +182,18 @@ backoff_initial_seconds = 0.5
                              hexnode_port=self.hexnode_port, stable_age=self.orthanc_stable_age)
         self.orthanc = Orthanc.start(ocfg)
         self.write_config()
-        self.spawn("serve")
-        wait_port(self.hexnode_port, 60, self.procs["serve"])
+        if self.supervised:
+            wait_port(self.hexnode_port, 90, self.spawn("node", extra=("--workers", str(self.workers))))
+            return self
+        # receive first: it creates the database the others then open
+        wait_port(self.hexnode_port, 60, self.spawn("receive"))
+        self.spawn("route")
         for i in range(self.workers):
             self.spawn("worker", f"worker{i}" if self.workers > 1 else "worker")
         self.spawn("send")
         return self
 
-    def spawn(self, command: str, name: str | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, command: str, name: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         name = name or command
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
@@ -193,7 +204,7 @@ backoff_initial_seconds = 0.5
         # a session of its own: Ctrl-C in the terminal reaches the whole foreground process group,
         # and children that stop on their own race the demo's liveness check ("serve exited");
         # the demo alone takes the signal and stops them in order
-        proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", command, "--config", str(self.config_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", command, "--config", str(self.config_path), *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
                                 start_new_session=True)
         log.close()
@@ -204,9 +215,9 @@ backoff_initial_seconds = 0.5
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
-                proc.wait(15)
+                proc.wait(30 if name == "node" else 15)  # node: its children stop first
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -319,7 +330,7 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     once = bool(getattr(args, "once", False))
-    stack = DemoStack(workdir=workdir, stable_seconds=1.0, orthanc_stable_age=1)
+    stack = DemoStack(workdir=workdir, stable_seconds=1.0, orthanc_stable_age=1, supervised=True)
     t_start = time.perf_counter()
 
     def _interrupt(signum: int, frame: object) -> None:
@@ -332,7 +343,7 @@ def run_demo(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     viewer: ViewerServer | None = None
     try:
-        print("starting Orthanc and hexnode (serve, worker, send) on loopback ...", flush=True)
+        print("starting Orthanc and hexnode node (receive, route, worker, send) on loopback ...", flush=True)
         stack.start()
         assert stack.orthanc is not None
         if ohif_installed():

@@ -1,4 +1,4 @@
-"""The header indexer of `hexnode serve`, in its own process.
+"""The header indexer of `hexnode receive`, in its own process.
 
 The C-STORE handler only spools (rename into place) and hands the file's spool path to this
 process through a queue; here each file is fsynced (with its directory), its header read with
@@ -6,11 +6,11 @@ process through a queue; here each file is fsynced (with its directory), its hea
 
 Why a process: header parsing and ORM inserts are CPU-bound Python; in a thread they hold the
 GIL while pynetdicom's reactors wait to answer the next C-STORE, which more than doubled the
-receive time of a 320-instance series. For the same reason the series-completion scheduler
-(``hexnode.route.stable.start_scheduler``, an APScheduler job that reads the database every
-``check_interval_seconds``) runs in this process too, not beside the SCP. Why it is safe: a file is complete in the spool before
-Success is answered; if this process dies (or the queue is lost with serve), ``Indexer.recover``
-indexes every spooled file the database does not know when the indexer starts again.
+receive time of a 320-instance series. (The series-completion scheduler, which also reads the
+database every ``check_interval_seconds``, is `hexnode route`: a process of its own, never beside
+the SCP.) Why it is safe: a file is complete in the spool before Success is answered; if this
+process dies (or the queue is lost with receive), ``Indexer.recover`` indexes every spooled file
+the database does not know when the indexer starts again.
 
 A file whose header cannot be read (truncated, not DICOM, no UIDs) is moved to
 ``spool/quarantine/`` and recorded as an ``events`` row (entity ``instance``).
@@ -32,7 +32,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hexnode.config import Config
 from hexnode.receive.index import HeaderError, read_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.runtime import setup_logging
@@ -217,7 +216,7 @@ class Indexer:
         while not done:
             try:
                 first = conn.recv_bytes()
-            except EOFError:  # serve is gone: nothing more will come
+            except EOFError:  # receive is gone: nothing more will come
                 break
             if not first:
                 break
@@ -261,39 +260,18 @@ class Indexer:
         self._with_retry(lambda: self.index_batch(batch), f"indexing {len(batch)} instances")
 
 
-def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str,
-                cfg: Config | None) -> None:
+def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str) -> None:
     setup_logging(log_level, "%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
     withhold_pydicom_text()
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     store = open_store(url, schema=schema, create=False)
     spool = Spool(Path(spool_root))
     indexer = Indexer(store, spool)
-    scheduler = None
     try:
         indexer.recover()
-        if cfg is not None:
-            scheduler = start_series_scheduler(cfg, store, spool)
         ready.set()
         indexer.serve(conn)
     finally:
-        if scheduler is not None:
-            scheduler.shutdown()
         store.dispose()
-
-
-def start_series_scheduler(cfg: Config, store: Store, spool: Spool) -> Any:
-    """The pipeline's series-completion scheduler (``hexnode.route.stable``), or None."""
-    try:
-        from hexnode.route import stable
-    except ImportError:
-        log.warning("hexnode.route.stable is not available: series will not be completed")
-        return None
-    start = getattr(stable, "start_scheduler", None)
-    if start is None:
-        log.warning("hexnode.route.stable has no start_scheduler: series will not be completed")
-        return None
-    return start(store, cfg, spool)
 
 
 class IndexerProcess:
@@ -305,12 +283,11 @@ class IndexerProcess:
     behind, ``submit`` blocks and the receive slows down to its pace instead of using memory.
     """
 
-    def __init__(self, store: Store, spool: Spool, log_level: str = "INFO", cfg: Config | None = None) -> None:
+    def __init__(self, store: Store, spool: Spool, log_level: str = "INFO") -> None:
         self.store = store
         self.spool = spool
         self.log_level = log_level.upper()
-        self.cfg = cfg  # when set, the child also runs the series scheduler
-        self._ctx = mp.get_context("spawn")  # no fork: serve has threads and open sockets
+        self._ctx = mp.get_context("spawn")  # no fork: receive has threads and open sockets
         self._writer: Any = None
         self._proc: Any = None
         self._lock = threading.Lock()
@@ -324,8 +301,7 @@ class IndexerProcess:
         ready = self._ctx.Event()
         self._proc = self._ctx.Process(
             target=_child_main,
-            args=(self.store.url, self.store.schema, str(self.spool.root), reader, ready, self.log_level,
-                  self.cfg),
+            args=(self.store.url, self.store.schema, str(self.spool.root), reader, ready, self.log_level),
             name="hexnode-indexer",
             daemon=True,
         )

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
 from hexnode.config import load_config
-from hexnode.runtime import setup_logging
+from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.store.db import Event, Instance, Outbox, Result, Series, Store, open_store, utcnow
 from hexnode.store.spool import Spool, uid_hash
 
@@ -52,11 +53,18 @@ def purgeable(store: Store, cutoff: datetime) -> list[int]:
         return out
 
 
-def purge(store: Store, spool: Spool, days: float, *, dry_run: bool = False) -> Purged:
+def purge(store: Store, spool: Spool, days: float, *, dry_run: bool = False,
+          stop: threading.Event | None = None) -> Purged:
+    """Purge every purgeable series; `stop` set (SIGTERM): after the series being purged."""
     cutoff = utcnow() - timedelta(days=days)
     n_files = n_bytes = 0
     ids = purgeable(store, cutoff)
+    done = 0
     for sid in ids:
+        if stop is not None and stop.is_set():
+            log.info("stopping: %d of %d series purged", done, len(ids))
+            break
+        done += 1
         with store.transaction() as s:
             series = s.get(Series, sid)
             if series is None:
@@ -79,16 +87,19 @@ def purge(store: Store, spool: Spool, days: float, *, dry_run: bool = False) -> 
                      files)
             n_files += files
             n_bytes += bytes_
-    return Purged(len(ids), n_files, n_bytes)
+    return Purged(done, n_files, n_bytes)
 
 
 def run_purge(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
     setup_logging(cfg.log_level)
     days = cfg.spool.retention_days if getattr(args, "days", None) is None else float(args.days)
+    # a timer or an operator stopping a long purge: the series being deleted is finished first
+    # (its files and its instance rows go together), never left half-deleted
+    stop = stop_on_signals()
     store = open_store(cfg.database_url)
     try:
-        res = purge(store, Spool(cfg.spool_path), days, dry_run=bool(getattr(args, "dry_run", False)))
+        res = purge(store, Spool(cfg.spool_path), days, dry_run=bool(getattr(args, "dry_run", False)), stop=stop)
     finally:
         store.dispose()
     verb = "would free" if getattr(args, "dry_run", False) else "freed"

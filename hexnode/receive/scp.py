@@ -1,4 +1,4 @@
-"""`hexnode serve`: the C-STORE SCP, the spool writer, the header indexer and the series scheduler.
+"""`hexnode receive`: the C-STORE SCP, the spool writer and the header indexer. It stores, never decides.
 
 Receive path of one instance (nothing here decodes pixel data):
 
@@ -45,13 +45,13 @@ Policies (``[dicom]`` in hexnode.toml):
   read later; a syntax without a decoder is refused at negotiation (the sender can convert).
 * A dataset whose header cannot be read (truncated, no UIDs) is moved to ``spool/quarantine/``
   and recorded as an ``events`` row (entity ``instance``), since by then Success was answered.
-  The indexer process is restarted by serve if it dies.
+  The indexer process is restarted by receive if it dies.
 
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
-The series scheduler (``hexnode.route.stable.start_scheduler(store, cfg, spool)``, owned by the
-pipeline) is started by :func:`run_serve` inside the indexer process (see
-``hexnode.receive.indexer``); it returns an object with ``shutdown()``.
+What happens to a series once it is indexed (completion, selection, the study's decision) is
+`hexnode route`'s job (``hexnode.route.stable``), a process of its own that reads the same
+database; nothing here imports it. `hexnode node` (and the old `hexnode serve`) start both.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ import argparse
 import logging
 import os
 import re
-import signal
 import ssl
 import tempfile
 import threading
@@ -82,7 +81,7 @@ from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningSe
 from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
-from hexnode.runtime import setup_logging
+from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.store.db import Store, open_store, utcnow
 from hexnode.store.spool import Spool, instance_relpath, uid_hash
 
@@ -149,13 +148,12 @@ class Receiver:
     """The SCP: pynetdicom AE + handlers; `start()` returns once it listens."""
 
     def __init__(self, dicom: DicomConfig, store: Store, spool: Spool, *, fsync_before_success: bool = False,
-                 log_level: str = "INFO", scheduler_cfg: Config | None = None) -> None:
+                 log_level: str = "INFO") -> None:
         self.dicom = dicom
         self.store = store
         self.spool = spool
         self.fsync_before_success = fsync_before_success
-        # scheduler_cfg: run the series scheduler in the indexer process (serve does; tests need not)
-        self.indexer = IndexerProcess(store, spool, log_level, cfg=scheduler_cfg)
+        self.indexer = IndexerProcess(store, spool, log_level)
         self.server: Any = None
         self._disk_checked_at = float("-inf")
         self._disk_low_cached = False
@@ -385,35 +383,22 @@ def _unlink(path: str) -> None:
         pass
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_receive(args: argparse.Namespace) -> int:
+    """`hexnode receive`: the SCP and its indexer process until SIGTERM/SIGINT."""
     cfg: Config = load_config(getattr(args, "config", None))
     setup_logging(cfg.log_level)
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)
     receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,
-                        log_level=cfg.log_level, scheduler_cfg=cfg)
-    stop = threading.Event()
-
-    def _signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
+                        log_level=cfg.log_level)
+    stop = stop_on_signals()
     receiver.start()
-    http = None
-    if cfg.http.enabled:
-        from hexnode.web.server import StatusServer
-
-        http = StatusServer(cfg.http, store)
-        http.start()
     try:
         while not stop.wait(1.0):
             receiver.indexer.restart_if_dead()
             receiver.sweep_incoming()
     finally:
         log.info("stopping")
-        if http is not None:
-            http.stop()
         receiver.stop()
         store.dispose()
     return 0

@@ -1,4 +1,8 @@
-"""Series completion and selection, run by an APScheduler job inside `hexnode serve`.
+"""Series completion and selection: `hexnode route`, an APScheduler job in a process of its own.
+
+It reads what receive indexed and writes the decisions (series states, jobs) to the same database;
+it never talks to the receiver, so either can be restarted, or run on another machine with the
+database and the spool, without the other.
 
 A series is *complete* `stable_seconds` after its last instance, or sooner when it is provably
 whole: every instance carries the same Images in Acquisition (0020,1002) and that many have
@@ -22,6 +26,7 @@ way (its answer names the study's previous answer as its predecessor).
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +37,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.config import Config
+from hexnode import runtime
+from hexnode.config import Config, load_config
 from hexnode.pipeline.load import VolumeError, read_header
 from hexnode.route.info import SeriesInfo
 from hexnode.route.select import Decision, Selector
@@ -43,7 +49,7 @@ from hexnode.route.study import (
     study_jobs,
     supersede_study_jobs,
 )
-from hexnode.store.db import Instance, Job, Series, Store, Study, utcnow
+from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
 from hexnode.store.queue import enqueue_job, transition
 from hexnode.store.spool import Spool, uid_hash
 
@@ -393,7 +399,8 @@ def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | Non
 def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
     """A BackgroundScheduler running `check_once` every `check_interval_seconds` (one at a time).
 
-    `hexnode serve` calls this after opening the store and stops it with `.shutdown()`.
+    `hexnode route` (:func:`run_route`) calls this after opening the store and stops it with
+    `.shutdown()`.
     """
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -414,3 +421,23 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
                       id="hexnode-series-stable", max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
     scheduler.start()
     return scheduler
+
+
+def run_route(args: argparse.Namespace) -> int:
+    """`hexnode route`: the scheduler until SIGTERM/SIGINT (a tick in progress finishes first)."""
+    cfg = load_config(getattr(args, "config", None))
+    runtime.setup_logging(cfg.log_level)
+    stop = runtime.stop_on_signals()
+    store = open_store(cfg.database_url)
+    spool = Spool(cfg.spool_path)  # read only here: headers of indexed instances
+    scheduler = start_scheduler(store, cfg, spool)
+    log.info("routing: completion checks every %g s, series stable after %g s, studies settled after %g s",
+             cfg.series.check_interval_seconds, cfg.series.stable_seconds, cfg.series.study_settle_seconds)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping")
+        scheduler.shutdown()  # waits for a running check: its transaction commits or rolls back whole
+        store.dispose()
+    return 0

@@ -19,19 +19,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from hexnode import notify
 from hexnode.config import Config, Destination, load_config
 from hexnode.notify import state as notify_state
 from hexnode.notify.deliver import Notifier
-from hexnode.runtime import setup_logging
+from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
@@ -129,13 +127,7 @@ def run_send(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     store = open_store(cfg.database_url)
     sender = Sender(cfg, store, Spool(cfg.spool_path))
-    stop = threading.Event()
-
-    def _signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
+    stop = stop_on_signals()
     log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
     if cfg.notifications:
         log.info("notifying %s", ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))

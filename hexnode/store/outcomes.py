@@ -27,16 +27,35 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.route.followup import Growth
 from hexnode.store.db import Meta, Outcome, Scan, Store
 
 log = logging.getLogger(__name__)
+
+
+class Growth(Protocol):
+    """What an outcome row records of a measured growth (hexnode.route.followup.Growth); a
+    Protocol, so that the store, below every stage, imports none of them."""
+
+    @property
+    def baseline_ml(self) -> float: ...
+    @property
+    def followup_ml(self) -> float: ...
+    @property
+    def growth_ml(self) -> float: ...
+    @property
+    def growth_pct(self) -> float | None: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def definition(self) -> str: ...
+    @property
+    def expansion(self) -> bool: ...
 
 BOOTSTRAP_REPS = 1000
 

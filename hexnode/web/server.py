@@ -1,4 +1,7 @@
-"""Status and metrics over HTTP for IT monitoring (`[http]` in hexnode.toml; started by `hexnode serve`).
+"""Status and metrics over HTTP for IT monitoring: `hexnode web` (`[http]` in hexnode.toml).
+
+A process of its own: it only reads the database, so a slow scrape or a browser left open never
+competes with receiving, and the page stays up while another stage restarts.
 
 GET /          the same facts as a plain HTML page for a browser, refreshing itself (web/page.py)
 GET /healthz   "ok" — liveness, no token (it says nothing about the data)
@@ -15,6 +18,7 @@ hashes are never readable from the network by anyone who can reach the port.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import hmac
@@ -29,9 +33,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from hexnode.config import HttpConfig
+from hexnode.config import HttpConfig, load_config
+from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.status import collect
-from hexnode.store.db import Store
+from hexnode.store.db import Store, open_store
 from hexnode.web.page import status_html
 
 log = logging.getLogger(__name__)
@@ -181,3 +186,24 @@ class StatusServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def run_web(args: argparse.Namespace) -> int:
+    """`hexnode web`: the status server until SIGTERM/SIGINT; refuses to start with [http] off."""
+    cfg = load_config(getattr(args, "config", None))
+    setup_logging(cfg.log_level)
+    if not cfg.http.enabled:
+        log.error("[http] enabled = false: nothing to serve (set it, or HEXNODE_HTTP_ENABLED=true)")
+        return 2
+    stop = stop_on_signals()
+    store = open_store(cfg.database_url)
+    http = StatusServer(cfg.http, store)
+    http.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping")
+        http.stop()
+        store.dispose()
+    return 0
