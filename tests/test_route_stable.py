@@ -270,7 +270,12 @@ def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Con
     index(store, spool, paths[:12], t0)
     check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
     assert jobs(store, uid) == [(0, "queued")]
-    index(store, spool, paths[12:], t0 + timedelta(seconds=12))  # late: revision 1, old job superseded
+    index(store, spool, paths[12:], t0 + timedelta(seconds=12))
+    # receive only recorded it: the decision is route's, on its next tick
+    assert series_row(store, uid).revision == 0 and jobs(store, uid) == [(0, "queued")]
+    assert series_row(store, uid).instance_count == 13 and series_row(store, uid).decided_count == 12
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=12.5))  # late: revision 1, old job superseded
+    assert tick.reopened == [uid] and tick.queued == []
     assert series_row(store, uid).revision == 1 and jobs(store, uid) == [(0, "superseded")]
     store.dispose()
     # a restarted serve: a new engine on the same file carries on from the database alone
@@ -279,6 +284,26 @@ def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Con
     assert tick.queued == [uid]
     assert jobs(store2, uid) == [(0, "superseded"), (1, "queued")]
     assert series_row(store2, uid).instance_count == 13
+
+
+def test_a_series_that_is_not_ct_is_rejected_on_the_first_tick_and_never_reopens(
+        env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid = generate_uid()
+    paths = write_series(tmp_path / "mr", n=3, rows=16, cols=16, series_uid=uid,
+                         SOPClassUID="1.2.840.10008.5.1.4.1.1.4", Modality="MR")
+    index(store, spool, paths[:2], t0)
+    assert series_row(store, uid).state == "received"  # receive decides nothing
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=0.5))  # long before the stable time
+    row = series_row(store, uid)
+    assert tick.rejected_at_once == [uid] and row.state == "rejected"
+    assert row.reason == "MR Image Storage is not CT: not analysed" and row.decided_count == 2
+    index(store, spool, paths[2:], t0 + timedelta(seconds=1))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=30))
+    row = series_row(store, uid)
+    assert tick.reopened == [] and row.state == "rejected" and row.revision == 0 and row.decided_count == 3
+    assert jobs(store, uid) == []
 
 
 def test_apscheduler_job_in_the_background(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 ``read_header(path) -> Header`` parses with ``stop_before_pixels``; malformed numeric values
 become None rather than errors (select decides what is analysable, not the receiver).
 ``record_instance(s, header, relpath, size, calling_ae, received_at) -> Recorded`` is idempotent
-on the SOP Instance UID; a new instance in a series that was already completed re-opens it (a new
-revision, see ``hexnode.store.queue.reopen_series``). Series whose SOP class is not CT are
-recorded and immediately ``rejected`` with the reason, so nothing sent to us disappears silently
-and the scheduler never picks them up.
+on the SOP Instance UID. It records and counts, and decides nothing: a series whose SOP class is
+not CT, or an instance that arrives after its series was decided, is route's to act on
+(``hexnode.route.stable.settle_arrivals``: rejected with the reason, or re-opened as a new
+revision), so nothing sent to us disappears silently.
 """
 
 from __future__ import annotations
@@ -18,23 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hexnode.store import queue
+from hexnode.sop import sop_class_name
 from hexnode.store.db import Instance, Series, Study
 from hexnode.store.spool import uid_hash
 
 log = logging.getLogger(__name__)
-
-CT_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
-
 
 class HeaderError(ValueError):
     """The file is not a DICOM dataset we can index (reason in the message)."""
@@ -64,7 +56,6 @@ class Recorded:
     created: bool  # False: this SOP Instance UID was already indexed
     series_id: int
     series_state: str
-    reopened: bool = False
     new_series: bool = False
 
 
@@ -141,11 +132,6 @@ def read_header(path: Path) -> Header:
     )
 
 
-def sop_class_name(uid: str) -> str:
-    name = UID(uid).name if uid else ""
-    return name if name and name != uid else f"SOP class {uid[:64]}"
-
-
 def _get_or_create_study(s: Session, study_uid: str) -> Study:
     study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
     if study is None:
@@ -168,7 +154,6 @@ def record_instance(
         ser = s.get(Series, existing)
         return Recorded(created=False, series_id=existing, series_state=ser.state if ser else "?")
 
-    is_ct = h.sop_class_uid in CT_SOP_CLASSES
     series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one_or_none()
     new_series = series is None
     if series is None:
@@ -194,14 +179,6 @@ def record_instance(
             series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one()
             new_series = False
     assert series is not None
-
-    reopened = False
-    if new_series and not is_ct:
-        series.reason = f"{sop_class_name(h.sop_class_uid)} is not CT: not analysed"
-        queue.transition(s, series, "rejected", series.reason)
-    elif not new_series and is_ct and series.state != "received":
-        queue.reopen_series(s, series, f"new instance after the series was {series.state}")
-        reopened = True
 
     s.add(
         Instance(
@@ -229,8 +206,4 @@ def record_instance(
     if new_series:
         log.info("series %s: first instance from %s (%s)", uid_hash(h.series_uid), calling_ae,
                  sop_class_name(h.sop_class_uid))
-    if reopened:
-        log.info("series %s: re-opened as revision %d (instance after completion)",
-                 uid_hash(h.series_uid), series.revision)
-    return Recorded(created=True, series_id=series.id, series_state=series.state, reopened=reopened,
-                    new_series=new_series)
+    return Recorded(created=True, series_id=series.id, series_state=series.state, new_series=new_series)

@@ -19,7 +19,9 @@ localizers, dose reports and objects that are not CT images never cause one. `[r
 per_series_not_analysed = true` gives each rejected CT series its own report instead.
 
 Everything lives in the database: a restart re-reads the state, and the next tick carries on.
-Late instances re-open a series (receive calls `reopen_series`: revision + 1), and it comes
+Receive only records and counts; the first step of each tick (`settle_arrivals`) rejects a series
+that is not CT at once, and re-opens a series that got instances after it was decided (revision
++ 1), and it comes
 through here again to a new job and a corrected result set; a late series re-opens its study the same
 way (its answer names the study's previous answer as its predecessor).
 """
@@ -49,8 +51,9 @@ from hexnode.route.study import (
     study_jobs,
     supersede_study_jobs,
 )
+from hexnode.sop import is_ct, sop_class_name
 from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
-from hexnode.store.queue import enqueue_job, transition
+from hexnode.store.queue import enqueue_job, reopen_series, transition
 from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,8 @@ class Tick:
     study_reports: list[str] = field(default_factory=list)  # study UIDs queued for a study-level one
     closed: list[str] = field(default_factory=list)  # rejected without a report
     waiting: list[str] = field(default_factory=list)  # complete, waiting for study siblings
+    reopened: list[str] = field(default_factory=list)  # instances after the decision: a new revision
+    rejected_at_once: list[str] = field(default_factory=list)  # not CT: never a candidate
 
 
 def whole_reason(instances: list[Instance]) -> str | None:
@@ -157,6 +162,34 @@ class CountWatch:
     def keep_only(self, series_ids: set[int]) -> None:
         for sid in set(self._seen) - series_ids:
             del self._seen[sid]
+
+
+def settle_arrivals(s: Session) -> tuple[list[str], list[str]]:
+    """Decide what receive only recorded: (re-opened, rejected) series UIDs.
+
+    A series whose SOP class is not a CT image is rejected at once with the reason (it never waits
+    for the stable time, and is never a candidate). A CT series that has more instances than the
+    ones it was decided on (`decided_count`) got a late instance: it re-opens as a new revision
+    and comes through completion and selection again."""
+    reopened, rejected = [], []
+    fresh = s.execute(select(Series).where(Series.state == "received", Series.decided_count.is_(None))).scalars()
+    for series in fresh:
+        if not is_ct(series.sop_class_uid):
+            series.reason = f"{sop_class_name(series.sop_class_uid or '')} is not CT: not analysed"
+            transition(s, series, "rejected", series.reason)
+            rejected.append(series.series_uid)
+    late = s.execute(select(Series).where(Series.state != "received", Series.decided_count.is_not(None),
+                                          Series.instance_count > Series.decided_count)).scalars()
+    for series in late:
+        if not is_ct(series.sop_class_uid):
+            series.decided_count = series.instance_count  # never a candidate: nothing to re-decide
+            continue
+        was = series.state
+        reopen_series(s, series, f"new instance after the series was {was}")
+        log.info("series %s: re-opened as revision %d (%d instances after it was %s)", uid_hash(series.series_uid),
+                 series.revision, series.instance_count - (series.decided_count or 0), was)
+        reopened.append(series.series_uid)
+    return reopened, rejected
 
 
 def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | None = None) -> list[str]:
@@ -390,6 +423,7 @@ def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | Non
     now = now or utcnow()
     tick = Tick()
     with store.transaction() as s:
+        tick.reopened, tick.rejected_at_once = settle_arrivals(s)
         tick.completed = complete_ready(s, cfg, now, watch)
     with store.transaction() as s:
         select_complete(s, cfg, spool, selector, now, tick)
