@@ -370,3 +370,38 @@ def test_stopped_sender_waits_aborted_wait_then_completes(env: tuple[Store, Spoo
         detail = s.execute(select(Event.detail).where(Event.to_state == "complete")
                            .order_by(Event.id.desc())).scalars().first()
     assert detail is not None and "after the sender stopped part-way" in detail
+
+
+def test_route_selects_from_the_index_alone(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """Receive indexed the series header once: route decides with every spooled file gone, and
+    the database holds no patient name, ID or birth date."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid = generate_uid()
+    index(store, spool, write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid), t0)
+    row = series_row(store, uid)
+    assert row.header is not None
+    text = str(row.header)
+    assert "Test^Series" not in text and "SER-0001" not in text and '"00100030"' not in text
+    assert row.header["00080060"]["Value"] == ["CT"] and "7FE00010" not in row.header  # modality kept, no pixels
+    for f in (spool.root / "instances").rglob("*.dcm"):
+        f.unlink()
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uid], tick
+
+
+def test_a_stray_first_instance_does_not_decide_the_per_instance_values(
+        env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """The series header comes from the first instance; Image Type and orientation, which vary per
+    instance, come from the middle one's indexed row (as when route read that file)."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid, study = generate_uid(), generate_uid()
+    paths = write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid, study_uid=study)
+    stray = write_series(tmp_path / "s", n=1, rows=16, cols=16, series_uid=uid, study_uid=study,
+                         ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], InstanceNumber=0)
+    index(store, spool, stray, t0)  # indexed first: its header is the series header
+    index(store, spool, paths, t0)
+    assert "LOCALIZER" in str(series_row(store, uid).header)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uid], (tick, series_row(store, uid).reason)

@@ -12,12 +12,13 @@ revision), so nothing sent to us disappears silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -49,6 +50,9 @@ class Header:
     number_of_frames: int | None = None
     slice_thickness: float | None = None
     images_in_acquisition: int | None = None
+    image_type: str | None = None
+    # the parsed header, kept only so the first instance of a series can index its series header
+    dataset: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,40 @@ def read_header(path: Path) -> Header:
         number_of_frames=_int(ds, "NumberOfFrames"),
         slice_thickness=_float(ds, "SliceThickness"),
         images_in_acquisition=_int(ds, "ImagesInAcquisition"),
+        image_type=_joined(ds, "ImageType"),
+        dataset=ds,
     )
+
+
+# Not indexed in the series header: pixels and other bulk data (route never needs them), private
+# tags, the file meta, and the Patient module (group 0010: no name, ID or birth date in the
+# database; what needs them reads the spooled file).
+_BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+_SKIPPED_GROUPS = {0x0002, 0x0010, 0x7FE0}
+
+
+def series_header(ds: Any) -> dict[str, Any] | None:
+    """The series-level header route selects on, as DICOM JSON; None when it cannot be converted."""
+    try:
+        keep = Dataset()
+        for elem in ds:
+            if elem.tag.is_private or elem.tag.group in _SKIPPED_GROUPS or elem.VR in _BULK_VRS:
+                continue
+            keep.add(elem)
+        return keep.to_json_dict(bulk_data_threshold=1 << 20)
+    except Exception:  # a malformed value pydicom cannot write as JSON: route reads the file instead
+        return None
+
+
+def _joined(ds: Any, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    parts = [str(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else [str(value)]
+    return "\\".join(parts) or None
 
 
 def _get_or_create_study(s: Session, study_uid: str) -> Study:
@@ -173,6 +210,7 @@ def record_instance(
                     first_instance_at=received_at,
                     last_instance_at=received_at,
                     state_at=received_at,
+                    header=series_header(h.dataset) if h.dataset is not None else None,
                 )
                 s.add(series)
         except IntegrityError:
@@ -197,6 +235,7 @@ def record_instance(
             number_of_frames=h.number_of_frames,
             slice_thickness=h.slice_thickness,
             images_in_acquisition=h.images_in_acquisition,
+            image_type=h.image_type,
             received_at=received_at,
         )
     )

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -239,17 +240,47 @@ def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | N
 
 
 def _info(s: Session, series: Series, spool: Spool) -> SeriesInfo | str:
-    """SeriesInfo from one spooled header, or the reason it cannot be read."""
+    """SeriesInfo from what receive indexed (the series header with the middle instance's own
+    values), or from the middle instance's spooled header for a series indexed before the header
+    was; or the reason it cannot be read."""
     instances = _instances(s, series.id)
     if not instances:
         return "no instances"
     # the middle instance: the first may be a stray of another acquisition more often than the middle
     mid = instances[len(instances) // 2]
-    try:
-        header = read_header(spool.path(mid.path))
-    except (VolumeError, ValueError) as exc:
-        return str(exc)
+    header = indexed_header(series, mid)
+    if header is None:
+        try:
+            header = read_header(spool.path(mid.path))
+        except (VolumeError, ValueError) as exc:
+            return str(exc)
     return SeriesInfo(series_uid=series.series_uid, header=header, instance_count=len(instances), ref=series.id)
+
+
+def indexed_header(series: Series, mid: Instance) -> Dataset | None:
+    """The series header receive indexed, with the values that vary per instance taken from the
+    `mid` instance's row (so a stray first instance does not decide them); None if not indexed."""
+    if series.header is None:
+        return None
+    try:
+        ds = Dataset.from_json(series.header)
+    except Exception:  # written by receive from a parsed header; unreadable only if corrupted since
+        return None
+    per_instance: dict[str, Any] = {
+        "SOPClassUID": mid.sop_class_uid, "SOPInstanceUID": mid.sop_instance_uid,
+        "InstanceNumber": mid.instance_number, "ImagePositionPatient": mid.position,
+        "ImageOrientationPatient": mid.orientation, "Rows": mid.rows, "Columns": mid.columns,
+        "NumberOfFrames": mid.number_of_frames, "SliceThickness": mid.slice_thickness,
+        "ImagesInAcquisition": mid.images_in_acquisition,
+        "ImageType": mid.image_type.split("\\") if mid.image_type else None,
+    }
+    for keyword, value in per_instance.items():
+        if value is None:
+            if keyword in ds:
+                del ds[keyword]  # absent or unreadable in that instance: as its own header would say
+        else:
+            setattr(ds, keyword, value)
+    return ds
 
 
 def _report_worthy(series: Series, reason: str) -> bool:
