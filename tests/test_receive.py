@@ -14,8 +14,9 @@ from plumbing_helpers import BOTH_RECEIVE_MODES, dcmtk_env, free_port, make_pki,
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from hexnode.config import TLSConfig
+from hexnode.config import Config, TLSConfig
 from hexnode.receive.scp import Receiver
+from hexnode.route.stable import check_once
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Series, open_store
 from hexnode.store.spool import Spool, instance_relpath, safe_component
@@ -62,7 +63,7 @@ def test_storescu_instances_spooled_indexed_and_duplicates_stored_once(make_rece
     assert not list((tmp_path / "spool" / "incoming").iterdir()), "no temporary file left behind"
 
 
-def test_new_instance_after_completion_reopens_series(make_receiver, tmp_path: Path) -> None:
+def test_new_instance_after_completion_is_counted_and_route_reopens_the_series(make_receiver, tmp_path: Path) -> None:
     rx = make_receiver()
     files = write_ct(tmp_path / "a", 4, series_uid="1.2.826.0.1.3680043.10.999.1", study_uid="1.2.3.44")
     assert storescu(rx.dicom.port, files[:3]).returncode == 0
@@ -73,8 +74,13 @@ def test_new_instance_after_completion_reopens_series(make_receiver, tmp_path: P
         queue.enqueue_job(s, ser)
     assert storescu(rx.dicom.port, files[3:]).returncode == 0
     wait_indexed(rx, 4)
+    with rx.store.transaction() as s:  # receive stores and counts; it decides nothing
+        ser = s.execute(select(Series)).scalar_one()
+        assert ser.state == "queued" and ser.revision == 0 and (ser.instance_count, ser.decided_count) == (4, 3)
+    tick = check_once(rx.store, Config(), rx.spool)
     with rx.store.transaction() as s:
         ser = s.execute(select(Series)).scalar_one()
+        assert tick.reopened == [ser.series_uid]
         assert ser.state == "received" and ser.revision == 1 and ser.instance_count == 4
 
 
@@ -159,6 +165,9 @@ def test_non_ct_series_is_kept_and_rejected_with_reason(make_receiver, tmp_path:
     mr = write_ct(tmp_path / "mr", 2, sop_class="1.2.840.10008.5.1.4.1.1.4", modality="MR")
     assert storescu(rx.dicom.port, mr).returncode == 0
     wait_indexed(rx, 2)
+    with rx.store.transaction() as s:  # stored and indexed; the decision is route's
+        assert s.execute(select(Series)).scalar_one().state == "received"
+    check_once(rx.store, Config(), rx.spool)
     with rx.store.transaction() as s:
         ser = s.execute(select(Series)).scalar_one()
         assert ser.state == "rejected" and "MR Image Storage is not CT" in ser.reason

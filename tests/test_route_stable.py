@@ -270,7 +270,12 @@ def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Con
     index(store, spool, paths[:12], t0)
     check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
     assert jobs(store, uid) == [(0, "queued")]
-    index(store, spool, paths[12:], t0 + timedelta(seconds=12))  # late: revision 1, old job superseded
+    index(store, spool, paths[12:], t0 + timedelta(seconds=12))
+    # receive only recorded it: the decision is route's, on its next tick
+    assert series_row(store, uid).revision == 0 and jobs(store, uid) == [(0, "queued")]
+    assert series_row(store, uid).instance_count == 13 and series_row(store, uid).decided_count == 12
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=12.5))  # late: revision 1, old job superseded
+    assert tick.reopened == [uid] and tick.queued == []
     assert series_row(store, uid).revision == 1 and jobs(store, uid) == [(0, "superseded")]
     store.dispose()
     # a restarted serve: a new engine on the same file carries on from the database alone
@@ -279,6 +284,26 @@ def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Con
     assert tick.queued == [uid]
     assert jobs(store2, uid) == [(0, "superseded"), (1, "queued")]
     assert series_row(store2, uid).instance_count == 13
+
+
+def test_a_series_that_is_not_ct_is_rejected_on_the_first_tick_and_never_reopens(
+        env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid = generate_uid()
+    paths = write_series(tmp_path / "mr", n=3, rows=16, cols=16, series_uid=uid,
+                         SOPClassUID="1.2.840.10008.5.1.4.1.1.4", Modality="MR")
+    index(store, spool, paths[:2], t0)
+    assert series_row(store, uid).state == "received"  # receive decides nothing
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=0.5))  # long before the stable time
+    row = series_row(store, uid)
+    assert tick.rejected_at_once == [uid] and row.state == "rejected"
+    assert row.reason == "MR Image Storage is not CT: not analysed" and row.decided_count == 2
+    index(store, spool, paths[2:], t0 + timedelta(seconds=1))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=30))
+    row = series_row(store, uid)
+    assert tick.reopened == [] and row.state == "rejected" and row.revision == 0 and row.decided_count == 3
+    assert jobs(store, uid) == []
 
 
 def test_apscheduler_job_in_the_background(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
@@ -345,3 +370,38 @@ def test_stopped_sender_waits_aborted_wait_then_completes(env: tuple[Store, Spoo
         detail = s.execute(select(Event.detail).where(Event.to_state == "complete")
                            .order_by(Event.id.desc())).scalars().first()
     assert detail is not None and "after the sender stopped part-way" in detail
+
+
+def test_route_selects_from_the_index_alone(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """Receive indexed the series header once: route decides with every spooled file gone, and
+    the database holds no patient name, ID or birth date."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid = generate_uid()
+    index(store, spool, write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid), t0)
+    row = series_row(store, uid)
+    assert row.header is not None
+    text = str(row.header)
+    assert "Test^Series" not in text and "SER-0001" not in text and '"00100030"' not in text
+    assert row.header["00080060"]["Value"] == ["CT"] and "7FE00010" not in row.header  # modality kept, no pixels
+    for f in (spool.root / "instances").rglob("*.dcm"):
+        f.unlink()
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uid], tick
+
+
+def test_a_stray_first_instance_does_not_decide_the_per_instance_values(
+        env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+    """The series header comes from the first instance; Image Type and orientation, which vary per
+    instance, come from the middle one's indexed row (as when route read that file)."""
+    store, spool, cfg = env
+    t0 = utcnow()
+    uid, study = generate_uid(), generate_uid()
+    paths = write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid, study_uid=study)
+    stray = write_series(tmp_path / "s", n=1, rows=16, cols=16, series_uid=uid, study_uid=study,
+                         ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], InstanceNumber=0)
+    index(store, spool, stray, t0)  # indexed first: its header is the series header
+    index(store, spool, paths, t0)
+    assert "LOCALIZER" in str(series_row(store, uid).header)
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
+    assert tick.queued == [uid], (tick, series_row(store, uid).reason)

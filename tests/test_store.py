@@ -206,6 +206,10 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     for col in ("answer_kind", "answer_sr_uid", "answer_sr_series_uid", "report_revision"):
         con.execute(f"ALTER TABLE studies DROP COLUMN {col}")
     con.execute("ALTER TABLE jobs DROP COLUMN study_revision")
+    # the revisions after the baseline
+    con.execute("ALTER TABLE series DROP COLUMN decided_count")
+    con.execute("ALTER TABLE series DROP COLUMN header")
+    con.execute("ALTER TABLE instances DROP COLUMN image_type")
     con.execute("INSERT INTO studies (study_uid, created_at) VALUES ('1.2.3', '2026-01-01 00:00:00')")
     con.execute("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '1')")
     con.commit()

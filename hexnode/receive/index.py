@@ -3,38 +3,31 @@
 ``read_header(path) -> Header`` parses with ``stop_before_pixels``; malformed numeric values
 become None rather than errors (select decides what is analysable, not the receiver).
 ``record_instance(s, header, relpath, size, calling_ae, received_at) -> Recorded`` is idempotent
-on the SOP Instance UID; a new instance in a series that was already completed re-opens it (a new
-revision, see ``hexnode.store.queue.reopen_series``). Series whose SOP class is not CT are
-recorded and immediately ``rejected`` with the reason, so nothing sent to us disappears silently
-and the scheduler never picks them up.
+on the SOP Instance UID. It records and counts, and decides nothing: a series whose SOP class is
+not CT, or an instance that arrives after its series was decided, is route's to act on
+(``hexnode.route.stable.settle_arrivals``: rejected with the reason, or re-opened as a new
+revision), so nothing sent to us disappears silently.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hexnode.store import queue
+from hexnode.sop import sop_class_name
 from hexnode.store.db import Instance, Series, Study
 from hexnode.store.spool import uid_hash
 
 log = logging.getLogger(__name__)
-
-CT_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
-
 
 class HeaderError(ValueError):
     """The file is not a DICOM dataset we can index (reason in the message)."""
@@ -57,6 +50,9 @@ class Header:
     number_of_frames: int | None = None
     slice_thickness: float | None = None
     images_in_acquisition: int | None = None
+    image_type: str | None = None
+    # the parsed header, kept only so the first instance of a series can index its series header
+    dataset: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,6 @@ class Recorded:
     created: bool  # False: this SOP Instance UID was already indexed
     series_id: int
     series_state: str
-    reopened: bool = False
     new_series: bool = False
 
 
@@ -138,12 +133,40 @@ def read_header(path: Path) -> Header:
         number_of_frames=_int(ds, "NumberOfFrames"),
         slice_thickness=_float(ds, "SliceThickness"),
         images_in_acquisition=_int(ds, "ImagesInAcquisition"),
+        image_type=_joined(ds, "ImageType"),
+        dataset=ds,
     )
 
 
-def sop_class_name(uid: str) -> str:
-    name = UID(uid).name if uid else ""
-    return name if name and name != uid else f"SOP class {uid[:64]}"
+# Not indexed in the series header: pixels and other bulk data (route never needs them), private
+# tags, the file meta, and the Patient module (group 0010: no name, ID or birth date in the
+# database; what needs them reads the spooled file).
+_BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+_SKIPPED_GROUPS = {0x0002, 0x0010, 0x7FE0}
+
+
+def series_header(ds: Any) -> dict[str, Any] | None:
+    """The series-level header route selects on, as DICOM JSON; None when it cannot be converted."""
+    try:
+        keep = Dataset()
+        for elem in ds:
+            if elem.tag.is_private or elem.tag.group in _SKIPPED_GROUPS or elem.VR in _BULK_VRS:
+                continue
+            keep.add(elem)
+        return keep.to_json_dict(bulk_data_threshold=1 << 20)
+    except Exception:  # a malformed value pydicom cannot write as JSON: route reads the file instead
+        return None
+
+
+def _joined(ds: Any, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None:
+        return None
+    parts = [str(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else [str(value)]
+    return "\\".join(parts) or None
 
 
 def _get_or_create_study(s: Session, study_uid: str) -> Study:
@@ -168,7 +191,6 @@ def record_instance(
         ser = s.get(Series, existing)
         return Recorded(created=False, series_id=existing, series_state=ser.state if ser else "?")
 
-    is_ct = h.sop_class_uid in CT_SOP_CLASSES
     series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one_or_none()
     new_series = series is None
     if series is None:
@@ -188,20 +210,13 @@ def record_instance(
                     first_instance_at=received_at,
                     last_instance_at=received_at,
                     state_at=received_at,
+                    header=series_header(h.dataset) if h.dataset is not None else None,
                 )
                 s.add(series)
         except IntegrityError:
             series = s.execute(select(Series).where(Series.series_uid == h.series_uid)).scalar_one()
             new_series = False
     assert series is not None
-
-    reopened = False
-    if new_series and not is_ct:
-        series.reason = f"{sop_class_name(h.sop_class_uid)} is not CT: not analysed"
-        queue.transition(s, series, "rejected", series.reason)
-    elif not new_series and is_ct and series.state != "received":
-        queue.reopen_series(s, series, f"new instance after the series was {series.state}")
-        reopened = True
 
     s.add(
         Instance(
@@ -220,6 +235,7 @@ def record_instance(
             number_of_frames=h.number_of_frames,
             slice_thickness=h.slice_thickness,
             images_in_acquisition=h.images_in_acquisition,
+            image_type=h.image_type,
             received_at=received_at,
         )
     )
@@ -229,8 +245,4 @@ def record_instance(
     if new_series:
         log.info("series %s: first instance from %s (%s)", uid_hash(h.series_uid), calling_ae,
                  sop_class_name(h.sop_class_uid))
-    if reopened:
-        log.info("series %s: re-opened as revision %d (instance after completion)",
-                 uid_hash(h.series_uid), series.revision)
-    return Recorded(created=True, series_id=series.id, series_state=series.state, reopened=reopened,
-                    new_series=new_series)
+    return Recorded(created=True, series_id=series.id, series_state=series.state, new_series=new_series)

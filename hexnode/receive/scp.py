@@ -78,10 +78,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
 from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer
-from hexnode.receive.index import CT_SOP_CLASSES
 from hexnode.receive.indexer import IndexerProcess, Item, Stopped
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
 from hexnode.runtime import setup_logging, stop_on_signals
+from hexnode.sop import CT_SOP_CLASSES
 from hexnode.store.db import Store, open_store, utcnow
 from hexnode.store.spool import Spool, instance_relpath, uid_hash
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hexnode.pipeline.load import CT_SOP_CLASSES, MAX_SLICES
+from hexnode.pipeline.load import MAX_SLICES
+from hexnode.sop import CT_SOP_CLASSES
 
 BUILTIN_REQUIRE: list[dict[str, Any]] = [
     {"name": "modality", "attr": "Modality", "equals": "CT", "reason": "modality {value} is not CT"},

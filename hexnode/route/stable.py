@@ -19,7 +19,9 @@ localizers, dose reports and objects that are not CT images never cause one. `[r
 per_series_not_analysed = true` gives each rejected CT series its own report instead.
 
 Everything lives in the database: a restart re-reads the state, and the next tick carries on.
-Late instances re-open a series (receive calls `reopen_series`: revision + 1), and it comes
+Receive only records and counts; the first step of each tick (`settle_arrivals`) rejects a series
+that is not CT at once, and re-opens a series that got instances after it was decided (revision
++ 1), and it comes
 through here again to a new job and a corrected result set; a late series re-opens its study the same
 way (its answer names the study's previous answer as its predecessor).
 """
@@ -34,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -49,8 +52,9 @@ from hexnode.route.study import (
     study_jobs,
     supersede_study_jobs,
 )
+from hexnode.sop import is_ct, sop_class_name
 from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
-from hexnode.store.queue import enqueue_job, transition
+from hexnode.store.queue import enqueue_job, reopen_series, transition
 from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,8 @@ class Tick:
     study_reports: list[str] = field(default_factory=list)  # study UIDs queued for a study-level one
     closed: list[str] = field(default_factory=list)  # rejected without a report
     waiting: list[str] = field(default_factory=list)  # complete, waiting for study siblings
+    reopened: list[str] = field(default_factory=list)  # instances after the decision: a new revision
+    rejected_at_once: list[str] = field(default_factory=list)  # not CT: never a candidate
 
 
 def whole_reason(instances: list[Instance]) -> str | None:
@@ -159,6 +165,34 @@ class CountWatch:
             del self._seen[sid]
 
 
+def settle_arrivals(s: Session) -> tuple[list[str], list[str]]:
+    """Decide what receive only recorded: (re-opened, rejected) series UIDs.
+
+    A series whose SOP class is not a CT image is rejected at once with the reason (it never waits
+    for the stable time, and is never a candidate). A CT series that has more instances than the
+    ones it was decided on (`decided_count`) got a late instance: it re-opens as a new revision
+    and comes through completion and selection again."""
+    reopened, rejected = [], []
+    fresh = s.execute(select(Series).where(Series.state == "received", Series.decided_count.is_(None))).scalars()
+    for series in fresh:
+        if not is_ct(series.sop_class_uid):
+            series.reason = f"{sop_class_name(series.sop_class_uid or '')} is not CT: not analysed"
+            transition(s, series, "rejected", series.reason)
+            rejected.append(series.series_uid)
+    late = s.execute(select(Series).where(Series.state != "received", Series.decided_count.is_not(None),
+                                          Series.instance_count > Series.decided_count)).scalars()
+    for series in late:
+        if not is_ct(series.sop_class_uid):
+            series.decided_count = series.instance_count  # never a candidate: nothing to re-decide
+            continue
+        was = series.state
+        reopen_series(s, series, f"new instance after the series was {was}")
+        log.info("series %s: re-opened as revision %d (%d instances after it was %s)", uid_hash(series.series_uid),
+                 series.revision, series.instance_count - (series.decided_count or 0), was)
+        reopened.append(series.series_uid)
+    return reopened, rejected
+
+
 def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | None = None) -> list[str]:
     """received → complete for every series that is stable or provably whole."""
     done = []
@@ -206,17 +240,47 @@ def complete_ready(s: Session, cfg: Config, now: datetime, watch: CountWatch | N
 
 
 def _info(s: Session, series: Series, spool: Spool) -> SeriesInfo | str:
-    """SeriesInfo from one spooled header, or the reason it cannot be read."""
+    """SeriesInfo from what receive indexed (the series header with the middle instance's own
+    values), or from the middle instance's spooled header for a series indexed before the header
+    was; or the reason it cannot be read."""
     instances = _instances(s, series.id)
     if not instances:
         return "no instances"
     # the middle instance: the first may be a stray of another acquisition more often than the middle
     mid = instances[len(instances) // 2]
-    try:
-        header = read_header(spool.path(mid.path))
-    except (VolumeError, ValueError) as exc:
-        return str(exc)
+    header = indexed_header(series, mid)
+    if header is None:
+        try:
+            header = read_header(spool.path(mid.path))
+        except (VolumeError, ValueError) as exc:
+            return str(exc)
     return SeriesInfo(series_uid=series.series_uid, header=header, instance_count=len(instances), ref=series.id)
+
+
+def indexed_header(series: Series, mid: Instance) -> Dataset | None:
+    """The series header receive indexed, with the values that vary per instance taken from the
+    `mid` instance's row (so a stray first instance does not decide them); None if not indexed."""
+    if series.header is None:
+        return None
+    try:
+        ds = Dataset.from_json(series.header)
+    except Exception:  # written by receive from a parsed header; unreadable only if corrupted since
+        return None
+    per_instance: dict[str, Any] = {
+        "SOPClassUID": mid.sop_class_uid, "SOPInstanceUID": mid.sop_instance_uid,
+        "InstanceNumber": mid.instance_number, "ImagePositionPatient": mid.position,
+        "ImageOrientationPatient": mid.orientation, "Rows": mid.rows, "Columns": mid.columns,
+        "NumberOfFrames": mid.number_of_frames, "SliceThickness": mid.slice_thickness,
+        "ImagesInAcquisition": mid.images_in_acquisition,
+        "ImageType": mid.image_type.split("\\") if mid.image_type else None,
+    }
+    for keyword, value in per_instance.items():
+        if value is None:
+            if keyword in ds:
+                del ds[keyword]  # absent or unreadable in that instance: as its own header would say
+        else:
+            setattr(ds, keyword, value)
+    return ds
 
 
 def _report_worthy(series: Series, reason: str) -> bool:
@@ -390,6 +454,7 @@ def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | Non
     now = now or utcnow()
     tick = Tick()
     with store.transaction() as s:
+        tick.reopened, tick.rejected_at_once = settle_arrivals(s)
         tick.completed = complete_ready(s, cfg, now, watch)
     with store.transaction() as s:
         select_complete(s, cfg, spool, selector, now, tick)

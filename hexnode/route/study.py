@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.pipeline.load import CT_SOP_CLASSES
 from hexnode.route.select import Decision
+from hexnode.sop import CT_SOP_CLASSES
 from hexnode.store.db import Event, Job, Series, Study, utcnow
 from hexnode.store.queue import transition
 

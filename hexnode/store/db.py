@@ -148,6 +148,10 @@ class Series(Base):
     # None until select has run; True for the series chosen for analysis in its study.
     selected: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    # instance_count when the series last left "received" (route decided it). Receive only counts;
+    # a count above this is an instance that arrived after the decision, and route re-opens the
+    # series (hexnode.route.stable.settle_arrivals). None while the series has not been decided.
+    decided_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     first_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -157,6 +161,12 @@ class Series(Base):
     # analysed only if it is whole by positions and coverage.
     aborted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     aborted_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The series-level header route selects on, indexed once by receive from the series' first
+    # instance: DICOM JSON without pixels, bulk data, private tags or the Patient module (group
+    # 0010: no name, ID or birth date in the database). Route overlays the middle instance's own
+    # indexed values (orientation, thickness, image type …). None: indexed before this column, or
+    # not convertible; route then reads the middle instance's header from the spool.
+    header: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Instance(Base):
@@ -177,6 +187,7 @@ class Instance(Base):
     number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
     slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)
     images_in_acquisition: Mapped[int | None] = mapped_column(Integer, nullable=True)  # (0020,1002)
+    image_type: Mapped[str | None] = mapped_column(Text, nullable=True)  # (0008,0008), values joined by "\\"
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

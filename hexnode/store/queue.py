@@ -104,6 +104,8 @@ def transition(s: Session, obj: Series | Job | Outbox, to_state: str, detail: st
     obj.state = to_state
     if isinstance(obj, Series):
         obj.state_at = now
+        if from_state == "received":  # decided on this many: more indexed later re-open it
+            obj.decided_count = obj.instance_count
     if obj.id is None:
         s.flush()
     ev = Event(entity=entity, entity_id=obj.id, from_state=from_state, to_state=to_state, detail=detail, at=now)
