@@ -1,6 +1,6 @@
 """Receive rate of four Storage SCPs in one run: dcmtk `storescp`, plain pynetdicom (chunked
-receive, ``maximum_pdu_size = 0``; bench/receive_pynetdicom.py), `hexnode serve` with its receive
-fast path (hexnode/receive/fastpath.py) and `hexnode serve` without it. 320 × 512² CT instances
+receive, ``maximum_pdu_size = 0``; bench/receive_pynetdicom.py), `hexnode receive` with its receive
+fast path (hexnode/receive/fastpath.py) and `hexnode receive` without it. 320 × 512² CT instances
 by default, sent with dcmtk `storescu` over loopback, TCP_NODELAY=1 for the dcmtk tools.
 
     .venv/bin/python bench/receive.py [--rounds 5] [--n 320] [--modes storescp,pynetdicom,...]
@@ -8,15 +8,15 @@ by default, sent with dcmtk `storescu` over loopback, TCP_NODELAY=1 for the dcmt
     .venv/bin/python bench/receive.py --modes hexnode,hexnode-minus-store_rsp,...   # one patch out
 
 The receivers take turns within each round (interleaved, so a burst of other load hits them all
-alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode serve` process, so no
+alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode receive` process, so no
 instance is a duplicate). Printed per round and as medians: seconds for the transfer (storescu
 start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (DESIGN §6
 target ≥ 0.5), for hexnode also the time until the last instance was indexed and the CPU seconds
 the receiving process used during the transfer (less sensitive to other load); then the fast
 path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps the fast path only
-for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode serve` with
+for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode receive` with
 ``[dicom] fast_receive = false``. ``hexnode-minus-NAME`` (not run by default; NAME one of
-``hexnode.receive.fastpath.PATCHES``) is `hexnode serve` with the fast path less that one patch, to
+``hexnode.receive.fastpath.PATCHES``) is `hexnode receive` with the fast path less that one patch, to
 see what each earns (the process sets ``fastpath.PATCHES`` before the CLI runs).
 hexnode answers Success once the complete file is renamed into place and fsyncs it when indexing
 (``--fsync-before-success``: before answering, as `[spool] fsync_before_success`); storescp and
@@ -81,7 +81,7 @@ def round_storescp(folder: Path, work: Path) -> float:
         proc.wait(10)
 
 
-# `hexnode serve` with every fast-path patch but one (argv[1] names it)
+# `hexnode receive` with every fast-path patch but one (argv[1] names it)
 MINUS_PATCH = ("import sys; from hexnode.receive import fastpath; out = sys.argv.pop(1); "
                "assert out in fastpath.PATCHES, out; "
                "fastpath.PATCHES = tuple(p for p in fastpath.PATCHES if p != out); "
@@ -123,8 +123,10 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
     venv = ROOT / ".venv" / "bin"
     minus = mode.removeprefix("hexnode-minus-") if mode.startswith("hexnode-minus-") else None
     cmd = [str(venv / "hexnode")] if minus is None else [str(venv / "python"), "-c", MINUS_PATCH, minus]
-    proc = subprocess.Popen([*cmd, "serve", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "wb"))  # noqa: SIM115
+    # `receive` (SCP + indexer child), not `serve`: serve is now a supervisor over receive + route,
+    # and the CPU seconds below must be the receiving process's own
+    proc = subprocess.Popen([*cmd, "receive", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(data / "receive.log", "wb"))  # noqa: SIM115
     try:
         wait_port(port)
         cpu0 = cpu_seconds(proc.pid)
