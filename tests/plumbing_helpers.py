@@ -40,6 +40,17 @@ def models_dir() -> Path:
 PG_URL = os.environ.get("HEXNODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+LEGACY_SCHEMA = Path(__file__).parent / "legacy_schema"
+
+
+def legacy_ddl(version: str, dialect: str) -> list[str]:
+    """The statements of a database as hexnode schema `version` ("v1".."v4") created it, in
+    `dialect` ("sqlite" | "postgresql"): its real DDL and schema_version row (tests/legacy_schema)."""
+    lines = (LEGACY_SCHEMA / f"{version}.{dialect}.sql").read_text().splitlines()
+    ddl = "\n".join(line for line in lines if not line.startswith("--"))
+    return [s.strip() for s in ddl.split(";\n") if s.strip()]
+
+
 def pg_available() -> bool:
     try:
         with socket.create_connection(("127.0.0.1", 5432), timeout=1):

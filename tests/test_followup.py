@@ -522,18 +522,14 @@ def test_offline_run_links_the_followup_like_the_node(cohort: Cohort, tmp_path: 
 def _v4_sqlite(path: Path) -> str:
     import sqlite3
 
-    url = f"sqlite:///{path}"
-    from hexnode.store.db import open_store
+    from plumbing_helpers import legacy_ddl
 
-    open_store(url).dispose()
     con = sqlite3.connect(path)  # a database written by hexnode (schema version 4) before follow-up scans
-    con.execute("DROP TABLE outcomes")
-    con.execute("DROP TABLE scans")
-    con.execute("DROP TABLE alembic_version")
-    con.execute("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '4')")
+    for statement in legacy_ddl("v4", "sqlite"):
+        con.execute(statement)
     con.commit()
     con.close()
-    return url
+    return f"sqlite:///{path}"
 
 
 def _fill(store: Any, n: int, *, miscalibrated: bool, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -587,19 +583,19 @@ def test_followup_tables_on_postgresql() -> None:
 
     if not pg_available():
         pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
+    from plumbing_helpers import legacy_ddl
     from sqlalchemy import text
 
-    from hexnode.store.db import open_store
+    from hexnode.store.db import make_engine, open_store
     from hexnode.store.outcomes import summarise
 
     with pg_schema() as schema:
-        st = open_store(PG_URL, schema=schema)
-        with st.transaction() as s:  # as a version-4 database had it: without the new tables
-            s.execute(text("DROP TABLE outcomes"))
-            s.execute(text("DROP TABLE scans"))
-            s.execute(text("DROP TABLE alembic_version"))
-            s.execute(text("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '4')"))
-        st.dispose()
+        engine = make_engine(PG_URL, schema=schema)
+        with engine.begin() as conn:  # as a version-4 database had it: without the new tables
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            for statement in legacy_ddl("v4", "postgresql"):
+                conn.execute(text(statement))
+        engine.dispose()
         st = open_store(PG_URL, schema=schema)
         try:
             p, y = _fill(st, 60, miscalibrated=False)

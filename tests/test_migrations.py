@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from plumbing_helpers import PG_URL, pg_available, pg_schema
+from plumbing_helpers import PG_URL, legacy_ddl, pg_available, pg_schema
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from hexnode.store import migrate
@@ -30,7 +30,6 @@ from hexnode.store.db import (
     open_store,
 )
 
-LEGACY = Path(__file__).parent / "legacy_schema"
 T0 = "2026-01-01 00:00:00"
 # What hexnode's own migrations did to a version-1 database on the way to version 4 (db.py before
 # Alembic): such a database is at 4 with the columns those steps added, report_revision nullable.
@@ -61,9 +60,7 @@ def make_legacy(engine: Engine, case: str) -> None:
     """A database as an earlier hexnode left it: its tables, its schema_version row, a delivered
     result and an unrelated hexnode_meta key."""
     version = case[:2]
-    lines = (LEGACY / f"{version}.{engine.dialect.name}.sql").read_text().splitlines()
-    ddl = "\n".join(line for line in lines if not line.startswith("--"))
-    statements = [s.strip() for s in ddl.split(";\n") if s.strip()]
+    statements = legacy_ddl(version, engine.dialect.name)
     rows = [
         f"INSERT INTO studies (id, study_uid, created_at{', report_revision' if version == 'v4' else ''}) "
         f"VALUES (1, '1.2.3', '{T0}'{', 0' if version == 'v4' else ''})",
