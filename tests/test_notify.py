@@ -829,18 +829,19 @@ def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
 def test_an_older_database_gets_the_table_on_upgrade(tmp_path: Path) -> None:
     """A database made before notifications existed (hexnode's schema version 4, before Alembic):
     opening it upgrades it, and the baseline revision creates the table it lacks."""
+    from plumbing_helpers import legacy_ddl
     from sqlalchemy import inspect, text
 
     from hexnode.store import migrate
+    from hexnode.store.db import make_engine
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    store = open_store(url)
-    with store.engine.begin() as conn:
-        conn.execute(text("DROP TABLE notifications"))
-        conn.execute(text("DROP TABLE alembic_version"))
-        conn.execute(text("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '4')"))
-    assert "notifications" not in inspect(store.engine).get_table_names()
-    store.dispose()
+    engine = make_engine(url)
+    with engine.begin() as conn:  # the real DDL of schema version 4
+        for statement in legacy_ddl("v4", "sqlite"):
+            conn.execute(text(statement))
+    assert "notifications" not in inspect(engine).get_table_names()
+    engine.dispose()
     store = open_store(url)
     try:
         assert "notifications" in inspect(store.engine).get_table_names()
