@@ -378,11 +378,13 @@ def test_route_selects_from_the_index_alone(env: tuple[Store, Spool, Config], tm
     store, spool, cfg = env
     t0 = utcnow()
     uid = generate_uid()
-    index(store, spool, write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid), t0)
+    index(store, spool, write_series(tmp_path / "a", n=12, rows=16, cols=16, series_uid=uid,
+                                     ReferringPhysicianName="DR^REFERRING", OperatorsName="OP^ERATOR"), t0)
     row = series_row(store, uid)
     assert row.header is not None
     text = str(row.header)
     assert "Test^Series" not in text and "SER-0001" not in text and '"00100030"' not in text
+    assert "REFERRING" not in text and "ERATOR" not in text and "'PN'" not in text  # no person names
     assert row.header["00080060"]["Value"] == ["CT"] and "7FE00010" not in row.header  # modality kept, no pixels
     for f in (spool.root / "instances").rglob("*.dcm"):
         f.unlink()

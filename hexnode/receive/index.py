@@ -139,8 +139,9 @@ def read_header(path: Path) -> Header:
 
 
 # Not indexed in the series header: pixels and other bulk data (route never needs them), private
-# tags, the file meta, and the Patient module (group 0010: no name, ID or birth date in the
-# database; what needs them reads the spooled file).
+# tags, the file meta, the Patient module (group 0010: no name, ID or birth date in the
+# database; what needs them reads the spooled file) and every person name at any depth
+# (physicians, operators: no selection rule needs them).
 _BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _SKIPPED_GROUPS = {0x0002, 0x0010, 0x7FE0}
 
@@ -153,9 +154,15 @@ def series_header(ds: Any) -> dict[str, Any] | None:
             if elem.tag.is_private or elem.tag.group in _SKIPPED_GROUPS or elem.VR in _BULK_VRS:
                 continue
             keep.add(elem)
+        keep.walk(_drop_person_names)
         return keep.to_json_dict(bulk_data_threshold=1 << 20)
     except Exception:  # a malformed value pydicom cannot write as JSON: route reads the file instead
         return None
+
+
+def _drop_person_names(ds: Dataset, elem: Any) -> None:
+    if elem.VR == "PN":  # pydicom's walk iterates over a copy of the tags: deleting is safe
+        del ds[elem.tag]
 
 
 def _joined(ds: Any, keyword: str) -> str | None:
