@@ -23,9 +23,6 @@ from pydicom.errors import InvalidDicomError
 
 from hexnode import sop
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
 CT_SOP_CLASSES = frozenset(sop.CT_SOP_CLASSES)
 
 MAX_SLICES = 2000

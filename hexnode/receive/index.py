@@ -63,11 +63,16 @@ class Recorded:
     new_series: bool = False
 
 
-def _text(ds: Any, keyword: str) -> str | None:
+def _value(ds: Any, keyword: str) -> Any:
+    """The element's value, None when absent or when pydicom cannot convert it (malformed)."""
     try:
-        value = ds.get(keyword)
+        return ds.get(keyword)
     except Exception:
         return None
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = _value(ds, keyword)
     if value is None:
         return None
     text = str(value).strip().rstrip("\x00").strip()
@@ -166,10 +171,7 @@ def _drop_person_names(ds: Dataset, elem: Any) -> None:
 
 
 def _joined(ds: Any, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return None
+    value = _value(ds, keyword)
     if value is None:
         return None
     parts = [str(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else [str(value)]
