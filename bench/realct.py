@@ -435,11 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{row.id}: {row.outcome} [{row.ok}]", file=sys.stderr, flush=True)
 
-    for text in missing.values():
-        print(f"MISSING {text}", file=sys.stderr)
+    notes = [f"missing: {text}" for text in missing.values()]
     if args.build_only:
+        print("\n".join(notes), file=sys.stderr)
         return 1 if missing else 0
-    text = table(rows)
+    text = "\n".join([table(rows), *notes])
     print(text)
     (args.out / "table.txt").write_text(text + "\n")
     return 0
