@@ -5,7 +5,8 @@ commit, paths, licence, what each is and what hexnode should say). Nothing is do
 cases are built from local copies of those repositories (bare git dirs as the session's fetch
 leaves them under /work/.mirror, or clones; `--mirror DIR`, repeatable), at the manifest's commit,
 into bench/output/realct/cases/<id>/ (ignored). Reference masks, where a case has one, go beside
-the series in <id>.ref/, never inside it. A repository that is missing is named, with how to get it,
+the series in <id>.ref/, never inside it (no case has a voxel mask yet, so no Dice is computed).
+A repository that is missing is named, with how to get it,
 and its cases print a "missing" row; the others still run.
 
     .venv/bin/python bench/realct.py                       # build what is missing, run every case
@@ -16,7 +17,7 @@ and its cases print a "missing" row; the others still run.
 Each case runs `hexnode run CASE --out OUT` in its own process with the repository's models (or
 `--models`), so a case that crashes prints its row with the error and the bench goes on. One row a
 case: id, what it should say, what it said (analysed / not analysed and why), volume, probability
-and risk, the reference volume or Dice where a reference mask exists, seconds, and `ok`: whether
+and risk, the reference where the manifest has one (a volume, readers' labels), seconds, and `ok`: whether
 hexnode said what it should (`yes`, `NO`, or `reason?` when it refused as it should but did not
 name what the manifest expects). The table is also written to OUT/table.txt, each case's full
 output to OUT/runs/<id>/stdout.txt.
