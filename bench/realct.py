@@ -5,7 +5,10 @@ commit, paths, licence, what each is and what hexnode should say). Nothing is do
 cases are built from local copies of those repositories (bare git dirs as the session's fetch
 leaves them under /work/.mirror, or clones; `--mirror DIR`, repeatable), at the manifest's commit,
 into bench/output/realct/cases/<id>/ (ignored). Reference masks, where a case has one, go beside
-the series in <id>.ref/, never inside it (no case has a voxel mask yet, so no Dice is computed).
+the series in <id>.ref/, never inside it; the bench then compares hexnode's SEG with the mask slice
+by slice and prints the Dice coefficient and the mask's own volume (`mask = {paths, format}` in the
+manifest; format "nifti" (a label volume in world coordinates; `label` picks the values that count
+as blood, default every value above 0) or "seg" (a DICOM SEG that references the series' slices)).
 A repository that is missing is named, with how to get it,
 and its cases print a "missing" row; the others still run.
 
@@ -17,7 +20,8 @@ and its cases print a "missing" row; the others still run.
 Each case runs `hexnode run CASE --out OUT` in its own process with the repository's models (or
 `--models`), so a case that crashes prints its row with the error and the bench goes on. One row a
 case: id, what it should say, what it said (analysed / not analysed and why), volume, probability
-and risk, the reference where the manifest has one (a volume, readers' labels), seconds, and `ok`: whether
+and risk, the reference where the manifest has one (a volume, readers' labels, a mask's volume), Dice
+against the reference mask, seconds, and `ok`: whether
 hexnode said what it should (`yes`, `NO`, or `reason?` when it refused as it should but did not
 name what the manifest expects). The table is also written to OUT/table.txt, each case's full
 output to OUT/runs/<id>/stdout.txt.
@@ -293,6 +297,7 @@ class Row:
     probability: float | None = None
     risk: str = ""
     reference: str = ""
+    dice: str = ""
     seconds: float | None = None
     ok: str = ""
 
@@ -324,6 +329,14 @@ def run_case(case: Case, folder: Path, out: Path, models: Path | None, timeout: 
     judge(Expected.parse(case.expected), row)
     if case.reference_ml is not None:
         row.reference = f"{case.reference_ml:g} ml" + (f" ({case.reference_note})" if case.reference_note else "")
+    if case.mask:
+        try:
+            score, ref_ml = compare_with_mask(case, folder, out / "result")
+        except Exception as exc:  # a broken reference is reported in the row, never the end of the bench
+            row.dice = f"error: {type(exc).__name__}: {exc}"[:80]
+        else:
+            row.dice = "no SEG" if score is None else f"{score:.3f}"
+            row.reference = f"mask {ref_ml:.1f} ml" + (f"; {row.reference}" if row.reference else "")
     return row
 
 
@@ -369,12 +382,154 @@ def judge(exp: Expected, row: Row) -> None:
             row.ok = "yes"
 
 
+# ---------------------------------------------------------------- reference masks
+
+MASK_FORMATS = {"nifti", "seg"}
+
+
+def series_slices(folder: Path) -> dict[str, Any]:
+    """SOP Instance UID -> header of every image slice in the case folder (pixels not read)."""
+    import pydicom
+
+    slices: dict[str, Any] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
+            slices[str(ds.SOPInstanceUID)] = ds
+    return slices
+
+
+def masks_from_seg(path: Path, labels: set[int] | None = None) -> dict[str, Any]:
+    """SOP Instance UID of the source slice -> boolean mask, from a DICOM SEG (hexnode's or a
+    reference): frames of the chosen segments (all when `labels` is None) that reference one slice
+    are OR-ed together."""
+    import pydicom
+
+    seg = pydicom.dcmread(path)
+    frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), seg.Rows, seg.Columns)
+    out: dict[str, Any] = {}
+    for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        segment = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber) \
+            if "SegmentIdentificationSequence" in fg else 1
+        if labels is not None and segment not in labels:
+            continue
+        for derivation in fg.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                frame = frames[i] > 0
+                out[uid] = out[uid] | frame if uid in out else frame
+    if not out and frames.size:
+        raise ValueError(f"{path.name}: no frame references a source slice")
+    return out
+
+
+def masks_from_nifti(path: Path, slices: dict[str, Any], labels: set[int] | None = None) -> dict[str, Any]:
+    """SOP Instance UID -> boolean mask: each slice's pixel centres, in patient coordinates from its
+    own position and orientation, looked up (nearest voxel) in the NIfTI label volume, so a mask
+    written in any orientation or voxel order lines up with the series as it is stored."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    while data.ndim > 3:
+        data = data[..., 0]
+    blood = np.isin(data, sorted(labels)) if labels else data > 0
+    to_voxel = np.linalg.inv(img.affine)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    out = {}
+    for uid, ds in slices.items():
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        dr, dc = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        world = ipp + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        ras = world @ lps_to_ras.T
+        vox = ras @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+        idx = np.rint(vox).astype(int)
+        inside = np.all((idx >= 0) & (idx < np.array(blood.shape[:3])), axis=-1)
+        mask = np.zeros((rows, cols), bool)
+        mask[inside] = blood[idx[inside, 0], idx[inside, 1], idx[inside, 2]]
+        out[uid] = mask
+    return out
+
+
+def dice(pred: dict[str, Any], ref: dict[str, Any]) -> float:
+    """Dice over every slice either side names; a slice one side lacks counts as empty there."""
+    import numpy as np
+
+    both = inter = 0
+    for uid in set(pred) | set(ref):
+        p, r = pred.get(uid), ref.get(uid)
+        p_sum = 0 if p is None else int(np.count_nonzero(p))
+        r_sum = 0 if r is None else int(np.count_nonzero(r))
+        both += p_sum + r_sum
+        if p is not None and r is not None:
+            inter += int(np.count_nonzero(p & r))
+    return 1.0 if both == 0 else 2.0 * inter / both
+
+
+def mask_volume_ml(masks: dict[str, Any], slices: dict[str, Any]) -> float:
+    """The mask's volume on the series' grid: pixels x pixel area x the spacing to the neighbouring
+    slice along the normal (the median spacing where a slice's own gap is unknown)."""
+    import numpy as np
+
+    if not slices:
+        return 0.0
+    first = next(iter(slices.values()))
+    iop = np.array([float(v) for v in first.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    depth = {uid: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for uid, ds in slices.items()}
+    order = sorted(depth, key=depth.__getitem__)
+    gaps = np.diff([depth[u] for u in order])
+    step = float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness") or 1.0)
+    total = 0.0
+    for uid, mask in masks.items():
+        ds = slices.get(uid)
+        if ds is None:
+            continue
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        total += int(np.count_nonzero(mask)) * dr * dc * step
+    return total / 1000.0
+
+
+def compare_with_mask(case: Case, folder: Path, result: Path) -> tuple[float | None, float]:
+    """(Dice of hexnode's SEG against the case's reference mask or None when hexnode wrote no SEG,
+    the reference mask's volume in ml)."""
+    fmt = case.mask.get("format")
+    if fmt not in MASK_FORMATS:
+        raise ValueError(f"mask format {fmt!r} is not one of {sorted(MASK_FORMATS)}")
+    labels = set(case.mask["label"]) if case.mask.get("label") else None
+    ref_dir = folder.with_name(f"{case.id}.ref")
+    files = sorted(p for p in ref_dir.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no reference mask in {ref_dir}")
+    slices = series_slices(folder)
+    ref: dict[str, Any] = {}
+    for f in files:
+        part = masks_from_nifti(f, slices, labels) if fmt == "nifti" else masks_from_seg(f, labels)
+        for uid, m in part.items():
+            ref[uid] = ref[uid] | m if uid in ref else m
+    ref_ml = mask_volume_ml(ref, slices)
+    segs = sorted(result.rglob("SEG*.dcm")) if result.is_dir() else []
+    if not segs:
+        return None, ref_ml
+    pred: dict[str, Any] = {}
+    for s in segs:
+        pred.update(masks_from_seg(s))
+    return dice(pred, ref), ref_ml
+
+
 def table(rows: list[Row]) -> str:
-    head = ("id", "expected", "outcome", "ml", "p", "risk", "reference", "s", "ok")
+    head = ("id", "expected", "outcome", "ml", "p", "risk", "reference", "dice", "s", "ok")
     body = [(r.id, r.expected, r.outcome,
              "" if r.volume_ml is None else f"{r.volume_ml:.1f}",
              "" if r.probability is None else f"{r.probability:.3f}",
-             r.risk, r.reference, "" if r.seconds is None else f"{r.seconds:.1f}", r.ok) for r in rows]
+             r.risk, r.reference, r.dice, "" if r.seconds is None else f"{r.seconds:.1f}", r.ok) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
