@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID", help="series hash (10 hex digits), study hash, UID or accession number")
     p.add_argument("--json", action="store_true")
     p.add_argument("--instances", action="store_true", help="also list every received instance")
+    p.add_argument("--events", type=int, default=30, metavar="N", help="the last N events (default 30; 0: all)")
 
     p = add("echo", _cmd_echo, "test a [[destinations]] entry: C-ECHO (TLS as configured), or for a STOW-RS "
                                "destination a QIDO-RS query on its DICOMweb root with its bearer token")

@@ -6,7 +6,8 @@ Study Instance UID; an accession number (`series.accession_number`, from the ind
 each series found: its UIDs, study and sender, state and reason, what was received (and where in
 the spool), the jobs, the result objects with each delivery's state, notifications, and every
 event (the audit trail) oldest first. Never a patient value: the database holds none. `--json`
-prints the same as one JSON object. Exit status 0 when something was found, 1 when nothing was.
+prints the same as one JSON object (every event); the text shows the last `--events N` (30; 0: all).
+Exit status 0 when something was found, 1 when nothing was.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def describe(s: Session, series: Series, how: str, cfg: Config, *, instances: bo
     return out
 
 
-def render(d: dict[str, Any]) -> str:
+def render(d: dict[str, Any], events: int = 30) -> str:
     inst = d["instances"]
     chosen = {True: "yes", False: "no", None: "not decided yet"}[d["selected"]]
     desc = f", {json.dumps(d['series_description'], ensure_ascii=False)}" if d["series_description"] else ""
@@ -171,8 +172,12 @@ def render(d: dict[str, Any]) -> str:
     for item in d.get("instance_list", []):
         lines.append(f"    instance {item['number']} {item['sop_instance_uid']} {item['file']}"
                      + ("" if item["on_disk"] else " (not on disk)"))
-    lines.append("  events (oldest first):")
-    for e in d["events"]:
+    shown = d["events"][-events:] if events > 0 else d["events"]
+    if len(shown) < len(d["events"]):
+        lines.append(f"  events (last {len(shown)} of {len(d['events'])}; --events 0 for all):")
+    else:
+        lines.append("  events (oldest first):")
+    for e in shown:
         lines.append(f"    {e['at']} {e['entity']} {e['id']}: {e['from'] or '-'} → {e['to']}"
                      + (f": {e['detail']}" if e["detail"] else ""))
     return "\n".join(lines)
@@ -194,5 +199,5 @@ def run_series(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(described if len(described) > 1 else described[0], indent=2, ensure_ascii=False))
     else:
-        print("\n\n".join(render(d) for d in described))
+        print("\n\n".join(render(d, getattr(args, "events", 30)) for d in described))
     return 0

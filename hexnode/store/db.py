@@ -416,10 +416,8 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_existing(url: str, *, schema: str | None = None) -> Store:
-    """Open the node's database for a command that reads it (status, series, outcomes ...):
-    upgraded to the head revision like any process's, but never created. A wrong `--config`, or
-    none, must not answer from a fresh empty database as if the node had nothing."""
+def check_exists(url: str, *, schema: str | None = None) -> None:
+    """Raise DatabaseMissing unless `url` holds a hexnode database (any revision); creates nothing."""
     where = redact_url(url)
     if url.startswith("sqlite:///"):
         from pathlib import Path
@@ -440,6 +438,13 @@ def open_existing(url: str, *, schema: str | None = None) -> Store:
         engine.dispose()
     if not found:
         raise DatabaseMissing(f"the database at {where} has no hexnode tables")
+
+
+def open_existing(url: str, *, schema: str | None = None) -> Store:
+    """Open the node's database for a command that reads it (status, series, outcomes ...):
+    upgraded to the head revision like any process's, but never created. A wrong `--config`, or
+    none, must not answer from a fresh empty database as if the node had nothing."""
+    check_exists(url, schema=schema)
     return open_store(url, schema=schema)
 
 
