@@ -3,7 +3,7 @@
 The model version is the one a worker loads: the version activated in the node's database
 (`hexnode models activate`), else the bundled `[models] dir`. The settings are found as every
 command finds them ($HEXNODE_CONFIG, else ./hexnode.toml, else the defaults); the database is
-read, never created.
+read as it is: never created, never upgraded (it is the first step of a backup before an upgrade).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def version_text() -> str:
                                   f"active version unknown: configuration error: {exc}"])
     bundled_text = _manifest_version(cfg.models_path)
     try:
-        from hexnode.store.db import open_existing
+        from hexnode.store.db import check_exists, open_store
         from hexnode.store.model_versions import active
 
-        store = open_existing(cfg.database_url)
+        check_exists(cfg.database_url)
+        store = open_store(cfg.database_url, create=False)  # read as it is: --version never upgrades
         try:
             current = active(store)
         finally:

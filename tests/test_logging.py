@@ -132,6 +132,13 @@ def test_hostile_dicom_text_through_receive_and_route_stays_on_its_line(tmp_path
         message = quoted_lines[0]
         assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ", line)
                    for line in lines), raw.decode()
+        # each process first says which settings and database it uses
+        from hexnode import __version__
+
+        said = f"config {tmp_path / 'hexnode.toml'}; database sqlite:///{tmp_path / 'var' / 'hexnode.sqlite'}"
+        assert lines[0].endswith(f" INFO hexnode: hexnode {__version__} serve: {said}")
+        for stage in ("receive", "route"):
+            assert sum(line.endswith(f"hexnode {__version__} {stage}: {said}") for line in lines) == 1
     # the DICOM text is there, escaped, on the one line (the reason quotes the first 50 characters)
     assert ESCAPED[:60] in message
     assert "alembic" not in raw.decode() and "setup plugin" not in raw.decode()
