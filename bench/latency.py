@@ -8,7 +8,7 @@ says what the node's plumbing (database, queue, spool, C-STORE back) adds.
 
     .venv/bin/python bench/latency.py [--runs 3] [--workdir bench/output/latency]
 
-Target (DESIGN §6): ≤ 10 s on 2 CPU cores, ≤ 2 s on a GPU.
+Target (docs/architecture.md §10): ≤ 10 s on 2 CPU cores, ≤ 2 s on a GPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Peak RSS of a worker analysing a 600-slice thin head CT (target ≤ 2 GB, DESIGN §6).
+"""Peak RSS of a worker analysing a 600-slice thin head CT (target ≤ 2 GB, docs/architecture.md §10).
 
 Writes a synthetic thin series (hexnode.synth, 600 × 512², 0.625-1.25 mm) once under
 bench/output/memory/, then runs the worker's own code path in a fresh process — Models.load (ONNX

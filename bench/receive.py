@@ -10,7 +10,7 @@ by default, sent with dcmtk `storescu` over loopback, TCP_NODELAY=1 for the dcmt
 The receivers take turns within each round (interleaved, so a burst of other load hits them all
 alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode receive` process, so no
 instance is a duplicate). Printed per round and as medians: seconds for the transfer (storescu
-start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (DESIGN §6
+start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (docs/architecture.md §10
 target ≥ 0.5), for hexnode also the time until the last instance was indexed and the CPU seconds
 the receiving process used during the transfer (less sensitive to other load); then the fast
 path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps the fast path only

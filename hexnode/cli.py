@@ -1,17 +1,27 @@
 """The `hexnode` command: one subcommand per process or tool.
 
 Each subcommand's implementation lives in the module that owns the work; this file only parses
-arguments and imports that module lazily, so `hexnode --version` or `hexnode synth` never pays for
-onnxruntime, SQLAlchemy or pynetdicom.
+arguments and imports that module lazily, so `hexnode synth` never pays for onnxruntime,
+SQLAlchemy or pynetdicom.
+
+Every command that reads the settings says first which settings file and which database it uses
+(the URL without its password): a stage as its first log line, a tool as one line on stderr
+(`hexnode status: config /etc/hexnode/hexnode.toml; database sqlite:////var/lib/hexnode/hexnode.sqlite`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from hexnode import __version__
+
+# The long-running processes: they say which config and database as a log line (journal, JSON).
+STAGES = frozenset({"receive", "route", "worker", "send", "web", "node", "serve"})
+# Commands that read the settings but use no database.
+NO_DATABASE = frozenset({"run", "echo"})
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -132,6 +142,18 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return run_db(args)
 
 
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from hexnode.echo import run_echo
+
+    return run_echo(args)
+
+
+def _cmd_series(args: argparse.Namespace) -> int:
+    from hexnode.lookup import run_series
+
+    return run_series(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hexnode.devtools.demo import run_demo
 
@@ -143,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hexnode",
         description="DICOM inference node for hematoma expansion risk (synthetic-trained, not for clinical use)",
     )
-    parser.add_argument("--version", action="version", version=f"hexnode {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="the package version and the model version the workers use (settings from "
+                             "$HEXNODE_CONFIG or ./hexnode.toml) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
@@ -237,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = add("series", _cmd_series, "one series by the hash in the logs and status, its Series or Study Instance "
+                                   "UID, or an accession number: state, decisions, jobs, objects, deliveries, events "
+                                   "(no patient values)")
+    _config_arg(p)
+    p.add_argument("id", metavar="ID", help="series hash (10 hex digits), study hash, UID or accession number")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--instances", action="store_true", help="also list every received instance")
+    p.add_argument("--events", type=int, default=30, metavar="N", help="the last N events (default 30; 0: all)")
+
+    p = add("echo", _cmd_echo, "test a [[destinations]] entry: C-ECHO (TLS as configured), or for a STOW-RS "
+                               "destination a QIDO-RS query on its DICOMweb root with its bearer token")
+    _config_arg(p)
+    p.add_argument("destination", nargs="?", metavar="DEST",
+                   help="a destination's name (default: every destination)")
+
     p = add("outcomes", _cmd_outcomes, "the site's outcome pairs: AUC, calibration, sensitivity ... per model version")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
@@ -281,6 +320,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from hexnode.about import version_text
+
+        print(version_text())
+        parser.exit()
+
+
+def announce(args: argparse.Namespace) -> None:
+    """Say which settings file and which database this command uses (see the module docstring)."""
+    from hexnode.config import describe, load_config
+
+    if args.command == "run" and not getattr(args, "config", None):
+        print("hexnode run: config none (offline: built-in selection rules); no database", file=sys.stderr)
+        return
+    cfg = load_config(getattr(args, "config", None))
+    where = describe(cfg, getattr(args, "config", None), database=args.command not in NO_DATABASE)
+    if args.command in STAGES:
+        from hexnode.runtime import setup_logging
+
+        setup_logging(cfg.log_level, log_format=cfg.log_format, stage=args.command)
+        logging.getLogger("hexnode").info("hexnode %s %s: %s", __version__, args.command, where)
+    else:
+        print(f"hexnode {args.command}: {where}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -291,13 +357,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hexnode.runtime import route_warnings
 
     route_warnings()
-    from hexnode.config import ConfigError
+    from hexnode.config import ConfigError, DatabaseMissing
 
     try:
+        if hasattr(args, "config"):
+            announce(args)
         return int(args.handler(args) or 0)
     except ConfigError as exc:  # a bad or incomplete settings file: one clear line, no traceback
         print(f"hexnode: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DatabaseMissing as exc:  # a read-only command pointed at the wrong place: never a new database
+        print(f"hexnode {args.command}: {exc}.\n{where_to_look()}", file=sys.stderr)
+        return 2
+
+
+def where_to_look() -> str:
+    return ("  It was looked for where the settings point: --config FILE, else $HEXNODE_CONFIG, else ./hexnode.toml "
+            "in the current folder, else the built-in defaults (data_dir \"var\" under the current folder).\n"
+            "  Point at the node's own settings (e.g. --config /etc/hexnode/hexnode.toml) or database "
+            "(HEXNODE_DATABASE_URL=...); a new node's database is made by its first start or `hexnode db upgrade`.")
 
 
 if __name__ == "__main__":

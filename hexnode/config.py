@@ -3,16 +3,37 @@
 Every key has a sane default, so `hexnode node` (or any stage) runs with no file at all. Values are validated
 at start-up; an unknown key is an error (a typo in a hospital config must not pass silently).
 
-Environment overrides use `HEXNODE_<SECTION>_<KEY>`, e.g. `HEXNODE_DATABASE_URL`,
-`HEXNODE_DICOM_PORT`. The config file itself is found from `--config`, then `HEXNODE_CONFIG`,
-then `./hexnode.toml`.
+The file is found from `--config`, then `HEXNODE_CONFIG`, then `./hexnode.toml`. Every key can be
+overridden from the environment: `HEXNODE_` and the key's path in upper case, parts joined by `_`:
+
+    HEXNODE_LOG_LEVEL=DEBUG                     log_level (top level)
+    HEXNODE_DICOM_PORT=104                      [dicom] port: typed like the TOML (an integer)
+    HEXNODE_DICOM_TLS_ENABLED=true              [dicom.tls] enabled (a nested table)
+    HEXNODE_DICOM_ALLOWED_CALLING_AES=CT1,CT2   a list: comma-separated, or JSON '["CT1","CT2"]'
+    HEXNODE_DESTINATIONS_0_HOST=pacs.example    the first [[destinations]] (an array of tables)
+    HEXNODE_DESTINATIONS_1_KIND=stow            index = the count: adds one (defaults + what is set)
+    HEXNODE_DESTINATIONS='[{"name": "pacs", "host": "10.0.0.5", "port": 104}]'   the whole array (JSON)
+    HEXNODE_DICOM_TLS='{"enabled": true, "cert_file": "/etc/hexnode/tls/node.crt"}'  a table (JSON, merged)
+    HEXNODE_SERIES_SELECTION_DISABLE='["head"]' a key of a free-form table: JSON (else plain text)
+
+A name that is not a setting is an error naming the variable (apart from NOT_SETTINGS: variables
+of other tools that share the prefix). A file's array absent from the file starts from its
+defaults (one destination `pacs`), so `HEXNODE_DESTINATIONS_0_HOST` works without a file.
+
+Schema style: every setting is a field with a default of a dataclass here; a nested table is a
+field whose default is a dataclass, an array of tables a `list[SomeDataclass]` field. The loader,
+the environment overrides and the docs test (tests/test_docs.py) read the schema from those
+declarations, so a new key needs nothing else here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
+import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +41,11 @@ from typing import Any
 
 class ConfigError(ValueError):
     """The settings file or an override is invalid; the message says which key and why."""
+
+
+class DatabaseMissing(RuntimeError):
+    """A command that reads the node's database found none where the settings point
+    (hexnode.store.db.open_existing): it must not make a new, empty one and report from it."""
 
 
 @dataclass
@@ -234,6 +260,9 @@ class NotificationTarget:
 class Config:
     data_dir: str = "var"
     log_level: str = "INFO"
+    # text: "time LEVEL logger: message"; json: one object per line (ts, level, stage, logger,
+    # message, series ...) for a log collector. Either way one line per record.
+    log_format: str = "text"
     dicom: DicomConfig = field(default_factory=DicomConfig)
     destinations: list[Destination] = field(default_factory=lambda: [Destination()])
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -273,32 +302,52 @@ class Config:
         return Path(__file__).resolve().parent.parent / "models"
 
 
+def _settings(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The settings of table `cls`: its init fields (``source`` and ``overrides`` are not settings)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _default(cls: type, key: str) -> Any:
+    f = _settings(cls)[key]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _array_item(cls: type, key: str) -> type | None:
+    """The dataclass of an array of tables (`list[Destination]`: ``[[destinations]]``), else None."""
+    hint = typing.get_type_hints(cls).get(key)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (None,)
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    """Build dataclass `cls` from a TOML table, recursing into nested dataclasses."""
+    """Build dataclass `cls` from a TOML table, recursing into nested tables and arrays of tables."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _settings(cls)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(fields))})")
-        default = getattr(cls(), key)
+        default = _default(cls, key)
+        item = _array_item(cls, key)
         if dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
-        elif key == "destinations":
+        elif item is not None:
             if not isinstance(value, list):
-                raise ConfigError(f"{where}.destinations: expected an array of tables")
-            kwargs[key] = [_build(Destination, v, f"{where}.destinations[{i}]") for i, v in enumerate(value)]
-        elif key == "notifications":
-            if not isinstance(value, list):
-                raise ConfigError(f"{where}.notifications: expected an array of tables")
-            kwargs[key] = [_build(NotificationTarget, v, f"{where}.notifications[{i}]") for i, v in enumerate(value)]
+                raise ConfigError(f"{where}.{key}: expected an array of tables")
+            kwargs[key] = [_build(item, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
         else:
             kwargs[key] = _coerce(value, default, f"{where}.{key}")
     return cls(**kwargs)
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    """`value` (from TOML, or a string from the environment) as the type of `default`."""
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -309,18 +358,25 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if isinstance(default, int):
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
     if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(default, list):
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            if value.lstrip().startswith("["):
+                value = _json(value, where)
+            else:
+                return [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return value
@@ -333,20 +389,198 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
-    """HEXNODE_<SECTION>_<KEY>=value → {section: {key: value}}; HEXNODE_DATA_DIR for top-level."""
-    out: dict[str, Any] = {}
-    top = {f.name for f in dataclasses.fields(Config)}
-    for name, value in env.items():
-        if not name.startswith("HEXNODE_") or name == "HEXNODE_CONFIG":
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # the value itself is not quoted: it may hold a token or a password
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+
+
+# Names with the prefix that are not settings: the settings file itself, the compose build's base
+# image, the Orthanc routing script's target (orthanc/hexnode_routing.py, in Orthanc's environment)
+# and the test harness's own variables.
+NOT_SETTINGS = frozenset({"HEXNODE_CONFIG", "HEXNODE_BASE_IMAGE", "HEXNODE_HOST", "HEXNODE_PORT", "HEXNODE_AET"})
+NOT_SETTINGS_PREFIXES = ("HEXNODE_TEST_",)
+ENV_PREFIX = "HEXNODE_"
+
+
+@dataclass(frozen=True)
+class EnvTarget:
+    """What one environment variable sets: the path from the top (keys, and indexes into arrays
+    of tables) and how its text is read."""
+
+    path: tuple[str | int, ...]
+    # value: typed like `default`; table: a JSON object merged into a table (or one array entry);
+    # tables: a JSON array replacing an array of tables; free: a key of a free-form table (JSON, else text)
+    kind: str
+    default: Any = None
+
+    @property
+    def dotted(self) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path).lstrip(".")
+
+
+def _resolve(cls: type, tokens: list[str], path: tuple[str | int, ...]) -> list[EnvTarget]:
+    """Every way `tokens` (the name's lower-case parts) name a setting below table `cls`."""
+    out: list[EnvTarget] = []
+    fields = _settings(cls)
+    for k in range(1, len(tokens) + 1):
+        name = "_".join(tokens[:k])
+        if name not in fields:
             continue
-        rest = name[len("HEXNODE_"):].lower()
-        if rest in top:
-            out[rest] = value
-            continue
-        section, _, key = rest.partition("_")
-        if section in top and key:
-            out.setdefault(section, {})[key] = value
+        rest, here = tokens[k:], (*path, name)
+        default = _default(cls, name)
+        item = _array_item(cls, name)
+        if dataclasses.is_dataclass(default):
+            out += _resolve(type(default), rest, here) if rest else [EnvTarget(here, "table")]
+        elif item is not None:
+            if not rest:
+                out.append(EnvTarget(here, "tables"))
+            elif rest[0].isdigit():
+                entry = (*here, int(rest[0]))
+                out += _resolve(item, rest[1:], entry) if rest[1:] else [EnvTarget(entry, "table")]
+        elif isinstance(default, dict):
+            out.append(EnvTarget((*here, "_".join(rest)), "free") if rest else EnvTarget(here, "table"))
+        elif not rest:
+            out.append(EnvTarget(here, "value", default))
+    return out
+
+
+def env_target(name: str) -> EnvTarget | None:
+    """The setting environment variable `name` overrides; None for a name that is not a setting
+    (see NOT_SETTINGS). An unknown or ambiguous name is a ConfigError naming the variable."""
+    if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+        return None
+    tokens = name[len(ENV_PREFIX):].lower().split("_")
+    found = _resolve(Config, tokens, ())
+    if len(found) > 1:
+        raise ConfigError(f"{name}: ambiguous, could set {' or '.join(t.dotted for t in found)}")
+    if not found:
+        raise ConfigError(f"{name}: no such setting ({_closest(tokens)}; "
+                          f"arrays of tables by index, e.g. HEXNODE_DESTINATIONS_0_HOST)")
+    return found[0]
+
+
+def _closest(tokens: list[str]) -> str:
+    """The deepest table the name's first parts reach, with its keys: what the admin may have meant."""
+    cls: type = Config
+    where = "top level"
+    while tokens:
+        for k in range(len(tokens), 0, -1):
+            name = "_".join(tokens[:k])
+            if name in _settings(cls):
+                default = _default(cls, name)
+                item = _array_item(cls, name)
+                if dataclasses.is_dataclass(default):
+                    cls, tokens, where = type(default), tokens[k:], f"{where}.{name}" if cls is not Config else name
+                    break
+                if item is not None and tokens[k:] and tokens[k].isdigit():
+                    cls, tokens, where = item, tokens[k + 1:], f"{name}[{tokens[k]}]"
+                    break
+        else:
+            break
+    return f"{where} has: {', '.join(sorted(_settings(cls)))}"
+
+
+def _env_value(name: str, text: str, target: EnvTarget) -> Any:
+    where = f"{name} ({target.dotted})"
+    if target.kind == "value":
+        return _coerce(text, target.default, where)
+    if target.kind == "free":  # typed by its JSON form, like TOML: true, 5.0, ["head"], {...}; else text
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    value = _json(text, where)
+    if target.kind == "tables":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where}: expected a JSON array of objects, e.g. '[{{\"name\": \"pacs\"}}]'")
+    elif not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a JSON object, e.g. '{{\"enabled\": true}}'")
+    return value
+
+
+def _put(raw: dict[str, Any], cls: type, path: tuple[str | int, ...], value: Any, kind: str, name: str) -> None:
+    """Set `value` at `path` in the raw settings `raw` (a TOML table), creating what is missing.
+    An array of tables absent from the file starts from its defaults (one `pacs` destination)."""
+    key = path[0]
+    assert isinstance(key, str)
+    if len(path) == 1:
+        if kind == "table" and isinstance(raw.get(key), dict):
+            raw[key] = _merge(raw[key], value)
+        else:
+            raw[key] = value
+        return
+    default: Any = _default(cls, key)
+    item = _array_item(cls, key)
+    if item is not None:
+        entries = raw.get(key)
+        if entries is None:
+            entries = raw[key] = [dataclasses.asdict(d) for d in default]
+        if not isinstance(entries, list):
+            raise ConfigError(f"{name}: {key} in the settings file is not an array of tables")
+        index = path[1]
+        assert isinstance(index, int)
+        if index > len(entries):
+            raise ConfigError(f"{name}: there are {len(entries)} {key}; the next index, {len(entries)}, adds one")
+        if index == len(entries):
+            entries.append({})
+        if not isinstance(entries[index], dict):
+            raise ConfigError(f"{name}: {key}[{index}] in the settings file is not a table")
+        if len(path) == 2:
+            entries[index] = _merge(entries[index], value)
+        else:
+            _put(entries[index], item, path[2:], value, kind, name)
+        return
+    sub = raw.setdefault(key, {})
+    if not isinstance(sub, dict):
+        raise ConfigError(f"{name}: {key} in the settings file is not a table")
+    if dataclasses.is_dataclass(default):
+        _put(sub, type(default), path[1:], value, kind, name)
+    else:  # a free-form table: the rest of the name is one key
+        sub[str(path[1])] = value
+
+
+def apply_env(raw: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The settings file's table with every HEXNODE_* override applied; and the names applied.
+
+    A whole table or array (JSON) before the keys inside it, entries by ascending index, so
+    `HEXNODE_DESTINATIONS='[...]'` and `HEXNODE_DESTINATIONS_1_HOST` combine predictably."""
+    found = [(name, target) for name in env if (target := env_target(name)) is not None]
+
+    def order(item: tuple[str, EnvTarget]) -> tuple[tuple[int, str], ...]:
+        # a path before the paths below it (a prefix sorts first), entries by index
+        return tuple((p, "") if isinstance(p, int) else (-1, p) for p in item[1].path)
+
+    out = _deepcopy(raw)
+    for name, target in sorted(found, key=order):
+        _put(out, Config, target.path, _env_value(name, env[name], target), target.kind, name)
+    return out, sorted(name for name, _ in found)
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+def env_names(cls: type | None = None, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every setting's variable name (arrays of tables with index 0), for documentation and tests."""
+    cls = cls or Config
+    out: list[str] = []
+    for name in _settings(cls):
+        default = _default(cls, name)
+        item = _array_item(cls, name)
+        here = f"{prefix}{name.upper()}"
+        if dataclasses.is_dataclass(default):
+            out += env_names(type(default), here + "_")
+        elif item is not None:
+            out.append(here)
+            out += env_names(item, here + "_0_")
+        else:
+            out.append(here)
     return out
 
 
@@ -360,12 +594,31 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def redact_url(url: str) -> str:
+    """A database URL without its password (in the user part or a `password=` query parameter)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None and "password=" not in parts.query.lower():
+            return url  # untouched: urlunsplit would drop the empty host of sqlite:////abs/path
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}@{netloc.rsplit('@', 1)[1]}"
+        query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return url.split("://", 1)[0] + "://…"
+
+
 def validate(cfg: Config) -> Config:
     if not 0 < cfg.dicom.port < 65536:
         raise ConfigError(f"dicom.port: {cfg.dicom.port} is not a TCP port")
     if not cfg.dicom.ae_title or len(cfg.dicom.ae_title) > 16:
         raise ConfigError("dicom.ae_title: 1 to 16 characters")
+    names = [d.name for d in cfg.destinations]
     for d in cfg.destinations:
+        if not d.name or names.count(d.name) > 1:
+            raise ConfigError(f"destinations: every destination needs a name of its own (got {names}): "
+                              "deliveries are recorded per destination name")
         if d.kind not in ("dicom", "stow"):
             raise ConfigError(f"destinations.{d.name}.kind: 'dicom' or 'stow', got {d.kind!r}")
         if d.kind == "stow" and not d.url:
@@ -408,9 +661,12 @@ def validate(cfg: Config) -> Config:
     _validate_notifications(cfg)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format: {' or '.join(LOG_FORMATS)}, got {cfg.log_format!r}")
     return cfg
 
 
+LOG_FORMATS = ("text", "json")
 NOTIFICATION_KINDS = ("webhook", "email", "hl7")
 NOTIFICATION_TRIGGERS = ("high_risk", "expansion_observed", "not_analysed", "delivery_failed", "drift_warning")
 PHI_FIELDS = ("patient_name", "patient_id", "birth_date")
@@ -454,13 +710,21 @@ def _validate_notifications(cfg: Config) -> None:
             raise ConfigError(f"notify.{key}: must be > 0")
 
 
+def config_file(path: str | Path | None = None, env: dict[str, str] | None = None) -> Path | None:
+    """The settings file: `path` (--config), else $HEXNODE_CONFIG, else ./hexnode.toml if there is one."""
+    env = dict(os.environ) if env is None else env
+    if path:
+        return Path(path)
+    if env.get("HEXNODE_CONFIG"):
+        return Path(env["HEXNODE_CONFIG"])
+    return Path("hexnode.toml") if Path("hexnode.toml").is_file() else None
+
+
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the settings file (if any), apply environment overrides, validate."""
     env = dict(os.environ) if env is None else env
     raw: dict[str, Any] = {}
-    candidate = Path(path) if path else (Path(env["HEXNODE_CONFIG"]) if env.get("HEXNODE_CONFIG") else None)
-    if candidate is None and Path("hexnode.toml").is_file():
-        candidate = Path("hexnode.toml")
+    candidate = config_file(path, env)
     if candidate is not None:
         try:
             raw = tomllib.loads(candidate.read_text())
@@ -468,5 +732,19 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raise ConfigError(f"config file {candidate} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{candidate}: {exc}") from None
-    raw = _merge(raw, _env_overrides(env))
-    return validate(_build(Config, raw, "config"))
+    raw, _ = apply_env(raw, env)
+    cfg: Config = validate(_build(Config, raw, "config"))
+    return cfg
+
+
+def describe(cfg: Config, path: str | Path | None = None, env: dict[str, str] | None = None,
+             *, database: bool = True) -> str:
+    """One line: the settings file `cfg` was loaded from (with `path` and `env` as load_config had
+    them), the environment variables that overrode it (names only: values may be secrets) and
+    the database (its URL without a password)."""
+    env = dict(os.environ) if env is None else env
+    source = config_file(path, env)
+    names = sorted(name for name in env if env_target(name) is not None)
+    text = f"config {source.resolve() if source is not None else 'none (built-in defaults)'}"
+    text += f" + {', '.join(names)}" if names else ""
+    return text + (f"; database {redact_url(cfg.database_url)}" if database else "; no database")

@@ -2,7 +2,7 @@
 
 Nothing here restates a fact by hand; each table comes from the object the node itself uses:
 
-* SCP presentation contexts and association parameters: the AE that ``hexnode serve`` builds
+* SCP presentation contexts and association parameters: the AE that ``hexnode receive`` builds
   (:func:`hexnode.receive.scp.build_ae` with the default ``[dicom]`` settings).
 * Objects created, their SR templates and coded concepts: the report builders
   (:mod:`hexnode.report`) run on a small in-memory CT series in every outcome the worker can
@@ -16,7 +16,7 @@ Nothing here restates a fact by hand; each table comes from the object the node 
 
 The document keeps each table between ``BEGIN GENERATED name`` / ``END GENERATED name`` comments;
 ``--write`` replaces them, ``--check`` exits 1 when one is stale (tests/test_conformance.py does
-the same and negotiates every listed context with a running ``hexnode serve``).
+the same and negotiates every listed context with a running receiver, ``hexnode receive`` under ``hexnode serve``).
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def _scp_ae() -> Any:
 
 
 def scp_contexts() -> list[tuple[str, list[str]]]:
-    """(abstract syntax, transfer syntaxes in preference order) of every context serve accepts."""
+    """(abstract syntax, transfer syntaxes in preference order) of every context the receiver accepts."""
     return [(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax]) for cx in _scp_ae().supported_contexts]
 
 
@@ -266,7 +266,7 @@ def table_scp_transfer_syntaxes() -> str:
 
 
 def refused_transfer_syntaxes() -> list[str]:
-    """Every transfer syntax in pydicom's UID dictionary that serve does not accept for storage."""
+    """Every transfer syntax in pydicom's UID dictionary that the receiver does not accept for storage."""
     from pydicom.uid import UID, UID_dictionary
 
     accepted = set(storage_syntaxes())

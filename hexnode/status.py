@@ -3,7 +3,9 @@
 Series, jobs and deliveries by state, queue depths, the last errors (jobs that failed or are
 retrying, deliveries that failed for good — re-send them with ``hexnode resend``), rejected
 series with their reasons, quarantined instances, and per-stage median times of the last
-finished jobs. Series are named by a short hash of their UID. ``--json`` prints one JSON object.
+finished jobs. Series are named by a short hash of their UID (``hexnode series HASH`` shows one).
+``--json`` prints one JSON object. It reads an existing database only: where the settings point at
+none, it says so and exits 2 instead of creating one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from hexnode.config import load_config
-from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_store
+from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_existing
 from hexnode.store.queue import counts_by_state
 from hexnode.store.spool import uid_hash
 
@@ -196,7 +198,7 @@ def render(st: dict[str, Any]) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
-    store = open_store(cfg.database_url)
+    store = open_existing(cfg.database_url)  # never a new, empty database that says "series: none"
     try:
         st = collect(store)
     finally:

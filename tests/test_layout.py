@@ -1,4 +1,4 @@
-"""Every import points down (DESIGN.md §2): one process per stage, and the stages share only the
+"""Every import points down (docs/architecture.md §2): one process per stage, and the stages share only the
 store (database + spool). Read from the source with `ast`, lazy imports inside functions included,
 so a stage that starts importing another — even behind a try/except — fails here."""
 

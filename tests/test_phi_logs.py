@@ -1,7 +1,7 @@
 """No patient identifiers in any log: an end-to-end run (Orthanc auto-routing → hexnode receive, route, worker,
 send → results back in Orthanc) with two synthetic patients, then every log line of the run is
 searched for their names (whole and by component, ASCII and non-ASCII), IDs and birth dates (both
-as stored and as a dashed date), and for their study, series and SOP Instance UIDs (DESIGN: logs
+as stored and as a dashed date), and for their study, series and SOP Instance UIDs (docs/architecture.md §9: logs
 name series by a UID hash)."""
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from hexnode.store.db import (
     open_store,
     utcnow,
 )
+from hexnode.store.spool import uid_hash
 
 
 def _series(store, uid: str = "1.2.3.4") -> int:
@@ -210,6 +211,9 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     con.execute("ALTER TABLE series DROP COLUMN decided_count")
     con.execute("ALTER TABLE series DROP COLUMN header")
     con.execute("ALTER TABLE instances DROP COLUMN image_type")
+    for table, col in (("series", "uid_hash"), ("series", "accession_number"), ("studies", "uid_hash")):
+        con.execute(f"DROP INDEX ix_{table}_{col}")
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
     con.execute("INSERT INTO studies (study_uid, created_at) VALUES ('1.2.3', '2026-01-01 00:00:00')")
     con.execute("INSERT INTO hexnode_meta (key, value) VALUES ('schema_version', '1')")
     con.commit()
@@ -226,6 +230,7 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     with st.transaction() as s:  # version 4: the study's answer; an old study has none yet
         study = s.execute(select(Study)).scalar_one()
         assert (study.answer_kind, study.answer_sr_uid, study.report_revision) == (None, None, 0)
+        assert study.uid_hash == uid_hash("1.2.3")  # series_lookup fills in the rows it finds
         job_cols = [r[1] for r in s.connection().exec_driver_sql("PRAGMA table_info(jobs)")]
     assert "study_revision" in job_cols
     st.dispose()

@@ -1,4 +1,4 @@
-"""Every coded concept the result objects use, in one place (DESIGN §4).
+"""Every coded concept the result objects use, in one place (docs/architecture.md §4).
 
 Standard codes come from SNOMED CT (SCT), DICOM (DCM), LOINC (LN), UCUM and IHE (99IHE). Where no
 standard concept says exactly what hexnode reports (the probability of hematoma *expansion*, its

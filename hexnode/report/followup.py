@@ -1,4 +1,4 @@
-"""The follow-up report (DESIGN §4): a TID 1500 SR and an SC for a later scan of the same patient.
+"""The follow-up report (docs/architecture.md §4): a TID 1500 SR and an SC for a later scan of the same patient.
 
 SR layout (Comprehensive 3D SR, title DCM 126000, in the follow-up's study):
   Imaging Measurements

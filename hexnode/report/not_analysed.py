@@ -1,6 +1,6 @@
 """'Not analysed' report: an SR and an SC saying that a series was rejected or failed, and why.
 
-The reader must never wait for a result that will not come (DESIGN §4). The SR is the same TID
+The reader must never wait for a result that will not come (docs/architecture.md §4). The SR is the same TID
 1500 document kind as a result, with one measurement group whose qualitative evaluation is
 "analysis status: not analysed" and the reason as a text comment; it uses the same SR/SC UID slot
 as a result would, so a later corrected revision supersedes it.

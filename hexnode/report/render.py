@@ -15,7 +15,7 @@ from scipy import ndimage
 
 SIZE = 512
 MARGIN = 8
-WINDOW_HU = (0.0, 100.0)  # the blood window of DESIGN §3 and of every stroke reader
+WINDOW_HU = (0.0, 100.0)  # the blood window of docs/architecture.md §3 and of every stroke reader
 OUTLINE_RGB = (255, 215, 0)
 HIGH_RGB = (255, 70, 60)
 LOW_RGB = (90, 220, 110)

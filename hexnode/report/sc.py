@@ -1,4 +1,4 @@
-"""Secondary Capture summary (DESIGN §4): what a radiologist sees first in an image-only viewer."""
+"""Secondary Capture summary (docs/architecture.md §4): what a radiologist sees first in an image-only viewer."""
 
 from __future__ import annotations
 

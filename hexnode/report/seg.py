@@ -1,4 +1,4 @@
-"""DICOM SEG of the hematoma mask (DESIGN §4): binary, one segment, every frame kept."""
+"""DICOM SEG of the hematoma mask (docs/architecture.md §4): binary, one segment, every frame kept."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TID 1500 Measurement Report (Comprehensive 3D SR) for one analysed series (DESIGN §4).
+"""TID 1500 Measurement Report (Comprehensive 3D SR) for one analysed series (docs/architecture.md §4).
 
 Layout:
   Imaging Measurement Report (DCM 126000)

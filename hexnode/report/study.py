@@ -1,5 +1,5 @@
 """The study-level "not analysed" report: ONE SR + SC for a study none of whose series could be
-analysed, listing what arrived and why each was not analysed (DESIGN §4).
+analysed, listing what arrived and why each was not analysed (docs/architecture.md §4).
 
 Its UIDs derive from the study, not from a series: (``study:`` + Study Instance UID, model version,
 kind, study revision), so a retry rebuilds the same objects and a study that re-opens gets new ones.

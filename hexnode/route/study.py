@@ -1,4 +1,4 @@
-"""The study as the unit of the answer (DESIGN §4 "Not analysed"): the database side.
+"""The study as the unit of the answer (docs/architecture.md §4 "Not analysed"): the database side.
 
 What goes back to the PACS is decided per study: the chosen series' result set (or its own
 "not analysed" report, when the worker finds it incomplete), or, when no series of the study can be

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from hexnode.config import Destination
+from hexnode.runtime import library_errors
 
 # TCP connect gives up after this long even when the destination's timeout is longer.
 CONNECT_TIMEOUT_MAX_SECONDS = 10.0
@@ -69,9 +70,10 @@ def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> d
     ae = build_ae(dest, calling_ae, requested_contexts(datasets.values()))
     tls = _client_ssl(dest)
     opened: list[bool] = []
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                         tls_args=(tls, dest.host) if tls is not None else None,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
+    with library_errors("pynetdicom") as lib:  # its ERROR lines become the reason in our one line
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             tls_args=(tls, dest.host) if tls is not None else None,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
     if not assoc.is_established:
         if not opened:
             why = "peer down or unreachable (no TCP connection)"
@@ -79,6 +81,7 @@ def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> d
             why = "association rejected"
         else:
             why = "association aborted"
+        why += f": {lib.reason()}" if lib.reason() else ""
         for uid in datasets:
             outcomes[uid] = Outcome(False, f"{dest.name} {dest.host}:{dest.port}: {why}")
         return outcomes

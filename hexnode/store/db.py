@@ -69,6 +69,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from hexnode.config import DatabaseMissing, redact_url
+from hexnode.store.spool import uid_hash
+
 # PostgreSQL advisory lock that serialises schema creation and migration between processes
 # starting together (the number hexnode has always used, so an older process waits on it too).
 PG_SCHEMA_LOCK = 4242001
@@ -116,11 +119,29 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+def _hash_of(column: str) -> Any:
+    """Column default: the 10-character hash logs and `hexnode status` name a row by (uid_hash)."""
+    return lambda ctx: uid_hash(ctx.get_current_parameters()[column])
+
+
+def _accession(ctx: Any) -> str | None:
+    """Column default: the Accession Number (0008,0050) in the series header receive indexed."""
+    header = ctx.get_current_parameters().get("header")
+    try:
+        value = str(header["00080050"]["Value"][0]).strip() if header else ""
+    except (KeyError, IndexError, TypeError):
+        value = ""
+    return value[:64] or None
+
+
 class Study(Base):
     __tablename__ = "studies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Text, not String(64): malformed over-long UIDs are indexed as received (and flagged by select).
     study_uid: Mapped[str] = mapped_column(Text, unique=True)
+    # uid_hash(study_uid): the name logs use ("study 2382d58a10"), so an admin can look it up.
+    uid_hash: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True,
+                                                 default=_hash_of("study_uid"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # The study is the unit of the answer: what the PACS holds as hexnode's answer for it now
     # ("result" of the chosen series, or "not analysed"), named by its SR, which the next answer
@@ -136,6 +157,9 @@ class Series(Base):
     __tablename__ = "series"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_uid: Mapped[str] = mapped_column(Text, unique=True)
+    # uid_hash(series_uid): the name logs, status and notifications use (`hexnode series HASH`).
+    uid_hash: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True,
+                                                 default=_hash_of("series_uid"))
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -167,6 +191,10 @@ class Series(Base):
     # indexed values (orientation, thickness, image type …). None: indexed before this column, or
     # not convertible; route then reads the middle instance's header from the spool.
     header: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The Accession Number from that header (an order number, no patient value), for
+    # `hexnode series ACCESSION`; None when the header has none or was not indexed.
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True,
+                                                         default=_accession)
 
 
 class Instance(Base):
@@ -386,6 +414,38 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def check_exists(url: str, *, schema: str | None = None) -> None:
+    """Raise DatabaseMissing unless `url` holds a hexnode database (any revision); creates nothing."""
+    where = redact_url(url)
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        db_file = url[len("sqlite:///"):]
+        if not db_file or db_file == ":memory:" or not Path(db_file).is_file():
+            raise DatabaseMissing(f"no database at {where}")
+    engine = make_engine(url, schema=schema)
+    try:
+        with engine.connect() as conn:
+            from sqlalchemy import inspect
+
+            found = inspect(conn).has_table("series") or inspect(conn).has_table("hexnode_meta")
+    except Exception as exc:  # server down, database or role missing: say so, never a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DatabaseMissing(f"cannot open the database at {where}: {type(exc).__name__}: {first}") from None
+    finally:
+        engine.dispose()
+    if not found:
+        raise DatabaseMissing(f"the database at {where} has no hexnode tables")
+
+
+def open_existing(url: str, *, schema: str | None = None) -> Store:
+    """Open the node's database for a command that reads it (status, series, outcomes ...):
+    upgraded to the head revision like any process's, but never created. A wrong `--config`, or
+    none, must not answer from a fresh empty database as if the node had nothing."""
+    check_exists(url, schema=schema)
+    return open_store(url, schema=schema)
 
 
 def open_store(url: str, *, schema: str | None = None, create: bool = True) -> Store:

@@ -12,12 +12,18 @@ import argparse
 
 from hexnode.config import load_config
 from hexnode.store import migrate
-from hexnode.store.db import open_store
+from hexnode.store.db import check_exists, open_store
 
 
 def run_db(args: argparse.Namespace) -> int:
+    if args.action == "history":  # the revisions this version ships: no database needed
+        for rev in migrate.history():
+            print(rev)
+        return 0
     cfg = load_config(getattr(args, "config", None))
-    store = open_store(cfg.database_url, create=False)
+    if args.action != "upgrade":  # `current` reads: no empty database left where the settings point wrongly
+        check_exists(cfg.database_url)
+    store = open_store(cfg.database_url, create=False)  # upgrade creates one: a new node's first step
     try:
         if args.action == "upgrade":
             before = migrate.current(store)
@@ -25,10 +31,6 @@ def run_db(args: argparse.Namespace) -> int:
             after = migrate.upgrade(store)
             print(f"database at {after}" + (f" (was {before or 'not under Alembic'}; applied: {', '.join(todo)})"
                                             if todo else " (nothing to do)"))
-            return 0
-        if args.action == "history":
-            for rev in migrate.history():
-                print(rev)
             return 0
         at = migrate.current(store)
         todo = migrate.pending(store)
@@ -38,3 +40,4 @@ def run_db(args: argparse.Namespace) -> int:
         return 0 if not todo else 1
     finally:
         store.dispose()
+

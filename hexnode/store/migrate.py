@@ -23,6 +23,7 @@ changes) and ``PRAGMA foreign_key_check`` must find nothing before it commits.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from hexnode.store.db import PG_SCHEMA_LOCK, Store
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -83,6 +86,7 @@ def history() -> list[str]:
 def upgrade(store: Store) -> str:
     if current(store) == head():
         return head()
+    applied = False
     engine = store.engine
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
@@ -93,7 +97,10 @@ def upgrade(store: Store) -> str:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
-                command.upgrade(_config(conn), "head")
+                before = _current(conn)  # again, under the lock: another process may have done it
+                if before != head():
+                    command.upgrade(_config(conn), "head")
+                    applied = True
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
                     if broken:
@@ -101,4 +108,7 @@ def upgrade(store: Store) -> str:
         finally:
             if sqlite:
                 conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+    # one line for what Alembic logs in six (its own INFO lines are kept quiet: hexnode.runtime)
+    if applied:
+        log.info("database schema at %s (was %s)", head(), before or "empty, or made before Alembic")
     return head()

@@ -92,10 +92,10 @@ def activate(store: Store, cfg: Config, version: str) -> Version:
 def run_models(args: argparse.Namespace) -> int:
     """`hexnode models list | activate VERSION`."""
     from hexnode.config import load_config
-    from hexnode.store.db import open_store
+    from hexnode.store.db import open_existing
 
     cfg = load_config(getattr(args, "config", None))
-    store = open_store(cfg.database_url)
+    store = open_existing(cfg.database_url)  # the node's own database, never a new one
     try:
         current = active(store)
         if args.action == "activate":

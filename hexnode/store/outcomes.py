@@ -275,10 +275,10 @@ def text_report(summary: dict[str, Any]) -> str:
 def run_outcomes(args: argparse.Namespace) -> int:
     """`hexnode outcomes [--json] [--png FILE]`."""
     from hexnode.config import load_config
-    from hexnode.store.db import open_store
+    from hexnode.store.db import open_existing
 
     cfg = load_config(getattr(args, "config", None))
-    store = open_store(cfg.database_url)
+    store = open_existing(cfg.database_url)  # a report: never from a new, empty database
     try:
         fu = cfg.followup
         summary = summarise(store, drift_min_pairs=fu.drift_min_pairs, drift_max_ece=fu.drift_max_ece)
