@@ -52,8 +52,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   #    build isolation against step 1 (an isolated build would fetch unpinned build deps anyway).
   #    torch==2.13.0+cpu is the CPU wheel pip finds through its find-links on this kind of machine.
   if ! "${pip[@]}" --require-hashes --no-build-isolation -r requirements/dev.lock; then
-    echo "bootstrap: installing requirements/dev.lock failed (torch 2.13.0+cpu must be reachable, e.g." \
-         "PIP_FIND_LINKS=<folder with torch-2.13.0+cpu-cp311-*.whl>; see README, Dependencies)" >&2
+    echo "bootstrap: pip could not install requirements/dev.lock (its error is above). torch 2.13.0+cpu" \
+         "comes from pip's find-links (PIP_FIND_LINKS=<folder with torch-2.13.0+cpu-cp311-*.whl>); a hash" \
+         "mismatch means the file served is not the locked one (docs/operations.md, Dependencies)" >&2
     exit 1
   fi
   # 3. hexnode itself, editable: a folder has no hash, and its dependencies are all in already

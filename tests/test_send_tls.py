@@ -34,10 +34,11 @@ class StoreSCP:
         self.port = free_port()
         self.received = folder / "received"
         self.received.mkdir(parents=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(self.received),
-                                      "+tls", str(leaf.key), str(leaf.cert), "-ic", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(self.port, 20, self.proc)  # type: ignore[arg-type]
+        with open(folder / "storescp.log", "wb") as log:
+            self.proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(self.received),
+                                          "+tls", str(leaf.key), str(leaf.cert), "-ic", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port, 20, self.proc)
 
     def files(self) -> list[Path]:
         return sorted(self.received.iterdir())

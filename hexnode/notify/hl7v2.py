@@ -28,7 +28,7 @@ import hl7
 from hl7.mllp import open_hl7_connection
 
 from hexnode.config import NotificationTarget
-from hexnode.notify.message import Message
+from hexnode.notify.message import Message, clean
 from hexnode.tls import client_context, describe
 
 # Our own codes for what SNOMED CT and LOINC do not name (the SR's private scheme, hexnode/report/codes.py).
@@ -117,7 +117,7 @@ def check_ack(ack: hl7.Message, control_id: str) -> AckResult:
         return AckResult(False, f"ACK {code} for message {acked!r}, not ours ({control_id})")
     if code in ("AA", "CA"):
         return AckResult(True, f"ACK {code}")
-    why = "; ".join(x for x in (text, err) if x)
+    why = clean("; ".join(x for x in (text, err) if x))  # the engine's words, for status and logs
     return AckResult(False, f"ACK {code or '(empty)'}" + (f": {why}" if why else ""))
 
 

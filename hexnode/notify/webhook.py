@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hexnode.config import NotificationTarget
-from hexnode.notify.message import Message, plain_json, slack_blocks, teams_card
+from hexnode.notify.message import Message, clean, plain_json, slack_blocks, teams_card
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def send_webhook(target: NotificationTarget, msg: Message) -> Sent:
         if 300 <= exc.code < 400:
             return Sent(False, redirect_refused(exc.code, exc.headers.get("Location")))
         # The body may explain (Slack: "invalid_blocks"); a short part of it goes into the error.
-        text = exc.read(300).decode(errors="replace").strip()
+        text = clean(exc.read(300).decode(errors="replace"))
         return Sent(False, f"HTTP {exc.code} {exc.reason}" + (f": {text}" if text else ""))
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
