@@ -23,14 +23,14 @@ if ! compgen -G "$TORCH_WHEELS/torch-2.13.0+cpu-cp311-*.whl" >/dev/null; then
   echo "lock: no torch-2.13.0+cpu wheel for Python 3.11 in $TORCH_WHEELS (set TORCH_WHEELS)" >&2
   exit 1
 fi
-uv=${UV:-}
+uv=${UV:+$(realpath "$UV")}
 if [ -z "$uv" ]; then
   tool=var/lock-tool  # ignored, like all of var/
   if ! "$tool/bin/uv" --version 2>/dev/null | grep -q " $UV_VERSION "; then
     python3 -m venv "$tool"
     "$tool/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
   fi
-  uv=$tool/bin/uv
+  uv=$PWD/$tool/bin/uv
 fi
 compile=("$uv" pip compile --quiet --generate-hashes --python-version 3.11
          --python-platform x86_64-manylinux_2_28 --find-links "$TORCH_WHEELS"
