@@ -101,6 +101,9 @@ class Destination:
     for_calling_aes: list[str] = field(default_factory=list)
     tls: bool = False
     tls_ca_file: str = ""  # verify the peer against this CA (empty: system CAs)
+    # The name the peer's certificate must carry (and the SNI sent); empty: `host` (dicom) or the
+    # URL's host (stow). For a peer addressed by IP whose certificate names a host.
+    tls_server_name: str = ""
     tls_cert_file: str = ""  # our client certificate, if the peer requires one
     tls_key_file: str = ""
     bearer_token: str = ""  # STOW-RS: sent as "Authorization: Bearer ..." when set
@@ -238,7 +241,7 @@ class NotificationTarget:
     url: str = ""
     format: str = "json"
     bearer_token: str = ""
-    tls_ca_file: str = ""  # https: verify against this CA (empty: system CAs)
+    tls_ca_file: str = ""  # https, SMTP TLS, MLLP over TLS: verify against this CA (empty: system CAs)
     # email (SMTP). security: starttls (port 587), tls (implicit, port 465), none (a local relay only).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 587
@@ -254,6 +257,12 @@ class NotificationTarget:
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
+    # hl7: MLLP over TLS; the engine's certificate and name are verified (tls_ca_file), with
+    # tls_server_name as the name when `host` is an IP; our client certificate if it asks for one.
+    tls: bool = False
+    tls_server_name: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass
@@ -623,6 +632,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"destinations.{d.name}.kind: 'dicom' or 'stow', got {d.kind!r}")
         if d.kind == "stow" and not d.url:
             raise ConfigError(f"destinations.{d.name}.url: required for kind = 'stow'")
+        if d.kind == "stow" and not d.url.startswith(("http://", "https://")):
+            raise ConfigError(f"destinations.{d.name}.url: an http:// or https:// URL is required")
+        if d.kind == "stow" and d.tls and not d.url.startswith("https://"):
+            raise ConfigError(f"destinations.{d.name}.url: tls = true needs an https:// URL")
+        if d.kind == "stow" and d.bearer_token and not d.url.startswith("https://"):
+            raise ConfigError(f"destinations.{d.name}.url: a bearer token is never sent in clear; "
+                              "use an https:// URL")
     for key in ("association_request_timeout_seconds", "network_timeout_seconds"):
         if not getattr(cfg.dicom, key) > 0:
             raise ConfigError(f"dicom.{key}: must be > 0")
@@ -696,6 +712,8 @@ def _validate_notifications(cfg: Config) -> None:
                 raise ConfigError(f"{where}.url: an http:// or https:// URL is required for a webhook")
             if n.format not in ("teams", "slack", "json"):
                 raise ConfigError(f"{where}.format: teams, slack or json, got {n.format!r}")
+            if n.bearer_token and not n.url.startswith("https://"):
+                raise ConfigError(f"{where}.url: a bearer token is never sent in clear; use an https:// URL")
         elif n.kind == "email":
             if not n.mail_to:
                 raise ConfigError(f"{where}.mail_to: at least one address")

@@ -44,7 +44,8 @@ def describe(dest: Destination) -> str:
 def echo_dicom(dest: Destination, calling_ae: str) -> EchoResult:
     from pynetdicom import AE, evt
 
-    from hexnode.send.scu import CONNECT_TIMEOUT_MAX_SECONDS, _client_ssl
+    from hexnode.send.scu import CONNECT_TIMEOUT_MAX_SECONDS, client_ssl
+    from hexnode.tls import describe, record_handshake_failures
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_seconds
@@ -52,17 +53,22 @@ def echo_dicom(dest: Destination, calling_ae: str) -> EchoResult:
     ae.add_requested_context(VERIFICATION)
     t = time.perf_counter()
     try:
-        tls = _client_ssl(dest)
+        tls = client_ssl(dest) if dest.tls else None
     except (OSError, ValueError) as exc:  # a certificate or key file missing or unreadable
         return EchoResult(False, f"TLS set-up: {type(exc).__name__}: {exc}", 0.0)
+    server_name = dest.tls_server_name or dest.host
+    handshake_failures = record_handshake_failures(tls) if tls is not None else []
     opened: list[bool] = []
     with library_errors("pynetdicom") as lib:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             tls_args=(tls, dest.host) if tls is not None else None,
+                             tls_args=(tls, server_name) if tls is not None else None,
                              evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
         try:
             if not assoc.is_established:
                 why = lib.reason()
+                if handshake_failures:
+                    return EchoResult(False, describe(handshake_failures[-1], server_name, "no association"),
+                                      time.perf_counter() - t)
                 if assoc.is_rejected:
                     what = "association rejected"
                 elif not opened:

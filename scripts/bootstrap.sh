@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need, once: Debian packages (as root), a venv in .venv,
-# the Python packages. Re-running is cheap: a stamp keyed on pyproject.toml skips the pip work.
+# the Python packages from the hashed locks in requirements/. Re-running is cheap: a stamp keyed on
+# pyproject.toml, the locks and this script skips the pip work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -40,14 +41,24 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.bootstrap-stamp"
-want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements/*.lock scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The locks (requirements/, written by scripts/lock.sh) pin every package and the sha256 of its
+  # files; --require-hashes makes pip refuse anything else, so nothing floats to whatever is current.
   pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-  "${pip[@]}" -U pip setuptools wheel
-  # pyradiomics' setup.py imports numpy: build it without isolation, after its build deps.
-  "${pip[@]}" numpy setuptools wheel versioneer
-  "${pip[@]}" --no-build-isolation 'pyradiomics>=3.0.1'
-  "${pip[@]}" -e '.[train,test]'
+  # 1. pip, setuptools, wheel, numpy, versioneer: what the builds below import from the venv
+  "${pip[@]}" --require-hashes -r requirements/build.lock
+  # 2. everything else. pyradiomics is an sdist whose setup.py imports numpy: it is built without
+  #    build isolation against step 1 (an isolated build would fetch unpinned build deps anyway).
+  #    torch==2.13.0+cpu is the CPU wheel pip finds through its find-links on this kind of machine.
+  if ! "${pip[@]}" --require-hashes --no-build-isolation -r requirements/dev.lock; then
+    echo "bootstrap: pip could not install requirements/dev.lock (its error is above). torch 2.13.0+cpu" \
+         "comes from pip's find-links (PIP_FIND_LINKS=<folder with torch-2.13.0+cpu-cp311-*.whl>); a hash" \
+         "mismatch means the file served is not the locked one (docs/operations.md, Dependencies)" >&2
+    exit 1
+  fi
+  # 3. hexnode itself, editable: a folder has no hash, and its dependencies are all in already
+  "${pip[@]}" --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
 

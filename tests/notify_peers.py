@@ -1,7 +1,8 @@
-"""Real notification receivers on loopback for tests/test_notify.py: an HTTP webhook receiver
-(http.server), an SMTP server with STARTTLS and AUTH (aiosmtpd, a self-signed certificate made
-with openssl for the test), and an MLLP listener answering AA or AE (python-hl7's asyncio server).
-Each can stall its first exchange until released, so a test can kill the sender mid-message."""
+"""Real notification receivers on loopback for tests/test_notify.py: an HTTP(S) webhook receiver
+(http.server; it can answer a redirect, and records GETs too), an SMTP server with STARTTLS and
+AUTH (aiosmtpd, a self-signed certificate made with openssl for the test), and an MLLP listener
+answering AA or AE (python-hl7's asyncio server), in clear or over TLS. Each can stall its first
+exchange until released, so a test can kill the sender mid-message."""
 
 from __future__ import annotations
 
@@ -53,17 +54,23 @@ class Posted:
     path: str
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
 
     def json(self) -> Any:
         return json.loads(self.body)
 
 
 class HttpReceiver:
-    """Records every POST; answers `status` (202 like Teams Workflows, 200 like Slack)."""
+    """Records every POST (and GET); answers `status` (202 like Teams Workflows, 200 like Slack),
+    or a redirect to `redirect_to` with `status` 301/302/307/308. `tls`: (certificate, key) to
+    serve HTTPS with."""
 
-    def __init__(self, port: int | None = None, status: int = 202) -> None:
+    def __init__(self, port: int | None = None, status: int = 202, redirect_to: str = "",
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.port = port or free_port()
         self.status = status
+        self.redirect_to = redirect_to
+        self.tls = tls
         self.posts: list[Posted] = []
         self._server: ThreadingHTTPServer | None = None
         outer = self
@@ -72,21 +79,33 @@ class HttpReceiver:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def _record(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                outer.posts.append(Posted(self.path, dict(self.headers.items()), body))
+                outer.posts.append(Posted(self.path, dict(self.headers.items()), body, method))
                 self.send_response(outer.status)
+                if outer.redirect_to:
+                    self.send_header("Location", outer.redirect_to)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._record("POST")
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._record("GET")
 
         self._handler = Handler
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> HttpReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        if self.tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*self.tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -167,11 +186,13 @@ class SmtpReceiver:
 # --- MLLP ------------------------------------------------------------------------------------
 @dataclass
 class MllpListener:
-    """Answers every ORU with an ACK of `ack_code` (AA, or AE with an error text); records them."""
+    """Answers every ORU with an ACK of `ack_code` (AA, or AE with an error text); records them.
+    `tls`: (certificate, key) to listen with MLLP over TLS."""
 
     ack_code: str = "AA"
     port: int = field(default_factory=free_port)
     stall_first: bool = False
+    tls: tuple[Path, Path] | None = None
     messages: list[str] = field(default_factory=list)
 
     def start(self) -> MllpListener:
@@ -201,8 +222,14 @@ class MllpListener:
             finally:
                 writer.close()
 
+        tls: dict[str, Any] = {}
+        if self.tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*self.tls)
+            tls = {"ssl": ctx}
+
         async def main() -> None:
-            self._server = await start_hl7_server(on_client, "127.0.0.1", self.port, encoding="utf-8")
+            self._server = await start_hl7_server(on_client, "127.0.0.1", self.port, encoding="utf-8", **tls)
             ready.set()
             await self._server.serve_forever()
 

@@ -106,6 +106,7 @@ def test_config_rejects_bad_notification_settings(tmp_path: Path) -> None:
         ('[[notifications]]\nname = "t"\nurl = "https://x/h"\n[[notifications]]\nname = "t"\nurl = "https://x/h"\n',
          "twice"),
         ('[[notifications]]\nname = "t"\nurl = "https://x/h"\nsmtp_hots = "x"\n', "unknown"),
+        ('[[notifications]]\nname = "t"\nurl = "http://x/h"\nbearer_token = "t"\n', "never sent in clear"),
     ):
         with pytest.raises(ConfigError, match=needle):
             load(body)
@@ -157,6 +158,7 @@ def test_each_kind_delivers_once_and_parses(db: tuple[Store, int, int], cert: tu
                                             tmp_path: Path) -> None:
     store, _, series_id = db
     http = HttpReceiver().start()
+    https = HttpReceiver(tls=cert).start()
     smtp = SmtpReceiver(*cert).start()
     mllp = MllpListener().start()
     try:
@@ -170,8 +172,9 @@ url = "{http.url}/slack"
 [[notifications]]
 name = "engine-json"
 kind = "webhook"
-url = "{http.url}/json"
+url = "{https.url}/json"
 bearer_token = "tok"
+tls_ca_file = "{cert[0]}"
 """))
         cfg = load_config(p, env={})
         with store.transaction() as s:
@@ -195,7 +198,7 @@ bearer_token = "tok"
         slack = http.at("/slack")[0].json()
         assert slack["text"].startswith("High risk of hematoma expansion") and slack["blocks"][0]["type"] == "header"
         assert any(e.get("url") == link for b in slack["blocks"] for e in b.get("elements", []))
-        plain = http.at("/json")[0]
+        plain = https.at("/json")[0]
         assert plain.headers["Authorization"] == "Bearer tok"
         doc = plain.json()
         assert doc["schema"] == "hexnode.notification/1" and doc["viewer_url"] == link and "patient" not in doc
@@ -227,6 +230,7 @@ bearer_token = "tok"
                 ["stroke-teams", "stroke-mail", "ris", "slack", "engine-json"], 1)
     finally:
         http.stop()
+        https.stop()
         smtp.stop()
         mllp.stop()
 

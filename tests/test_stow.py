@@ -20,6 +20,7 @@ import pytest
 from plumbing_helpers import free_port, make_pki, write_ct
 from pydicom import dcmread
 from sqlalchemy import select
+from tls_helpers import Leaf, TestCA
 
 from hexnode.config import Destination, SendConfig
 from hexnode.send.stow import stow_files
@@ -32,6 +33,7 @@ class Peer:
     status: int = 200
     body: object = None  # None: reference every object it was sent
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)  # more response headers (e.g. Location)
     requests: list[dict[str, object]] = field(default_factory=list)
     url: str = ""
 
@@ -69,6 +71,8 @@ def _handler(peer: Peer) -> type[BaseHTTPRequestHandler]:
                 "00081199": {"vr": "SQ", "Value": [_item(u) for u in uids]}}
             data = json.dumps(body).encode()
             self.send_response(peer.status)
+            for k, v in peer.headers.items():
+                self.send_header(k, v)
             self.send_header("Content-Type", "application/dicom+json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -208,8 +212,86 @@ def test_https_with_ca_file_and_client_certificate(peer: Peer, tmp_path: Path) -
         rogue_ca = Destination(name="web", kind="stow", url=url, tls=True, tls_ca_file=str(pki / "rogue.crt"),
                                tls_cert_file=str(pki / "client.crt"), tls_key_file=str(pki / "client.key"))
         out = stow_files(rogue_ca, files)
-        assert not any(o.ok for o in out.values()) and "CERTIFICATE_VERIFY_FAILED" in next(iter(out.values())).detail
+        assert not any(o.ok for o in out.values())
+        assert "TLS: the peer's certificate was not accepted (self-signed certificate in certificate chain)" in \
+            next(iter(out.values())).detail
         assert len(peer.requests) == 1
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _https(peer: Peer, leaf: Leaf) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(peer))
+    server.socket = leaf.server_context().wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+PACS_NAME = "pacs.hospital.test"
+
+
+def test_https_checks_the_servers_name_and_never_sends_the_token_to_an_impostor(tmp_path: Path) -> None:
+    """The PACS's certificate names it and localhost, not its IP; the impostor's certificate is from
+    the same CA, for another host. Right name → stored; IP without tls_server_name → refused; IP with
+    the expected name → stored; the impostor is refused before any byte of the request (token
+    included) reaches it, and the outcome says why."""
+    ca = TestCA(tmp_path / "ca")
+    pacs, impostor = Peer(), Peer()
+    servers = [_https(pacs, ca.leaf(PACS_NAME, dns=(PACS_NAME, "localhost"))),
+               _https(impostor, ca.leaf("other.hospital.test"))]
+    pacs_port, impostor_port = (srv.server_address[1] for srv in servers)
+    files = _files(tmp_path, 1)
+    try:
+        def send(url: str, **kw: object) -> tuple[bool, str]:
+            dest = Destination(name="web", kind="stow", url=url, tls=True, tls_ca_file=str(ca.cert),
+                               bearer_token="s3cret", timeout_seconds=5, **kw)  # type: ignore[arg-type]
+            (out,) = stow_files(dest, files).values()
+            return out.ok, out.detail
+
+        assert send(f"https://localhost:{pacs_port}/dicom-web") == (True, "STOW-RS HTTP 200")
+        ok, why = send(f"https://127.0.0.1:{pacs_port}/dicom-web")
+        assert not ok and "TLS: the peer's certificate is not valid for '127.0.0.1'" in why, why
+        assert send(f"https://127.0.0.1:{pacs_port}/dicom-web", tls_server_name=PACS_NAME) == (True, "STOW-RS HTTP 200")
+        ok, why = send(f"https://127.0.0.1:{impostor_port}/dicom-web", tls_server_name=PACS_NAME)
+        assert not ok and why.startswith(f"STOW-RS https://127.0.0.1:{impostor_port}/dicom-web: TLS: the peer's "
+                                         f"certificate is not valid for '{PACS_NAME}' (Hostname mismatch"), why
+        assert len(pacs.requests) == 2 and impostor.requests == []
+        assert all(r["headers"]["Authorization"] == "Bearer s3cret" for r in pacs.requests)  # type: ignore[index]
+        # an https URL uses the destination's CA and name check even without tls = true
+        plain_flag = Destination(name="web", kind="stow", url=f"https://127.0.0.1:{pacs_port}/dicom-web",
+                                 tls_ca_file=str(ca.cert), tls_server_name=PACS_NAME)
+        assert all(o.ok for o in stow_files(plain_flag, files).values())
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_a_redirect_is_not_followed_and_names_where_it_pointed(peer: Peer, tmp_path: Path) -> None:
+    """requests would turn the POST into a GET (nothing stored) or re-send it elsewhere."""
+    peer.status, peer.body = 302, {}
+    peer.headers["Location"] = "https://elsewhere.hospital.test:8443/dicom-web/studies?sig=secret"
+    files = _files(tmp_path, 1)
+    (out,) = stow_files(Destination(name="web", kind="stow", url=peer.url), files).values()
+    assert not out.ok and out.detail == (f"STOW-RS {peer.url}: HTTP 302: redirect to https://elsewhere.hospital.test:8443/… "
+                                         "not followed (it would drop the POST body or send the credentials elsewhere); "
+                                         "configure the final URL")
+    assert len(peer.requests) == 1
+
+
+def test_config_refuses_a_token_in_clear_and_tls_without_https(tmp_path: Path) -> None:
+    from hexnode.config import ConfigError, load_config
+
+    for body, needle in (
+        ('kind = "stow"\nurl = "http://pacs.example/dicom-web"\nbearer_token = "t"\n', "never sent in clear"),
+        ('kind = "stow"\nurl = "http://pacs.example/dicom-web"\ntls = true\n', "needs an https:// URL"),
+        ('kind = "stow"\nurl = "pacs.example/dicom-web"\n', "http:// or https:// URL"),
+    ):
+        p = tmp_path / "h.toml"
+        p.write_text(f'[[destinations]]\nname = "web"\n{body}')
+        with pytest.raises(ConfigError, match=needle):
+            load_config(p, env={})
+    p.write_text('[[destinations]]\nname = "web"\nkind = "stow"\nurl = "https://10.0.0.5/dicom-web"\n'
+                 'bearer_token = "t"\ntls_server_name = "pacs.hospital.example"\n')
+    assert load_config(p, env={}).destinations[0].tls_server_name == "pacs.hospital.example"

@@ -10,18 +10,26 @@ every retry, so an engine that remembers control ids drops a resend.
 An ACK with MSA-1 AA (or CA) for our MSH-10 is success; AE / AR (CE / CR), a NAK for another
 message, no answer within ``timeout_seconds`` or a refused connection is a failed attempt (with
 MSA-3 / ERR as the reason), retried with back-off like any delivery.
+
+``tls = true`` sends it as MLLP over TLS:
+the engine's certificate chain and name are verified (``tls_ca_file``; ``tls_server_name`` when
+``host`` is an IP), with our client certificate when the engine asks for one. Every value is
+escaped for its field (| ^ ~ \\ & as \\F\\ \\S\\ \\R\\ \\E\\ \\T\\); the message's texts carry no line breaks
+(hexnode/notify/message.py `clean`), so no value can start a segment of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 import hl7
 from hl7.mllp import open_hl7_connection
 
 from hexnode.config import NotificationTarget
-from hexnode.notify.message import Message
+from hexnode.notify.message import Message, clean
+from hexnode.tls import client_context, describe
 
 # Our own codes for what SNOMED CT and LOINC do not name (the SR's private scheme, hexnode/report/codes.py).
 LOCAL = "99HEXNODE"
@@ -109,12 +117,20 @@ def check_ack(ack: hl7.Message, control_id: str) -> AckResult:
         return AckResult(False, f"ACK {code} for message {acked!r}, not ours ({control_id})")
     if code in ("AA", "CA"):
         return AckResult(True, f"ACK {code}")
-    why = "; ".join(x for x in (text, err) if x)
+    why = clean("; ".join(x for x in (text, err) if x))  # the engine's words, for status and logs
     return AckResult(False, f"ACK {code or '(empty)'}" + (f": {why}" if why else ""))
 
 
+def server_name(target: NotificationTarget) -> str:
+    return target.tls_server_name or target.host
+
+
 async def _exchange(target: NotificationTarget, text: str) -> hl7.Message:
-    reader, writer = await open_hl7_connection(target.host, target.port, encoding="utf-8")
+    tls: dict[str, object] = {}
+    if target.tls:
+        tls = {"ssl": client_context(target.tls_ca_file, target.tls_cert_file, target.tls_key_file),
+               "server_hostname": server_name(target)}
+    reader, writer = await open_hl7_connection(target.host, target.port, encoding="utf-8", **tls)
     try:
         writer.writemessage(hl7.parse(text))
         await writer.drain()
@@ -137,6 +153,8 @@ def send_hl7(target: NotificationTarget, msg: Message) -> AckResult:
         ack = asyncio.run(run())
     except TimeoutError:
         return AckResult(False, f"no ACK from {target.host}:{target.port} within {target.timeout_seconds:.0f} s")
+    except ssl.SSLError as exc:
+        return AckResult(False, f"MLLP {target.host}:{target.port}: {describe(exc, server_name(target))}")
     except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
         return AckResult(False, f"MLLP {target.host}:{target.port}: {type(exc).__name__}: {exc}")
     return check_ack(ack, msg.id)

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from hexnode.config import NotificationTarget
-from hexnode.notify.message import Message
+from hexnode.notify.message import Message, clean
 from hexnode.notify.webhook import Sent
 
 
@@ -51,7 +51,7 @@ def send_email(target: NotificationTarget, msg: Message) -> Sent:
                 smtp.login(target.username, target.password)
             refused = smtp.send_message(mail)
     except (smtplib.SMTPException, OSError) as exc:
-        return Sent(False, f"SMTP {target.smtp_host}:{target.smtp_port}: {type(exc).__name__}: {exc}"[:500])
+        return Sent(False, clean(f"SMTP {target.smtp_host}:{target.smtp_port}: {type(exc).__name__}: {exc}"))
     if refused:
         return Sent(True, f"accepted for {len(target.mail_to) - len(refused)} of {len(target.mail_to)} recipients; "
                           f"refused: {', '.join(sorted(refused))}")

@@ -6,12 +6,21 @@ deliverer sends: the finding, whether it corrects an earlier alert, the viewer l
 patient fields the target turned on (read from the spool at send time, never stored). One
 `Message` renders as plain text (e-mail), a Teams Adaptive Card, Slack Block Kit, a plain JSON
 document, or HL7 (hexnode/notify/hl7v2.py).
+
+Every text in a finding may come from outside — an accession number or a reason from a DICOM
+header any sender wrote, a peer's error text — so a `Message` holds it cleaned (`clean`: no
+control or invisible format characters, bounded length): a line break in an accession number
+must not split an e-mail header or an HL7 segment. Each rendering then escapes what its markup
+would read: Slack mrkdwn (``&``, ``<``, ``>``: ``<!channel>`` stays text, not a mention), Teams
+Adaptive Card Markdown (``[link](url)``, emphasis), HL7 separators (hexnode/notify/hl7v2.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +29,23 @@ from hexnode.pipeline.contracts import NOT_FOR_CLINICAL_USE
 
 SCHEMA = "hexnode.notification/1"
 PHI_LABELS = {"patient_name": "Patient name", "patient_id": "Patient ID", "birth_date": "Birth date"}
+# The longest text a message carries from one field (a DICOM SH is 16 characters, a reason a line).
+MAX_TEXT = 500
+_LINE_BREAKS = frozenset("\r\n\t\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def clean(value: object, limit: int = MAX_TEXT) -> str:
+    """`value` as one line of visible text: line breaks and tabs become spaces; other control
+    characters, invisible format characters (bidirectional overrides, zero-width) and lone
+    surrogates are dropped; runs of spaces collapse; at most `limit` characters."""
+    out = []
+    for ch in str(value):
+        if ch in _LINE_BREAKS:
+            out.append(" ")
+        elif unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(ch)
+    text = " ".join("".join(out).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,12 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def cleaned(self) -> Finding:
+        """Every text field through `clean` (numbers as they are)."""
+        texts: dict[str, Any] = {f.name: clean(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                 if isinstance(getattr(self, f.name), str)}
+        return dataclasses.replace(self, **texts, facts={clean(k, 100): clean(v) for k, v in self.facts.items()})
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Finding:
@@ -76,6 +108,11 @@ class Message:
     created_at: datetime
     viewer_link: str = ""
     patient: dict[str, str] = field(default_factory=dict)  # only the fields a target turned on
+
+    def __post_init__(self) -> None:
+        # whatever built it (the deliverer, a test), a message never holds uncleaned outside text
+        object.__setattr__(self, "finding", self.finding.cleaned())
+        object.__setattr__(self, "patient", {k: clean(v, 200) for k, v in self.patient.items()})
 
     @property
     def title(self) -> str:
@@ -148,19 +185,38 @@ def plain_json(msg: Message) -> dict[str, Any]:
     return doc
 
 
+_MARKDOWN = re.compile(r"([\\`*_~\[\]<>])")
+_LIST_MARKER = re.compile(r"^(\d+)\.(?=\s|$)|^([-+#])(?=\s|$)")
+
+
+def teams_text(text: str) -> str:
+    """`text` as literal text in Adaptive Card Markdown (TextBlock, Fact title and value): the
+    characters that make emphasis, links, code or a mention tag are backslash-escaped, and so is
+    a list or heading marker at the start."""
+    escaped = _MARKDOWN.sub(r"\\\1", text)
+    return _LIST_MARKER.sub(lambda m: f"{m.group(1)}\\." if m.group(1) else f"\\{m.group(2)}", escaped)
+
+
+def slack_text(text: str) -> str:
+    """`text` as literal text in Slack mrkdwn: &, < and > as entities (Slack's rule), so that
+    `<!channel>`, `<@U123>` or `<https://x|click>` stay text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def teams_card(msg: Message) -> dict[str, Any]:
     """An Adaptive Card message, as a Teams "Workflows" incoming webhook (Post to a channel when a
     webhook request is received) accepts it."""
     alarm = msg.finding.positive  # High risk (also a correction that is still High): red
     body: list[dict[str, Any]] = [
-        {"type": "TextBlock", "text": msg.title, "weight": "Bolder", "size": "Medium", "wrap": True,
+        {"type": "TextBlock", "text": teams_text(msg.title), "weight": "Bolder", "size": "Medium", "wrap": True,
          "color": "Attention" if alarm else ("Warning" if msg.correction else "Default")},
     ]
     if msg.correction:
-        body.append({"type": "TextBlock", "text": msg.correction_note(), "wrap": True})
-    body.append({"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in msg.facts()]})
-    body.append({"type": "TextBlock", "text": msg.finding.not_for_clinical_use, "isSubtle": True, "wrap": True,
-                 "size": "Small"})
+        body.append({"type": "TextBlock", "text": teams_text(msg.correction_note()), "wrap": True})
+    body.append({"type": "FactSet", "facts": [{"title": teams_text(k), "value": teams_text(v)}
+                                              for k, v in msg.facts()]})
+    body.append({"type": "TextBlock", "text": teams_text(msg.finding.not_for_clinical_use), "isSubtle": True,
+                 "wrap": True, "size": "Small"})
     card: dict[str, Any] = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -184,13 +240,19 @@ def slack_blocks(msg: Message) -> dict[str, Any]:
         {"type": "header", "text": {"type": "plain_text", "text": msg.title[:150]}},
     ]
     if msg.correction:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": msg.correction_note()}})
+        blocks.append({"type": "section", "text": _mrkdwn(msg.correction_note())})
     # a section holds at most 10 fields
     for i in range(0, len(facts), 10):
-        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"}
+        blocks.append({"type": "section", "fields": [_mrkdwn(f"*{slack_text(k)}*\n{slack_text(v)}", escaped=True)
                                                      for k, v in facts[i:i + 10]]})
     if msg.viewer_link:
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open in viewer"}, "url": msg.viewer_link}]})
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": msg.finding.not_for_clinical_use}]})
-    return {"text": msg.title, "blocks": blocks}
+    blocks.append({"type": "context", "elements": [_mrkdwn(msg.finding.not_for_clinical_use)]})
+    # `text` (the notification line) is read as mrkdwn too; the header block is plain_text
+    return {"text": slack_text(msg.title), "blocks": blocks}
+
+
+def _mrkdwn(text: str, *, escaped: bool = False) -> dict[str, Any]:
+    """A mrkdwn text object; verbatim: no automatic links, channel names or mentions."""
+    return {"type": "mrkdwn", "text": text if escaped else slack_text(text), "verbatim": True}

@@ -3,7 +3,8 @@
 ``store_files(dest, files, calling_ae) -> dict[sop_uid, Outcome]``: every file gets an outcome;
 an association that cannot be opened (peer down, rejected) fails the whole batch with that
 reason, so the caller backs off. Status 0x0000 and the warning statuses (0x0001, 0xBxxx) count as
-delivered: the PACS has the object.
+delivered: the PACS has the object. Over TLS the peer's certificate must be valid for its name
+(hexnode/tls.py); a handshake that fails says why in the outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pynetdicom import AE, evt
 
 from hexnode.config import Destination
 from hexnode.runtime import library_errors
+from hexnode.tls import client_context, describe, record_handshake_failures
 
 # TCP connect gives up after this long even when the destination's timeout is longer.
 CONNECT_TIMEOUT_MAX_SECONDS = 10.0
@@ -30,14 +32,9 @@ class Outcome:
     detail: str
 
 
-def _client_ssl(dest: Destination) -> ssl.SSLContext | None:
-    if not dest.tls:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=dest.tls_ca_file or None)
-    ctx.check_hostname = False  # DICOM peers are addressed by IP; the CA check still applies
-    if dest.tls_cert_file:
-        ctx.load_cert_chain(dest.tls_cert_file, dest.tls_key_file or None)
-    return ctx
+def client_ssl(dest: Destination) -> ssl.SSLContext:
+    """The destination's TLS context: its CA (or the system CAs), name check on, client certificate."""
+    return client_context(dest.tls_ca_file, dest.tls_cert_file, dest.tls_key_file)
 
 
 def requested_contexts(datasets: Iterable[Dataset]) -> list[tuple[str, str]]:
@@ -68,20 +65,25 @@ def store_files(dest: Destination, files: dict[str, Path], calling_ae: str) -> d
     if not datasets:
         return outcomes
     ae = build_ae(dest, calling_ae, requested_contexts(datasets.values()))
-    tls = _client_ssl(dest)
+    server_name = dest.tls_server_name or dest.host
+    tls = client_ssl(dest) if dest.tls else None
+    handshake_failures = record_handshake_failures(tls) if tls is not None else []
     opened: list[bool] = []
     with library_errors("pynetdicom") as lib:  # its ERROR lines become the reason in our one line
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             tls_args=(tls, dest.host) if tls is not None else None,
+                             tls_args=(tls, server_name) if tls is not None else None,
                              evt_handlers=[(evt.EVT_CONN_OPEN, lambda _e: opened.append(True))])
     if not assoc.is_established:
-        if not opened:
-            why = "peer down or unreachable (no TCP connection)"
-        elif assoc.is_rejected:
-            why = "association rejected"
+        if handshake_failures:  # the TLS reason already says what pynetdicom's lines would
+            why = describe(handshake_failures[-1], server_name)
         else:
-            why = "association aborted"
-        why += f": {lib.reason()}" if lib.reason() else ""
+            if not opened:
+                why = "peer down or unreachable (no TCP connection)"
+            elif assoc.is_rejected:
+                why = "association rejected"
+            else:
+                why = "association aborted"
+            why += f": {lib.reason()}" if lib.reason() else ""
         for uid in datasets:
             outcomes[uid] = Outcome(False, f"{dest.name} {dest.host}:{dest.port}: {why}")
         return outcomes

@@ -6,11 +6,17 @@ with a FailureReason (0008,1197); an object is delivered when it is referenced. 
 and 409 (none stored) carry that list too; any other HTTP error or a network error fails the
 whole batch, so the caller backs off. dicomweb-client's own retries are off: the outbox's back-off
 (``[send]``) is the one retry policy, and a sender must not sleep through a 503 inside one batch.
+
+HTTPS checks the server's certificate and its name (hexnode/tls.py; ``tls_server_name`` for a
+server addressed by IP). Redirects are not followed: a 3xx fails the batch and names where it
+pointed (a POST turned into a GET would store nothing; the token must not go to another host).
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -20,7 +26,9 @@ from pydicom.errors import InvalidDicomError
 from requests.adapters import HTTPAdapter
 
 from hexnode.config import Destination
-from hexnode.send.scu import Outcome, _client_ssl
+from hexnode.notify.webhook import redirect_refused
+from hexnode.send.scu import Outcome, client_ssl
+from hexnode.tls import describe
 
 # HTTP statuses whose body still says, object by object, what was stored (PS3.18 10.5.3).
 PER_OBJECT_STATUSES = (200, 202, 409)
@@ -28,16 +36,23 @@ PER_OBJECT_STATUSES = (200, 202, 409)
 
 class _TLSAdapter(HTTPAdapter):
     """HTTPS with the destination's own SSL context (CA file or system CAs, optional client
-    certificate), the same as C-STORE over TLS; the peer is addressed by IP, so no hostname match."""
+    certificate, name check on), the same as C-STORE over TLS. `server_name`: the name the
+    certificate must carry when it is not the URL's host (urllib3 sends it as SNI and checks it)."""
 
-    def __init__(self, ctx: object) -> None:
+    def __init__(self, ctx: object, server_name: str) -> None:
         self._ctx = ctx
+        self._server_name = server_name
         super().__init__()
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         kwargs["ssl_context"] = self._ctx
-        kwargs["assert_hostname"] = False
+        if self._server_name:
+            kwargs["server_hostname"] = self._server_name
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _uses_tls(dest: Destination) -> bool:
+    return dest.tls or dest.url.startswith("https://")
 
 
 def client_for(dest: Destination, statuses: list[int] | None = None) -> DICOMwebClient:
@@ -45,10 +60,10 @@ def client_for(dest: Destination, statuses: list[int] | None = None) -> DICOMweb
     `statuses` collects each response's HTTP status (the result of a store is only its body)."""
     session = requests.Session()
     session.headers["Accept"] = "application/dicom+json"
-    ctx = _client_ssl(dest)
-    if ctx is not None:
+    session.max_redirects = 0  # a 3xx raises TooManyRedirects with the response: stow_files names it
+    if _uses_tls(dest):
         session.verify = dest.tls_ca_file or True
-        session.mount("https://", _TLSAdapter(ctx))
+        session.mount("https://", _TLSAdapter(client_ssl(dest), dest.tls_server_name))
     headers = {"Authorization": f"Bearer {dest.bearer_token}"} if dest.bearer_token else None
 
     def record(resp: requests.Response, *_args: object, **_kwargs: object) -> requests.Response:
@@ -78,7 +93,11 @@ def _root_cause(exc: BaseException) -> BaseException:
 def _network_error(dest: Destination, exc: requests.RequestException) -> str:
     if isinstance(exc, requests.Timeout):
         return f"STOW-RS {dest.url}: timed out after {dest.timeout_seconds:g} s"
+    if isinstance(exc, requests.TooManyRedirects) and exc.response is not None:
+        return f"STOW-RS {dest.url}: {redirect_refused(exc.response.status_code, exc.response.headers.get('Location'))}"
     root = _root_cause(exc)
+    if isinstance(root, ssl.SSLError):
+        return f"STOW-RS {dest.url}: {describe(root, dest.tls_server_name or urlsplit(dest.url).hostname or '')}"
     return f"STOW-RS {dest.url}: {root.strerror if isinstance(root, OSError) and root.strerror else root}"
 
 
