@@ -36,7 +36,7 @@ component spans many thin slices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,12 @@ class Cavity:
     step: int
     area_mm2: NDArray[np.float64]  # per slice, in z order
     extents_mm: NDArray[np.float64]  # per slice, its extent along the normal
+    # The skull's interior on the slices the cavity was computed on: the holes of the closed bone,
+    # soft tissue and air alike (an air-filled phantom's skull is hollow), on the analysis grid
+    # cropped to `box` (y0, y1, x0, x1); `rows` are those slices' indices in the volume.
+    interior: NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
+    rows: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, np.intp))
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def full(self, which: NDArray[np.bool_], box: tuple[slice, slice, slice]) -> NDArray[np.bool_]:
         """`which` (mask or core) at full resolution inside `box` of the full-resolution volume."""
@@ -246,23 +252,25 @@ def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = 
     padded = np.pad(bone, ((0, 0), (pad, pad), (pad, pad)))
     closed = _disk_op(_disk_op(padded, CLOSE_MM / px, dilate=True), CLOSE_MM / px, dilate=False)
     closed = closed[:, pad:-pad, pad:-pad] | bone
-    del padded, bone
+    del padded
     # 2. what it bridged is soft tissue and stays in (blood touching an oblique cut through the
     # frontal bone lies in such a bay)
-    inside = _fill_in_plane(closed) & soft
+    interior = _fill_in_plane(closed) & ~bone
+    inside = interior & soft
     # 3. an open ring (craniectomy, fracture gap) fills nothing or little: the hull instead, on the
     # slices above the widest ring only
     n = z1 - z0
     ring_area = inside.sum(axis=(1, 2))
     widest = int(np.argmax(ring_area)) if ring_area.any() else (n - 1 if head_up else 0)
     _open_rings(inside, closed, soft, ring_area, range(widest + 1, n) if head_up else range(0, widest))
-    del closed, soft
+    del closed, soft, bone
+    rows, box = ks[z0:z1], (y0, y1, x0, x1)
     # 4. the largest 3D component once thin bony walls are split, grown back inside (2)
     seeds = _disk_op(inside, SPLIT_MM / px, dilate=False)
     labels, count = ndi.label(seeds)
     del seeds
     if count == 0:
-        return empty
+        return replace(empty, interior=interior, rows=rows, box=box)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     biggest = int(np.argmax(sizes))
@@ -283,17 +291,18 @@ def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = 
     # back onto the decimated grid, every slice taking its computed slice's cavity
     where = np.full(len(ks), -1, np.intp)
     where[z0 + bz.start:z0 + bz.stop] = np.arange(bz.stop - bz.start)
-    rows = where[row]
-    have = rows >= 0
+    src = where[row]
+    have = src >= 0
     ya, xa = y0 + by.start, x0 + bx.start
     yb, xb = ya + cav_core.shape[1], xa + cav_core.shape[2]
-    core[have, ya:yb, xa:xb] = cav_core[rows[have]]
+    core[have, ya:yb, xa:xb] = cav_core[src[have]]
     # the grown cavity is one pixel larger on each side (clipped at the grid's edge)
     gy0, gx0 = max(ya - 1, 0), max(xa - 1, 0)
     gy1, gx1 = min(yb + 1, dec_shape[1]), min(xb + 1, dec_shape[2])
-    mask[have, gy0:gy1, gx0:gx1] = cav[rows[have]][:, gy0 - (ya - 1):gy1 - (ya - 1), gx0 - (xa - 1):gx1 - (xa - 1)]
+    mask[have, gy0:gy1, gx0:gx1] = cav[src[have]][:, gy0 - (ya - 1):gy1 - (ya - 1), gx0 - (xa - 1):gx1 - (xa - 1)]
     area = mask.sum(axis=(1, 2)).astype(np.float64) * px * px
-    return Cavity(mask=mask, core=core, step=step, area_mm2=area, extents_mm=ext)
+    return Cavity(mask=mask, core=core, step=step, area_mm2=area, extents_mm=ext, interior=interior, rows=rows,
+                  box=box)
 
 
 def gate_mask(mask: NDArray[np.bool_], cavity: Cavity, spacing: Sequence[float]) -> int:
