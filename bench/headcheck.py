@@ -100,7 +100,7 @@ def refusals(counts: dict[str, int], workers: int) -> None:
         rows = [_job(j) for j in jobs]
     print(f"\n{len(rows)} series in {time.perf_counter() - t0:.0f} s")
     print(f"{'kind':15s} {'n':>4s} {'refused':>8s} {'min cm2':>8s} {'min fill':>9s} {'min brain':>10s} "
-          f"{'max sinus HU':>13s}  expected")
+          f"{'sinus HU min-max':>17s}  expected")
     false_refusals = 0
     for kind in counts:
         sel = [r for r in rows if r["kind"] == kind]
@@ -111,7 +111,7 @@ def refusals(counts: dict[str, int], workers: int) -> None:
         expect = "refused" if kind in REFUSED else "analysed"
         print(f"{kind:15s} {len(sel):4d} {len(refused):8d} {min(r['enclosed'] for r in sel):8.0f} "
               f"{min(r['fill'] for r in sel):9.2f} {min(r['brain'] for r in sel):10.2f} "
-              f"{max(sinus) if sinus else float('nan'):13.0f}  {expect}")
+              f"{(f'{min(sinus):.0f}-{max(sinus):.0f}' if sinus else '-'):>17s}  {expect}")
         if kind in REFUSED:
             missed = [r for r in sel if not r["problem"]]
             for r in missed:
@@ -127,25 +127,33 @@ def refusals(counts: dict[str, int], workers: int) -> None:
 
 
 def real(folder: Path) -> None:
+    """Every CT series of every case folder under `folder`: loaded as the worker loads it, checked."""
     from hexnode.models.brain import coverage_problem, intracranial
     from hexnode.models.headcheck import check_head
     from hexnode.pipeline.load import VolumeError, load_volume
+    from hexnode.pipeline.offline import group_series
     from hexnode.pipeline.run import header_words
 
     print(f"\nreal cases under {folder}")
     for case in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".ref")):
-        files = [p for p in case.rglob("*") if p.is_file()]
-        try:
-            vol = load_volume(files)
-        except VolumeError as exc:
-            print(f"{case.name:40s} not loaded: {exc.reason}")
-            continue
-        t = time.perf_counter()
-        cav = intracranial(vol.hu, vol.spacing, head_up=vol.head_up, extents=vol.extents)
-        seen = check_head(vol.hu, vol.spacing, cav, head_up=vol.head_up, hints=header_words(vol.headers[0]))
-        cov = coverage_problem(cav, head_up=vol.head_up)
-        print(f"{case.name:40s} {seen.problem or ('passes' + ('; then ' + cov if cov else ''))} "
-              f"[{seen.summary()}] {time.perf_counter() - t:.2f} s")
+        groups, _ = group_series(case)
+        for paths in groups.values():
+            if len(paths) < 5:  # a localizer, a dose page, a stray slice
+                continue
+            name = case.name
+            try:
+                vol = load_volume(paths)
+            except VolumeError as exc:
+                print(f"{name:36s} {len(paths):4d} not loaded: {exc.reason}")
+                continue
+            desc = str(vol.headers[0].get("SeriesDescription", ""))[:20]
+            t = time.perf_counter()
+            cav = intracranial(vol.hu, vol.spacing, head_up=vol.head_up, extents=vol.extents)
+            seen = check_head(vol.hu, vol.spacing, cav, head_up=vol.head_up, hints=header_words(vol.headers[0]))
+            cov = coverage_problem(cav, head_up=vol.head_up)
+            print(f"{name:36s} {len(paths):4d} {desc:20s} "
+                  f"{seen.problem or ('passes' + ('; then ' + cov if cov else ''))} "
+                  f"[{seen.summary()}] {time.perf_counter() - t:.2f} s")
 
 
 def main() -> None:

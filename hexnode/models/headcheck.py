@@ -53,6 +53,7 @@ SINUS_NEAR_BONE_MM = 1.0  # pixels this close to bone are left out (bone partial
 SINUS_PERCENTILE = 90.0
 SINUS_MIN_SLICES = 3  # fewer slices above the widest one: too few to judge (left to coverage)
 SINUS_MIN_AREA = 0.4  # slices whose cavity is at least this share of the widest (not the vertex cap)
+MIDLINE_MIN_ELONGATION = 1.1  # variance ratio of the cavity's long and short axes for the long one to be the midline
 
 # Contrast words in a series' header; a negated mention ("WO CONTRAST", "ohne KM", "non-contrast",
 # "sans contraste") is taken out first. Only ever a hint.
@@ -181,46 +182,62 @@ def _sagittal_sinus(hu: NDArray[Any], cavity: Cavity, px: float, *, head_up: boo
     sub = np.asarray(hu[ks, ::step, ::step])
     bone = sub >= BONE_HU
     near = ndi.binary_dilation(bone, structure=_disk_struct(SINUS_NEAR_BONE_MM / px)[None]) if bone.any() else bone
+    centres, axis = _midline(cav)
     r = SINUS_PROBE_MM / px
     ends: list[list[float]] = [[], []]
-    for j in range(len(ks)):
-        for e, point in enumerate(_midline_ends(cav[j])):
-            v = _probe(sub[j], cav[j] & ~near[j], point, r)
+    for j, centre in enumerate(centres):
+        if centre is None:
+            continue
+        for e, sign in enumerate((1.0, -1.0)):  # the two ends, the same on every slice
+            point = _exit(cav[j], centre, sign * axis)
+            v = None if point is None else _probe(sub[j], cav[j] & ~near[j], point, r)
             if v is not None:
                 ends[e].append(v)
-    if min(len(ends[0]), len(ends[1])) < SINUS_MIN_SLICES:
-        return None, min(len(ends[0]), len(ends[1]))
+    n = min(len(ends[0]), len(ends[1]))
+    if n < SINUS_MIN_SLICES:
+        return None, n
     # the lower end: contrast fills the whole sinus, a plaque or a clot sits at one place
-    return float(min(np.median(ends[0]), np.median(ends[1]))), int(min(len(ends[0]), len(ends[1])))
+    return float(min(np.median(ends[0]), np.median(ends[1]))), n
+
+
+def _midline(cav: NDArray[np.bool_]) -> tuple[list[NDArray[np.float64] | None], NDArray[np.float64]]:
+    """Each slice's centre (None: too little cavity) and the head's midline direction (row, col),
+    the long axis of the slices' cavities pooled (a head is longer front to back than across;
+    a round one falls back to the image's columns, along which a supine head lies)."""
+    centres: list[NDArray[np.float64] | None] = []
+    pooled = []
+    for j in range(cav.shape[0]):
+        ys, xs = np.nonzero(cav[j])
+        if ys.size < 50:
+            centres.append(None)
+            continue
+        c = np.array([ys.mean(), xs.mean()])
+        centres.append(c)
+        pooled.append(np.vstack([ys[::5] - c[0], xs[::5] - c[1]]))
+    axis = np.array([1.0, 0.0])
+    if pooled:
+        vals, vecs = np.linalg.eigh(np.cov(np.hstack(pooled)))
+        if vals[1] >= MIDLINE_MIN_ELONGATION * max(vals[0], 1e-9):
+            axis = vecs[:, 1]
+    return centres, axis
+
+
+def _exit(cav: NDArray[np.bool_], centre: NDArray[np.float64], direction: NDArray[np.float64]) -> NDArray[np.float64] | None:
+    """The last cavity pixel on the ray from `centre` along `direction` (None: the centre is not in it)."""
+    t = np.arange(int(np.hypot(*cav.shape)), dtype=np.float64)
+    pts = np.rint(centre[None, :] + t[:, None] * direction[None, :]).astype(np.int64)
+    ok = (pts[:, 0] >= 0) & (pts[:, 0] < cav.shape[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < cav.shape[1])
+    if not ok.all():
+        pts = pts[: int(np.argmin(ok))]
+    inside = cav[pts[:, 0], pts[:, 1]]
+    last = len(pts) - 1 if inside.all() else int(np.argmin(inside)) - 1
+    return pts[last].astype(np.float64) if last > 0 else None
 
 
 def _disk_struct(radius_px: float) -> NDArray[np.bool_]:
     r = max(1, int(round(radius_px)))
     y, x = np.mgrid[-r:r + 1, -r:r + 1]
     return np.asarray(x * x + y * y <= r * r + 0.5)
-
-
-def _midline_ends(cav: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
-    """The two points where the slice's long axis (the head's midline, front to back) leaves the
-    cavity; none for an empty slice."""
-    ys, xs = np.nonzero(cav)
-    if ys.size < 50:
-        return []
-    c = np.array([ys.mean(), xs.mean()])
-    _, vecs = np.linalg.eigh(np.cov(np.vstack([ys - c[0], xs - c[1]])))
-    axis = vecs[:, -1]
-    out = []
-    reach = int(np.hypot(*cav.shape))
-    t = np.arange(reach, dtype=np.float64)
-    for sign in (1.0, -1.0):
-        pts = np.rint(c[None, :] + sign * t[:, None] * axis[None, :]).astype(np.int64)
-        ok = (pts[:, 0] >= 0) & (pts[:, 0] < cav.shape[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < cav.shape[1])
-        pts = pts[: int(np.argmin(ok)) if not ok.all() else len(pts)]
-        inside = cav[pts[:, 0], pts[:, 1]]
-        last = int(np.argmin(inside)) - 1 if not inside.all() else len(pts) - 1
-        if last > 0:
-            out.append(pts[last].astype(np.float64))
-    return out
 
 
 def _probe(img: NDArray[Any], allowed: NDArray[np.bool_], point: NDArray[np.float64], r: float) -> float | None:
