@@ -21,9 +21,9 @@ the intracranial cavity was computed on (hexnode.models.brain), and name what th
    after contrast the sinuses are 130 HU and more. A calcified falx plaque or a clot sits in a
    few slices or at one end; the median and the lower end ignore it. Words in the header (C+,
    KM, contrast, 150cc, CTA ...) only lower the limit to `SINUS_MAX_HU_HINTED`: a hint, never proof.
-   Measured (bench/headcheck.py): 230 synthetic plain heads 46-67 HU, with dense sinuses up to
-   90; real plain heads 32-72 HU (GE 4 + 7 mm tilted, GE 1.25 mm, CQ500 3 mm, Picker 3 mm);
-   synthetic contrast heads 150-160 HU.
+   Measured (bench/headcheck.py): 230 synthetic plain heads 49-67 HU, 10 with dense sinuses
+   79-90; real plain heads 39-72 HU (GE 4 + 7 mm tilted, GE 1.25 mm, CQ500 3 mm, Picker 3 mm);
+   10 synthetic contrast heads 132-155 HU.
 
 All of it runs on the analysis grid (2x decimated at 512^2) on a few slices: a few hundredths of
 a second at 32 slices.
