@@ -130,7 +130,7 @@ def real(folder: Path) -> None:
     """Every CT series of every case folder under `folder`: loaded as the worker loads it, checked."""
     from hexnode.models.brain import coverage_problem, intracranial
     from hexnode.models.headcheck import check_head
-    from hexnode.pipeline.load import VolumeError, load_volume
+    from hexnode.pipeline.load import VolumeError, load_volume, read_header
     from hexnode.pipeline.offline import group_series
     from hexnode.pipeline.run import header_words
 
@@ -138,7 +138,8 @@ def real(folder: Path) -> None:
     for case in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".ref")):
         groups, _ = group_series(case)
         for paths in groups.values():
-            if len(paths) < 5:  # a localizer, a dose page, a stray slice
+            frames = int(read_header(paths[0]).get("NumberOfFrames", 1) or 1)
+            if len(paths) * frames < 5:  # a localizer, a dose page, a stray slice
                 continue
             name = case.name
             try:

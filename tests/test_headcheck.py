@@ -140,6 +140,7 @@ def test_contrast_words_are_read_as_hints(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["CT HEAD WO CONTRAST", "Schaedel ohne KM", "non-contrast head", "HEAD W/O CONTRAST",
                                   "STD BRAIN 5MM, iDose", "HEAD 5mm H30s", "Kopf nativ", "HEAD POST-OP",
-                                  "tete sans contraste", "agent:NONE", "agent:", "1A TRAUMA/PLAIN HEAD DM"])
+                                  "tete sans contraste", "agent:NONE", "agent:", "1A TRAUMA/PLAIN HEAD DM",
+                                  "1.25mm (enhanced conversion)"])
 def test_words_that_are_not_contrast_are_not_hints(text: str) -> None:
     assert contrast_hint([text]) is None

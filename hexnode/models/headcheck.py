@@ -62,7 +62,8 @@ MIDLINE_MIN_ELONGATION = 1.1  # variance ratio of the cavity's long and short ax
 # "sans contraste") is taken out first. Only ever a hint.
 _NEGATED = re.compile(r"(?<![a-z0-9])(?:wo|w/o|without|non|no|ohne|sans|sin|un)[\s\-/]*(?:iv\s*)?"
                       r"(?:contrast\w*|kontrast\w*|km|enhanced|enhancement)", re.IGNORECASE)
-_CONTRAST = re.compile(r"(?<![a-z0-9])(?:c\+|\+c|km|mit km|cta|angio\w*|venogra\w*|perfusion|enhanced|"
+# ("enhanced" alone is not one: an Enhanced CT object or its conversion says it of itself)
+_CONTRAST = re.compile(r"(?<![a-z0-9])(?:c\+|\+c|km|mit km|cta|angio\w*|venogra\w*|perfusion|"
                        r"contrast\w*|kontrast\w*|mdc|\d+\s?(?:cc|ml))(?![a-z0-9])|\bpost(?![a-z\-])",
                        re.IGNORECASE)
 _NO_AGENT = {"", "none", "no", "n/a", "na", "nil", "-", "0"}
