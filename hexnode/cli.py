@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--followup", action="store_true",
                    help="also write case-NNNN/followup/: the same patient hours later, the bleed grown to the "
                         "truth's followup_volume_ml")
+    p.add_argument("--lookalike", metavar="KIND",
+                   help="instead of heads: qa-phantom | contrast | chest | abdomen (not a non-contrast head, "
+                        "hexnode refuses them) or sinus-clot | calcified-falx (plain heads like them)")
 
     p = add("train", _cmd_train, "train the models (needs the `train` extra)")
     p.add_argument("--data", help="site data folder (DICOM or NIfTI cases + labels.csv)")

@@ -105,3 +105,31 @@ def test_mixed_thickness_extents_are_the_coverage_length() -> None:
     assert brain.coverage_problem(cav) is None
     assert float(cav.extents_mm.sum()) == pytest.approx(4 * 14 + 7 * 14, abs=1e-6)
     assert not (c.mask.astype(bool) & ~cav.full(cav.mask, _whole(c.hu))).any()
+
+
+def test_the_run_length_disk_morphology_and_the_stacked_fill_are_ndimage_s() -> None:
+    """_disk_op and _fill_in_plane give exactly what ndimage gives slice by slice (the cavity
+    the gate uses is unchanged by computing it faster)."""
+    rng = np.random.default_rng(5)
+    x = ndi.binary_opening(rng.random((3, 70, 90)) < 0.35) | (rng.random((3, 70, 90)) < 0.01)
+    x[:, 0, 3] = x[:, 40, -1] = True  # on the border
+    for r in (1.0, 2.3, 3.5, 4.6):
+        disk = brain._disk(r)
+        assert (brain._disk_op(x, r, dilate=True) == np.stack([ndi.binary_dilation(s, disk) for s in x])).all()
+        assert (brain._disk_op(x, r, dilate=False) == np.stack([ndi.binary_erosion(s, disk) for s in x])).all()
+    rings = ndi.binary_dilation(rng.random((3, 70, 90)) < 0.02, iterations=2)
+    assert (brain._fill_in_plane(rings) == np.stack([ndi.binary_fill_holes(s) for s in rings])).all()
+
+
+def test_a_thin_series_cavity_on_every_other_slice_agrees_with_every_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = generate_case(74, 1, thin=True, n_slices=48)
+    assert c.spacing[2] <= brain.Z_STEP_MM / 2  # computed on every other slice
+    fast = brain.intracranial(c.hu, c.spacing)
+    monkeypatch.setattr(brain, "Z_STEP_MM", 0.0)  # every slice computed
+    every = brain.intracranial(c.hu, c.spacing)
+    inter = np.count_nonzero(fast.mask & every.mask)
+    assert 2 * inter / (np.count_nonzero(fast.mask) + np.count_nonzero(every.mask)) > 0.98
+    gt = c.mask.astype(bool)
+    assert gt.any() and not (gt & ~fast.full(fast.mask, _whole(c.hu))).any()
+    m = gt.copy()
+    assert brain.gate_mask(m, fast, c.spacing) == 0

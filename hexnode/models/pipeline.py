@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from hexnode.models import features as F
 from hexnode.models.brain import Cavity, coverage_problem, gate_mask, intracranial
+from hexnode.models.headcheck import check_head
 from hexnode.models.predict import Booster, Calibration, MarkerScore
 from hexnode.models.registry import (
     Manifest,
@@ -32,7 +33,7 @@ from hexnode.pipeline.contracts import ModelInfo, Prediction
 log = logging.getLogger(__name__)
 
 __all__ = ["Analysis", "ImplausibleSegmentation", "IncompleteCoverage", "Models", "ModelIntegrityError",
-           "NotAnalysable", "Scores"]
+           "NotAnalysable", "NotANonContrastHead", "Scores"]
 
 # The largest spontaneous hemorrhages reported are about 200-300 ml; far more than that means the
 # segmentation failed (e.g. a scanner or reconstruction the model never saw), and running the
@@ -61,6 +62,11 @@ class ImplausibleSegmentation(NotAnalysable):
 class IncompleteCoverage(NotAnalysable):
     """The series does not cover the brain (vertex to posterior fossa): no statement about it,
     least of all "no hemorrhage"."""
+
+
+class NotANonContrastHead(NotAnalysable):
+    """The images are not a non-contrast human head (no head, no brain inside the skull, contrast
+    in the sinuses: hexnode.models.headcheck); `reason` names what was seen."""
 
 
 @dataclass(frozen=True)
@@ -179,15 +185,23 @@ class Models:
     # -- the worker's entry point ---------------------------------------------------------------
     def analyse(
         self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
-        extents: Sequence[float] | None = None, head_up: bool = True,
+        extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
     ) -> Analysis:
         """`extents`: each slice's extent along the normal when the slice thickness is mixed;
-        `head_up`: slice index grows towards the vertex. Raises `NotAnalysable` (incomplete
-        coverage, implausible segmentation)."""
+        `head_up`: slice index grows towards the vertex; `hints`: the header's words (description,
+        protocol, "agent:" + Contrast/Bolus Agent), which the image checks may take as hints.
+        Raises `NotAnalysable` (not a non-contrast head, incomplete coverage, implausible
+        segmentation)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cavity = intracranial(hu, spacing, head_up=head_up, extents=extents)
         timings["cavity"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        seen = check_head(hu, spacing, cavity, head_up=head_up, hints=hints)
+        timings["head check"] = time.perf_counter() - t
+        if seen.problem is not None:
+            log.info("not a non-contrast head: %s", seen.summary())
+            raise NotANonContrastHead(seen.problem)
         problem = coverage_problem(cavity, head_up=head_up)
         if problem is not None:
             raise IncompleteCoverage(problem)

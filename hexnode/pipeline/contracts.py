@@ -71,9 +71,10 @@ class Analyser(Protocol):
 
     def analyse(
         self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
-        extents: Sequence[float] | None = None, head_up: bool = True,
+        extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
     ) -> Analysed:
         """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
         carried into the prediction; `extents`: each slice's extent when the thickness is mixed;
-        `head_up`: slice index grows towards the vertex."""
+        `head_up`: slice index grows towards the vertex; `hints`: the header's words, which the
+        analyser may take as hints about what the images show, never as proof."""
         ...

@@ -105,6 +105,15 @@ def not_analysed(paths: Sequence[Path], reason: str, models: Analyser, *, revisi
     return Produced(datasets=datasets, reason=reason, timings=timings)
 
 
+def header_words(ds: Dataset) -> tuple[str, ...]:
+    """What a series' header says in words about what it shows (the analyser's hints)."""
+    words = [str(ds.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "StudyDescription",
+                                                 "RequestedProcedureDescription", "ImageComments")]
+    if "ContrastBolusAgent" in ds:
+        words.append(f"agent:{ds.get('ContrastBolusAgent', '') or ''}")
+    return tuple(w for w in words if w)
+
+
 def _stopped_reason(stopped: str, why: str) -> str:
     return f"the sender stopped part-way: {stopped} ({why})"
 
@@ -138,7 +147,8 @@ def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selec
         notes = (*notes, f"the sender stopped part-way ({stopped}); the series is whole by slice positions and coverage")
 
     try:
-        analysis = models.analyse(vol.hu, vol.spacing, notes=notes, extents=vol.extents, head_up=vol.head_up)
+        analysis = models.analyse(vol.hu, vol.spacing, notes=notes, extents=vol.extents, head_up=vol.head_up,
+                                  hints=header_words(vol.headers[0]) if vol.headers else ())
     except NotAnalysable as exc:
         # Deterministic for this series and model: a retry would give the same answer.
         del vol

@@ -57,6 +57,11 @@ def run_synth(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"hexnode synth: {exc}")
         return 2
+    if getattr(args, "lookalike", None):  # not a non-contrast head, or a plain head like one
+        from hexnode.synth.lookalikes import write_lookalikes
+
+        return write_lookalikes(args.lookalike, out, seed=int(args.seed), n=int(args.n), tilt_deg=tilt,
+                                thin=bool(args.thin), mixed=mixed, transfer_syntax=ts)
     for i in range(int(args.n)):
         t0 = time.perf_counter()
         case = generate_case(int(args.seed), i, thin=bool(args.thin), hard=bool(args.hard), tilt_deg=tilt,
