@@ -74,6 +74,7 @@ class Analyser(Protocol):
         extents: Sequence[float] | None = None, head_up: bool = True,
     ) -> Analysed:
         """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
-        carried into the prediction; `extents`: each slice's extent when the thickness is mixed;
+        carried into the prediction; `extents`: each slice's extent along the normal when the
+        spacing varies (mixed thickness, overlapping slices), every millimetre counted once;
         `head_up`: slice index grows towards the vertex."""
         ...
