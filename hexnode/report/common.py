@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from hexnode import __version__
 from hexnode.pipeline.contracts import NOT_FOR_CLINICAL_USE, ModelInfo, Prediction
 from hexnode.report import codes
-from hexnode.report.uids import device_uid
+from hexnode.report.uids import device_uid, results_frame_of_reference_uid
 
 MANUFACTURER = "hexnode"
 ALGORITHM_NAME = "hexnode"
@@ -139,12 +139,47 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
     missing = [k for k in _TYPE2_PATIENT_STUDY if k not in src]
     if not missing:
         return list(sources)
-    head = Dataset(dict(src.items()))  # a new element dict: Dataset(src) and .copy() share it
-    if hasattr(src, "file_meta"):
-        head.file_meta = src.file_meta
+    head = _copy(src)
     for keyword in missing:
         setattr(head, keyword, None)
     return [head, *sources[1:]]
+
+
+def _copy(src: Dataset) -> Dataset:
+    """A shallow copy with its own element dict (Dataset(src) and .copy() share it)."""
+    head = Dataset(dict(src.items()))
+    if hasattr(src, "file_meta"):
+        head.file_meta = src.file_meta
+    return head
+
+
+def with_frame_of_reference(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:
+    """`sources` as the SEG needs them, and the sentence the SR carries when they were completed.
+
+    The CT Image IOD requires a Frame of Reference; some exports drop it. A SEG of a slice stack
+    states each frame's position within a Frame of Reference (PS3.3 A.51.5: with one, the segment
+    is specified in that coordinate system by Pixel Measures and Plane Position/Orientation;
+    without one, highdicom and the standard's indexing allow a single frame only), so the results
+    get one of their own, derived from the series UID: the source images' positions in a
+    coordinate system named for these results.
+    Each SEG frame still references its own source image by SOP Instance UID (Derivation Image).
+    The Frame of Reference is not written into the sources themselves (the SR's image library
+    describes them as they are): shallow copies are completed, the caller's headers untouched."""
+    src = first_image(sources)
+    if str(src.get("FrameOfReferenceUID", "") or ""):
+        return list(sources), None
+    uid = results_frame_of_reference_uid(str(src.SeriesInstanceUID))
+    completed = []
+    for ds in sources:
+        head = _copy(ds)
+        head.FrameOfReferenceUID = uid
+        if "PositionReferenceIndicator" not in head:
+            head.PositionReferenceIndicator = ""
+        completed.append(head)
+    note = (f"The source series has no Frame of Reference UID: the segmentation uses frame of reference {uid}, "
+            "created for these results, with the source images' positions, and references each source image "
+            "by its SOP Instance UID.")
+    return completed, note
 
 
 def first_image(sources: Sequence[Dataset]) -> Dataset:
