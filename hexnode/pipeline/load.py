@@ -428,9 +428,9 @@ def _load_single_frames(headers: list[tuple[Path, Dataset]]) -> Volume:
         if np.abs(r - row).max() > ORIENTATION_TOLERANCE or np.abs(c - col).max() > ORIENTATION_TOLERANCE:
             raise VolumeError("mixed image orientations in one series")
     spacings = {tuple(round(float(v), 4) for v in _vec(ds.get("PixelSpacing"), 2, "Pixel Spacing")) for _, ds in headers}
-    if len(spacings) != 1:
+    if len(spacings) != 1:  # compared to 0.1 um; the value itself as written (0.47161 is not 0.4716)
         raise VolumeError("mixed pixel spacings in one series")
-    dy, dx = spacings.pop()
+    dy, dx = (float(v) for v in _vec(first.get("PixelSpacing"), 2, "Pixel Spacing"))
     if dx <= 0 or dy <= 0:
         raise VolumeError("non-positive Pixel Spacing")
     positions = np.stack([_vec(ds.get("ImagePositionPatient"), 3, "Image Position (Patient)") for _, ds in headers])
@@ -519,7 +519,10 @@ def _load_multiframe(path: Path) -> Volume:
     if len(set(spacings)) != 1:
         raise VolumeError("mixed pixel spacings in one series")
     row, col, normal = _orientation(list(orients[0]))
-    dy, dx = spacings[0]
+    first_measures = _frame_item(full, 0, "PixelMeasuresSequence")
+    if first_measures is None:  # every frame was checked above; kept for the type checker
+        raise VolumeError("Enhanced CT frame without plane position, orientation or pixel measures")
+    dy, dx = (float(v) for v in _vec(first_measures.get("PixelSpacing"), 2, "Pixel Spacing"))
     geom = _Geometry(row, col, normal, np.stack(positions), (dy, dx))
     st = _sort_and_check(geom, thickness, _nominal_tilt(full))
     order, dz, tilt, notes = st.order, st.dz, st.tilt, st.notes
