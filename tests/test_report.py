@@ -680,14 +680,15 @@ def test_overlapping_mixed_thickness_volume_sr_and_seg_agree(tmp_path: Path) -> 
     pred = Prediction(volume_ml=volume, probability=0.4, model=MODEL, hemorrhage_detected=True, notes=vol.notes)
     seg, sr, sc = build_results(vol.headers, vol.hu, series.mask, pred)
     _frames_match_their_sources(seg, vol.headers, series.mask)
-    # each frame carries its own slab: a reader weighs it as the loader did
+    # a reader weighs each frame by the slab of the source image it references, as the loader did
     items = seg.PerFrameFunctionalGroupsSequence
-    thick = [float(i.PixelMeasuresSequence[0].SliceThickness) for i in items]
+    by_uid = {str(h.SOPInstanceUID): float(h.SliceThickness) for h in vol.headers}
+    thick = [by_uid[str(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)] for i in items]
     z = [float(i.PlanePositionSequence[0].ImagePositionPatient[2]) for i in items]
     order = np.argsort(z)
     counts = seg.pixel_array.reshape(28, -1).sum(axis=1)[order]
     extents = slice_extents(np.array(z)[order], np.array(thick)[order])
-    row, col = (float(v) for v in items[0].PixelMeasuresSequence[0].PixelSpacing)
+    row, col = (float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
     seg_ml = float(np.dot(counts, extents)) * row * col / 1000.0
     assert seg_ml == pytest.approx(volume, rel=1e-9)
     g = hd.sr.srread(_write([sr], ["sr"], tmp_path)["sr"]).content.get_volumetric_roi_measurement_groups()[0]

@@ -52,7 +52,10 @@ def segment_description(model: ModelInfo, tracking_uid: str) -> hd.seg.SegmentDe
 def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *, revision: int = 0) -> Dataset:
     """SEG referencing `sources` frame by frame: mask[i] lies on sources[i], and the SEG frame
     holding it references sources[i] (Derivation Image) at its position (highdicom stores the
-    frames in its own order along the normal; each keeps its own reference and position).
+    frames in its own order along the normal; each keeps its own reference and position). With
+    mixed slice thickness each frame's slab is its source slice's: the Pixel Measures stay shared
+    as highdicom writes them (the pinned OHIF cannot open a SEG whose Pixel Measures are per
+    frame, tests/test_viewer.py), so a reader takes each frame's thickness from its source.
 
     One Enhanced CT multi-frame source is also accepted (mask in the loader's z order).
     `sources` may be headers read with stop_before_pixels: highdicom takes the geometry (position,
@@ -96,31 +99,6 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
         content_description=f"hexnode {model.version} hematoma segmentation",
         specific_character_set=character_set(src),
     )
-    own_thickness(seg, sources)
     add_contributing_equipment(seg, model)
     return seg
 
-
-def own_thickness(seg: Dataset, sources: Sequence[Dataset]) -> None:
-    """Mixed slice thickness (GE 4 + 7 mm): each frame's Pixel Measures with its own source
-    slice's thickness, per frame, instead of the first source's for all (highdicom's constructor
-    takes one Pixel Measures for every frame). A reader that weighs each frame by its slab then
-    measures what the SR reports. Single-frame sources; one thickness: left as built."""
-    if is_multiframe(sources):
-        return
-    thickness = {str(ds.SOPInstanceUID): ds.get("SliceThickness") for ds in sources}
-    if len({str(v) for v in thickness.values()}) <= 1:
-        return
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    measures = shared.get("PixelMeasuresSequence")
-    if not measures:
-        return
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        own = Dataset()
-        own.PixelSpacing = measures[0].PixelSpacing
-        value = thickness.get(str(ref))
-        if value not in (None, ""):
-            own.SliceThickness = value
-        item.PixelMeasuresSequence = [own]
-    del shared.PixelMeasuresSequence
