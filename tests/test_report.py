@@ -697,3 +697,22 @@ def test_overlapping_mixed_thickness_volume_sr_and_seg_agree(tmp_path: Path) -> 
     for path in _write([seg, sr, sc], ["seg", "sr", "sc"], tmp_path).values():
         errors, text = dciodvfy(path)
         assert errors == [], text
+
+
+@pytest.mark.parametrize("sex,written", [("0000", ""), ("m", "M"), ("U", "")])
+def test_patient_sex_outside_m_f_o_never_stops_a_report(tmp_path: Path, sex: str, written: str) -> None:
+    """A real Philips export writes Patient's Sex '0000' (highdicom refuses it): the report goes back
+    with Patient's Sex empty (unknown), or the value it clearly meant."""
+    series = write_series(tmp_path / "ct", n=6, size=64)
+    for p in series.paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientSex = sex
+        ds.save_as(p)
+    sources = series.headers()
+    made = [*build_results(sources, series.hu, series.mask, prediction(series)),
+            *build_not_analysed(sources, "not a head scan (body part CHEST)", MODEL)]
+    assert all(str(ds.PatientSex) == sex for ds in sources)  # the caller's headers untouched
+    for i, ds in enumerate(made):
+        assert str(ds.get("PatientSex", "") or "") == written
+        errors, text = dciodvfy(_write([ds], [f"o{i}"], tmp_path)[f"o{i}"])
+        assert errors == [], text

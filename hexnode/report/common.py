@@ -130,19 +130,31 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
     """`sources` with the first header completed by empty type 2 patient/study attributes.
 
     A sender may omit them; the report must still go back (empty, as the standard allows),
-    rather than fail. The caller's header is not modified (a shallow copy is completed).
+    rather than fail; so must it when Patient's Sex holds a value outside M/F/O. The caller's
+    header is not modified (a shallow copy is completed).
     """
     src = first_image(sources)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not src.get(keyword):
             raise ValueError(f"source header without {keyword}: a report cannot be addressed")
     missing = [k for k in _TYPE2_PATIENT_STUDY if k not in src]
-    if not missing:
+    odd_sex = src.get("PatientSex") not in (None, "", *PATIENT_SEX)
+    if not missing and not odd_sex:
         return list(sources)
     head = _copy(src)
     for keyword in missing:
         setattr(head, keyword, None)
+    if odd_sex:
+        # M, F or O (the standard's enumerated values); exports write '0000', 'U', 'm': a case or
+        # padding slip is kept, anything else becomes empty (unknown) rather than a report refused
+        sex = str(src.PatientSex).strip().upper()
+        del head.PatientSex  # a new element: the copy shares the caller's data elements
+        head.PatientSex = sex if sex in PATIENT_SEX else None
     return [head, *sources[1:]]
+
+
+# Patient's Sex (0010,0040): the enumerated values
+PATIENT_SEX = ("M", "F", "O")
 
 
 def _copy(src: Dataset) -> Dataset:
