@@ -370,3 +370,12 @@ def test_instance_numbers_missing_or_repeated_and_rescale_per_slice(tmp_path: Pa
     from hexnode.pipeline.run import headers_of
 
     assert len(headers_of(paths)) == 10  # the not-analysed path orders them too
+
+
+def test_small_jitter_in_positions_is_one_spacing(tmp_path: Path) -> None:
+    """Scanners round positions (and some jitter by a few hundredths of a mm): still one spacing."""
+    rng = np.random.default_rng(5)
+    centres = [5.0 * i + float(rng.uniform(-0.05, 0.05)) for i in range(12)]
+    vol = load_volume(_restack(write_series(tmp_path, n=12), centres, [5.0] * 12))
+    assert vol.extents is None and vol.spacing[2] == pytest.approx(5.0, abs=0.05)
+    assert not any("overlap" in n for n in vol.notes)
