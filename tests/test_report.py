@@ -716,3 +716,32 @@ def test_patient_sex_outside_m_f_o_never_stops_a_report(tmp_path: Path, sex: str
         assert str(ds.get("PatientSex", "") or "") == written
         errors, text = dciodvfy(_write([ds], [f"o{i}"], tmp_path)[f"o{i}"])
         assert errors == [], text
+
+
+def test_source_modules_real_exports_break_are_mended_in_the_results(tmp_path: Path) -> None:
+    """What the results copy from the source must be valid: real exports say Patient Identity
+    Removed YES without the method, leave type 3 sequences empty and pad codes with NUL."""
+    from hexnode.report.common import DEIDENTIFICATION_UNSTATED
+
+    series = write_series(tmp_path / "ct", n=6, size=64)
+    for p in series.paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved = "YES"
+        ds.ReferencedStudySequence = []
+        code = Dataset()
+        code.CodeValue = "CTHEAD1\x00"  # padded with NUL instead of a space, as a real export writes it
+        code.CodingSchemeDesignator, code.CodeMeaning = "BROKER", "CAT SCAN"
+        ds.ProcedureCodeSequence = [code]
+        ds.save_as(p)
+    sources = series.headers()
+    made = [*build_results(sources, series.hu, series.mask, prediction(series)),
+            *build_not_analysed(sources, "not a head scan (body part CHEST)", MODEL)]
+    assert "DeidentificationMethod" not in sources[0] and len(sources[0].ReferencedStudySequence) == 0
+    for i, ds in enumerate(made):
+        path = _write([ds], [f"o{i}"], tmp_path)[f"o{i}"]
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+        back = pydicom.dcmread(path)
+        assert back.DeidentificationMethod == DEIDENTIFICATION_UNSTATED
+        assert back.ProcedureCodeSequence[0].CodeValue == "CTHEAD1"
+        assert "ReferencedStudySequence" not in back or len(back.ReferencedStudySequence) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,8 +131,10 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
     """`sources` with the first header completed by empty type 2 patient/study attributes.
 
     A sender may omit them; the report must still go back (empty, as the standard allows),
-    rather than fail; so must it when Patient's Sex holds a value outside M/F/O. The caller's
-    header is not modified (a shallow copy is completed).
+    rather than fail; so must it when Patient's Sex holds a value outside M/F/O. What the result
+    objects copy from it must be conformant too: a de-identified source without its method, type 3
+    sequences with no item and NUL-padded text in sequence items (all seen in real exports) are
+    mended in the copy. The caller's header is not modified (a shallow copy is completed).
     """
     src = first_image(sources)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
@@ -139,11 +142,22 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
             raise ValueError(f"source header without {keyword}: a report cannot be addressed")
     missing = [k for k in _TYPE2_PATIENT_STUDY if k not in src]
     odd_sex = src.get("PatientSex") not in (None, "", *PATIENT_SEX)
-    if not missing and not odd_sex:
+    unstated = _deidentified_without_method(src)
+    empty, padded = _odd_sequences(src)
+    if not missing and not odd_sex and not unstated and not empty and not padded:
         return list(sources)
     head = _copy(src)
     for keyword in missing:
         setattr(head, keyword, None)
+    if unstated:
+        # Patient Identity Removed YES requires the method (type 1C); the source did not say which
+        if "DeidentificationMethod" in head:
+            del head.DeidentificationMethod
+        head.DeidentificationMethod = DEIDENTIFICATION_UNSTATED
+    for keyword in empty:  # type 3 sequences exported with no item: absent, as the standard allows
+        del head[keyword]
+    for keyword in padded:  # text padded with NUL inside a sequence: copied items, the padding dropped
+        setattr(head, keyword, _unpadded(src[keyword].value))
     if odd_sex:
         # M, F or O (the standard's enumerated values); exports write '0000', 'U', 'm': a case or
         # padding slip is kept, anything else becomes empty (unknown) rather than a report refused
@@ -155,6 +169,53 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
 
 # Patient's Sex (0010,0040): the enumerated values
 PATIENT_SEX = ("M", "F", "O")
+DEIDENTIFICATION_UNSTATED = "not stated in the source images"
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
+
+
+def _deidentified_without_method(src: Dataset) -> bool:
+    if str(src.get("PatientIdentityRemoved", "") or "").strip().upper() != "YES":
+        return False
+    return not str(src.get("DeidentificationMethod", "") or "").strip() and \
+        not src.get("DeidentificationMethodCodeSequence")
+
+
+def _odd_sequences(src: Dataset) -> tuple[list[str], list[str]]:
+    """Top-level sequences the result objects would copy as non-conformant: (with no item, with
+    text padded with NUL instead of a space in an item, which pydicom writes back byte for byte
+    while the element is still raw)."""
+    empty, padded = [], []
+    for element in src:
+        if element.VR != "SQ" or not element.keyword:
+            continue
+        if len(element.value) == 0:
+            empty.append(element.keyword)
+        elif any(_nul_padded(item) for item in element.value):
+            padded.append(element.keyword)
+    return empty, padded
+
+
+def _nul_padded(item: Dataset) -> bool:
+    for element in item.elements():  # raw elements as read: their bytes, unconverted
+        value = element.value
+        if element.VR in _TEXT_VRS and isinstance(value, bytes) and value.endswith(b"\x00"):
+            return True
+        if element.VR == "SQ" and any(_nul_padded(i) for i in item[element.tag].value):
+            return True
+    return False
+
+
+def _unpadded(items: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of `items` with every text value decoded (pydicom drops the NUL padding and writes
+    the standard's space)."""
+    out = []
+    for item in items:
+        clean = copy.deepcopy(item)
+        for e in clean.iterall():
+            if e.VR in _TEXT_VRS and isinstance(e.value, str):
+                e.value = e.value.replace("\x00", "").strip()
+        out.append(clean)
+    return out
 
 
 def _copy(src: Dataset) -> Dataset:
