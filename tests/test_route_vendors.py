@@ -134,9 +134,9 @@ def test_no_or_generic_body_part_passes_with_a_hint(over: dict[str, object]) -> 
     ({"BodyPartExamined": "ABDOMENPELVIS", "SeriesDescription": "5mm"}, "not a head scan (body part ABDOMENPELVIS)"),
     ({"BodyPartExamined": "CSPINE", "SeriesDescription": "5mm"}, "not a head scan (body part CSPINE)"),
     ({"BodyPartExamined": "", "SeriesDescription": "CT THORAX 5mm B31f"},
-     "not a head scan (no body part; series description 'CT THORAX 5mm B31f')"),
+     "not a head scan (no body part; series description names THORAX)"),
     ({"BodyPartExamined": "OTHER", "SeriesDescription": "5mm", "ProtocolName": "Abdomen routine"},
-     "not a head scan (body part OTHER; protocol 'Abdomen routine')"),
+     "not a head scan (body part OTHER; protocol names ABDOMEN)"),
 ])
 def test_another_body_part_named_in_the_headers_is_refused(over: dict[str, object], reason: str) -> None:
     i = info(**over)

@@ -335,9 +335,10 @@ def _sort_and_check(geom: _Geometry, thickness: Sequence[float], nominal_tilt: f
     return _Stack(order, dz, extents, tilt, notes)
 
 
-# What tells two reconstructions of one acquisition apart; values a report may name (no identifiers).
+# What tells two reconstructions of one acquisition apart: coded values a reason (and so a log
+# line) may carry; never free text such as a description.
 _RECONSTRUCTION_KEYS = ("ConvolutionKernel", "SliceThickness", "ImageType", "AcquisitionNumber",
-                        "ReconstructionDiameter", "SeriesDescription")
+                        "ReconstructionDiameter")
 
 
 def _how_they_differ(headers: Sequence[Dataset], pairs: Sequence[tuple[int, int]]) -> str:

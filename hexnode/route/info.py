@@ -109,15 +109,18 @@ _TEXT_LABELS = {"SeriesDescription": "series description", "ProtocolName": "prot
 
 def body_region(ds: Dataset) -> str:
     """What the headers say about the body part, for a reason: "body part CHEST", or "no body
-    part; series description 'CT THORAX 5mm'" when a description names another region."""
+    part; series description names THORAX" when a description names another region (the word
+    matched, never the free text around it: reasons reach the logs)."""
     part = str(ds.get("BodyPartExamined", "") or "").strip()
     out = f"body part {part}" if part else "no body part"
     if part and re.search(OTHER_REGION, part):
         return out
     for keyword, label in _TEXT_LABELS.items():
-        text = str(ds.get(keyword, "") or "").strip()
-        if text and re.search(OTHER_REGION, text):
-            return f"{out}; {label} '{text[:48]}'"
+        text = str(ds.get(keyword, "") or "")
+        found = re.search(OTHER_REGION, text)
+        if found:
+            word = re.match(r"[A-Za-z-]*", text[found.start():])
+            return f"{out}; {label} names {(word.group(0) if word else found.group(0)).upper()}"
     return out
 
 
