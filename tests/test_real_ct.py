@@ -147,7 +147,7 @@ def test_real_exports_quirks_overlap_negative_tilt_no_body_part_no_frame_of_refe
     from hexnode.synth.dicom import VENDORS
 
     bare = ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName", "FrameOfReferenceUID")
-    paths, case = _case(tmp_path, 61, 3, header=VENDORS["ge"], drop=bare,
+    paths, case = _case(tmp_path, 66, 3, header=VENDORS["ge"], drop=bare,  # a 10.4 ml lobar bleed
                         mixed=((4.0, 14), (7.0, 14, 4.42)), tilt_deg=-18.5)
     out = node.process(paths)
     assert out.state == "reported" and out.kinds == ["SC", "SEG", "SR"], out
