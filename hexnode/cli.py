@@ -188,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal", action="store_true", help="heads without any blood (false-positive checks)")
     p.add_argument("--mixed", metavar="RUNS",
                    help="mixed slice thickness in one series, runs bottom up, e.g. 4x14,7x14 (GE head protocol)")
+    p.add_argument("--run-overlap", type=float, default=0.0, metavar="MM",
+                   help="with --mixed: each run's first slice reaches MM back into the run below, as GE writes "
+                        "its 4 + 7 mm protocol (4.42: a 1.08 mm step at the change)")
+    p.add_argument("--vendor", choices=["ge", "siemens", "philips", "canon", "uih"],
+                   help="write the manufacturer, kernel, description and protocol names that vendor uses")
+    p.add_argument("--no-body-part", action="store_true",
+                   help="leave Body Part Examined, the descriptions and the protocol name out (anonymisers and "
+                        "older scanners do): the headers say nothing about the body part")
+    p.add_argument("--no-frame-of-reference", action="store_true",
+                   help="leave the Frame of Reference UID out (some exports do)")
     p.add_argument("--followup", action="store_true",
                    help="also write case-NNNN/followup/: the same patient hours later, the bleed grown to the "
                         "truth's followup_volume_ml")

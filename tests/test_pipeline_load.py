@@ -55,10 +55,22 @@ def test_duplicate_sop_instance_is_kept_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tilt", [15.0, 25.0])
 def test_gantry_tilt_analysed_with_normal_spacing(tmp_path: Path, tilt: float) -> None:
+    # series_helpers leans the columns down towards the patient's back (the anterior side of the
+    # slice higher, as a head CT tilted off the orbits): negative as DICOM and Philips sign it
     vol = load_volume(write_series(tmp_path, n=12, tilt_deg=tilt))
-    assert vol.tilt_deg == pytest.approx(tilt, abs=0.2)
+    assert vol.tilt_deg == pytest.approx(-tilt, abs=0.2)
     assert vol.spacing[2] == pytest.approx(5.0, abs=1e-3)  # along the normal, not the table
-    assert any("gantry tilt" in n for n in vol.notes)
+    assert any(n.startswith(f"gantry tilt -{tilt:.1f} degrees") for n in vol.notes)
+
+
+@pytest.mark.parametrize("nominal,reported", [(-18.5, -18.5), (18.5, 18.5), (None, -18.5), (0.0, -18.5), (5.0, -18.5)])
+def test_gantry_tilt_keeps_the_sign_the_scanner_gives(tmp_path: Path, nominal: float | None, reported: float) -> None:
+    """The same geometry: Philips writes -18.5, GE +18.5 (both real). The header's sign is reported
+    where its size agrees with the geometry; otherwise the geometry's own (DICOM) sign."""
+    header = {} if nominal is None else {"GantryDetectorTilt": nominal}
+    vol = load_volume(write_series(tmp_path, n=12, tilt_deg=18.5, **header))
+    assert vol.tilt_deg == pytest.approx(reported, abs=0.05)
+    assert any(n.startswith(f"gantry tilt {reported:.1f} degrees") for n in vol.notes)
 
 
 @pytest.mark.parametrize(
@@ -257,3 +269,113 @@ def test_compressed_syntaxes_decode_losslessly(tmp_path: Path, syntax: str) -> N
     assert str(pydicom.dcmread(out[0], stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
     vol = load_volume(out)
     np.testing.assert_allclose(vol.hu, np.maximum(phantom(10, 64, 64), -1024), atol=0.5)
+
+
+# --- spacing as real scanners write it: overlaps, runs, partial gaps, two reconstructions ---------
+def _restack(paths: list[Path], centres: list[float], thickness: list[float]) -> list[Path]:
+    """Move each slice to its own position along z (the normal) with its own Slice Thickness."""
+    for p, z, t in zip(paths, centres, thickness, strict=True):
+        ds = pydicom.dcmread(p)
+        ds.ImagePositionPatient = [-16.0, -16.0, z]
+        ds.SliceLocation = z
+        ds.SliceThickness = t
+        ds.save_as(p)
+    return paths
+
+
+def _ge_4_and_7_mm() -> tuple[list[float], list[float]]:
+    """GE's head protocol as the scanner writes it: 14 x 4 mm, then 14 x 7 mm whose first slice
+    sits 1.08 mm above the last 4 mm one (its slab reaches 4.42 mm back into the 4 mm run)."""
+    centres = [4.0 * i for i in range(14)]
+    centres += [centres[-1] + 1.08 + 7.0 * i for i in range(14)]
+    return centres, [4.0] * 14 + [7.0] * 14
+
+
+def test_ge_overlapping_4_and_7_mm_runs_are_read_each_millimetre_once(tmp_path: Path) -> None:
+    centres, thickness = _ge_4_and_7_mm()
+    paths = _restack(write_series(tmp_path, n=28), centres, thickness)
+    random.Random(2).shuffle(paths)
+    vol = load_volume(paths)
+    assert vol.shape[0] == 28
+    assert [float(h.ImagePositionPatient[2]) for h in vol.headers] == pytest.approx(centres)
+    assert vol.extents is not None
+    # inside each run a slice owns its thickness; at the change the boundary is the midpoint of
+    # the two centres (inside the part both slabs cover): 2.54 mm for the last 4 mm slice, 4.04 for the first 7 mm
+    np.testing.assert_allclose(vol.extents, [4.0] * 13 + [2.54, 4.04] + [7.0] * 13, atol=1e-9)
+    covered = (centres[-1] + 3.5) - (centres[0] - 2.0)  # from the bottom of the first slab to the top of the last
+    assert sum(vol.extents) == pytest.approx(covered)
+    assert vol.spacing[2] == pytest.approx(covered / 28)
+    assert "slices overlap along the slice normal at 1 place (step 1.08 mm): each part of the head counted once " \
+           "for the volume" in vol.notes
+    assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
+
+
+def test_an_overlapping_slice_anywhere_is_read(tmp_path: Path) -> None:
+    """One more 5 mm slice 3 mm above another (a second range that overlaps the first): read, and
+    the stretch it shares with its neighbours counted once."""
+    centres = [5.0 * i for i in range(12)]
+    centres = sorted([*centres, 23.0])
+    paths = _restack(write_series(tmp_path, n=13), centres, [5.0] * 13)
+    vol = load_volume(paths)
+    assert vol.extents is not None and sum(vol.extents) == pytest.approx(60.0)  # 12 slabs of 5 mm, once
+    assert any(n.startswith("slices overlap along the slice normal at 2 places (step 3.00, 2.00 mm)") for n in vol.notes)
+    assert not any(n.startswith("slice thickness") for n in vol.notes)  # one thickness: nothing to say
+
+
+def test_slice_extents_rule() -> None:
+    from hexnode.pipeline.load import slice_extents
+
+    # contiguous runs of 4 then 7 mm: each slice exactly its own thickness
+    assert slice_extents([0, 4, 8, 13.5, 20.5], [4, 4, 4, 7, 7]) == pytest.approx((4, 4, 4.0, 7.0, 7))
+    # thick slices every half thickness (overlapping reconstruction): the step each
+    assert slice_extents([0, 2.5, 5, 7.5], [5, 5, 5, 5]) == pytest.approx((2.5, 2.5, 2.5, 2.5))
+    # thin slices with gaps between them: the step each (what the slabs leave out is interpolated)
+    assert slice_extents([0, 5, 10], [2, 2, 2]) == pytest.approx((5, 5, 5))
+    # no thickness known: the midpoints
+    assert slice_extents([0, 4, 8, 9.08, 16.08], [np.nan] * 5) == pytest.approx((4, 4, 2.54, 4.04, 7))
+
+
+def test_partial_gap_and_mixed_reconstructions_are_refused_with_what_was_seen(tmp_path: Path) -> None:
+    centres = [5.0 * i for i in range(12)]
+    centres[6:] = [c + 1.5 for c in centres[6:]]  # one step of 6.5 mm: 1.5 mm of the head never imaged
+    paths = _restack(write_series(tmp_path / "gap", n=12), centres, [5.0] * 12)
+    _reject(paths, r"inconsistent slice spacing \(a step of 6\.50 mm where 5\.00 mm is expected")
+    # the same positions twice, from a soft and a bone reconstruction
+    soft = write_series(tmp_path / "mixed", n=10, ConvolutionKernel="H30s")
+    series_uid = str(pydicom.dcmread(soft[0]).SeriesInstanceUID)
+    frame = str(pydicom.dcmread(soft[0]).FrameOfReferenceUID)
+    bone = write_series(tmp_path / "mixed2", n=10, ConvolutionKernel="H70h", series_uid=series_uid,
+                        FrameOfReferenceUID=frame)
+    _reject([*soft, *bone], r"duplicate slice positions with different SOP Instance UIDs \(10 positions\): two "
+                            r"reconstructions or acquisitions mixed in one series; they differ in ConvolutionKernel "
+                            r"\(H30s / H70h\)$")
+
+
+def test_instance_numbers_missing_or_repeated_and_rescale_per_slice(tmp_path: Path) -> None:
+    """Exports drop or repeat Instance Number, and scanners set Rescale Slope/Intercept per slice."""
+    paths = write_series(tmp_path, n=10)
+    expected = np.maximum(phantom(10, 64, 64), -1024)
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        if i % 3 == 0:
+            del ds.InstanceNumber
+        else:
+            ds.InstanceNumber = 1
+        slope, intercept = (0.5, -1000.0) if i % 2 else (2.0, -3000.0)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.round((phantom(10, 64, 64)[i] - intercept) / slope).astype(np.int16).tobytes()
+        ds.save_as(p)
+    vol = load_volume(paths[::-1])
+    np.testing.assert_allclose(vol.hu, expected, atol=1.0)
+    from hexnode.pipeline.run import headers_of
+
+    assert len(headers_of(paths)) == 10  # the not-analysed path orders them too
+
+
+def test_small_jitter_in_positions_is_one_spacing(tmp_path: Path) -> None:
+    """Scanners round positions (and some jitter by a few hundredths of a mm): still one spacing."""
+    rng = np.random.default_rng(5)
+    centres = [5.0 * i + float(rng.uniform(-0.05, 0.05)) for i in range(12)]
+    vol = load_volume(_restack(write_series(tmp_path, n=12), centres, [5.0] * 12))
+    assert vol.extents is None and vol.spacing[2] == pytest.approx(5.0, abs=0.05)
+    assert not any("overlap" in n for n in vol.notes)

@@ -6,6 +6,11 @@
   `[series] aborted_wait_seconds` a not-analysed report saying so, never a result; the same
   start followed by the rest on a second association within the wait → analysed.
 - A 10-slice stub at the skull base, sent whole: "incomplete coverage", never "no hemorrhage".
+- Real exports' quirks at once: GE's 7 mm run overlapping the 4 mm run (a 1.08 mm step), a
+  negative tilt, no Body Part Examined nor any description, no Frame of Reference UID: analysed,
+  the tilt's sign kept, the report saying the head was not confirmed by the header and which
+  Frame of Reference the results use.
+- A Philips study with a Surview and an "iDose" series: the iDose series is analysed.
 
 Every object written passes dciodvfy.
 """
@@ -39,9 +44,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         n.stop()
 
 
-def _case(tmp: Path, seed: int, index: int, **kw: object) -> tuple[list[Path], object]:
+def _case(tmp: Path, seed: int, index: int, header: dict[str, object] | None = None,
+          drop: tuple[str, ...] = (), **kw: object) -> tuple[list[Path], object]:
     case = generate_case(seed, index, **kw)  # type: ignore[arg-type]
-    paths = write_case(case, tmp / f"case-{seed}-{index}")
+    paths = write_case(case, tmp / f"case-{seed}-{index}", header=header, drop=drop)
     return sorted(paths, key=lambda p: p.name), case
 
 
@@ -133,3 +139,57 @@ def test_skull_base_stub_is_incomplete_coverage_never_no_hemorrhage(node: Node, 
     assert out.state == "rejected" and "SEG" not in out.kinds, out
     assert out.reason.startswith("incomplete coverage: 10 slices cover 50 mm, the brain extends beyond the top slice"), out
     _assert_valid(out.paths)
+
+
+def test_real_exports_quirks_overlap_negative_tilt_no_body_part_no_frame_of_reference(node: Node, tmp_path: Path) -> None:
+    from hexnode.report.uids import results_frame_of_reference_uid
+    from hexnode.route.rules import HEAD_NOT_IN_HEADER
+    from hexnode.synth.dicom import VENDORS
+
+    bare = ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName", "FrameOfReferenceUID")
+    paths, case = _case(tmp_path, 66, 3, header=VENDORS["ge"], drop=bare,  # a 10.4 ml lobar bleed
+                        mixed=((4.0, 14), (7.0, 14, 4.42)), tilt_deg=-18.5)
+    out = node.process(paths)
+    assert out.state == "reported" and out.kinds == ["SC", "SEG", "SR"], out
+    _assert_valid(out.paths)
+    summary = sr_summary(pydicom.dcmread(out.paths["SR"]))
+    text = " ".join(summary["comments"])
+    assert "slices overlap along the slice normal at 1 place (step 1.02 mm)" in text, text
+    assert "gantry tilt -18.5 degrees" in text and "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in text
+    assert HEAD_NOT_IN_HEADER in text
+    frame = results_frame_of_reference_uid(series_uid_of(paths[0]))
+    assert f"The source series has no Frame of Reference UID: the segmentation uses frame of reference {frame}" in text
+    truth = case.truth.volume_ml  # type: ignore[attr-defined]
+    assert summary["volume_ml"] == pytest.approx(truth, rel=0.2), (summary, truth)
+    seg = pydicom.dcmread(out.paths["SEG"])
+    assert seg.FrameOfReferenceUID == frame
+    headers = {str(h.SOPInstanceUID): h for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)}
+    for item in seg.PerFrameFunctionalGroupsSequence:  # each frame on its own slice, at its position
+        source = headers[str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == \
+            pytest.approx([float(v) for v in source.ImagePositionPatient], abs=1e-4)
+    assert len(seg.PerFrameFunctionalGroupsSequence) == 28
+
+
+def test_philips_idose_series_beside_its_surview_is_analysed(node: Node, tmp_path: Path) -> None:
+    """Before, "iDose" matched the dose-page rule: the series was never a candidate and the study
+    answered with nothing analysable."""
+    from hexnode.synth.dicom import VENDORS, write_series
+
+    philips = {**VENDORS["philips"], "SeriesDescription": "STD BRAIN 5MM, iDose"}
+    paths, case = _case(tmp_path, 62, 2, header=philips)
+    surview = write_series(case, tmp_path / "surview", series_number=1,  # type: ignore[arg-type]
+                           header={**philips, "SeriesDescription": "Surview", "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
+    for extra in surview[1:]:
+        extra.unlink()
+    proc = node.storescu([surview[0], *paths])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    uid, scout = series_uid_of(paths[0]), series_uid_of(surview[0])
+    node.wait_decided([uid, scout])
+    node.drain()
+    out = node.outcome(uid)
+    assert out.state == "reported" and out.kinds == ["SC", "SEG", "SR"], out
+    _assert_valid(out.paths)
+    text = " ".join(sr_summary(pydicom.dcmread(out.paths["SR"]))["comments"])
+    assert "analysed series #2 ('STD BRAIN 5MM, iDose', kernel UB" in text, text
+    assert node.outcome(scout).reason == "localizer/scout image"

@@ -603,3 +603,145 @@ def test_character_sets(tmp_path: Path, charset: str | None) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert str(ds.PatientName) == name, kind
     assert "gantry tilt 18.0 deg - analysed on tilted slices" in _texts(pydicom.dcmread(files["sr"]))
+
+
+def _frames_match_their_sources(seg: Dataset, sources: list[Dataset], mask: np.ndarray) -> None:
+    """Each SEG frame names its own source image, sits at its position and holds its mask slice."""
+    index = {ds.SOPInstanceUID: k for k, ds in enumerate(sources)}
+    frames = seg.pixel_array.reshape(len(sources), *mask.shape[1:])
+    seen = set()
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        k = index[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        seen.add(k)
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [float(v) for v in sources[k].ImagePositionPatient], atol=1e-4)
+        np.testing.assert_array_equal(frames[f], mask[k])
+    assert seen == set(range(len(sources)))
+
+
+def test_source_without_frame_of_reference(tmp_path: Path) -> None:
+    """Some exports drop the (mandatory) Frame of Reference UID: the results get their own, the SEG
+    still references each source image, the SR says so, and nothing raises."""
+    from hexnode.report.uids import results_frame_of_reference_uid
+
+    series = write_series(tmp_path / "ct", n=8, size=64)
+    for p in series.paths:
+        ds = pydicom.dcmread(p)
+        del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator
+        ds.save_as(p)
+    sources = series.headers()
+    seg, sr, sc = build_results(sources, series.hu, series.mask, prediction(series))
+    expected = results_frame_of_reference_uid(str(sources[0].SeriesInstanceUID))
+    assert seg.FrameOfReferenceUID == expected and pydicom.uid.UID(expected).is_valid
+    assert all("FrameOfReferenceUID" not in ds for ds in sources)  # the caller's headers untouched
+    _frames_match_their_sources(seg, sources, series.mask)
+    note = next(t for t in _comments(sr) if t.startswith("The source series has no Frame of Reference UID"))
+    assert expected in note and "references each source image by its SOP Instance UID" in note
+    # the SR's image library describes the source images as they are: no Frame of Reference there
+    assert not any(getattr(item, "UID", None) == expected for item in _items(sr))
+    files = _write([seg, sr, sc], ["seg", "sr", "sc"], tmp_path)
+    for path in files.values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+    assert build_results(sources, series.hu, series.mask, prediction(series))[0].FrameOfReferenceUID == expected
+
+
+def _items(ds: Dataset) -> list[Dataset]:
+    out: list[Dataset] = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            out.append(item)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(list(ds.ContentSequence))
+    return out
+
+
+def test_overlapping_mixed_thickness_volume_sr_and_seg_agree(tmp_path: Path) -> None:
+    """GE's 4 + 7 mm runs, the 7 mm run starting 1.08 mm above the last 4 mm slice: the volume
+    (each slice's own share of the axis), the SR's volume and the SEG read back all say the same."""
+    from hexnode.models.segment import volume_ml
+    from hexnode.pipeline.load import load_volume, slice_extents
+
+    thickness = [4.0] * 14 + [7.0] * 14
+    series = write_series(tmp_path / "ct", n=28, size=64, thickness_mm=thickness)
+    centres = [4.0 * i for i in range(14)] + [52.0 + 1.08 + 7.0 * i for i in range(14)]
+    for p, z in zip(series.paths, centres, strict=True):
+        ds = pydicom.dcmread(p)
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
+        ds.SliceLocation = z
+        ds.save_as(p)
+    vol = load_volume(series.paths)
+    assert vol.extents is not None and [h.SOPInstanceUID for h in vol.headers] == \
+        [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.paths]
+    volume = volume_ml(series.mask, vol.spacing, vol.extents)
+    pred = Prediction(volume_ml=volume, probability=0.4, model=MODEL, hemorrhage_detected=True, notes=vol.notes)
+    seg, sr, sc = build_results(vol.headers, vol.hu, series.mask, pred)
+    _frames_match_their_sources(seg, vol.headers, series.mask)
+    # a reader weighs each frame by the slab of the source image it references, as the loader did
+    items = seg.PerFrameFunctionalGroupsSequence
+    by_uid = {str(h.SOPInstanceUID): float(h.SliceThickness) for h in vol.headers}
+    thick = [by_uid[str(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)] for i in items]
+    z = [float(i.PlanePositionSequence[0].ImagePositionPatient[2]) for i in items]
+    order = np.argsort(z)
+    counts = seg.pixel_array.reshape(28, -1).sum(axis=1)[order]
+    extents = slice_extents(np.array(z)[order], np.array(thick)[order])
+    row, col = (float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
+    seg_ml = float(np.dot(counts, extents)) * row * col / 1000.0
+    assert seg_ml == pytest.approx(volume, rel=1e-9)
+    g = hd.sr.srread(_write([sr], ["sr"], tmp_path)["sr"]).content.get_volumetric_roi_measurement_groups()[0]
+    assert g.get_measurements(name=codes.VOLUME)[0].value == pytest.approx(round(volume, 2))
+    assert any(t.startswith("slices overlap along the slice normal at 1 place (step 1.08 mm)") for t in _comments(sr))
+    for path in _write([seg, sr, sc], ["seg", "sr", "sc"], tmp_path).values():
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+
+
+@pytest.mark.parametrize("sex,written", [("0000", ""), ("m", "M"), ("U", "")])
+def test_patient_sex_outside_m_f_o_never_stops_a_report(tmp_path: Path, sex: str, written: str) -> None:
+    """A real Philips export writes Patient's Sex '0000' (highdicom refuses it): the report goes back
+    with Patient's Sex empty (unknown), or the value it clearly meant."""
+    series = write_series(tmp_path / "ct", n=6, size=64)
+    for p in series.paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientSex = sex
+        ds.save_as(p)
+    sources = series.headers()
+    made = [*build_results(sources, series.hu, series.mask, prediction(series)),
+            *build_not_analysed(sources, "not a head scan (body part CHEST)", MODEL)]
+    assert all(str(ds.PatientSex) == sex for ds in sources)  # the caller's headers untouched
+    for i, ds in enumerate(made):
+        assert str(ds.get("PatientSex", "") or "") == written
+        errors, text = dciodvfy(_write([ds], [f"o{i}"], tmp_path)[f"o{i}"])
+        assert errors == [], text
+
+
+def test_source_modules_real_exports_break_are_mended_in_the_results(tmp_path: Path) -> None:
+    """What the results copy from the source must be valid: real exports say Patient Identity
+    Removed YES without the method, leave type 3 sequences empty and pad codes with NUL."""
+    from hexnode.report.common import DEIDENTIFICATION_UNSTATED
+
+    series = write_series(tmp_path / "ct", n=6, size=64)
+    for p in series.paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved = "YES"
+        ds.ReferencedStudySequence = []
+        code = Dataset()
+        code.CodeValue = "CTHEAD1\x00"  # padded with NUL instead of a space, as a real export writes it
+        code.CodingSchemeDesignator, code.CodeMeaning = "BROKER", "CAT SCAN"
+        ds.ProcedureCodeSequence = [code]
+        ds.save_as(p)
+    sources = series.headers()
+    made = [*build_results(sources, series.hu, series.mask, prediction(series)),
+            *build_not_analysed(sources, "not a head scan (body part CHEST)", MODEL)]
+    assert "DeidentificationMethod" not in sources[0] and len(sources[0].ReferencedStudySequence) == 0
+    for i, ds in enumerate(made):
+        path = _write([ds], [f"o{i}"], tmp_path)[f"o{i}"]
+        errors, text = dciodvfy(path)
+        assert errors == [], text
+        back = pydicom.dcmread(path)
+        assert back.DeidentificationMethod == DEIDENTIFICATION_UNSTATED
+        assert back.ProcedureCodeSequence[0].CodeValue == "CTHEAD1"
+        assert "ReferencedStudySequence" not in back or len(back.ReferencedStudySequence) > 0

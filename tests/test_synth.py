@@ -353,6 +353,51 @@ def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
         assert f"expected {normal_step:.2f} mm" in err.value.reason
 
 
+def test_ge_overlapping_runs_negative_tilt_and_bare_headers_as_real_exports_write_them(tmp_path: Path) -> None:
+    """`hexnode synth --mixed 4x14,7x14 --run-overlap 4.42 --tilt -18.5 --vendor ge --no-body-part
+    --no-frame-of-reference`: the quirks of real exports, each read as the node must read it."""
+    from hexnode.pipeline.load import load_volume
+    from hexnode.route.info import SeriesInfo
+    from hexnode.route.rules import HEAD_NOT_IN_HEADER
+    from hexnode.route.select import Selector
+
+    ns = argparse.Namespace(bayes_auc=False, out=str(tmp_path), n=1, seed=81, thin=False, hard=False, tilt=-18.5,
+                            normal=False, mixed="4x14,7x14", run_overlap=4.42, followup=False,
+                            transfer_syntax="explicit", vendor="ge", no_body_part=True, no_frame_of_reference=True)
+    assert run_synth(ns) == 0
+    case_dir = tmp_path / "case-0000"
+    paths = sorted((case_dir / "series").glob("*.dcm"))
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    for h in headers:
+        assert h.Manufacturer == "GE MEDICAL SYSTEMS" and h.ConvolutionKernel == "STANDARD"
+        assert float(h.GantryDetectorTilt) == -18.5
+        for keyword in ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
+                        "FrameOfReferenceUID", "PositionReferenceIndicator"):
+            assert keyword not in h, keyword
+    truth = json.loads((case_dir / "truth.json").read_text())
+    assert truth["thickness_runs"] == [[4.0, 14], [7.0, 14, 4.42]]
+    c = math.cos(math.radians(18.5))
+    iop = np.array([float(v) for v in headers[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    d = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
+    np.testing.assert_allclose(np.diff(d), [4.0 * c] * 13 + [(5.5 - 4.42) * c] + [7.0 * c] * 13, atol=1e-3)
+    vol = load_volume(paths)
+    assert vol.extents is not None
+    assert any(n.startswith("slices overlap along the slice normal at 1 place (step 1.02 mm)") for n in vol.notes)
+    assert any(n.startswith("gantry tilt -18.5 degrees") for n in vol.notes)
+    assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
+    # the truth's volume uses the loader's rule: the mask slice by slice, each with its own extent
+    mask = np.asarray(nib.load(str(case_dir / "mask.nii.gz")).dataobj).transpose(2, 1, 0)
+    sx, sy, _ = vol.spacing
+    assert float(np.dot(mask.reshape(28, -1).sum(axis=1), vol.extents)) * sx * sy / 1000.0 == \
+        pytest.approx(truth["volume_ml"], rel=1e-6)
+    # route: nothing says head, nothing says another body part: passes, the report told so
+    selector = Selector.from_config({})
+    info = SeriesInfo(str(headers[14].SeriesInstanceUID), headers[14], len(headers))
+    assert selector.decide(info).accepted
+    assert selector.choose([info]).note.endswith(HEAD_NOT_IN_HEADER)
+
+
 def test_normal_head_has_no_blood_and_no_expansion() -> None:
     case = generate_case(82, 3, normal=True)
     assert not case.mask.any() and case.truth.volume_ml == 0.0

@@ -5,7 +5,8 @@ result objects hexnode builds for it; hexnode.viewer serves the pinned OHIF buil
 Playwright drives Debian's /usr/bin/chromium (no browser download). Geometry is checked through
 OHIF's own viewport transform (cornerstone `worldToCanvas`, reached via `window.services`):
 (a) the SEG overlay's pixel bounding box lies within 2 px of the mask projected that way, for an
-axial, a gantry-tilted and a mixed-thickness (4 mm + 7 mm) series; (b) the SR opens without a page error, its outline is drawn
+axial, a gantry-tilted, a mixed-thickness (4 mm + 7 mm), an overlapping 4 + 7 mm (as GE writes it)
+and a series without Frame of Reference UID; (b) the SR opens without a page error, its outline is drawn
 on the key slice where the projected outline lies, and the label carries volume and probability;
 (c) the SC opens. Screenshots go to tests/output/viewer/.
 """
@@ -56,8 +57,21 @@ class Viewer:
     errors: list[str] = field(default_factory=list)
 
 
-def _study(out: Path, tilt: float = 0.0, thickness: list[float] | None = None) -> Study:
+def _study(out: Path, tilt: float = 0.0, thickness: list[float] | None = None, *,
+           centres: list[float] | None = None, no_frame_of_reference: bool = False) -> Study:
+    """`centres`: each slice's position along z instead of contiguous slabs (overlapping runs);
+    `no_frame_of_reference`: the source images without one (the results get their own)."""
     series = write_series(out / "ct", n=12, size=128, tilt_deg=tilt, thickness_mm=thickness)
+    for k, path in enumerate(series.paths):
+        if centres is None and not no_frame_of_reference:
+            break
+        ds = pydicom.dcmread(path)
+        if centres is not None:
+            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], centres[k]]
+            ds.SliceLocation = centres[k]
+        if no_frame_of_reference:
+            del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator
+        ds.save_as(path)
     sources = series.headers()
     files = {}
     for name, ds in zip(("seg", "sr", "sc"), build_results(sources, series.hu, series.mask, prediction(series)),
@@ -79,6 +93,10 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         "tilted": _study(work / "tilted", tilt=18.0),
         # a reconstruction of two slice thicknesses (4 mm then 7 mm), as real scanners send
         "mixed": _study(work / "mixed", thickness=[4.0] * 6 + [7.0] * 6),
+        # GE writes the 7 mm run starting 1.08 mm above the last 4 mm slice: the slabs overlap
+        "overlap": _study(work / "overlap", thickness=[4.0] * 6 + [7.0] * 6,
+                          centres=[4.0 * i for i in range(6)] + [21.08 + 7.0 * i for i in range(6)]),
+        "no-frame-of-reference": _study(work / "noframe", no_frame_of_reference=True),
     }
     cfg = OrthancConfig(workdir=work / "orthanc", http_port=free_port(), dicom_port=free_port(), hexnode_port=1)
     orthanc = Orthanc.start(cfg, route_to=("NOBODY", "127.0.0.1", 1))  # REST uploads are never routed
@@ -132,7 +150,7 @@ def _canvas_rgb(page: Any, rect: list[float]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
-@pytest.mark.parametrize("name", ["axial", "tilted", "mixed"])
+@pytest.mark.parametrize("name", ["axial", "tilted", "mixed", "overlap", "no-frame-of-reference"])
 def test_seg_overlay_lies_on_the_mask(viewer: Viewer, name: str) -> None:
     study = viewer.studies[name]
     page = _open(viewer, study)

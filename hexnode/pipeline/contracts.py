@@ -74,7 +74,8 @@ class Analyser(Protocol):
         extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
     ) -> Analysed:
         """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
-        carried into the prediction; `extents`: each slice's extent when the thickness is mixed;
+        carried into the prediction; `extents`: each slice's extent along the normal when the
+        spacing varies (mixed thickness, overlapping slices), every millimetre counted once;
         `head_up`: slice index grows towards the vertex; `hints`: the header's words, which the
         analyser may take as hints about what the images show, never as proof."""
         ...

@@ -3,7 +3,10 @@ database or network.
 
 For debugging and for site IT: the same selection, volume loading, models and result objects as
 the worker. Files that are not DICOM (truth.json, DICOMDIR leftovers, notes) are ignored. When the
-folder holds several series, the study-level rule picks one and the output says which.
+folder holds several series, the study-level rule picks one and the output says which. A folder
+holding several studies (of one patient or several) gets one answer per study, each in
+OUT/study-NN/ and addressed to its own patient, as the node answers per study; a study UID over
+images of several patients is not analysed.
 Several folders: each is analysed into OUT/NN-<name>/, then scans of one patient are linked in time
 order by the node's follow-up rule (hexnode/route/followup.py) and each follow-up gets its report
 and one line `growth: +12.3 ml (+45 %) over 24.0 h; expansion: yes` (offline_followup.py).
@@ -15,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,24 @@ from hexnode.runtime import setup_logging
 log = logging.getLogger(__name__)
 
 
-def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
-    """DICOM files under `folder` by Series Instance UID; and how many files were skipped."""
-    groups: dict[str, list[Path]] = defaultdict(list)
+@dataclass
+class Study:
+    """The series of one study found in a folder (Series Instance UID -> files)."""
+
+    uid: str
+    series: dict[str, list[Path]] = field(default_factory=dict)
+    patients: set[str] = field(default_factory=set)  # Patient IDs seen (compared, never printed)
+
+    @property
+    def files(self) -> int:
+        return sum(len(p) for p in self.series.values())
+
+
+def group_studies(folder: Path) -> tuple[list[Study], int]:
+    """DICOM files under `folder` by study, then series; and how many files were skipped.
+
+    Largest study first. A file without a Study Instance UID joins a study of its own ("")."""
+    studies: dict[str, Study] = {}
     skipped = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
@@ -43,8 +61,17 @@ def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
         if not series_uid:  # a file cut inside its header: it must not become a series of its own
             skipped += 1
             continue
-        groups[series_uid].append(path)
-    return dict(groups), skipped
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        study = studies.setdefault(study_uid, Study(study_uid))
+        study.series.setdefault(series_uid, []).append(path)
+        study.patients.add(str(ds.get("PatientID", "") or ""))
+    return sorted(studies.values(), key=lambda st: (-st.files, st.uid)), skipped
+
+
+def group_series(folder: Path) -> tuple[dict[str, list[Path]], int]:
+    """DICOM files under `folder` by Series Instance UID (all studies); and how many were skipped."""
+    studies, skipped = group_studies(folder)
+    return {uid: paths for st in studies for uid, paths in st.series.items()}, skipped
 
 
 def run_offline(args: argparse.Namespace) -> int:
@@ -65,37 +92,69 @@ def run_offline(args: argparse.Namespace) -> int:
         models_dir = Config().models_path
     models = Models.load(models_dir, cfg.models.providers if cfg else None)
     if len(folders) == 1:
-        rc, _ = _analyse(folders[0], out, cfg, models)
+        rc, done = _analyse_folder(folders[0], out, cfg, models)
+        if len(done) > 1:  # several studies in one folder: a patient's scans are linked as the node does
+            _link(done, cfg, models)
         return rc
     # several folders: each in out/<folder name>/, then a patient's later scans linked to the baseline
-    done: list[tuple[Path, Path, Produced, list[Path]]] = []
+    done = []
     rc = 0
     for i, folder in enumerate(folders):
         sub = out / f"{i + 1:02d}-{folder.name}"
         print(f"== {folder} -> {sub}")
-        code, result = _analyse(folder, sub, cfg, models)
+        code, results = _analyse_folder(folder, sub, cfg, models)
         rc = max(rc, code)
-        if result is not None:
-            done.append((folder, sub, *result))
-    from hexnode.pipeline.offline_followup import link_offline
-
-    link_offline(done, cfg, models)
+        done.extend(results)
+    _link(done, cfg, models)
     return rc
 
 
-def _analyse(folder: Path, out: Path, cfg: Any, models: Any) -> tuple[int, tuple[Produced, list[Path]] | None]:
-    groups, skipped = group_series(folder)
-    if not groups:
+def _link(done: list[tuple[Path, Path, Produced, list[Path]]], cfg: Any, models: Any) -> None:
+    from hexnode.pipeline.offline_followup import link_offline
+
+    link_offline(done, cfg, models)
+
+
+def _analyse_folder(folder: Path, out: Path, cfg: Any, models: Any) -> tuple[int, list[tuple[Path, Path, Produced, list[Path]]]]:
+    """One answer per study in `folder`: in `out` itself for one study, else in out/study-NN/ each
+    (its report under its own patient, as the node answers per study). Exit status: 0 every study
+    analysed, 3 one or more not analysed, 2 no DICOM files."""
+    studies, skipped = group_studies(folder)
+    if not studies:
         print(f"hexnode run: no DICOM files in {folder} ({skipped} other files)", file=sys.stderr)
-        return 2, None
+        return 2, []
+    if len(studies) == 1:
+        rc, result = _analyse(folder, studies[0], out, cfg, models, skipped)
+        return rc, [(folder, out, *result)] if result is not None else []
+    patients = len({p for st in studies for p in st.patients})
+    print(f"studies: {len(studies)} in {folder} ({patients} patient{'s' if patients != 1 else ''}, "
+          f"{skipped} non-DICOM files skipped): one answer per study")
+    rc, done = 0, []
+    for i, study in enumerate(studies):
+        sub = out / f"study-{i + 1:02d}"
+        print(f"== study {i + 1} of {len(studies)}: {len(study.series)} series, {study.files} files -> {sub}")
+        code, result = _analyse(folder, study, sub, cfg, models, None)
+        rc = max(rc, code)
+        if result is not None:
+            done.append((sub, sub, *result))
+    return rc, done
+
+
+def _analyse(folder: Path, study: Study, out: Path, cfg: Any, models: Any,
+             skipped: int | None) -> tuple[int, tuple[Produced, list[Path]] | None]:
+    groups = study.series
     selector = Selector.from_config(cfg.series.selection if cfg else {})
     infos = [SeriesInfo(uid, read_header(paths[len(paths) // 2]), len(paths)) for uid, paths in groups.items()]
     choice = selector.choose(infos)
-    if choice.chosen is not None:
+    if len(study.patients) > 1:
+        # one study UID over images of several patients: no report could be addressed truthfully
+        uid, rejected, note = max(groups, key=lambda u: len(groups[u])), (
+            f"the study holds images of {len(study.patients)} different patients"), None
+    elif choice.chosen is not None:
         uid, rejected, note = choice.chosen.series_uid, None, choice.note
     else:
-        # nothing analysable: report on the first series, with its reason
-        uid = infos[0].series_uid
+        # nothing analysable: report on the study's largest series, with its reason
+        uid = max(groups, key=lambda u: (len(groups[u]), u))
         rejected, note = choice.rejected.get(uid, choice.note), None
     produced = produce(groups[uid], models, selection_note=note, rejected=rejected)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +163,10 @@ def _analyse(folder: Path, out: Path, cfg: Any, models: Any) -> tuple[int, tuple
         path = out / f"{kind_of(ds)}.dcm"
         path.write_bytes(encode(ds))
         written.append(path)
-    print(f"series: {len(groups)} in {folder} ({skipped} non-DICOM files skipped)")
+    if skipped is not None:
+        print(f"series: {len(groups)} in {folder} ({skipped} non-DICOM files skipped)")
+    else:
+        print(f"series: {len(groups)} in this study")
     if len(groups) > 1:
         print(f"selection: {choice.note}")
     for line in produced.notes:

@@ -87,8 +87,16 @@ def headers_of(paths: Sequence[Path]) -> list[Dataset]:
             out.append(read_header(p))
         except VolumeError:
             continue
-    out.sort(key=lambda d: (int(d.get("InstanceNumber", 0) or 0), str(d.get("SOPInstanceUID", ""))))
+    out.sort(key=lambda d: (_instance_number(d), str(d.get("SOPInstanceUID", ""))))
     return out
+
+
+def _instance_number(ds: Dataset) -> int:
+    """Instance Number for ordering; 0 when absent or not a number (exports drop or mangle it)."""
+    try:
+        return int(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def not_analysed(paths: Sequence[Path], reason: str, models: Analyser, *, revision: int = 0,

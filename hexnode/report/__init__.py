@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from hexnode.pipeline.contracts import Prediction
-from hexnode.report.common import addressable
+from hexnode.report.common import addressable, with_frame_of_reference
 from hexnode.report.not_analysed import build_not_analysed
 from hexnode.report.outline import key_slice_roi
 from hexnode.report.sc import build_sc
@@ -44,8 +44,10 @@ def build_results(
     if not (math.isfinite(prediction.probability) and 0.0 <= prediction.probability <= 1.0):
         raise ValueError(f"invalid probability {prediction.probability!r}")
     sources = addressable(sources)
-    seg = build_seg(sources, mask, prediction.model, revision=revision)
+    seg_sources, frame_note = with_frame_of_reference(sources)
+    seg = build_seg(seg_sources, mask, prediction.model, revision=revision)
     key = key_slice_roi(sources, mask)
-    sr = build_sr(sources, seg, prediction, key=key, revision=revision, selection_note=selection_note)
+    sr = build_sr(sources, seg, prediction, key=key, revision=revision, selection_note=selection_note,
+                  source_notes=(frame_note,) if frame_note else ())
     sc = build_sc(sources, hu, mask, prediction, key=key, revision=revision, selection_note=selection_note)
     return [seg, sr, sc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from pydicom.dataset import Dataset
 from hexnode import __version__
 from hexnode.pipeline.contracts import NOT_FOR_CLINICAL_USE, ModelInfo, Prediction
 from hexnode.report import codes
-from hexnode.report.uids import device_uid
+from hexnode.report.uids import device_uid, results_frame_of_reference_uid
 
 MANUFACTURER = "hexnode"
 ALGORITHM_NAME = "hexnode"
@@ -130,21 +131,128 @@ def addressable(sources: Sequence[Dataset]) -> list[Dataset]:
     """`sources` with the first header completed by empty type 2 patient/study attributes.
 
     A sender may omit them; the report must still go back (empty, as the standard allows),
-    rather than fail. The caller's header is not modified (a shallow copy is completed).
+    rather than fail; so must it when Patient's Sex holds a value outside M/F/O. What the result
+    objects copy from it must be conformant too: a de-identified source without its method, type 3
+    sequences with no item and NUL-padded text in sequence items (all seen in real exports) are
+    mended in the copy. The caller's header is not modified (a shallow copy is completed).
     """
     src = first_image(sources)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not src.get(keyword):
             raise ValueError(f"source header without {keyword}: a report cannot be addressed")
     missing = [k for k in _TYPE2_PATIENT_STUDY if k not in src]
-    if not missing:
+    odd_sex = src.get("PatientSex") not in (None, "", *PATIENT_SEX)
+    unstated = _deidentified_without_method(src)
+    empty, padded = _odd_sequences(src)
+    if not missing and not odd_sex and not unstated and not empty and not padded:
         return list(sources)
-    head = Dataset(dict(src.items()))  # a new element dict: Dataset(src) and .copy() share it
-    if hasattr(src, "file_meta"):
-        head.file_meta = src.file_meta
+    head = _copy(src)
     for keyword in missing:
         setattr(head, keyword, None)
+    if unstated:
+        # Patient Identity Removed YES requires the method (type 1C); the source did not say which
+        if "DeidentificationMethod" in head:
+            del head.DeidentificationMethod
+        head.DeidentificationMethod = DEIDENTIFICATION_UNSTATED
+    for keyword in empty:  # type 3 sequences exported with no item: absent, as the standard allows
+        del head[keyword]
+    for keyword in padded:  # text padded with NUL inside a sequence: copied items, the padding dropped
+        setattr(head, keyword, _unpadded(src[keyword].value))
+    if odd_sex:
+        # M, F or O (the standard's enumerated values); exports write '0000', 'U', 'm': a case or
+        # padding slip is kept, anything else becomes empty (unknown) rather than a report refused
+        sex = str(src.PatientSex).strip().upper()
+        del head.PatientSex  # a new element: the copy shares the caller's data elements
+        head.PatientSex = sex if sex in PATIENT_SEX else None
     return [head, *sources[1:]]
+
+
+# Patient's Sex (0010,0040): the enumerated values
+PATIENT_SEX = ("M", "F", "O")
+DEIDENTIFICATION_UNSTATED = "not stated in the source images"
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
+
+
+def _deidentified_without_method(src: Dataset) -> bool:
+    if str(src.get("PatientIdentityRemoved", "") or "").strip().upper() != "YES":
+        return False
+    return not str(src.get("DeidentificationMethod", "") or "").strip() and \
+        not src.get("DeidentificationMethodCodeSequence")
+
+
+def _odd_sequences(src: Dataset) -> tuple[list[str], list[str]]:
+    """Top-level sequences the result objects would copy as non-conformant: (with no item, with
+    text padded with NUL instead of a space in an item, which pydicom writes back byte for byte
+    while the element is still raw)."""
+    empty, padded = [], []
+    for element in src:
+        if element.VR != "SQ" or not element.keyword:
+            continue
+        if len(element.value) == 0:
+            empty.append(element.keyword)
+        elif any(_nul_padded(item) for item in element.value):
+            padded.append(element.keyword)
+    return empty, padded
+
+
+def _nul_padded(item: Dataset) -> bool:
+    for element in item.elements():  # raw elements as read: their bytes, unconverted
+        value = element.value
+        if element.VR in _TEXT_VRS and isinstance(value, bytes) and value.endswith(b"\x00"):
+            return True
+        if element.VR == "SQ" and any(_nul_padded(i) for i in item[element.tag].value):
+            return True
+    return False
+
+
+def _unpadded(items: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of `items` with every text value decoded (pydicom drops the NUL padding and writes
+    the standard's space)."""
+    out = []
+    for item in items:
+        clean = copy.deepcopy(item)
+        for e in clean.iterall():
+            if e.VR in _TEXT_VRS and isinstance(e.value, str):
+                e.value = e.value.replace("\x00", "").strip()
+        out.append(clean)
+    return out
+
+
+def _copy(src: Dataset) -> Dataset:
+    """A shallow copy with its own element dict (Dataset(src) and .copy() share it)."""
+    head = Dataset(dict(src.items()))
+    if hasattr(src, "file_meta"):
+        head.file_meta = src.file_meta
+    return head
+
+
+def with_frame_of_reference(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:
+    """`sources` as the SEG needs them, and the sentence the SR carries when they were completed.
+
+    The CT Image IOD requires a Frame of Reference; some exports drop it. A SEG of a slice stack
+    states each frame's position within a Frame of Reference (PS3.3 A.51.5: with one, the segment
+    is specified in that coordinate system by Pixel Measures and Plane Position/Orientation;
+    without one, highdicom and the standard's indexing allow a single frame only), so the results
+    get one of their own, derived from the series UID: the source images' positions in a
+    coordinate system named for these results.
+    Each SEG frame still references its own source image by SOP Instance UID (Derivation Image).
+    The Frame of Reference is not written into the sources themselves (the SR's image library
+    describes them as they are): shallow copies are completed, the caller's headers untouched."""
+    src = first_image(sources)
+    if str(src.get("FrameOfReferenceUID", "") or ""):
+        return list(sources), None
+    uid = results_frame_of_reference_uid(str(src.SeriesInstanceUID))
+    completed = []
+    for ds in sources:
+        head = _copy(ds)
+        head.FrameOfReferenceUID = uid
+        if "PositionReferenceIndicator" not in head:
+            head.PositionReferenceIndicator = ""
+        completed.append(head)
+    note = (f"The source series has no Frame of Reference UID: the segmentation uses frame of reference {uid}, "
+            "created for these results, with the source images' positions, and references each source image "
+            "by its SOP Instance UID.")
+    return completed, note
 
 
 def first_image(sources: Sequence[Dataset]) -> Dataset:

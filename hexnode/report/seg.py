@@ -50,7 +50,12 @@ def segment_description(model: ModelInfo, tracking_uid: str) -> hd.seg.SegmentDe
 
 
 def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *, revision: int = 0) -> Dataset:
-    """SEG referencing `sources` frame by frame (frame i is mask[i] on sources[i]).
+    """SEG referencing `sources` frame by frame: mask[i] lies on sources[i], and the SEG frame
+    holding it references sources[i] (Derivation Image) at its position (highdicom stores the
+    frames in its own order along the normal; each keeps its own reference and position). With
+    mixed slice thickness each frame's slab is its source slice's: the Pixel Measures stay shared
+    as highdicom writes them (the pinned OHIF cannot open a SEG whose Pixel Measures are per
+    frame, tests/test_viewer.py), so a reader takes each frame's thickness from its source.
 
     One Enhanced CT multi-frame source is also accepted (mask in the loader's z order).
     `sources` may be headers read with stop_before_pixels: highdicom takes the geometry (position,
@@ -96,3 +101,4 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
     )
     add_contributing_equipment(seg, model)
     return seg
+

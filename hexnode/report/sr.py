@@ -300,7 +300,8 @@ def measurement_group(
 
 
 def result_comments(
-    prediction: Prediction, selection_note: str | None, revision: int, key_slice: str | None = None
+    prediction: Prediction, selection_note: str | None, revision: int, key_slice: str | None = None,
+    source_notes: Sequence[str] = (),
 ) -> list[str]:
     """The Qualitative Evaluations, in reading order: the summary, then what qualifies it."""
     model = prediction.model
@@ -314,6 +315,7 @@ def result_comments(
     # thickness 4 mm (14 slices) and 7 mm (14 slices)") arrive as prediction.notes: right after
     # the summary, before how the series was chosen.
     texts.extend(prediction.notes)
+    texts.extend(source_notes)  # what the result objects had to supply for the source (a Frame of Reference)
     if selection_note:
         texts.append(selection_note)
     if key_slice:
@@ -333,8 +335,10 @@ def build_sr(
     key: tuple[int, KeySliceROI] | None = None,
     revision: int = 0,
     selection_note: str | None = None,
+    source_notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """`key`: the key slice and its measured outline (outline.key_slice_roi); None: no hematoma."""
+    """`key`: the key slice and its measured outline (outline.key_slice_roi); None: no hematoma.
+    `source_notes`: what the results supplied that the source lacked (with_frame_of_reference)."""
     src = first_image(sources)
     series_uid = str(src.SeriesInstanceUID)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -346,7 +350,7 @@ def build_sr(
         groups.append(planar_group(sources, key[0], key[1], prediction, revision))
         key_text = key_slice_text(sources, key[0], key[1], prediction)
     report = measurement_report(prediction.model, groups, sources,
-                                result_comments(prediction, selection_note, revision, key_text))
+                                result_comments(prediction, selection_note, revision, key_text, source_notes))
     return document(
         sources, report, prediction.model, revision=revision, not_analysed=False, extra_evidence=[seg]
     )

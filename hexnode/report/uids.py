@@ -31,6 +31,12 @@ def derive_uid(series_uid: str, model_version: str, kind: str, revision: int = 0
     return _hashed_uid("hexnode", series_uid, model_version, kind, str(revision))
 
 
+def results_frame_of_reference_uid(series_uid: str) -> str:
+    """The Frame of Reference UID of the results of a source series that has none: one per
+    series, whatever the model or revision, so every result of that series shares it."""
+    return _hashed_uid("hexnode-frame-of-reference", series_uid)
+
+
 def device_uid(model_name: str, model_version: str) -> str:
     """Device UID of the algorithm (IHE AIR Contributing Equipment, SR device observer)."""
     return _hashed_uid("hexnode-device", model_name, model_version)

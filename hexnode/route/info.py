@@ -1,13 +1,17 @@
 """What selection knows about one series (`SeriesInfo`): its header, its instance count and the
-values derived from them that rules can name (`SliceCount`, `Orientation`, `ContrastAgent`)."""
+values derived from them that rules can name (`SliceCount`, `Orientation`, `ContrastAgent`,
+`BodyRegion`)."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+
+from hexnode.route.rules import OTHER_REGION
 
 # A head CT may be tilted up to about 30 degrees and still be axial.
 AXIAL_MAX_DEG = 35.0
@@ -30,6 +34,8 @@ class SeriesInfo:
             return orientation_label(self.header)
         if attr == "ContrastAgent":
             return contrast_agent(self.header)
+        if attr == "BodyRegion":
+            return body_region(self.header)
         if attr == "SliceThickness" and "SliceThickness" not in self.header:
             return _enhanced_thickness(self.header)
         value = self.header.get(attr)
@@ -95,6 +101,27 @@ def contrast_agent(ds: Dataset) -> str:
                 parts.append("contrast")
     agent = "; ".join(p for p in parts if p and p.upper() not in ("NONE", "NO", "N", "0", "NIL", "-"))
     return agent
+
+
+_TEXT_LABELS = {"SeriesDescription": "series description", "ProtocolName": "protocol",
+                "StudyDescription": "study description"}
+
+
+def body_region(ds: Dataset) -> str:
+    """What the headers say about the body part, for a reason: "body part CHEST", or "no body
+    part; series description names THORAX" when a description names another region (the word
+    matched, never the free text around it: reasons reach the logs)."""
+    part = str(ds.get("BodyPartExamined", "") or "").strip()
+    out = f"body part {part}" if part else "no body part"
+    if part and re.search(OTHER_REGION, part):
+        return out
+    for keyword, label in _TEXT_LABELS.items():
+        text = str(ds.get(keyword, "") or "")
+        found = re.search(OTHER_REGION, text)
+        if found:
+            word = re.match(r"[A-Za-z-]*", text[found.start():])
+            return f"{out}; {label} names {(word.group(0) if word else found.group(0)).upper()}"
+    return out
 
 
 def as_text(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""The built-in selection rules as plain data: which series are analysable head NCCT, and why not.
+r"""The built-in selection rules as plain data: which series are analysable head NCCT, and why not.
 
 The rule engine is hexnode.route.conditions, the study-level choice hexnode.route.ranking and
 hexnode.route.select puts them together (`Selector`).
@@ -10,7 +10,7 @@ Rules are plain data, so a site can read and change them in `hexnode.toml` (`[se
 builtin = true                 # keep the built-in head NCCT rules below (false: only yours)
 disable = ["head"]             # switch built-in rules off by name
 target_thickness_mm = 5.0      # study-level choice: closest to this thickness wins
-soft_kernel_regex = "(?i)soft|std|standard|brain|head|^H[1-4]\\d|^J[3-4]\\d|^Br[2-4]|^Hr[2-4]|FC2\\d|UB|^B$|^C$"
+soft_kernel_regex = '(?i)soft|standard|^H[1-4]\d|^UB$'   # replaces the vendors' names (hexnode.route.vendors)
 
 [[series.selection.require]]   # every `require` rule must match, else the series is rejected
 name = "my scanner"
@@ -25,10 +25,16 @@ regex = "(?i)research"
 ```
 
 A condition is either a leaf — `attr` (a DICOM keyword or a derived value: `SliceCount`,
-`Orientation`, `ContrastAgent`) with one of `equals`, `in`, `regex`, `contains`, `range = [lo,
+`Orientation`, `ContrastAgent`, `BodyRegion`) with one of `equals`, `in`, `regex`, `contains`, `range = [lo,
 hi]` (either may be omitted with `min`/`max` instead), `present` — or a combination: `all = [...]`
 (AND), `any = [...]` (OR), `not = {...}`. A `reason` may contain `{value}` (the attribute's
 value). Every failing rule's reason is recorded; the first one is the headline.
+
+Kernel names, dose pages, localizers and reconstruction names are matched as the vendors write
+them, whole words (hexnode.route.vendors: "iDose" is not a dose page). The head rule is a hint:
+route has no pixels, so a series whose headers name no body part (or a generic one) passes with
+`HEAD_NOT_IN_HEADER` in its selection note, and the worker confirms the head from the images;
+one whose headers name another body part (CHEST, ABDOMEN, ...) is refused.
 """
 
 
@@ -37,7 +43,27 @@ from __future__ import annotations
 from typing import Any
 
 from hexnode.pipeline.load import MAX_SLICES
+from hexnode.route import vendors
 from hexnode.sop import CT_SOP_CLASSES
+
+# Words that say "head" in a body part, description or protocol (any language a site writes).
+HEAD = r"(?i)head|brain|cerebr|skull|cran|sch(ae|ä)del|kopf|hirn|neuro|\bcct\b|ncct|\bich\b|stroke"
+# Words that name another part of the body. Body Part Examined or a description that names one
+# (and nothing names the head) is not a head scan; one that names nothing, or something generic
+# (OTHER, UNKNOWN, WHOLEBODY, a site's own code), is not refused here: the worker checks the images.
+OTHER_REGION = vendors.any_of(
+    vendors.starts("chest", "thora", "abdom", "pelvi", "lumb", "sacr", "cocc", "extremit", "cardi", "corona",
+                   "aort", "kidney", "renal", "urogra", "colon", "pancrea", "breast", "mammo", "shoulder",
+                   "paranasal", "mandib", "maxill", "dentascan"),
+    vendors.words("abd", "lung", "lungs", "spine", "[clt]-?spine", "neck", "knee", "hip", "elbow", "wrist", "hand",
+                  "foot", "ankle", "leg", "arm", "heart", "liver", "bladder", "sinus", "sinuses", "orbit", "orbits",
+                  "face", "facial", "jaw", "dental", "tmj"),
+)
+HEADER_TEXTS = ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName")
+# The head named by the headers: what the selection note says when it is not.
+HEAD_IN_HEADER: dict[str, Any] = {"any": [{"attr": a, "regex": HEAD} for a in HEADER_TEXTS]}
+HEAD_NOT_IN_HEADER = ("head not confirmed by the header (no Body Part Examined, or a generic one, and no head "
+                      "in the descriptions): the images are checked for a head")
 
 BUILTIN_REQUIRE: list[dict[str, Any]] = [
     {"name": "modality", "attr": "Modality", "equals": "CT", "reason": "modality {value} is not CT"},
@@ -49,12 +75,10 @@ BUILTIN_REQUIRE: list[dict[str, Any]] = [
     {"name": "axial", "attr": "Orientation", "equals": "axial", "reason": "{value} slices, not axial"},
     {"name": "no-contrast", "attr": "ContrastAgent", "equals": "",
      "reason": "contrast agent given ({value}): not a non-contrast CT"},
-    {"name": "head", "any": [
-        {"attr": "BodyPartExamined", "regex": r"(?i)head|brain|skull|neuro|cerebr|cran"},
-        {"attr": "SeriesDescription", "regex": r"(?i)head|brain|cerebr|skull|cran|sch(ae|ä)del|kopf|neuro|\bcct\b|ncct|\bich\b|stroke"},
-        {"attr": "StudyDescription", "regex": r"(?i)head|brain|cerebr|skull|cran|sch(ae|ä)del|kopf|neuro|\bcct\b|ncct|\bich\b|stroke"},
-        {"attr": "ProtocolName", "regex": r"(?i)head|brain|cerebr|skull|cran|sch(ae|ä)del|kopf|neuro|\bcct\b|ncct|\bich\b|stroke"},
-    ], "reason": "not a head scan (body part {value})", "value_attr": "BodyPartExamined"},
+    # Route has no pixels: the headers are a hint. A series they say nothing about passes (the
+    # worker confirms a head from the images); one they say is another body part does not.
+    {"name": "head", "any": [HEAD_IN_HEADER, {"not": {"any": [{"attr": a, "regex": OTHER_REGION} for a in HEADER_TEXTS]}}],
+     "reason": "not a head scan ({value})", "value_attr": "BodyRegion"},
     {"name": "thickness", "attr": "SliceThickness", "range": [0.5, 10.0],
      "reason": "slice thickness {value} mm outside 0.5-10 mm"},
     {"name": "slice-count", "attr": "SliceCount", "range": [10, MAX_SLICES],
@@ -69,22 +93,20 @@ def _desc_any(pattern: str) -> dict[str, Any]:
 
 
 BUILTIN_EXCLUDE: list[dict[str, Any]] = [
-    {"name": "scout", "any": [{"attr": "ImageType", "contains": "LOCALIZER"},
-                              _desc_any(r"(?i)scout|topo|surview|locali[sz]er|scanogram|pilot")],
+    {"name": "scout", "any": [{"attr": "ImageType", "contains": "LOCALIZER"}, _desc_any(vendors.LOCALIZER)],
      "reason": "localizer/scout image"},
     {"name": "cta", **_desc_any(r"(?i)\bcta\b|angio|arterial|venogra|\bcta_|_cta"),
      "reason": "CT angiography series"},
     {"name": "perfusion", "any": [{"attr": "ImageType", "contains": "PERFUSION"},
                                   _desc_any(r"(?i)perfusion|\bperf\b|\bctp\b|\bcbf\b|\bcbv\b|\bmtt\b")],
      "reason": "perfusion series"},
-    {"name": "bone-kernel", "any": [
-        {"attr": "ConvolutionKernel", "regex": r"(?i)bone|lung|sharp|edge|detail|^H[6-9]\d|^B[6-9]\d|^[BHQ]r[6-9]\d|^Hr[6-9]|^FC[3-8]\d|^YC|^D$"},
-        _desc_any(r"(?i)\bbone\b|knochen|\bosseous|bone window|\blung\b")],
+    {"name": "bone-kernel", "any": [{"attr": "ConvolutionKernel", "regex": vendors.SHARP_KERNEL},
+                                    _desc_any(vendors.SHARP_DESCRIPTION)],
      "reason": "bone or sharp kernel reconstruction ({value})", "value_attr": "ConvolutionKernel"},
-    {"name": "dose-report", "any": [_desc_any(r"(?i)dose|patient protocol|exam summary"),
-                                    {"attr": "ImageType", "contains": "SCREEN SAVE"}],
+    {"name": "dose-report", "any": [
+        _desc_any(vendors.DOSE_PAGE), {"attr": "ImageType", "contains": "SCREEN SAVE"}, {"attr": "ImageType", "contains": "DOSE_INFO"}],
      "reason": "dose report / screen capture"},
 ]
 
-DEFAULT_SOFT_KERNEL = (r"(?i)soft|std|standard|brain|head|cerebr|^H[1-4]\d|^J[3-4]\d|^[BHQ]r[2-4]\d|"
-                       r"^FC[1-2]\d|^UB|^[BC]$|^Hr\d\d|^H\d\ds")
+# Soft-tissue kernels as vendors name them (hexnode.route.vendors): the study-level choice prefers them.
+DEFAULT_SOFT_KERNEL = vendors.SOFT_KERNEL

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hexnode.route.conditions import Rule, SelectionConfigError, evaluate, parse_rules
 from hexnode.route.info import SeriesInfo, as_text
 from hexnode.route.ranking import Choice, Ranking
-from hexnode.route.rules import BUILTIN_EXCLUDE, BUILTIN_REQUIRE, DEFAULT_SOFT_KERNEL
+from hexnode.route.rules import (
+    BUILTIN_EXCLUDE,
+    BUILTIN_REQUIRE,
+    DEFAULT_SOFT_KERNEL,
+    HEAD_IN_HEADER,
+    HEAD_NOT_IN_HEADER,
+)
 
 __all__ = ["Choice", "Decision", "SelectionConfigError", "Selector", "SeriesInfo"]
 
@@ -89,4 +95,13 @@ class Selector:
                 accepted.append(info)
             else:
                 rejected[info.series_uid] = d.reason
-        return Ranking(self.target_thickness_mm, self.soft_kernel_regex).choose(accepted, rejected)
+        choice = Ranking(self.target_thickness_mm, self.soft_kernel_regex).choose(accepted, rejected)
+        if choice.chosen is not None and not head_in_header(choice.chosen):
+            # the report says so, and the worker's image check is what confirms the head
+            choice = replace(choice, note=f"{choice.note}; {HEAD_NOT_IN_HEADER}")
+        return choice
+
+
+def head_in_header(info: SeriesInfo) -> bool:
+    """Do the headers name the head (body part, a description or the protocol)?"""
+    return evaluate(HEAD_IN_HEADER, info)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -27,6 +29,25 @@ from hexnode.synth.case import Case
 
 INTERCEPT = -1024.0
 _SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
+
+#: A head NCCT series as each vendor writes it (real names: hexnode.route.vendors lists them with
+#: what each must mean): manufacturer, model, soft-tissue kernel, description, protocol, body part.
+VENDORS: dict[str, dict[str, Any]] = {
+    "ge": {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturerModelName": "Revolution CT",
+           "ConvolutionKernel": "STANDARD", "SeriesDescription": "HEAD 5mm STND ASiR-V 40%",
+           "ProtocolName": "5.1 ROUTINE HEAD", "BodyPartExamined": "HEAD"},
+    "siemens": {"Manufacturer": "SIEMENS", "ManufacturerModelName": "SOMATOM Force",
+                "ConvolutionKernel": ["Hr38h", "3"], "SeriesDescription": "Head 5.0 Hr38 ADMIRE 3",
+                "ProtocolName": "Head_Routine", "BodyPartExamined": "HEAD"},
+    "philips": {"Manufacturer": "Philips", "ManufacturerModelName": "Ingenuity CT", "ConvolutionKernel": "UB",
+                "FilterType": "UB", "SeriesDescription": "STD BRAIN 5MM, iDose",
+                "ProtocolName": "1A TRAUMA/PLAIN HEAD /Head", "BodyPartExamined": "BRAIN"},
+    "canon": {"Manufacturer": "CANON_MEC", "ManufacturerModelName": "Aquilion ONE", "ConvolutionKernel": "FC26",
+              "SeriesDescription": "Head 5.0 FC26 AIDR 3D STD", "ProtocolName": "Brain Routine",
+              "BodyPartExamined": "HEAD"},
+    "uih": {"Manufacturer": "UIH", "ManufacturerModelName": "uCT 760", "ConvolutionKernel": "H_SOFT_B",
+            "SeriesDescription": "Head 5mm KARL 3D", "ProtocolName": "Head Routine", "BodyPartExamined": "HEAD"},
+}
 
 
 def case_uid(case: Case, kind: str, *extra: object) -> str:
@@ -141,8 +162,12 @@ def _base_dataset(case: Case, *, series_number: int, series_description: str) ->
 
 
 def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "explicit",
-                 series_number: int = 2, series_description: str | None = None) -> list[Path]:
-    """Write one file per slice (IM0001.dcm = most inferior) and return their paths."""
+                 series_number: int = 2, series_description: str | None = None,
+                 header: Mapping[str, Any] | None = None, drop: Sequence[str] = ()) -> list[Path]:
+    """Write one file per slice (IM0001.dcm = most inferior) and return their paths.
+
+    `header`: values to write instead of the generator's (a vendor's names, `VENDORS`); `drop`:
+    keywords to leave out, as real exports do (BodyPartExamined, FrameOfReferenceUID)."""
     ts = _SYNTAXES[transfer_syntax]
     out = Path(series_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +177,13 @@ def write_series(case: Case, series_dir: str | Path, *, transfer_syntax: str = "
     desc = series_description or (
         f"HEAD {thick}mm {case.acquisition.kernel}" + (" TILT" if geo.tilt_deg else ""))
     base = _base_dataset(case, series_number=series_number, series_description=desc[:64])
+    for keyword, value in (header or {}).items():
+        setattr(base, keyword, value)
+    for keyword in drop:
+        if keyword in base:
+            delattr(base, keyword)
+        if keyword == "FrameOfReferenceUID" and "PositionReferenceIndicator" in base:
+            del base.PositionReferenceIndicator  # the rest of the module goes with it
     positions = geo.positions()
     stored = np.clip(case.hu.astype(np.int32) - int(INTERCEPT), 0, 4095).astype("<u2")
     paths = []
@@ -208,12 +240,13 @@ def write_truth(case: Case, case_dir: str | Path) -> tuple[Path, Path]:
     return truth_path, mask_path
 
 
-def write_case(case: Case, case_dir: str | Path, *, transfer_syntax: str = "explicit") -> list[Path]:
+def write_case(case: Case, case_dir: str | Path, *, transfer_syntax: str = "explicit",
+               header: Mapping[str, Any] | None = None, drop: Sequence[str] = ()) -> list[Path]:
     """Series under case_dir/series, truth.json and mask.nii.gz beside it; returns the DICOM paths."""
     d = Path(case_dir)
-    paths = write_series(case, d / "series", transfer_syntax=transfer_syntax)
+    paths = write_series(case, d / "series", transfer_syntax=transfer_syntax, header=header, drop=drop)
     write_truth(case, d)
     return paths
 
 
-__all__ = ["write_series", "write_case", "write_truth", "case_uid"]
+__all__ = ["VENDORS", "case_uid", "write_case", "write_series", "write_truth"]

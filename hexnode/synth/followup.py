@@ -11,7 +11,7 @@ import numpy as np
 from hexnode.synth.anatomy import Head
 from hexnode.synth.case import Acquisition, Case
 from hexnode.synth.draw import draw, rng_for
-from hexnode.synth.geometry import Geometry
+from hexnode.synth.geometry import Geometry, Run
 from hexnode.synth.hematoma import Hematoma
 from hexnode.synth.hemodel import Markers
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
@@ -45,7 +45,7 @@ def _grown(hem: Hematoma, scale: float, level_shift: float) -> Hematoma:
 
 
 def generate_followup(baseline: Case, *, thin: bool = False, hard: bool = False, tilt_deg: float = 0.0,
-                      n_slices: int | None = None, mixed: tuple[tuple[float, int], ...] | None = None,
+                      n_slices: int | None = None, mixed: tuple[Run, ...] | None = None,
                       iterations: int = 4) -> Case:
     """The follow-up CT of `baseline` (give the options the baseline was generated with).
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: a run of slices: (thickness mm, slices) or (thickness mm, slices, overlap mm with the run below)
+Run = tuple[float, int] | tuple[float, int, float]
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -34,14 +37,19 @@ class Geometry:
     thickness_mm: tuple[float, ...] | None = None
 
     @staticmethod
-    def runs(parts: tuple[tuple[float, int], ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(table positions, thicknesses) of contiguous runs of (thickness mm, slices), bottom first."""
+    def runs(parts: tuple[Run, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(table positions, thicknesses) of runs of (thickness mm, slices[, overlap mm]), bottom
+        first: contiguous, or a run's first slab reaching `overlap` mm (along the table) back into
+        the previous run's last (GE's 4 + 7 mm head protocol as the scanner writes it)."""
         z: list[float] = []
         thk: list[float] = []
-        for t, count in parts:
-            for _ in range(count):
-                z.append(0.0 if not z else z[-1] + (thk[-1] + t) / 2.0)
-                thk.append(float(t))
+        for part in parts:
+            t, count = float(part[0]), int(part[1])
+            overlap = float(part[2]) if len(part) > 2 else 0.0
+            for j in range(count):
+                back = overlap if j == 0 else 0.0
+                z.append(0.0 if not z else z[-1] + (thk[-1] + t) / 2.0 - back)
+                thk.append(t)
         return tuple(z), tuple(thk)
 
     def _table_z(self, k: float) -> float:
@@ -58,14 +66,22 @@ class Geometry:
         return self.slice_thickness_mm if self.thickness_mm is None else self.thickness_mm[k]
 
     def extents_mm(self) -> list[float]:
-        """Each slice's extent along the normal: half the distance to each neighbour."""
+        """Each slice's share of the axis along the normal, every millimetre counted once: the
+        boundary between two slices is the midpoint of their centres, moved between the facing
+        edges of their slabs (nominal thickness along the normal), so abutting slabs keep their
+        own thickness and overlapping ones split the part both cover at the midpoint; the end
+        slices reach half a step outwards."""
         c = math.cos(math.radians(self.tilt_deg))
         if self.table_z_mm is None:
             return [self.normal_step_mm] * self.n_slices
-        z = self.table_z_mm
-        steps = [b - a for a, b in zip(z, z[1:], strict=False)]
-        padded = [steps[0], *steps, steps[-1]]
-        return [(a + b) / 2.0 * c for a, b in zip(padded, padded[1:], strict=False)]
+        w = [v * c for v in self.table_z_mm]
+        thk = self.thickness_mm or (self.slice_thickness_mm,) * len(w)
+        edges = [w[0] - (w[1] - w[0]) / 2.0]
+        for k in range(len(w) - 1):
+            top, bottom = w[k] + thk[k] / 2.0, w[k + 1] - thk[k + 1] / 2.0
+            edges.append(min(max((w[k] + w[k + 1]) / 2.0, min(top, bottom)), max(top, bottom)))
+        edges.append(w[-1] + (w[-1] - w[-2]) / 2.0)
+        return [b - a for a, b in zip(edges, edges[1:], strict=False)]
 
     @property
     def normal_step_mm(self) -> float:

@@ -61,6 +61,7 @@ from hexnode.synth import artefacts, hemodel
 from hexnode.synth.case import LABELS, Acquisition, Case, Truth
 from hexnode.synth.draw import draw, rng_for
 from hexnode.synth.followup import FOLLOWUP_HOURS, generate_followup
+from hexnode.synth.geometry import Run
 from hexnode.synth.hemodel import Markers, bayes_auc
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
 from hexnode.synth.scanner import stack
@@ -70,14 +71,16 @@ __all__ = ["LABELS", "Acquisition", "Case", "FOLLOWUP_HOURS", "Truth", "bayes_au
 
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
                   tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False,
-                  normal: bool = False, mixed: tuple[tuple[float, int], ...] | None = None) -> Case:
+                  normal: bool = False, mixed: tuple[Run, ...] | None = None) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
     `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
     keep runs short; such a stack does not cover the brain).  `with_labels` adds `Case.labels`, a
     tissue map of the noise-free phantom.  `normal`: the same head without any blood (for the
     false-positive figures).  `mixed`: runs of (thickness mm, slices) from the bottom up, e.g.
-    ((4.0, 14), (7.0, 14)) for GE's head protocol, covering the head from the foramen magnum up.
+    ((4.0, 14), (7.0, 14)) for GE's head protocol, covering the head from the foramen magnum up;
+    a third value in a run is how far (mm along the table) its first slab reaches back into the
+    run below, as GE writes that protocol: ((4.0, 14), (7.0, 14, 4.42)).
     """
     head, geo, acq, hard_flags, location, markers, hem, r_noise, r_art = draw(seed, index, thin=thin, hard=hard,
                                                                               tilt_deg=tilt_deg)
@@ -129,7 +132,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         tissue_hu={"grey": head.gm_hu, "white": head.wm_hu, "csf": head.csf_hu},
         calcifications=calcification_truth(head, geo), centre_voxel=(cz, cy, cx),
         artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
-        normal=normal, thickness_runs=[[float(t), int(c)] for t, c in mixed] if mixed else [],
+        normal=normal, thickness_runs=[[float(r[0]), int(r[1]), *map(float, r[2:])] for r in mixed] if mixed else [],
     )
     return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)

@@ -11,7 +11,7 @@ import numpy as np
 
 from hexnode.synth.anatomy import Head
 from hexnode.synth.case import Acquisition
-from hexnode.synth.geometry import Geometry
+from hexnode.synth.geometry import Geometry, Run
 from hexnode.synth.hematoma import Hematoma
 
 
@@ -55,7 +55,7 @@ def draw_acquisition(rng: np.random.Generator) -> Acquisition:
 
 
 def stack(geo: Geometry, hem: Hematoma, head: Head, *, n_slices: int | None,
-          mixed: tuple[tuple[float, int], ...] | None, normal: bool = False) -> Geometry:
+          mixed: tuple[Run, ...] | None, normal: bool = False) -> Geometry:
     """The stack written: runs of mixed thickness, or `n_slices` centred on the bleed, or the drawn
     stack moved to cover the whole bleed (a normal head: the drawn stack as it is)."""
     if mixed is not None:
@@ -76,8 +76,8 @@ def covering(geo: Geometry, w_lo: float, w_hi: float) -> Geometry:
     return replace(geo, w_bottom_mm=min(geo.w_bottom_mm, bottom))
 
 
-def with_runs(geo: Geometry, parts: tuple[tuple[float, int], ...]) -> Geometry:
-    """Runs of (thickness, slices), contiguous, the top at the drawn top of the stack."""
+def with_runs(geo: Geometry, parts: tuple[Run, ...]) -> Geometry:
+    """Runs of (thickness, slices[, overlap]), the top at the drawn top of the stack."""
     z, thk = Geometry.runs(parts)
     w_top = geo.w_bottom_mm + (geo.n_slices - 1) * geo.normal_step_mm
     height = z[-1] * math.cos(math.radians(geo.tilt_deg))
