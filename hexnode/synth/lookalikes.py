@@ -30,7 +30,7 @@ from scipy import ndimage
 from hexnode.synth.anatomy import F32, Calcification, Ellipsoid, Grid, Head, SliceLayers, paint, ramp, up2
 from hexnode.synth.case import Acquisition, Case, Truth
 from hexnode.synth.draw import draw, rng_for
-from hexnode.synth.geometry import Geometry
+from hexnode.synth.geometry import Geometry, Run
 from hexnode.synth.render import HU_MAX, HU_MIN, calcification_truth, render_stack
 from hexnode.synth.scanner import stack
 
@@ -222,7 +222,7 @@ def _truth(seed: int, index: int, geo: Geometry, noise_sd: float, calcs: list[di
 
 
 def generate_lookalike(kind: str, seed: int, index: int, *, tilt_deg: float = 0.0, thin: bool = False,
-                       mixed: tuple[tuple[float, int], ...] | None = None) -> Case:
+                       mixed: tuple[Run, ...] | None = None) -> Case:
     """One series of `kind` (see KINDS), deterministic per (kind, seed, index); `Case.extra["lookalike"]`
     names the kind. The head kinds take the generator's options (tilt, thin, mixed); a body slab is 5 mm."""
     if kind not in KINDS:
@@ -297,7 +297,7 @@ def write_lookalike(case: Case, case_dir: str | Path, *, transfer_syntax: str = 
 
 
 def write_lookalikes(kind: str, out: Path, *, seed: int, n: int, tilt_deg: float = 0.0, thin: bool = False,
-                     mixed: tuple[tuple[float, int], ...] | None = None, transfer_syntax: str = "explicit") -> int:
+                     mixed: tuple[Run, ...] | None = None, transfer_syntax: str = "explicit") -> int:
     """`hexnode synth --lookalike KIND`: `n` series under out/case-NNNN/, one JSON line each."""
     import json
     import time
