@@ -248,7 +248,7 @@ def enhanced_ct(out: Path, n: int = N, size: int = SIZE) -> list[Path]:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     shared, o, m, t = Dataset(), Dataset(), Dataset(), Dataset()
     o.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    m.PixelSpacing, m.SliceThickness = [0.5, 0.5], 5.0
+    m.PixelSpacing, m.SliceThickness = [3.5, 3.5], 5.0  # head-sized, as write_series
     t.RescaleIntercept, t.RescaleSlope, t.RescaleType = -1024, 1, "HU"
     shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [o], [m]
     shared.PixelValueTransformationSequence = [t]
@@ -256,7 +256,7 @@ def enhanced_ct(out: Path, n: int = N, size: int = SIZE) -> list[Path]:
     frames = []
     for z in range(n):
         f, p = Dataset(), Dataset()
-        p.ImagePositionPatient = [-size * 0.25, -size * 0.25, 5.0 * z]
+        p.ImagePositionPatient = [-size * 1.75, -size * 1.75, 5.0 * z]
         f.PlanePositionSequence = [p]
         frames.append(f)
     ds.PerFrameFunctionalGroupsSequence = frames

@@ -74,7 +74,7 @@ def write_series(
     rows: int = 64,
     cols: int = 64,
     dz: float = 5.0,
-    pixel: float = 0.5,
+    pixel: float = 3.5,
     tilt_deg: float = 0.0,
     syntax: str = ExplicitVRLittleEndian,
     signed: bool = True,
@@ -85,7 +85,10 @@ def write_series(
     series_uid: str | None = None,
     **header: Any,
 ) -> list[Path]:
-    """Write n single-frame CT files; gantry tilt shears positions along the table (scanner style)."""
+    """Write n single-frame CT files; gantry tilt shears positions along the table (scanner style).
+
+    The default pixel makes the phantom head-sized (64 x 3.5 mm = 224 mm across): the analyser looks
+    for a skull enclosing at least 50 cm2 before it says anything about blood."""
     out.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()

@@ -34,8 +34,7 @@ def test_a_study_and_a_stray_slice_of_another_patient_get_one_answer_each(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "export"
     study, stray_study = generate_uid(), generate_uid()
-    # head-sized pixels: the analyser looks for a skull enclosing at least 50 cm2 before anything else
-    write_series(folder / "a", n=12, pixel=3.5, study_uid=study)  # patient SER-0001
+    write_series(folder / "a", n=12, study_uid=study)  # patient SER-0001
     write_series(folder / "zz", n=1, study_uid=stray_study, PatientID="STRAY-77", PatientName="Stray^Slice")
     code, text = _run(folder, tmp_path / "out", capsys)
     assert code == 3, text  # one study analysed, the stray one not
