@@ -136,3 +136,25 @@ def test_stage_commands_create_private_files(site: Path) -> None:
     db = Path(load_config(site, env={}).database_url[len("sqlite:///"):])
     assert db.stat().st_mode & 0o777 == 0o600
     assert db.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_restarted_process_replaces_only_its_own_stage_row(tmp_path: Path) -> None:
+    """Containers on a host network share the host name and are all pid 1: a restarted worker drops
+    the dead worker's row, never the other stages' rows; a clean stop removes its own."""
+    from hexnode.store.heartbeat import Beater, beats
+
+    store = open_store(f"sqlite:///{tmp_path / 'h.sqlite'}")
+    try:
+        route, dead_worker = Beater(store, "route"), Beater(store, "worker")
+        route.start()
+        dead_worker.start()  # killed: never stops
+        worker = Beater(store, "worker")
+        worker.start()
+        with store.transaction() as s:
+            rows = {(b.stage, b.instance) for b in beats(s)}
+        assert rows == {("route", route.instance), ("worker", worker.instance)}
+        worker.stop()
+        with store.transaction() as s:
+            assert [b.stage for b in beats(s)] == ["route"]
+    finally:
+        store.dispose()

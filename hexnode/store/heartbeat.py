@@ -9,7 +9,7 @@ monitoring probe); /metrics, /status and the status page show each stage's age.
 API
 ---
 ``Beater(store, stage)``  one process's heartbeat. ``start()`` writes its row (and drops rows of
-    earlier processes with the same host and pid, and rows nobody has beaten for a week);
+    earlier processes of the stage with the same host and pid, and rows nobody has beaten for a week);
     ``beat()`` in the loop (writes at most every ``every`` seconds, so a loop polling twice a
     second costs one small write per five seconds); ``busy()`` / ``idle()`` around a worker's job,
     which its loop cannot beat during; ``stop()`` deletes the row on a clean stop. A database
@@ -81,8 +81,9 @@ class Beater:
     def start(self) -> None:
         try:
             with self.store.transaction() as s:
+                # this stage's earlier process on this host with this pid: a restarted container
                 s.execute(delete(StageBeat).where(or_(
-                    (StageBeat.host == self.host) & (StageBeat.pid == self.pid),
+                    (StageBeat.stage == self.stage) & (StageBeat.host == self.host) & (StageBeat.pid == self.pid),
                     StageBeat.beat_at < utcnow() - FORGET_AFTER)))
                 now = utcnow()
                 s.add(StageBeat(instance=self.instance, stage=self.stage, host=self.host, pid=self.pid,
