@@ -126,15 +126,17 @@ def destination_section(s: Session, cfg: Config | None, now: datetime) -> dict[s
         d = out.setdefault(name, {"last_delivered_at": None, "last_delivered_seconds": None, "retrying": 0,
                                   "retrying_since": None, "failed": 0, "pending": 0, "last_error": None})
         d["last_delivered_at"], d["last_delivered_seconds"] = _iso(last), _age(now, last)
-    for name, state, retried, n, oldest in s.execute(
-            select(Outbox.destination, Outbox.state, Outbox.attempts > 0, func.count(), func.min(Outbox.queued_at))
+    # grouped by the attempt count itself (a handful of values): PostgreSQL does not match a
+    # GROUP BY `attempts > $2` with the selected `attempts > $1`
+    for name, state, attempts, n, oldest in s.execute(
+            select(Outbox.destination, Outbox.state, Outbox.attempts, func.count(), func.min(Outbox.queued_at))
             .where(Outbox.state.in_(("pending", "sending", "failed")))
-            .group_by(Outbox.destination, Outbox.state, Outbox.attempts > 0)).all():
+            .group_by(Outbox.destination, Outbox.state, Outbox.attempts)).all():
         d = out.setdefault(name, {"last_delivered_at": None, "last_delivered_seconds": None, "retrying": 0,
                                   "retrying_since": None, "failed": 0, "pending": 0, "last_error": None})
         if state == "failed":
             d["failed"] += int(n)
-        elif retried:
+        elif attempts:
             d["retrying"] += int(n)
             since = _age(now, oldest)
             d["retrying_since"] = max(d["retrying_since"] or 0.0, since or 0.0)

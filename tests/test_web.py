@@ -141,8 +141,26 @@ def test_metrics_table_in_the_docs_is_current_and_complete(server):
     assert served and documented == served, served - documented
 
 
-def test_last_delivery_per_destination(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path):
+    """The same figures from SQLite and from the real PostgreSQL (a fresh schema)."""
+    if request.param == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
+        yield store
+        store.dispose()
+        return
+    from plumbing_helpers import PG_URL, pg_available, pg_schema
+
+    if not pg_available():
+        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
+    with pg_schema() as schema:
+        store = open_store(PG_URL, schema=schema)
+        yield store
+        store.dispose()
+
+
+def test_last_delivery_per_destination(any_store, tmp_path):
+    store = any_store
     cfg = Config(data_dir=str(tmp_path), destinations=[Destination(name="pacs"), Destination(name="archive")])
     with store.transaction() as s:
         study = Study(study_uid="1.2.3")
@@ -166,8 +184,12 @@ def test_last_delivery_per_destination(tmp_path):
     from hexnode.status import collect
     from hexnode.web.metrics import metrics_text
 
+    with store.transaction() as s:
+        s.add(StageBeat(instance="h:1:a", stage="worker", host="h", pid=1, started_at=utcnow(), beat_at=utcnow()))
     st = collect(store, cfg=cfg)
-    store.dispose()
+    assert st["stages"]["worker"]["processes"] == 1 and st["stages"]["route"]["age_seconds"] is None
+    assert {(q["queue"], q["state"]): q["count"] for q in st["queues"]}[("deliveries", "pending")] == 1
+    assert [r["state"] for r in st["recent_series"]] == ["received"]
     assert 290 < st["destinations"]["pacs"]["last_delivered_seconds"] < 400
     assert st["destinations"]["pacs"]["retrying"] == 1 and st["destinations"]["archive"]["failed"] == 1
     assert st["destinations"]["archive"]["last_delivered_seconds"] is None
