@@ -677,7 +677,9 @@ def test_plain_host_install_runs_the_units(stack: Stack, tmp_path: Path) -> None
         # dependency installed and builds only hexnode itself, with no network).
         run(["docker", "run", "-d", "--name", name, "--network", "host", "--user", "0", "--entrypoint", "sleep",
              "hexnode:latest", "infinity"])
-        run(["docker", "exec", name, "sh", "-c", "userdel hexnode && rm -rf /var/lib/hexnode /etc/hexnode "
+        # (/var/lib/hexnode is the image's VOLUME, a mount point here: given back to root, not removed)
+        run(["docker", "exec", name, "sh", "-c", "userdel hexnode && rm -rf /etc/hexnode "
+             "&& chown root:root /var/lib/hexnode && chmod 0755 /var/lib/hexnode "
              "&& mkdir -p /opt/hexnode && ln -s /opt/venv /opt/hexnode/.venv"])
         proc = subprocess.run(["docker", "cp", "-", f"{name}:/opt/hexnode"], input=source_tar(), capture_output=True)
         assert proc.returncode == 0, proc.stderr
@@ -708,7 +710,8 @@ def test_plain_host_install_runs_the_units(stack: Stack, tmp_path: Path) -> None
         run(["docker", "rm", "-f", name])
 
         # ProtectSystem=strict and PrivateTmp: the root read-only, /var/lib/hexnode (StateDirectory)
-        # and a private /tmp writable
+        # and a private /tmp writable. (A commit leaves out the VOLUME's content: the new volume starts
+        # as the image's folder, and the runner gives it to the hexnode user as StateDirectory= does.)
         stages = ["hexnode-receive", "hexnode-route", "hexnode-worker", "hexnode-send", "hexnode-web"]
         run(["docker", "run", "-d", "--name", name, "--network", "host", "--user", "0", "--read-only",
              "--tmpfs", "/tmp", "--tmpfs", "/run", "-v", f"{volume}:/var/lib/hexnode", "--entrypoint", "python3",
