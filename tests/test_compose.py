@@ -672,15 +672,14 @@ def test_plain_host_install_runs_the_units(stack: Stack, tmp_path: Path) -> None
     try:
         # A root to install into: the hexnode image's Debian (python3, python3-venv, libgomp1 are there;
         # the "packages" step is the only one not run). What the image's own layout would otherwise
-        # answer for is removed first; its virtual environment, built by deploy/Dockerfile with the
-        # same pip commands, stands in for the empty one step 3 creates (pip then finds every
-        # dependency installed and builds only hexnode itself, with no network).
+        # answer for is removed first; its virtual environment (/opt/hexnode/.venv, built by
+        # deploy/Dockerfile with the same pip commands) stands in for the empty one step 3 creates:
+        # pip then finds every dependency installed and builds only hexnode itself, with no network.
         run(["docker", "run", "-d", "--name", name, "--network", "host", "--user", "0", "--entrypoint", "sleep",
              "hexnode:latest", "infinity"])
         # (/var/lib/hexnode is the image's VOLUME, a mount point here: given back to root, not removed)
         run(["docker", "exec", name, "sh", "-c", "userdel hexnode && rm -rf /etc/hexnode "
-             "&& chown root:root /var/lib/hexnode && chmod 0755 /var/lib/hexnode "
-             "&& mkdir -p /opt/hexnode && ln -s /opt/venv /opt/hexnode/.venv"])
+             "&& chown root:root /var/lib/hexnode && chmod 0755 /var/lib/hexnode"])
         proc = subprocess.run(["docker", "cp", "-", f"{name}:/opt/hexnode"], input=source_tar(), capture_output=True)
         assert proc.returncode == 0, proc.stderr
         # the one build dependency the image's environment lacks (versioneer, for pyradiomics' build),
