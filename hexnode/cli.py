@@ -112,6 +112,18 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return run_purge(args)
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from hexnode.health import run_health
+
+    return run_health(args)
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from hexnode.web.metrics import run_metrics
+
+    return run_metrics(args)
+
+
 def _cmd_conformance(args: argparse.Namespace) -> int:
     from hexnode.conformance import run_conformance
 
@@ -158,6 +170,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hexnode.devtools.demo import run_demo
 
     return run_demo(args)
+
+
+# Commands that write the spool, the SQLite database or results: what they create is the
+# hexnode user's alone (0700 folders, 0600 files), whatever the umask they were started with.
+PRIVATE_DATA_COMMANDS = frozenset({"node", "serve", "receive", "route", "worker", "send", "web", "purge", "resend",
+                                   "db", "recalibrate", "models", "status", "outcomes", "health"})
+
+
+def private_files() -> None:
+    import os
+
+    os.umask(0o077)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("action", choices=["current", "upgrade", "history"])
 
+    p = add("health", _cmd_health, "exit 0 when STAGE is healthy here: its heartbeat is fresh (receive: and "
+                                   "answers a C-ECHO; web: GET /healthz) — for health checks and probes")
+    _config_arg(p)
+    from hexnode.health import add_arguments as health_arguments  # argparse only
+
+    health_arguments(p)
+
+    p = add("metrics", _cmd_metrics, "print the table of /metrics (--write: into docs/operations.md)")
+    from hexnode.web.metrics import add_arguments as metrics_arguments
+
+    metrics_arguments(p)
+
     p = add("conformance", _cmd_conformance,
             "print the generated tables of the DICOM Conformance Statement (docs/conformance.md)")
     from hexnode.conformance import add_arguments  # argparse only: importing it costs nothing
@@ -370,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hexnode.runtime import route_warnings
 
     route_warnings()
+    if args.command in PRIVATE_DATA_COMMANDS:
+        private_files()
     from hexnode.config import ConfigError, DatabaseMissing
 
     try:

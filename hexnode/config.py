@@ -181,7 +181,10 @@ class HttpConfig:
     enabled: bool = False
     bind: str = "127.0.0.1"
     port: int = 8470
-    token: str = ""  # required when bind is not loopback
+    token: str = ""  # required when bind is not loopback; at least 16 characters, not a known default
+    # Host names (besides IP addresses and localhost) the page may be reached by; ".example.org"
+    # also allows its subdomains. Any other Host header is refused (DNS rebinding).
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -618,6 +621,23 @@ def redact_url(url: str) -> str:
         return url.split("://", 1)[0] + "://…"
 
 
+# Tokens found in examples, defaults and guesses: refused whatever their length.
+WEAK_TOKENS = frozenset({"hexnode", "changeme", "change-me", "password", "secret", "token", "admin", "test",
+                         "default", "letmein", "hexnode-token", "changeme-token", "0123456789abcdef"})
+MIN_TOKEN_LENGTH = 16
+
+
+def weak_token(token: str) -> str | None:
+    """Why a bearer token is too weak to guard the status page, or None."""
+    if token.strip().lower() in WEAK_TOKENS:
+        return "a well-known default"
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"shorter than {MIN_TOKEN_LENGTH} characters"
+    if len(set(token)) < 6:
+        return "too few distinct characters"
+    return None
+
+
 def validate(cfg: Config) -> Config:
     if not 0 < cfg.dicom.port < 65536:
         raise ConfigError(f"dicom.port: {cfg.dicom.port} is not a TCP port")
@@ -654,6 +674,8 @@ def validate(cfg: Config) -> Config:
     loopback = cfg.http.bind in ("127.0.0.1", "::1", "localhost")
     if cfg.http.enabled and not loopback and not cfg.http.token:
         raise ConfigError("http.token: required when http.bind is not loopback")
+    if cfg.http.token and weak_token(cfg.http.token):
+        raise ConfigError(f"http.token: {weak_token(cfg.http.token)}; make one with `openssl rand -hex 24`")
     if cfg.series.stable_seconds < 0:
         raise ConfigError("series.stable_seconds: must be >= 0")
     if cfg.series.aborted_wait_seconds < 0:

@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hexnode.config import load_config
+from hexnode import health
+from hexnode.config import Config, load_config
 from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_existing
 from hexnode.store.queue import counts_by_state
 from hexnode.store.spool import uid_hash
@@ -29,8 +30,11 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat(timespec="seconds") + "Z" if t else None
 
 
-def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, Any]:
+def collect(store: Store, *, recent: int = 200, errors: int = 10, cfg: Config | None = None) -> dict[str, Any]:
+    """Everything below, plus hexnode/health.py's sections (stage heartbeats, queue ages, destinations,
+    recent series; the spool's disk and configured destinations with `cfg`) and what needs attention."""
     with store.transaction() as s:
+        monitored = health.sections(s, cfg)
         series_states = counts_by_state(s, Series)
         job_states = counts_by_state(s, Job)
         outbox_states = counts_by_state(s, Outbox)
@@ -105,7 +109,7 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
             stages["delivery"].append((delivered_at - created_at).total_seconds())
     medians = {k: round(statistics.median(v), 3) for k, v in sorted(stages.items()) if v}
 
-    return {
+    st = {
         "series": series_states,
         "jobs": job_states,
         "outbox": outbox_states,
@@ -123,7 +127,12 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10) -> dict[str, A
         "quarantined_instances": int(quarantined),
         "outcomes": outcomes,
         "notifications": notifications,
+        **monitored,
     }
+    items = health.attention(st)
+    st["overall"] = health.overall(items)
+    st["attention"] = [a.as_dict() for a in items]
+    return st
 
 
 def _notifications(s: Any, name: Any, errors: int) -> dict[str, Any]:
@@ -148,7 +157,15 @@ def render(st: dict[str, Any]) -> str:
     def states(d: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
 
-    lines = [
+    lines = [f"overall:     {st['overall'].upper()}" if "overall" in st else "overall:     -"]
+    lines += [f"  {a['level'].upper():<5} {a['what']}: {a['detail']}" for a in st.get("attention", [])]
+    stages = st.get("stages") or {}
+    if stages:
+        lines.append("stages:      " + ", ".join(
+            f"{k} " + ("never beat" if v["age_seconds"] is None else
+                       f"on a job {v['busy_seconds']:.0f} s" if v["busy_seconds"] is not None else
+                       f"beat {v['age_seconds']:.0f} s ago") for k, v in stages.items()))
+    lines += [
         f"series:      {states(st['series'])}",
         f"jobs:        {states(st['jobs'])}",
         f"deliveries:  {states(st['outbox'])}",
@@ -200,7 +217,7 @@ def run_status(args: argparse.Namespace) -> int:
     cfg = load_config(getattr(args, "config", None))
     store = open_existing(cfg.database_url)  # never a new, empty database that says "series: none"
     try:
-        st = collect(store)
+        st = collect(store, cfg=cfg)
     finally:
         store.dispose()
     print(json.dumps(st, indent=2) if getattr(args, "json", False) else render(st))

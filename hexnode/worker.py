@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from hexnode.report.study import PreviousAnswer, name_predecessor
 from hexnode.report.uids import derive_uid
 from hexnode.route.study import Answer, answer_of, listed_series, record_answer
 from hexnode.store.db import Job, Series, Store, Study, open_store
+from hexnode.store.heartbeat import Beater
 from hexnode.store.queue import (
     LeaseLost,
     add_result,
@@ -110,6 +112,9 @@ class Worker:
 
         self.followup = FollowupStep.from_config(cfg, spool)
         self._models_checked = 0.0
+        # called once a job is claimed (the stage heartbeat marks the process busy: its loop does not
+        # beat while the job runs)
+        self.on_claim: Callable[[], None] | None = None
 
     def sync_models(self, every: float = 5.0) -> None:
         """Load the activated model version (`hexnode models activate`) before the next job."""
@@ -148,6 +153,8 @@ class Worker:
             if ctx.study_revision is not None:
                 ctx.listed = [(x.series_uid, x.reason or x.state, [self.spool.path(i.path) for i in series_instances(s, x.id)])
                               for x in listed_series(s, study.id)]
+        if self.on_claim is not None:
+            self.on_claim()
         name = uid_hash(series_uid)
         log.info("job %d: series %s revision %d, %d instances, attempt %d%s", job_id, name, revision, len(paths),
                  attempts, "" if ctx.study_revision is None else f", study report revision {ctx.study_revision}")
@@ -354,17 +361,27 @@ def run_worker(args: argparse.Namespace) -> int:
     models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
     worker = Worker(store, spool, cfg, models)
     stop = runtime.stop_on_signals()  # the running job finishes; then the loop ends
+    beater = Beater(store, "worker")
+    beater.start()
+    worker.on_claim = beater.busy
     log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
-    while not stop.is_set():
-        try:
-            outcome = worker.run_once()
-        except Exception:  # the database away for a moment: the job's lease brings it back later
-            log.exception("worker loop: claim or commit failed; retrying")
-            stop.wait(max(2.0, 10 * cfg.worker.poll_seconds))
-            continue
-        if outcome is None:
+    try:
+        while not stop.is_set():
+            try:
+                outcome = worker.run_once()
+            except Exception:  # the database away for a moment: the job's lease brings it back later
+                log.exception("worker loop: claim or commit failed; retrying")
+                beater.idle()
+                stop.wait(max(2.0, 10 * cfg.worker.poll_seconds))
+                continue
+            if outcome is not None:
+                beater.idle()
+                continue
+            beater.beat()
             if getattr(args, "once", False):
                 break
             stop.wait(cfg.worker.poll_seconds)
-    store.dispose()
+    finally:
+        beater.stop()
+        store.dispose()
     return 0

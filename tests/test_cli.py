@@ -53,11 +53,13 @@ def test_status_names_the_settings_and_database_it_read(tmp_path: Path) -> None:
     made = run("db", "upgrade", cwd=tmp_path)  # a new node's database: made on purpose
     assert made.returncode == 0 and made.stdout.startswith("database at "), made.stderr
     r = run("status", cwd=tmp_path / "data", env={"HEXNODE_CONFIG": str(tmp_path / "hexnode.toml")})
-    assert r.returncode == 0 and r.stdout.startswith("series:      none")
+    assert r.returncode == 0 and r.stdout.startswith("overall:") and "\nseries:      none\n" in r.stdout
     assert r.stderr.splitlines() == [f"hexnode status: config {tmp_path / 'hexnode.toml'}; "
                                      f"database sqlite:///{tmp_path / 'data' / 'hexnode.sqlite'}"]
     history = run("db", "history", cwd=tmp_path / "data")  # the revisions this version ships: no database needed
-    assert history.returncode == 0 and "series_lookup:" in history.stdout.splitlines()[-1]
+    from hexnode.store import migrate
+
+    assert history.returncode == 0 and history.stdout.splitlines()[-1].startswith(f"{migrate.head()}:")
     assert not (tmp_path / "data" / "var").exists()
 
 

@@ -92,8 +92,12 @@ def test_series_through_orthanc_and_back(stack: DemoStack, case: tuple[Any, list
         path = tmp_path / f"{kind}.dcm"
         stack.instance(oid).save_as(path)
         assert dciodvfy_errors(path) == [], kind
-    # the same series again: Orthanc routes it again, hexnode sees only duplicates → one result set
+    # the same series again: Orthanc routes it again, hexnode sees only duplicates → one result set.
+    # Orthanc stores an instance it already holds once and routes nothing (OverwriteInstances false):
+    # the series is sent again as after Orthanc had deleted it.
     before = routed_count(stack)
+    for found in stack.orthanc.lookup(truth["series_instance_uid"]):
+        stack.orthanc.delete(f"/series/{found['ID']}")
     stack.send(paths)
     wait_for(lambda: routed_count(stack) > before, 60, "Orthanc did not route the resent series")
     time.sleep(4)  # > stable time + a few checks: anything hexnode would do, it has done

@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class OrthancConfig:
     hexnode_aet: str = "HEXNODE"
     hexnode_port: int = 11112
     stable_age: int = 2
+    sender_aet: str = "SCANNER"  # the AE title Orthanc accepts stores from besides hexnode's
+    routing: dict[str, Any] = field(default_factory=dict)  # overrides of orthanc.json's "Hexnode" section
 
     @property
     def config_path(self) -> Path:
@@ -68,6 +70,13 @@ def render_config(cfg: OrthancConfig, *, route_to: tuple[str, str, int] | None =
         PythonScript=str(REPO / "orthanc" / "hexnode_routing.py"),
     )
     base["DicomModalities"]["hexnode"].update(AET=aet, Host=host, Port=port)
+    # Orthanc accepts stores only from registered modalities: the demo's and tests' storescu sends
+    # as SCANNER (a site registers its own scanners and PACS the same way)
+    base["DicomModalities"]["scanner"] = {"AET": cfg.sender_aet, "Host": "127.0.0.1", "Port": 104}
+    if aet != cfg.hexnode_aet:  # routed to a stand-in: hexnode's own AE still sends results back
+        base["DicomModalities"]["hexnode-results"] = {"AET": cfg.hexnode_aet, "Host": "127.0.0.1",
+                                                      "Port": cfg.hexnode_port}
+    base["Hexnode"].update(cfg.routing)
     base["Hexnode"]["SkipCallingAets"] = sorted({cfg.hexnode_aet, aet})
     cfg.config_path.write_text(json.dumps(base, indent=2))
     return cfg.config_path
@@ -87,7 +96,8 @@ class Orthanc:
         log = open(cfg.workdir / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
         # its own session: a Ctrl-C meant for the caller must not stop Orthanc under it (the caller
         # stops it with `stop()`)
-        proc = subprocess.Popen([ORTHANC_BIN, "--no-jobs", str(path)], stdout=log, stderr=subprocess.STDOUT,
+        # jobs saved by an earlier run are resumed, as at a site (the routing queue relies on them)
+        proc = subprocess.Popen([ORTHANC_BIN, str(path)], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=cfg.workdir, start_new_session=True)
         log.close()
         orthanc = cls(cfg, proc)
@@ -119,6 +129,9 @@ class Orthanc:
 
     def get(self, path: str) -> Any:
         return json.loads(self._request("GET", path))
+
+    def delete(self, path: str) -> None:
+        self._request("DELETE", path)
 
     def get_bytes(self, path: str) -> bytes:
         return self._request("GET", path)

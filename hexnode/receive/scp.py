@@ -83,6 +83,7 @@ from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydic
 from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.sop import CT_SOP_CLASSES
 from hexnode.store.db import Store, open_store, utcnow
+from hexnode.store.heartbeat import Beater
 from hexnode.store.spool import Spool, instance_relpath, uid_hash
 
 log = logging.getLogger(__name__)
@@ -393,12 +394,16 @@ def run_receive(args: argparse.Namespace) -> int:
                         log_level=cfg.log_level)
     stop = stop_on_signals()
     receiver.start()
+    beater = Beater(store, "receive")
+    beater.start()
     try:
         while not stop.wait(1.0):
             receiver.indexer.restart_if_dead()
             receiver.sweep_incoming()
+            beater.beat()
     finally:
         log.info("stopping")
         receiver.stop()
+        beater.stop()
         store.dispose()
     return 0

@@ -54,6 +54,7 @@ from hexnode.route.study import (
 )
 from hexnode.sop import is_ct, sop_class_name
 from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
+from hexnode.store.heartbeat import Beater
 from hexnode.store.queue import enqueue_job, reopen_series, transition
 from hexnode.store.spool import Spool, uid_hash
 
@@ -461,11 +462,12 @@ def check_once(store: Store, cfg: Config, spool: Spool, selector: Selector | Non
     return tick
 
 
-def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
+def start_scheduler(store: Store, cfg: Config, spool: Spool, beater: Beater | None = None) -> Any:
     """A BackgroundScheduler running `check_once` every `check_interval_seconds` (one at a time).
 
     `hexnode route` (:func:`run_route`) calls this after opening the store and stops it with
-    `.shutdown()`.
+    `.shutdown()`. `beater`: the stage heartbeat, beaten after each check that finished (a check
+    stuck on a lock stops it).
     """
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -480,6 +482,9 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool) -> Any:
             check_once(store, cfg, spool, selector, watch=watch)
         except Exception:  # a tick must never kill the scheduler; the next one retries
             log.exception("series completion check failed")
+            return
+        if beater is not None:
+            beater.beat()
 
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(job, "interval", seconds=max(0.1, cfg.series.check_interval_seconds),
@@ -495,7 +500,9 @@ def run_route(args: argparse.Namespace) -> int:
     stop = runtime.stop_on_signals()
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)  # read only here: headers of indexed instances
-    scheduler = start_scheduler(store, cfg, spool)
+    beater = Beater(store, "route")
+    beater.start()
+    scheduler = start_scheduler(store, cfg, spool, beater)
     log.info("routing: completion checks every %g s, series stable after %g s, studies settled after %g s",
              cfg.series.check_interval_seconds, cfg.series.stable_seconds, cfg.series.study_settle_seconds)
     try:
@@ -504,5 +511,6 @@ def run_route(args: argparse.Namespace) -> int:
     finally:
         log.info("stopping")
         scheduler.shutdown()  # waits for a running check: its transaction commits or rolls back whole
+        beater.stop()
         store.dispose()
     return 0

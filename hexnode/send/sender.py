@@ -34,6 +34,7 @@ from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
 from hexnode.store.db import Store, open_store
+from hexnode.store.heartbeat import Beater
 from hexnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,17 @@ class Sender:
         else:
             log.info("%s: %d objects delivered", name, delivered)
 
-    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+    def run(self, stop: threading.Event, *, once: bool = False, beat: Callable[[], None] | None = None) -> None:
+        """Until `stop`; `beat` (the stage heartbeat) after every pass that did not fail."""
         while not stop.is_set():
             try:
                 n = self.run_once()
             except Exception:
                 log.exception("send loop error; retrying")
                 n = 0
+            else:
+                if beat is not None:
+                    beat()
             if once and n == 0:
                 return
             if n == 0:
@@ -131,9 +136,12 @@ def run_send(args: argparse.Namespace) -> int:
     log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
     if cfg.notifications:
         log.info("notifying %s", ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
+    beater = Beater(store, "send")
+    beater.start()
     try:
-        sender.run(stop, once=bool(getattr(args, "once", False)))
+        sender.run(stop, once=bool(getattr(args, "once", False)), beat=beater.beat)
     finally:
+        beater.stop()
         store.dispose()
     return 0
 

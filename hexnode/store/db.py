@@ -34,6 +34,8 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
     ``events``     audit trail: every state change of a series, job, outbox row or notification.
     ``notifications``  one per (trigger, series, revision, target): alerts and IT warnings
                    (hexnode/notify), with the outbox's retry, lease and maximum-age columns.
+    ``stage_beats``  one per running stage process: when it last showed it is alive
+                   (hexnode/store/heartbeat.py; `hexnode health`, /metrics).
 
 Jobs, outbox rows and notifications share their lease columns through the ``Leased`` mixin, and
 outbox rows and notifications their retry columns through ``Delivery``; the steps on those
@@ -278,6 +280,21 @@ class Event(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
+
+class StageBeat(Base):
+    """One running stage process's heartbeat (hexnode/store/heartbeat.py): each receive, route,
+    worker and send process writes its row every few seconds from its own work loop, so a process
+    that is alive but wedged stops beating. ``busy_since``: a worker on a job since then (its loop
+    does not beat while the job runs). The row is deleted on a clean stop."""
+
+    __tablename__ = "stage_beats"
+    instance: Mapped[str] = mapped_column(String(160), primary_key=True)  # host:pid:random
+    stage: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    busy_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Scan(Base):

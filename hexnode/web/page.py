@@ -1,21 +1,47 @@
-"""The IT status page (GET / of `[http]`): `collect()`'s facts as plain HTML that refreshes itself.
+"""The IT status page (GET / of `[http]`) and a series' history page (GET /series/ID), as plain HTML.
 
-Server-rendered, no script, no external resource: it opens in any browser on an air-gapped
-network. Series are named by their short UID hash only, as in `hexnode status`; every value is
-escaped (error texts come from peers and exceptions).
+The page opens with what needs attention — one red, amber or green box, each item a line
+(hexnode/health.py's `attention`: a PACS down or deliveries retried, a stage not beating, the
+spool's disk low, failed analyses, studies not analysed …) — then the stages' heartbeats, the
+destinations, the recent series with their state (each a link to its history), then the queue
+and the details. Server-rendered, no script, no external resource (the Content-Security-Policy
+allows only this style sheet, by its hash): it opens in any browser on an air-gapped network.
+Series are named by their short UID hash only, as in `hexnode status`; every value is escaped
+(error texts come from peers and exceptions).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 from typing import Any
+
+from hexnode.health import duration
 
 REFRESH_SECONDS = 10
 
 _STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:20px}h2{font-size:16px;margin-top:1.6em}table{border-collapse:collapse;margin:.4em 0}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#eee}
-.none{color:#777}.bad{color:#b00020}"""
+h1{font-size:20px;margin:0 0 .3em}h2{font-size:16px;margin-top:1.6em}table{border-collapse:collapse;margin:.4em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eee}
+.none{color:#777}.bad{color:#b00020}.meta{color:#555;margin:0 0 1em}
+.summary{border:2px solid;border-radius:6px;padding:.6em 1em;margin:.6em 0 1.2em;max-width:70em}
+.summary h2{margin:0 0 .3em;font-size:18px}.summary ul{margin:.2em 0;padding-left:1.2em}
+.green{border-color:#2e7d32;background:#e8f5e9}.amber{border-color:#b26a00;background:#fff4e0}
+.red{border-color:#b00020;background:#fdecee}
+.lv{display:inline-block;min-width:4.2em;font-weight:600;font-size:12px;padding:0 .4em;border-radius:3px;color:#fff}
+.lv.red{background:#b00020}.lv.amber{background:#b26a00}.lv.green{background:#2e7d32}
+td.s-delivered,td.s-reported{color:#2e7d32}td.s-failed{color:#b00020;font-weight:600}td.s-rejected{color:#6d4c00}
+a{color:#0b57d0}"""
+# The Content-Security-Policy names the style sheet by its hash (web/server.py): no inline style may
+# be added anywhere else on these pages.
+STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+_HEADLINE = {"green": "All clear", "amber": "Needs a look", "red": "Needs attention now"}
+
+
+def _text(v: Any) -> str:
+    return escape("" if v is None else str(v))
 
 
 def _counts(title: str, counts: dict[str, int]) -> str:
@@ -30,10 +56,7 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str], *, bad: b
         return f"<h2>{escape(title)}</h2><p class='none'>none</p>"
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     cls = " class='bad'" if bad else ""
-    body = "".join(
-        "<tr>" + "".join(f"<td{cls}>{escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in columns) + "</tr>"
-        for r in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td{cls}>{_text(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<h2>{escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
 
@@ -48,21 +71,102 @@ def _outcomes(oc: dict[str, Any]) -> str:
                                 "drift"], bad=bool(oc.get("drift")))
 
 
-def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRESH_SECONDS) -> str:
+def _ago(seconds: float | None, never: str = "never") -> str:
+    return never if seconds is None else f"{duration(seconds)} ago"
+
+
+def _summary(st: dict[str, Any]) -> str:
+    level = st.get("overall", "green")
+    items = st.get("attention") or []
+    lis = "".join(f"<li><span class='lv {escape(a['level'])}'>{escape(a['level'].upper())}</span> "
+                  f"<b>{escape(a['what'])}</b>: {escape(a['detail'])}</li>" for a in items)
+    if not items:
+        lis = ("<li>every stage beats, nothing waits too long, every delivery went through, the spool has room"
+               "</li>")
+    day = st.get("last_day") or {}
+    rejected = ""
+    if day.get("rejected_series"):
+        reasons = "; ".join(f"{escape(r['reason'])} ({int(r['count'])})" for r in day.get("rejected_reasons", []))
+        rejected = (f"<p class='meta'>Rejected without a report in the last 24 h (expected for scouts, bone kernels, "
+                    f"reformats): {int(day['rejected_series'])}: {reasons}</p>")
+    return (f"<section class='summary {escape(level)}' id='summary'><h2><span class='lv {escape(level)}'>"
+            f"{escape(level.upper())}</span> {escape(_HEADLINE.get(level, level))}</h2><ul>{lis}</ul>{rejected}"
+            "</section>")
+
+
+def _stages(st: dict[str, Any]) -> str:
+    stages = st.get("stages") or {}
+    if not stages:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(k)}</td><td>{escape(_ago(v['age_seconds']))}</td><td>{int(v['processes'])}</td>"
+        f"<td>{escape('on a job for ' + duration(v['busy_seconds']) if v['busy_seconds'] is not None else 'idle')}"
+        "</td></tr>" for k, v in stages.items())
+    return ("<h2>Stages</h2><table><tr><th>stage</th><th>last heartbeat</th><th>processes beating</th>"
+            f"<th>now</th></tr>{rows}</table>")
+
+
+def _destinations(st: dict[str, Any]) -> str:
+    dests = st.get("destinations") or {}
+    if not dests:
+        return "<h2>Destinations</h2><p class='none'>none configured</p>"
+    rows = "".join(
+        f"<tr><td>{escape(k)}</td><td>{escape(_ago(d['last_delivered_seconds']))}</td><td>{int(d['pending'])}</td>"
+        f"<td{' class=bad' if d['retrying'] else ''}>{int(d['retrying'])}</td>"
+        f"<td{' class=bad' if d['failed'] else ''}>{int(d['failed'])}</td><td>{_text(d['last_error'])}</td></tr>"
+        for k, d in sorted(dests.items()))
+    return ("<h2>Destinations</h2><table><tr><th>destination</th><th>last delivery</th><th>pending</th>"
+            f"<th>being retried</th><th>failed</th><th>last error</th></tr>{rows}</table>")
+
+
+def _recent(st: dict[str, Any]) -> str:
+    rows = st.get("recent_series") or []
+    if not rows:
+        return "<h2>Recent series</h2><p class='none'>none received yet</p>"
+    body = "".join(
+        f"<tr><td><a href='/series/{int(r['id'])}'>{escape(r['series'])}</a></td>"
+        f"<td class='s-{escape(r['state'])}'>{escape(r['state'])}</td><td>{_text(r['reason'])}</td>"
+        f"<td>{_text(r['modality'])}</td><td>{int(r['instances'])}</td><td>{_text(r['calling_ae'])}</td>"
+        f"<td>{_text(r['received_at'])}</td><td>{_text(r['state_at'])}</td></tr>" for r in rows)
+    return ("<h2>Recent series</h2><table><tr><th>series</th><th>state</th><th>reason / note</th><th>modality</th>"
+            "<th>instances</th><th>from AE</th><th>first instance</th><th>last change</th></tr>" + body + "</table>")
+
+
+def _queues(st: dict[str, Any]) -> str:
     depth = st.get("queue_depth", {})
-    stages = {k: v for k, v in st.get("median_seconds", {}).items()}
+    rows = "".join(f"<tr><td>{escape(q['queue'])}</td><td>{escape(q['state'])}</td><td>{int(q['count'])}</td>"
+                   f"<td>{escape(_ago(q['oldest_seconds'], '-'))}</td></tr>"
+                   for q in st.get("queues") or [] if q["count"])
+    disk = st.get("disk")
+    disk_html = ""
+    if disk:
+        disk_html = (f"<p>Spool disk: {disk['free_bytes'] / 1024 ** 3:.1f} GB free of {disk['total_bytes'] / 1024 ** 3:.1f} GB "
+                     f"(the receiver refuses below {disk['min_free_bytes'] / 1024 ** 2:.0f} MB)</p>")
+    return ("<h2>Queue depth</h2><table><tr><th>queue</th><th>depth</th></tr>"
+            f"<tr><td>jobs (queued + running)</td><td>{int(depth.get('jobs', 0))}</td></tr>"
+            f"<tr><td>deliveries (pending + sending)</td><td>{int(depth.get('outbox', 0))}</td></tr></table>"
+            + (("<table><tr><th>queue</th><th>waiting in</th><th>items</th><th>oldest since</th></tr>"
+                f"{rows}</table>") if rows else "<p class='none'>nothing waiting</p>") + disk_html)
+
+
+def _page(title: str, body: str, refresh_s: int | None) -> str:
+    refresh = f"<meta http-equiv='refresh' content='{int(refresh_s)}'>" if refresh_s else ""
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>" + refresh
+            + f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRESH_SECONDS) -> str:
+    stages = st.get("median_seconds", {})
     stage_rows = "".join(f"<tr><td>{escape(k)}</td><td>{float(v):.2f} s</td></tr>" for k, v in stages.items())
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<meta http-equiv='refresh' content='{int(refresh_s)}'>",
-        "<title>hexnode status</title>",
-        f"<style>{_STYLE}</style></head><body>",
         "<h1>hexnode status</h1>",
-        f"<p>generated {escape(generated_at)}; refreshes every {int(refresh_s)} s. "
+        f"<p class='meta'>generated {escape(generated_at)}; refreshes every {int(refresh_s)} s. "
         "Series are named by a hash of their UID; no patient data is shown.</p>",
-        "<h2>Queue depth</h2><table><tr><th>queue</th><th>depth</th></tr>"
-        f"<tr><td>jobs (queued + running)</td><td>{int(depth.get('jobs', 0))}</td></tr>"
-        f"<tr><td>deliveries (pending + sending)</td><td>{int(depth.get('outbox', 0))}</td></tr></table>",
+        _summary(st),
+        _stages(st),
+        _destinations(st),
+        _recent(st),
+        _queues(st),
         _counts("Series by state", st.get("series", {})),
         _counts("Jobs by state", st.get("jobs", {})),
         _counts("Deliveries by state", st.get("outbox", {})),
@@ -81,6 +185,27 @@ def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRE
                ["id", "trigger", "target", "kind", "series", "attempts", "error", "since"], bad=True),
         f"<h2>Quarantined instances</h2><p>{int(st.get('quarantined_instances', 0))}</p>",
         _outcomes(st.get("outcomes") or {}),
-        "</body></html>",
     ]
-    return "".join(parts)
+    return _page("hexnode status", "".join(parts), refresh_s)
+
+
+def series_html(h: dict[str, Any]) -> str:
+    facts = [("series", h["series"]), ("study", h["study"]), ("state", h["state"]), ("reason / note", h["reason"]),
+             ("revision", h["revision"]), ("modality", h["modality"]), ("series number", h["series_number"]),
+             ("instances", h["instances"]), ("from AE", h["calling_ae"]), ("chosen for its study", h["selected"]),
+             ("first instance", h["received_at"]), ("last instance", h["last_instance_at"]),
+             ("sender stopped part-way", h["stopped"]), ("the study's answer", h["study_answer"])]
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{_text(v)}</td></tr>" for k, v in facts)
+    viewer = (f"<p><a href='{escape(h['viewer_url'], quote=True)}' rel='noreferrer'>open the study in the viewer</a></p>"
+              if h.get("viewer_url") else "")
+    body = "".join([
+        f"<p><a href='/'>&larr; status</a></p><h1>series {escape(h['series'])}</h1>",
+        f"<table>{rows}</table>{viewer}",
+        _table("Jobs", h["jobs"], ["job", "revision", "state", "attempts", "error", "created_at", "finished_at",
+                                   "study_report"]),
+        _table("Deliveries", h["deliveries"], ["id", "kind", "destination", "state", "attempts", "error",
+                                               "delivered_at"]),
+        _table("Notifications", h["notifications"], ["id", "trigger", "target", "state", "attempts", "error"]),
+        _table("History", h["events"], ["at", "entity", "entity_id", "from", "to", "detail"]),
+    ])
+    return _page(f"hexnode series {h['series']}", body, None)
