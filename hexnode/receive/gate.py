@@ -50,6 +50,7 @@ from typing import Any
 from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from hexnode.receive.limits import GuardedSocket, PduGuard, ReceiveLimits
 from hexnode.receive.peers import PeerLog
 
 log = logging.getLogger(__name__)
@@ -466,17 +467,29 @@ class ScreeningServer(ThreadedAssociationServer):
     gate: Gate
     # called with each association once its thread has ended (Receiver.on_association_end)
     on_association_end: Callable[[Any], None] | None = None
+    # PDU length, instance size and free-disk floor on every association's incoming bytes
+    # (hexnode.receive.limits); `on_refused` hears the reason in the association's reader thread
+    limits: ReceiveLimits | None = None
+    on_refused: Callable[[str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # TLS is wrapped by the gate, without a blocking handshake in the accept loop.
+        # TLS is wrapped by the gate, without a blocking handshake in the accept loop. The socket
+        # becomes a GuardedSocket (the same descriptor) so that its reads can be checked; with
+        # TLS the context's sslsocket_class is GuardedSSLSocket.
         assert self.socket is not None
-        return self.socket.accept()
+        sock, address = self.socket.accept()
+        return GuardedSocket.adopt(sock), address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.gate.admit(request, client_address)
 
     def dispatch(self, sock: socket.socket, client_address: tuple[Any, ...]) -> None:
         """A screened connection: a thread and pynetdicom's association, as ThreadingMixIn does."""
+        if self.limits is not None and hasattr(sock, "pdu_guard"):
+            # from its first byte: the gate only peeked (MSG_PEEK), pynetdicom reads it all again
+            guarded: Any = sock
+            guarded.pdu_guard = PduGuard(self.limits)
+            guarded.on_refused = self.on_refused
         ThreadedAssociationServer.process_request(self, sock, client_address)  # type: ignore[arg-type]
 
     def handle_error(self, request: Any, client_address: Any) -> None:

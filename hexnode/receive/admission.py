@@ -1,0 +1,205 @@
+"""What a received dataset must show before it is stored, checked in the C-STORE handler.
+
+* **Deflate** (Deflated Explicit VR Little Endian): inflated as a stream into a new file, at most
+  ``[dicom] max_instance_mb`` and never below the free-disk floor, and stored as Explicit VR
+  Little Endian (the same dataset, byte for byte, uncompressed). A 1 MB dataset can inflate to
+  gigabytes, and every reader (pydicom's too) inflates it whole into memory first; past the cap
+  the C-STORE is answered 0xA700 (Out of Resources), a corrupt stream 0xC000.
+* **Identity**: SOP Class and SOP Instance UID of the dataset equal to those of the C-STORE
+  command, else 0xA900 (Data Set does not match SOP Class), as dcmtk's storescp answers; the
+  file is stored under the command's UID and indexed under the dataset's, so a mismatch would
+  index one instance under another's name. Study, Series and SOP Instance UIDs made of digits
+  and dots only, at most 64 characters (a trailing NUL or space is padding), else 0xC000
+  (Cannot Understand), as is a dataset without them.
+
+Only the first ``PREFIX_BYTES`` of the dataset are parsed here (the UIDs are in groups 0008 and
+0020, within the first few KiB of every real header), so a hostile header cannot make the
+receiving process allocate more than about that; when they are not complete within it, the
+instance is accepted and the indexer, which reads the whole header in its own process, applies
+the same checks and quarantines it (hexnode.receive.index).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from hexnode.receive.limits import mb
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DOES_NOT_MATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+PREFIX_BYTES = 64 * 1024
+INFLATE_CHUNK = 1 << 20
+_UID_BYTES = re.compile(rb"[0-9]+(\.[0-9]+)*")
+
+SOP_CLASS = 0x00080016
+SOP_INSTANCE = 0x00080018
+STUDY = 0x0020000D
+SERIES = 0x0020000E
+_NAMES = {SOP_CLASS: "SOPClassUID", SOP_INSTANCE: "SOPInstanceUID", STUDY: "StudyInstanceUID",
+          SERIES: "SeriesInstanceUID"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int = 0  # 0: store it
+    reason: str = ""  # for the log and the response's Error Comment (at most 64 characters)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+ACCEPT = Verdict()
+
+
+def uid_text(raw: bytes | str | None) -> str | None:
+    """A UID value without its padding (one trailing NUL, or spaces), None when it is not a valid UID
+    string: digits and dots only, no empty component, at most 64 characters."""
+    if raw is None:
+        return None
+    data = raw.encode("latin-1", "replace") if isinstance(raw, str) else bytes(raw)
+    data = data.rstrip(b"\x00 ")
+    if not 0 < len(data) <= 64 or not _UID_BYTES.fullmatch(data):
+        return None
+    return data.decode("ascii")
+
+
+def dataset_offset(path: str) -> int:
+    """Where the dataset starts in a file written by pynetdicom's chunked receive: after the
+    128-byte preamble, "DICM" and the File Meta Information group (its group length is first)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a file written by the receiver")
+    (group_length,) = struct.unpack("<L", head[140:144])
+    return 144 + group_length
+
+
+class InflateError(ValueError):
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
+def inflate(src: str, dst: str, max_bytes: int, min_free: int, free_bytes: Callable[[], int]) -> int:
+    """Write `src` (a deflated dataset file) to `dst` inflated, as Explicit VR Little Endian.
+
+    Raises InflateError (with the C-STORE status) past `max_bytes` inflated (0: no cap), when the
+    spool's free space would drop below `min_free`, or for a corrupt stream. Returns the size."""
+    offset = dataset_offset(src)
+    meta = read_file_meta_info(src)
+    meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    since_check = INFLATE_CHUNK  # check free space before the first write
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        out.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=False)  # type: ignore[arg-type]
+        f.seek(offset)
+        pending = b""
+        while True:
+            if not pending:
+                pending = f.read(INFLATE_CHUNK)
+                if not pending:
+                    break
+            try:
+                chunk = inflater.decompress(pending, INFLATE_CHUNK)
+            except zlib.error:
+                raise InflateError(Verdict(STATUS_CANNOT_UNDERSTAND, "deflated data set is corrupt")) from None
+            pending = inflater.unconsumed_tail
+            written += len(chunk)
+            if max_bytes and written > max_bytes:
+                raise InflateError(Verdict(STATUS_OUT_OF_RESOURCES,
+                                           f"inflates beyond dicom.max_instance_mb = {mb(max_bytes)}"))
+            since_check += len(chunk)
+            if min_free and since_check >= INFLATE_CHUNK:
+                if free_bytes() - len(chunk) < min_free:
+                    raise InflateError(Verdict(STATUS_OUT_OF_RESOURCES, "free disk below dicom.min_free_disk_mb"))
+                since_check = 0
+            out.write(chunk)
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            raise InflateError(Verdict(STATUS_CANNOT_UNDERSTAND, "deflated data set is truncated"))
+        out.write(inflater.flush())
+    return os.path.getsize(dst)
+
+
+def is_deflated(transfer_syntax: Any) -> bool:
+    return str(transfer_syntax) == DeflatedExplicitVRLittleEndian
+
+
+def check_identity(path: str, transfer_syntax: str, sop_class: str, sop_instance: str) -> Verdict:
+    """The dataset's UIDs against the C-STORE command's (`path`: the received file, uncompressed
+    or a compressed pixel syntax; deflate is inflated before)."""
+    try:
+        offset = dataset_offset(path)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            prefix = f.read(PREFIX_BYTES)
+    except (OSError, ValueError):
+        return ACCEPT  # not ours to judge here: the indexer reads it, or quarantines it
+    whole = offset + len(prefix) >= size  # the prefix is the entire dataset
+    ts = UID(transfer_syntax)
+    seen_past = False
+
+    def past_series(tag: Any, vr: Any, length: Any) -> bool:
+        nonlocal seen_past
+        if tag > SERIES:
+            seen_past = True
+            return True
+        return False
+
+    try:
+        ds = read_dataset(BytesIO(prefix), ts.is_implicit_VR, ts.is_little_endian, stop_when=past_series,
+                          specific_tags=list(_NAMES))
+    except Exception:  # a peer's bytes: any parser failure
+        if whole:
+            return Verdict(STATUS_CANNOT_UNDERSTAND, "data set cannot be parsed")
+        return ACCEPT
+    complete = whole or seen_past  # every element up to (0020,000E) was in the prefix
+    values: dict[int, bytes | None] = {}
+    for tag in _NAMES:
+        try:
+            raw = ds.get_item(tag)
+        except Exception:
+            raw = None
+        if raw is None:
+            values[tag] = None
+            continue
+        tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if not isinstance(value, bytes) or tell is None or length is None or tell + length > len(prefix):
+            if complete:
+                return Verdict(STATUS_CANNOT_UNDERSTAND, f"{_NAMES[tag]} cannot be read")
+            values[tag] = None  # cut off by the prefix: the indexer decides
+            continue
+        values[tag] = value
+    missing = [_NAMES[t] for t, v in values.items() if v is None]
+    if missing and complete:
+        return Verdict(STATUS_CANNOT_UNDERSTAND, f"no {', '.join(missing)}"[:64])
+    for tag, value in values.items():
+        if value is not None and uid_text(value) is None:
+            return Verdict(STATUS_CANNOT_UNDERSTAND, f"{_NAMES[tag]} is not a valid UID")
+    command_class, command_instance = uid_text(sop_class), uid_text(sop_instance)
+    if command_instance is None:
+        return Verdict(STATUS_CANNOT_UNDERSTAND, "command SOP Instance UID is not a valid UID")
+    if values[SOP_CLASS] is not None and uid_text(values[SOP_CLASS]) != command_class:
+        return Verdict(STATUS_DOES_NOT_MATCH, "SOP Class UID differs from the command's")
+    if values[SOP_INSTANCE] is not None and uid_text(values[SOP_INSTANCE]) != command_instance:
+        return Verdict(STATUS_DOES_NOT_MATCH, "SOP Instance UID differs from the command's")
+    return ACCEPT
