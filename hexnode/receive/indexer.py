@@ -252,7 +252,7 @@ class Indexer:
         with self.store.transaction() as s:
             s.add(Event(entity="instance", entity_id=0, from_state=None, to_state="rejected",
                         detail=f"{dest_rel} from {item.calling_ae or 'unknown AE'}: {reason}"))
-        log.warning("instance from %s quarantined as %s: %s", item.calling_ae, dest_rel, reason)
+        log.warning("instance from %s quarantined as %s: %s", item.calling_ae or "unknown AE", dest_rel, reason)
 
     def recover(self, window: timedelta = timedelta(minutes=10)) -> int:
         """Index spooled files the database does not know (killed between rename and index).
@@ -455,6 +455,10 @@ class IndexerProcess:
 
     def alive(self) -> bool:
         return bool(self._proc is not None and self._proc.is_alive())
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def keep_alive(self) -> bool:
         """Called about once a second by `hexnode receive`: restart a dead indexer (backing off

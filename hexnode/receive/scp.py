@@ -352,6 +352,9 @@ class Receiver:
             path = os.path.join(self.spool.incoming, name)
             try:
                 if idle or os.stat(path).st_mtime < cutoff:
+                    # truncated first: pynetdicom may still hold the file of an aborted transfer
+                    # open, and an unlinked file's blocks are only freed when it is closed
+                    os.truncate(path, 0)
                     os.unlink(path)
                     removed += 1
             except FileNotFoundError:
