@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
@@ -100,7 +101,7 @@ def inflate(src: str, dst: str, max_bytes: int, min_free: int, free_bytes: Calla
     Raises InflateError (with the C-STORE status) past `max_bytes` inflated (0: no cap), when the
     spool's free space would drop below `min_free`, or for a corrupt stream. Returns the size."""
     offset = dataset_offset(src)
-    meta = read_file_meta_info(src)
+    meta = _file_meta(src, offset)
     meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     written = 0
@@ -136,6 +137,18 @@ def inflate(src: str, dst: str, max_bytes: int, min_free: int, free_bytes: Calla
             raise InflateError(Verdict(STATUS_CANNOT_UNDERSTAND, "deflated data set is truncated"))
         out.write(inflater.flush())
     return os.path.getsize(dst)
+
+
+def _file_meta(path: str, offset: int) -> FileMetaDataset:
+    """The File Meta Information group exactly as its group length says (pydicom's reader goes on
+    while the next bytes look like group 0002, and a deflate stream's first bytes can)."""
+    with open(path, "rb") as f:
+        f.seek(132)
+        group = f.read(offset - 132)
+    try:
+        return FileMetaDataset(read_dataset(BytesIO(group), False, True))
+    except Exception:
+        raise InflateError(Verdict(STATUS_CANNOT_UNDERSTAND, "file meta information unreadable")) from None
 
 
 def is_deflated(transfer_syntax: Any) -> bool:

@@ -170,8 +170,33 @@ def _read_tags(extra: Iterable[str]) -> list[int]:
     return sorted(t for k in keywords if (t := tag_for_keyword(k)) is not None)
 
 
-def _safe_text(value: Any, limit: int = MAX_HEADER_VALUE) -> bool:
-    return len(str(value)) <= limit
+# Longest value of each text VR (PS3.5 6.2); longer free text is cut to this, other VRs are dropped.
+_VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "SH": 16, "TM": 16,
+           "UI": 64, "ST": 1024, "LT": 1024, "UT": 1024, "UC": 1024}
+_FREE_TEXT = {"LO", "SH", "ST", "LT", "UT", "UC"}
+_CONTROL = {chr(c) for c in range(0x20) if chr(c) not in "\t\n\r\x0c\x1b"} | {"\x7f"}
+
+
+def _sane(elem: Any) -> Any:
+    """`elem` as it may be kept, or None. A value with control characters is what a broken length
+    makes of the next elements' bytes (tags and lengths hold NULs), patient name among them: it is
+    dropped. Over-long free text is cut to its VR's maximum; any other over-long value is dropped."""
+    from pydicom.dataelem import DataElement
+
+    value = elem.value
+    if isinstance(value, bytes | bytearray):
+        return None
+    values = list(value) if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+    texts = [str(v) for v in values]
+    if any(ch in _CONTROL for t in texts for ch in t) or sum(len(t) for t in texts) > MAX_HEADER_VALUE * 4:
+        return None
+    limit = _VR_MAX.get(elem.VR)
+    if limit is None or all(len(t) <= limit for t in texts):
+        return elem
+    if elem.VR not in _FREE_TEXT:
+        return None
+    cut = [t[:limit] for t in texts]
+    return DataElement(elem.tag, elem.VR, cut if len(cut) > 1 else cut[0])
 
 
 def series_header(ds: Any, extra: Iterable[str] = ()) -> dict[str, Any] | None:
@@ -186,7 +211,22 @@ def series_header(ds: Any, extra: Iterable[str] = ()) -> dict[str, Any] | None:
         out = keep.to_json_dict(bulk_data_threshold=1 << 20)
     except Exception:  # a malformed value pydicom cannot write as JSON: route reads the file instead
         return None
+    _drop_non_finite(out)  # a DS of "NaN" or "1e400": not JSON, and PostgreSQL refuses the row
     return out if _clean(out) else None
+
+
+def _drop_non_finite(node: Any) -> None:
+    if isinstance(node, dict):
+        for key in list(node):
+            value = node[key]
+            if isinstance(value, dict) and any(isinstance(v, float) and not math.isfinite(v)
+                                               for v in value.get("Value", []) or []):
+                del node[key]
+            else:
+                _drop_non_finite(value)
+    elif isinstance(node, list):
+        for x in node:
+            _drop_non_finite(x)
 
 
 def _filtered(ds: Any, allowed: Mapping[str, Any], depth: int) -> Dataset:
@@ -207,8 +247,9 @@ def _filtered(ds: Any, allowed: Mapping[str, Any], depth: int) -> Dataset:
         if vr == "PN" or (inner is None and vr in _BULK_VRS):
             continue
         if inner is None:
-            if not isinstance(elem.value, bytes | bytearray) and _safe_text(elem.value):
-                keep.add(elem)
+            kept = _sane(elem)
+            if kept is not None:
+                keep.add(kept)
             continue
         if vr != "SQ" or depth > 4:
             continue
@@ -250,6 +291,8 @@ def _text(ds: Any, keyword: str, limit: int | None = None) -> str | None:
     if value is None:
         return None
     text = str(value).strip().rstrip("\x00").strip()
+    if any(ch in _CONTROL for ch in text):  # a broken length's catch (see _sane): not a value
+        return None
     if limit is not None:
         text = text[:limit]
     return text or None
@@ -293,6 +336,8 @@ def _joined(ds: Any, keyword: str) -> str | None:
     if value is None:
         return None
     parts = [str(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else [str(value)]
+    if any(ch in _CONTROL for p in parts for ch in p):
+        return None
     return "\\".join(parts)[:MAX_HEADER_VALUE] or None
 
 
