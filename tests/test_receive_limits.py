@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from hostile_helpers import (
+    PHI,
     Peer,
     dataset_of,
     deflate_bomb,
     p_data,
     pdv,
+    phi_in_sequences,
     release_rq,
     small_ct,
     store_command,
@@ -288,45 +290,6 @@ def test_command_and_dataset_uids_must_agree_and_be_uids(make_receiver, tmp_path
 
 
 # --- patient identifiers at any depth ------------------------------------------------------------------------
-
-PHI = ("SECRET^PATIENT", "PID-SECRET-42", "19700101", "PID-SEQ-SECRET", "19650303", "PRIVATE-SECRET", "DR^DEEP",
-       "OTHER-PID-SECRET", "SEQ^NAME")
-
-
-def phi_in_sequences(tmp_path: Path, n: int = 2) -> list[Path]:
-    """CT slices with patient identifiers at the top level, inside sequences (one that route reads,
-    one it does not), in a private element and in a person name inside a sequence."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
-
-    series, study, paths = generate_uid(), generate_uid(), []
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        ds = small_ct(series_uid=series, study_uid=study, number=i + 1)
-        request = Dataset()
-        request.PatientID, request.PatientBirthDate = "PID-SEQ-SECRET", "19650303"
-        request.RequestedProcedureID, request.ScheduledProcedureStepDescription = "RP1", "CT HEAD"
-        ds.RequestAttributesSequence = [request]  # type: ignore[attr-defined]
-        other = Dataset()
-        other.PatientID = "OTHER-PID-SECRET"
-        ds.OtherPatientIDsSequence = [other]  # type: ignore[attr-defined]
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-B0300", "SRT", "IODINE"
-        code.PatientName, code.PatientID = "SEQ^NAME", "PID-SEQ-SECRET"  # where no one should put them
-        ds.ContrastBolusAgentSequence = [code]  # type: ignore[attr-defined]
-        measures = Dataset()
-        measures.SliceThickness = 5.0
-        group = Dataset()
-        group.PixelMeasuresSequence = [measures]
-        group.PerformingPhysicianName = "DR^DEEP"
-        ds.SharedFunctionalGroupsSequence = [group]  # type: ignore[attr-defined]
-        ds.private_block(0x0029, "HEXNODE TEST", create=True).add_new(0x10, "LO", "PRIVATE-SECRET")  # type: ignore[attr-defined]
-        ds.SeriesDescription, ds.BodyPartExamined, ds.StationName = "Head 5mm", "HEAD", "CT-STROKE"  # type: ignore[attr-defined]
-        p = tmp_path / f"phi{i}.dcm"
-        ds.save_as(p, enforce_file_format=True)  # type: ignore[attr-defined]
-        paths.append(p)
-    return paths
-
 
 def test_no_patient_identifier_from_any_depth_reaches_the_database(make_receiver, tmp_path: Path) -> None:
     rx = make_receiver()
