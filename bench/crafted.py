@@ -199,12 +199,13 @@ def start(work: Path, before: str | None, *, spool: Path | None = None, floor_mb
 
 
 def storescu(port: int, files: list[Path], extra: list[str] | None = None) -> tuple[int, str]:
-    r = subprocess.run([STORESCU, "-aec", "HEXNODE", "-aet", "SCANNER", "-to", "10", "-ta", "10", "-td", "60",
+    r = subprocess.run([STORESCU, "-v", "-aec", "HEXNODE", "-aet", "SCANNER", "-to", "10", "-ta", "10", "-td", "60",
                         *(extra or []), "127.0.0.1", str(port), *map(str, files)],
                        env=dcmtk_env(), capture_output=True, text=True, timeout=600)
-    lines = [ln[3:].strip() for ln in r.stderr.splitlines() if ln.startswith(("E:", "F:"))
-             and not ln.startswith("E: Store Failed, file")]
-    return r.returncode, (lines[0][:90] if lines else "ok") if r.returncode or lines else "ok"
+    said = [ln[3:].strip() for ln in r.stderr.splitlines()
+            if ln.startswith(("E:", "F:", "W:")) and not ln.startswith("E: Store Failed, file")
+            or "Refused" in ln or "Error:" in ln or "Aborted" in ln]
+    return r.returncode, "; ".join(dict.fromkeys(x[:90] for x in said))[:200] if said else "ok"
 
 
 def after(node: Node, work: Path, tag: str) -> str:

@@ -420,3 +420,44 @@ def test_found_a_deflate_stream_that_looks_like_file_meta_is_refused_cleanly(tmp
         admission.inflate(str(path), str(tmp_path / "out.dcm"), 1 << 20, 0, lambda: 1 << 40)
     with pytest.raises(HeaderError):
         read_header(path)
+
+
+def test_found_values_postgresql_refuses_are_never_recorded(tmp_path: Path) -> None:
+    """On PostgreSQL: an Instance Number past 32 bits, a 20-character Modality and an infinite
+    position made it refuse the batch (integer out of range, value too long, NaN/Infinity in JSON),
+    and the old indexer retried that batch forever while nothing after it was indexed."""
+    from datetime import datetime
+
+    from plumbing_helpers import PG_URL, pg_available, pg_schema
+    from sqlalchemy import select
+
+    from hexnode.receive.indexer import Indexer, Item
+    from hexnode.store.db import Instance, Series
+    from hexnode.store.spool import instance_relpath
+
+    if not pg_available():
+        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
+    with pg_schema() as schema:
+        store = open_store(PG_URL, schema=schema)
+        try:
+            spool = Spool(tmp_path / "spool").prepare()
+            items = []
+            for i, changes in enumerate(({"Modality": "CT" * 10}, {"InstanceNumber": "99999999999"},
+                                         {"ImagePositionPatient": ["inf", "0", "NaN"], "SliceThickness": "1e400"},
+                                         {})):
+                ds = small_ct(f"{SOP}.{i}", size=4, series_uid=f"{SOP}.100", study_uid=f"{SOP}.200")
+                for k, v in changes.items():
+                    setattr(ds, k, v)
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID  # type: ignore[attr-defined]
+                rel = instance_relpath(str(ds.SOPInstanceUID))  # type: ignore[attr-defined]
+                ds.save_as(spool.path(rel), enforce_file_format=True)  # type: ignore[attr-defined]
+                items.append(Item(rel, "FUZZ", datetime(2026, 1, 1), -1))
+            Indexer(store, spool, fsync=False)._index_with_retry(items)
+            with store.transaction() as s:
+                rows = s.execute(select(Instance.instance_number, Instance.position)).all()
+                modality = s.execute(select(Series.modality)).scalar_one()
+            assert len(rows) == 4 and {r[0] for r in rows} == {None, 1} and all(r[1] is None or None not in r[1]
+                                                                                  for r in rows)
+            assert modality is not None and len(modality) <= 16  # the column holds 16
+        finally:
+            store.dispose()
