@@ -10,6 +10,8 @@ series after the attack was indexed.
 * bomb: a Deflated Explicit VR Little Endian CT instance with a private OB of ``--bomb-mib`` MiB of
   zeros (about 1 MB on disk for 1 GiB), sent with storescu; with ``--memory-limit-mib`` (root, cgroup
   v1) the receive process and its children run under that memory limit, as in a container.
+* spooled: the same bomb already in the spool and not indexed (what the old receiver was left with),
+  `hexnode receive` started twice as systemd would restart it.
 * pdu: a raw peer associates, then sends one P-DATA-TF header claiming 0x7FFFFFF0 bytes and
   streams ``--pdu-mib`` MiB of zeros as fast as the node takes them.
 * disk: (root only) the spool on a ``--disk-mib`` tmpfs with a floor of 3/4 of it; one instance of
@@ -172,10 +174,11 @@ def _cgroup(limit_mib: int) -> Path | None:
 
 
 def start(work: Path, before: str | None, *, spool: Path | None = None, floor_mb: int = 1,
-          memory_limit_mib: int = 0) -> Node:
+          memory_limit_mib: int = 0, keep: bool = False, wait: bool = True) -> Node:
     data = work / "node"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = work / "hexnode.toml"
     spool_line = f'[spool]\ndir = "{spool}"\n' if spool else ""
@@ -194,7 +197,8 @@ def start(work: Path, before: str | None, *, spool: Path | None = None, floor_mb
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work, preexec_fn=pre)
     node = Node(proc, port, data, log, cgroup=cg)
     node.start_sampling()
-    wait_port(port, 120, proc)  # type: ignore[arg-type]
+    if wait:
+        wait_port(port, 120, proc)  # type: ignore[arg-type]
     return node
 
 
@@ -250,6 +254,41 @@ def bomb(work: Path, before: str | None, args: argparse.Namespace) -> str:
     limit = f"memory limit {args.memory_limit_mib} MiB (cgroup)" if node.cgroup else "no memory limit"
     return report("bomb", node, saw,
                   f"{path.stat().st_size / 2**20:.1f} MiB sent, {args.bomb_mib} MiB inflated, {limit}", work)
+
+
+def spooled(work: Path, before: str | None, args: argparse.Namespace) -> str:
+    """The bomb already in the spool, not yet indexed (what the bomb scenario leaves behind with the
+    old receiver): `hexnode receive` started twice, as systemd restarts it."""
+    from hexnode.store.spool import instance_relpath
+
+    path = work / "bomb.dcm"
+    if not path.exists():
+        deflate_bomb(path, args.bomb_mib)
+    from pydicom import dcmread
+
+    dest = work / "node" / "spool" / instance_relpath(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+    shutil.rmtree(work / "node", ignore_errors=True)
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(path, dest)
+    lines = []
+    for attempt in (1, 2):
+        node = start(work, before, memory_limit_mib=args.memory_limit_mib, keep=True, wait=False)
+        deadline = time.monotonic() + 120
+        up = False
+        while node.alive() and time.monotonic() < deadline and not up:
+            try:
+                socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+                up = True
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(args.settle if up else 0)
+        state = "listening" if up and node.alive() else "not listening"
+        saw = f"start {attempt}: {state}"
+        lines.append(report(f"spooled (start {attempt})", node, saw, "", work) if up else
+                     f"spooled (start {attempt}): receive {node.stop()} without listening | indexer peak "
+                     f"{node.peak['indexer']} MiB ({len(node.indexer_pids)} indexer process(es))")
+    quarantined = list((work / "node" / "spool" / "quarantine").glob("*.dcm"))
+    return " || ".join(lines) + f" || bomb quarantined: {'yes' if quarantined else 'no'}"
 
 
 def pdu(work: Path, before: str | None, args: argparse.Namespace) -> str:
@@ -387,7 +426,7 @@ def uid(work: Path, before: str | None, args: argparse.Namespace) -> str:
                   f"spooled files no row names: {len(orphans)}", work)
 
 
-SCENARIOS = {"bomb": bomb, "pdu": pdu, "disk": disk, "phi": phi, "uid": uid}
+SCENARIOS = {"bomb": bomb, "spooled": spooled, "pdu": pdu, "disk": disk, "phi": phi, "uid": uid}
 
 
 def main() -> int:

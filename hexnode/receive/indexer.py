@@ -448,7 +448,8 @@ class IndexerProcess:
             if isinstance(item, Item):
                 if not self._unavailable_logged:
                     self._unavailable_logged = True
-                    log.warning("indexer unavailable; %s and what follows will be indexed by recovery", item.relpath)
+                    log.warning("indexer unavailable; instance %s and what follows will be indexed by recovery",
+                                uid_hash(item.relpath))
             else:  # the series' completion then takes the ordinary path; logged for IT
                 log.warning("indexer unavailable; sender %s stopped part-way: %s", item.calling_ae,
                             item.note(len(item.relpaths)))
@@ -496,10 +497,6 @@ class IndexerProcess:
             return False
         self._retry_delay = 1.0
         return True
-
-    def restart_if_dead(self) -> bool:
-        """The old name of keep_alive."""
-        return self.keep_alive()
 
     def stop(self, timeout: float = 60.0) -> None:
         if self._proc is None:
