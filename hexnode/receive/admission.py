@@ -21,6 +21,7 @@ the same checks and quarantines it (hexnode.receive.index).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -31,7 +32,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
@@ -42,6 +43,7 @@ STATUS_DOES_NOT_MATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 PREFIX_BYTES = 64 * 1024
+FIRST_READ = 16 * 1024
 INFLATE_CHUNK = 1 << 20
 _UID_BYTES = re.compile(rb"[0-9]+(\.[0-9]+)*")
 
@@ -155,64 +157,95 @@ def is_deflated(transfer_syntax: Any) -> bool:
     return str(transfer_syntax) == DeflatedExplicitVRLittleEndian
 
 
+@functools.lru_cache(maxsize=64)
+def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
+    uid = UID(transfer_syntax)
+    return uid.is_implicit_VR, uid.is_little_endian
+
+
 def check_identity(path: str, transfer_syntax: str, sop_class: str, sop_instance: str) -> Verdict:
     """The dataset's UIDs against the C-STORE command's (`path`: the received file, uncompressed
-    or a compressed pixel syntax; deflate is inflated before)."""
+    or a compressed pixel syntax; deflate is inflated before). It runs for every instance on the
+    response path: one read of the file's head (the first 16 KiB of the data set, 64 KiB when its
+    UIDs are not complete in those), the elements parsed without building a Dataset."""
     try:
-        offset = dataset_offset(path)
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            f.seek(offset)
-            prefix = f.read(PREFIX_BYTES)
+            head = f.read(144 + 512 + FIRST_READ)
+            offset = _offset(head)
+            prefix = head[offset:]
+            whole = len(head) < 144 + 512 + FIRST_READ  # the file ended: the prefix is all of it
+            verdict = None if whole else _judge(prefix, transfer_syntax, sop_class, sop_instance, complete=False)
+            if verdict is None and not whole:
+                f.seek(offset)
+                prefix = f.read(PREFIX_BYTES)
+                whole = len(prefix) < PREFIX_BYTES
     except (OSError, ValueError):
         return ACCEPT  # not ours to judge here: the indexer reads it, or quarantines it
-    whole = offset + len(prefix) >= size  # the prefix is the entire dataset
-    ts = UID(transfer_syntax)
+    if verdict is not None:
+        return verdict
+    return _judge(prefix, transfer_syntax, sop_class, sop_instance, complete=whole) or ACCEPT
+
+
+def _offset(head: bytes) -> int:
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a file written by the receiver")
+    return 144 + struct.unpack("<L", head[140:144])[0]
+
+
+def _judge(prefix: bytes, transfer_syntax: str, sop_class: str, sop_instance: str, *,
+           complete: bool) -> Verdict | None:
+    """A verdict from `prefix`, the start of the data set (`complete`: all of it); None when its
+    UIDs are not all in it and it is not complete (read more, or leave it to the indexer)."""
+    try:
+        implicit, little = _encoding(transfer_syntax)
+    except ValueError:
+        return ACCEPT
     seen_past = False
 
     def past_series(tag: Any, vr: Any, length: Any) -> bool:
         nonlocal seen_past
-        if tag > SERIES:
+        if tag.real > SERIES:  # .real: the plain int (BaseTag's comparisons are Python code)
             seen_past = True
             return True
         return False
 
+    found: dict[int, Any] = {}
     try:
-        ds = read_dataset(BytesIO(prefix), ts.is_implicit_VR, ts.is_little_endian, stop_when=past_series,
-                          specific_tags=list(_NAMES))
+        for raw in data_element_generator(BytesIO(prefix), implicit, little, stop_when=past_series,
+                                          specific_tags=list(_NAMES)):
+            if raw.tag in _NAMES:
+                found[raw.tag] = raw
     except Exception:  # a peer's bytes: any parser failure
-        if whole:
-            return Verdict(STATUS_CANNOT_UNDERSTAND, "data set cannot be parsed")
-        return ACCEPT
-    complete = whole or seen_past  # every element up to (0020,000E) was in the prefix
+        return Verdict(STATUS_CANNOT_UNDERSTAND, "data set cannot be parsed") if complete else None
+    complete = complete or seen_past  # every element up to (0020,000E) was in the prefix
     values: dict[int, bytes | None] = {}
     for tag in _NAMES:
-        try:
-            raw = ds.get_item(tag)
-        except Exception:
-            raw = None
-        if raw is None:
+        elem = found.get(tag)
+        if elem is None:
             values[tag] = None
             continue
-        tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
+        tell, length, value = (getattr(elem, "value_tell", None), getattr(elem, "length", None),
+                               getattr(elem, "value", None))
         if not isinstance(value, bytes) or tell is None or length is None or tell + length > len(prefix):
             if complete:
                 return Verdict(STATUS_CANNOT_UNDERSTAND, f"{_NAMES[tag]} cannot be read")
-            values[tag] = None  # cut off by the prefix: the indexer decides
+            values[tag] = None  # cut off by the prefix
             continue
         values[tag] = value
     missing = [_NAMES[t] for t, v in values.items() if v is None]
-    if missing and complete:
+    if missing and not complete:
+        return None
+    if missing:
         return Verdict(STATUS_CANNOT_UNDERSTAND, f"no {', '.join(missing)}"[:64])
-    for tag, value in values.items():
-        if value is not None and uid_text(value) is None:
+    uids = {tag: uid_text(value) for tag, value in values.items()}
+    for tag, uid in uids.items():
+        if uid is None:
             return Verdict(STATUS_CANNOT_UNDERSTAND, f"{_NAMES[tag]} is not a valid UID")
-    command_class, command_instance = uid_text(sop_class), uid_text(sop_instance)
+    command_instance = uid_text(sop_instance)
     if command_instance is None:
         return Verdict(STATUS_CANNOT_UNDERSTAND, "command SOP Instance UID is not a valid UID")
-    if values[SOP_CLASS] is not None and uid_text(values[SOP_CLASS]) != command_class:
+    if uids[SOP_CLASS] != uid_text(sop_class):
         return Verdict(STATUS_DOES_NOT_MATCH, "SOP Class UID differs from the command's")
-    if values[SOP_INSTANCE] is not None and uid_text(values[SOP_INSTANCE]) != command_instance:
+    if uids[SOP_INSTANCE] != command_instance:
         return Verdict(STATUS_DOES_NOT_MATCH, "SOP Instance UID differs from the command's")
     return ACCEPT
