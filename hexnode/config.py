@@ -66,8 +66,8 @@ class DicomConfig:
     # One instance (its dataset as received, or inflated when deflated) larger than this: the
     # association is aborted as the fragments cross it (a deflated one: 0xA700). 0 = no cap.
     max_instance_mb: int = 1024
-    # Address space for the indexer's data (RLIMIT_DATA): a header that needs more is quarantined
-    # instead of taking the machine's memory. 0 = not limited.
+    # Memory the indexer may allocate beyond its start-up footprint (RLIMIT_DATA): a header that
+    # needs more is quarantined instead of taking the machine's memory. 0 = not limited.
     indexer_memory_mb: int = 512
     tls: TLSConfig = field(default_factory=TLSConfig)
 
@@ -392,8 +392,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"dicom.{key}: must be >= 0")
     if 0 < cfg.dicom.max_pdu_size < 4096:
         raise ConfigError("dicom.max_pdu_size: 0 (not limited) or at least 4096 bytes")
-    if 0 < cfg.dicom.indexer_memory_mb < 256:
-        raise ConfigError("dicom.indexer_memory_mb: 0 (not limited) or at least 256 MB (the indexer needs ~130)")
+    if 0 < cfg.dicom.indexer_memory_mb < 64:
+        raise ConfigError("dicom.indexer_memory_mb: 0 (not limited) or at least 64 MB")
     if cfg.worker.processes < 1:
         raise ConfigError("worker.processes: must be >= 1")
     if cfg.dicom.peer_log_interval_seconds < 0:

@@ -1,6 +1,6 @@
 """The header indexer of `hexnode receive`, in its own process.
 
-The C-STORE handler only spools (rename into place) and hands the file's spool path to this
+The C-STORE handler checks the data set's UIDs, spools it (rename into place) and hands its spool path to this
 process through a queue; here each file is fsynced (with its directory), its header read with
 ``stop_before_pixels`` and recorded in the database, in batches of up to 200 per transaction.
 
@@ -16,9 +16,9 @@ A file whose header cannot be read (truncated, not DICOM, no UIDs, UIDs that are
 differ from the command's) is moved to ``spool/quarantine/`` and recorded as an ``events`` row
 (entity ``instance``) with the reason; so is a file the database refuses a row for.
 
-A file must never stop indexing, nor its restart. The process runs under an address-space limit
-for its data (``[dicom] indexer_memory_mb``, RLIMIT_DATA): a header that needs more fails with
-MemoryError and is quarantined. If the process dies anyway (killed by the kernel's OOM killer,
+A file must never stop indexing, nor its restart. The process runs under a limit on its data
+(RLIMIT_DATA: ``[dicom] indexer_memory_mb`` beyond what it holds after start-up): a header that
+needs more fails with MemoryError and is quarantined. If the process dies anyway (killed by the kernel's OOM killer,
 or by receive's watchdog when one batch's headers take longer than ``PARSE_DEADLINE_SECONDS``),
 the file named in ``spool/indexing`` (the batch being parsed, written before parsing) tells the
 next start what it died on: a batch is parsed again one file at a time, and a file it died on
@@ -363,6 +363,17 @@ class Indexer:
                 return
 
 
+def _data_bytes() -> int:
+    """This process's data segment and private writable mappings now (what RLIMIT_DATA counts)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str,
                 policy: IndexPolicy) -> None:
     setup_logging(log_level, "%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
@@ -370,9 +381,11 @@ def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready:
     if policy.memory_bytes:
         import resource
 
-        # what this process may allocate (heap and anonymous maps): a header past it is a
-        # MemoryError, quarantined, instead of the kernel killing a process for it
-        resource.setrlimit(resource.RLIMIT_DATA, (policy.memory_bytes, policy.memory_bytes))
+        # what this process may allocate (heap and anonymous maps) beyond what it holds now, after
+        # its imports (numpy's BLAS threads alone grow with the core count): a header past it is
+        # a MemoryError, quarantined, instead of the kernel killing a process for it
+        limit = _data_bytes() + policy.memory_bytes
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     store = open_store(url, schema=schema, create=False)
     spool = Spool(Path(spool_root))
     indexer = Indexer(store, spool, policy=policy)

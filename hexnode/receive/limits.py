@@ -45,6 +45,7 @@ MAX_OTHER_PDU = 1 << 20
 # Free space is read again after this many dataset bytes were declared on one association.
 DISK_CHECK_BYTES = 1 << 20
 P_DATA_TF = 0x04
+_PEEK = socket.MSG_PEEK
 
 
 class Refused(ConnectionAbortedError):
@@ -189,8 +190,11 @@ class _Guarded:
     def recv(self, bufsize: int = 1024, flags: int = 0) -> bytes:  # type: ignore[override]
         data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
         guard = self.pdu_guard
-        if guard is not None and data and not flags & socket.MSG_PEEK:
-            self._feed(guard, data)
+        if guard is not None and data and not flags & _PEEK:
+            try:
+                guard.feed(data)
+            except Refused as exc:
+                self._refused(exc)
         return data
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:  # type: ignore[override]
@@ -198,20 +202,17 @@ class _Guarded:
         n: int = (super().recv_into(buffer, nbytes, flags) if nbytes is not None  # type: ignore[misc]
                   else super().recv_into(buffer, flags=flags))  # type: ignore[misc]
         guard = self.pdu_guard
-        if guard is not None and n and not flags & socket.MSG_PEEK:
-            with memoryview(buffer) as view:
-                self._feed(guard, view[:n])
+        if guard is not None and n and not flags & _PEEK:
+            try:
+                guard.feed(memoryview(buffer)[:n])
+            except Refused as exc:
+                self._refused(exc)
         return n
 
-    def _feed(self, guard: PduGuard, data: Any) -> None:
-        try:
-            guard.feed(data)
-        except Refused as exc:
-            first = self.pdu_guard is not None
-            self.pdu_guard = None  # what follows is not read any more
-            if first:
-                self._abort(str(exc))
-            raise
+    def _refused(self, exc: Refused) -> None:
+        self.pdu_guard = None  # what follows is not read any more
+        self._abort(str(exc))
+        raise exc
 
     def _abort(self, reason: str) -> None:
         callback = self.on_refused

@@ -23,7 +23,11 @@ Policies (``[dicom]`` in hexnode.toml):
 * Calling AE allow-list (``allowed_calling_aes``): others are rejected at association time,
   A-ASSOCIATE-RJ rejected-permanent, service-user, reason 3 "calling AE title not recognised".
   Called AE (``require_called_ae``): reason 7 "called AE title not recognised".
-* ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
+* ``max_associations``, optional TLS (``[dicom.tls]``).
+* What one association may cost (``hexnode.receive.limits``, on the bytes as they arrive, in both
+  receive modes and under TLS): ``max_pdu_size`` (the length we advertise, enforced: A-ABORT at the
+  header of a longer PDU), ``max_instance_mb`` and ``min_free_disk_mb`` (A-ABORT at the fragment
+  that would cross them, before it is written).
 * ``fast_receive`` (default true): the receive fast path, ``hexnode.receive.fastpath``; false is
   pynetdicom's own chunked receive.
 * Hostile and broken peers (``hexnode.receive.gate``): a connection waits in a separate pool until
@@ -33,8 +37,12 @@ Policies (``[dicom]`` in hexnode.toml):
   out in the middle of a PDU); its partial file is deleted (:meth:`Receiver.sweep_incoming`) and the
   series is marked as sent part-way, as after an A-ABORT. One rate-limited WARNING line per
   refused or broken peer (``hexnode.receive.peers``), no tracebacks for malformed input.
-* Free disk below ``min_free_disk_mb`` → C-STORE status 0xA700 (Out of Resources); the
-  temporary file is deleted, nothing is indexed.
+* Free disk below ``min_free_disk_mb`` when a complete instance arrives → C-STORE status 0xA700
+  (Out of Resources); the temporary file is deleted, nothing is indexed.
+* Before Success (``hexnode.receive.admission``): a deflated data set is inflated within
+  ``max_instance_mb`` (else 0xA700) and stored uncompressed; a data set whose SOP Class or SOP
+  Instance UID is not the command's is refused 0xA900, one without valid Study, Series and SOP
+  Instance UIDs 0xC000 (as dcmtk's storescp). Each refusal is said in the association's one line.
 * SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` is
   accepted (docs/conformance.md lists them, and the storage classes that are not among them),
   so nothing a PACS sends is lost silently;
@@ -43,9 +51,10 @@ Policies (``[dicom]`` in hexnode.toml):
   uncompressed ones, deflate, and every compressed syntax whose pixel decoder is installed
   (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE), so what we accept can be
   read later; a syntax without a decoder is refused at negotiation (the sender can convert).
-* A dataset whose header cannot be read (truncated, no UIDs) is moved to ``spool/quarantine/``
-  and recorded as an ``events`` row (entity ``instance``), since by then Success was answered.
-  The indexer process is restarted by receive if it dies.
+* A dataset whose header the indexer cannot read (beyond what the handler checks) is moved to
+  ``spool/quarantine/`` and recorded as an ``events`` row (entity ``instance``), since by then
+  Success was answered. Receive listens whether or not its indexer starts and restarts it when it
+  dies, with a back-off; a file the indexer dies on is quarantined (``hexnode.receive.indexer``).
 
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
