@@ -100,6 +100,10 @@ class PduGuard:
         if self.refused is not None:
             raise Refused(self.refused)
         n = len(data)
+        if n <= self._pdv_left and n <= self._body_left:  # inside one fragment's data: the usual read
+            self._pdv_left -= n
+            self._body_left -= n
+            return
         i = 0
         while i < n:
             if self._body_left:
