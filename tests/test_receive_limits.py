@@ -208,8 +208,9 @@ def test_the_guard_counts_declared_fragments_not_only_what_arrived() -> None:
                      free_bytes=lambda: free[0])
     free[0] = (10 << 20) + 1000
     guard.feed(p_data(pdv(1, 0x03, store_command("1.2.3"))))
-    with pytest.raises(Refused, match="min_free_disk_mb"):
+    with pytest.raises(Refused, match="min_free_disk_mb") as refused:
         guard.feed(p_data(pdv(1, 0x02, bytes(2000)))[:12])  # refused at its header, before its data
+    assert refused.value.abort_reason == 0  # A-ABORT reason "not specified": a limit of ours, not the PDU
 
 
 # --- deflate ---------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ has before a byte of it is read. It refuses (:class:`Refused`):
   ``DISK_CHECK_BYTES`` declared since, so the floor is never undershot by more than about that
   plus one PDU per open association.
 
-A refusal sends an A-ABORT (service-provider, invalid PDU parameter value) to the peer and ends
+A refusal sends an A-ABORT (service-provider; reason invalid PDU parameter value for a PDU length,
+not specified for the other limits) to the peer and ends
 the association as a lost connection would (pynetdicom's A-P-ABORT); its partial file is deleted
 and its series marked as sent part-way, as after any abort (hexnode.receive.scp).
 
@@ -49,7 +50,13 @@ _PEEK = socket.MSG_PEEK
 
 
 class Refused(ConnectionAbortedError):
-    """The association was cut off by a limit; the message says which (no peer bytes in it)."""
+    """The association was cut off by a limit; the message says which (no peer bytes in it).
+    `abort_reason`: the A-ABORT's reason (PS3.8 9.3.8): 6 invalid PDU parameter value for a PDU
+    length, 0 not specified for a limit of ours (instance size, free disk)."""
+
+    def __init__(self, message: str, abort_reason: int = 0) -> None:
+        super().__init__(message)
+        self.abort_reason = abort_reason
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,9 @@ class PduGuard:
             limit = self.limits.max_pdu
             if limit and length > limit:
                 self._refuse(f"P-DATA-TF PDU of {length} bytes, above the maximum length we advertised "
-                             f"(dicom.max_pdu_size = {limit})")
+                             f"(dicom.max_pdu_size = {limit})", 6)
         elif length > MAX_OTHER_PDU:
-            self._refuse(f"PDU of type 0x{kind:02X} claiming {length} bytes")
+            self._refuse(f"PDU of type 0x{kind:02X} claiming {length} bytes", 6)
         self._body_left = length
         self._pdata = kind == P_DATA_TF
         self._pdv_head.clear()
@@ -179,9 +186,9 @@ class PduGuard:
         if last:
             self._instance = 0
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, abort_reason: int = 0) -> None:
         self.refused = reason
-        raise Refused(reason)
+        raise Refused(reason, abort_reason)
 
 
 class _Guarded:
@@ -215,10 +222,10 @@ class _Guarded:
 
     def _refused(self, exc: Refused) -> None:
         self.pdu_guard = None  # what follows is not read any more
-        self._abort(str(exc))
+        self._abort(str(exc), exc.abort_reason)
         raise exc
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, abort_reason: int) -> None:
         callback = self.on_refused
         if callback is not None:
             try:
@@ -228,7 +235,7 @@ class _Guarded:
         sock: Any = self
         try:
             sock.settimeout(1.0)
-            sock.sendall(abort_pdu())
+            sock.sendall(abort_pdu(abort_reason))
         except (OSError, ValueError):
             pass
         try:
