@@ -44,6 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from ctfiles import write_ct_series  # noqa: E402
+from runfrom import env_for  # noqa: E402
 
 from hexnode.devtools.net import dcmtk_env, free_port, wait_port  # noqa: E402
 
@@ -78,8 +79,8 @@ def start_serve(work: Path, pythonpath: str | None) -> Serve:
                    "[series]\nstable_seconds = 3600\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
     env["PYTHONSAFEPATH"] = "1"
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    if pythonpath:  # the venv's editable install would win over a plain PYTHONPATH (bench/runfrom.py)
+        env = env_for(pythonpath, env)
     log = work / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hexnode.cli", "serve", "--config", str(cfg)],

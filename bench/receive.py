@@ -17,7 +17,9 @@ path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps th
 for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode receive` with
 ``[dicom] fast_receive = false``. ``hexnode-minus-NAME`` (not run by default; NAME one of
 ``hexnode.receive.fastpath.PATCHES``) is `hexnode receive` with the fast path less that one patch, to
-see what each earns (the process sets ``fastpath.PATCHES`` before the CLI runs).
+see what each earns (the process sets ``fastpath.PATCHES`` before the CLI runs). ``--before DIR`` adds
+``hexnode-before``: `hexnode receive` from the package in DIR (e.g. ``git archive <commit> hexnode |
+tar -x -C DIR``; bench/runfrom.py), interleaved with the others, for before/after rates.
 hexnode answers Success once the complete file is renamed into place and fsyncs it when indexing
 (``--fsync-before-success``: before answering, as `[spool] fsync_before_success`); storescp and
 the plain pynetdicom SCP never fsync.
@@ -41,6 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from ctfiles import write_ct_series  # noqa: E402
+from runfrom import env_for  # noqa: E402
 
 from hexnode.devtools.net import dcmtk_env, free_port, wait_port  # noqa: E402
 
@@ -110,7 +113,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
-                  mode: str = "hexnode") -> tuple[float, float, float]:
+                  mode: str = "hexnode", before: str | None = None) -> tuple[float, float, float]:
     data = work / f"{mode}-var"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
@@ -123,9 +126,13 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
     venv = ROOT / ".venv" / "bin"
     minus = mode.removeprefix("hexnode-minus-") if mode.startswith("hexnode-minus-") else None
     cmd = [str(venv / "hexnode")] if minus is None else [str(venv / "python"), "-c", MINUS_PATCH, minus]
+    env = None
+    if mode == "hexnode-before":  # the package in --before DIR, its own defaults (bench/runfrom.py)
+        assert before is not None
+        cmd, env = [str(venv / "python"), "-m", "hexnode.cli"], env_for(before)
     # `receive` (SCP + indexer child), not `serve`: serve is now a supervisor over receive + route,
     # and the CPU seconds below must be the receiving process's own
-    proc = subprocess.Popen([*cmd, "receive", "--config", str(cfg)],
+    proc = subprocess.Popen([*cmd, "receive", "--config", str(cfg)], env=env, cwd=data,
                             stdout=subprocess.DEVNULL, stderr=open(data / "receive.log", "wb"))  # noqa: SIM115
     try:
         wait_port(port)
@@ -154,9 +161,13 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "bench" / "output" / "receive"))
     ap.add_argument("--fsync-before-success", action="store_true",
                     help="hexnode fsyncs each instance before answering (default: when indexing)")
+    ap.add_argument("--before", default=None,
+                    help="also run mode hexnode-before: `hexnode receive` from the package in this directory")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    if unknown := {m for m in modes if not m.startswith("hexnode-minus-")} - set(MODES):
+    if args.before and "hexnode-before" not in modes:
+        modes.append("hexnode-before")
+    if unknown := {m for m in modes if not m.startswith("hexnode-minus-") and m != "hexnode-before"} - set(MODES):
         ap.error(f"unknown modes {', '.join(sorted(unknown))}")
     work = Path(args.work)
     folder = work / f"ct{args.n}"
@@ -177,7 +188,7 @@ def main() -> int:
             elif mode == "pynetdicom":
                 t = round_pynetdicom(folder, work)
             else:
-                t, t_idx, t_cpu = round_hexnode(folder, work, args.n, args.fsync_before_success, mode)
+                t, t_idx, t_cpu = round_hexnode(folder, work, args.n, args.fsync_before_success, mode, args.before)
                 indexed[mode].append(t_idx)
                 cpu[mode].append(t_cpu)
             times[mode].append(t)

@@ -66,7 +66,10 @@ class DicomConfig:
     allowed_calling_aes: list[str] = field(default_factory=list)
     # Reject associations whose called AE title is not ours.
     require_called_ae: bool = True
-    max_pdu_size: int = 0  # 0 = unlimited, fastest on loopback and LAN
+    # The Maximum Length Received we advertise, enforced: a P-DATA-TF PDU longer than this is
+    # answered A-ABORT before its body is read (hexnode/receive/limits.py). 0 = not limited (a
+    # peer can make the receiver buffer any length it claims).
+    max_pdu_size: int = 4 * 1024 * 1024
     # The receive fast path (hexnode/receive/fastpath.py): event-driven wake-ups and direct file
     # writes inside pynetdicom's receive path, ~2.5 x pynetdicom's own rate (bench/receive.py).
     # false: plain pynetdicom (chunked receive), e.g. to rule the patches out when diagnosing.
@@ -83,7 +86,15 @@ class DicomConfig:
     network_timeout_seconds: float = 60.0
     # At most one WARNING line per refused or broken peer address per this many seconds.
     peer_log_interval_seconds: float = 60.0
-    min_free_disk_mb: int = 1024  # below this, C-STORE answers 0xA700 Out of Resources
+    # Checked as the dataset's fragments arrive: a transfer that would take the spool's free space
+    # below this is aborted (A-ABORT) before it does; below it already, C-STORE answers 0xA700.
+    min_free_disk_mb: int = 1024
+    # One instance (its dataset as received, or inflated when deflated) larger than this: the
+    # association is aborted as the fragments cross it (a deflated one: 0xA700). 0 = no cap.
+    max_instance_mb: int = 1024
+    # Memory the indexer may allocate beyond its start-up footprint (RLIMIT_DATA): a header that
+    # needs more is quarantined instead of taking the machine's memory. 0 = not limited.
+    indexer_memory_mb: int = 512
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
@@ -665,6 +676,13 @@ def validate(cfg: Config) -> Config:
     for key in ("max_associations", "max_pending_connections", "max_connections_per_address"):
         if getattr(cfg.dicom, key) < 1:
             raise ConfigError(f"dicom.{key}: must be >= 1")
+    for key in ("max_pdu_size", "max_instance_mb", "indexer_memory_mb", "min_free_disk_mb"):
+        if getattr(cfg.dicom, key) < 0:
+            raise ConfigError(f"dicom.{key}: must be >= 0")
+    if 0 < cfg.dicom.max_pdu_size < 4096:
+        raise ConfigError("dicom.max_pdu_size: 0 (not limited) or at least 4096 bytes")
+    if 0 < cfg.dicom.indexer_memory_mb < 64:
+        raise ConfigError("dicom.indexer_memory_mb: 0 (not limited) or at least 64 MB")
     if cfg.worker.processes < 1:
         raise ConfigError("worker.processes: must be >= 1")
     if cfg.dicom.peer_log_interval_seconds < 0:

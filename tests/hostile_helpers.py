@@ -301,3 +301,154 @@ def run_mutation(port: int, source: str, rng: random.Random, kind: str, good_dat
         return Outcome(kind, peer.wait_closed(hold))
     finally:
         peer.close()
+
+
+# --- hostile data sets (shared with bench/hostile.py) ----------------------------------------------
+
+PRIVATE_BOMB_TAG = 0x00091001  # (0009,1001) OB, private creator (0009,0010): before the Pixel Data
+
+
+def small_ct(sop_instance: str | None = None, *, series_uid: str | None = None, study_uid: str | None = None,
+             size: int = 16, number: int = 1) -> object:
+    """A CT slice (pydicom Dataset with file meta, explicit VR little endian) with patient identifiers."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = sop_instance or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), series_uid or generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PATIENT", "PID-SECRET-42", "19700101"
+    ds.SeriesNumber, ds.InstanceNumber = 3, number
+    ds.ImagePositionPatient = [-4.0, -4.0, 5.0 * number]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 5.0
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.add_new(0x7FE00010, "OW", np.full((size, size), 1000, dtype=np.uint16).tobytes())  # VR explicit: split-encodable
+    return ds
+
+
+def _encode(ds: object) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)  # type: ignore[arg-type]
+    return fp.getvalue()
+
+
+def deflate_bomb(out: Path, inflated_mib: int, ds: object | None = None) -> Path:
+    """`ds` (a small CT) as Deflated Explicit VR Little Endian with a private OB element of
+    `inflated_mib` MiB of zeros before its Pixel Data: a few hundred KiB on disk. Written as a
+    stream: building it never holds the inflated bytes."""
+    import zlib
+
+    from pydicom.dataset import Dataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = ds or small_ct()
+    low, high = Dataset(), Dataset()
+    for elem in ds:  # type: ignore[attr-defined]
+        (low if elem.tag.group < 0x0009 else high).add(elem)
+    meta = ds.file_meta  # type: ignore[attr-defined]
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    creator = b"HEXNODE TEST"
+    private = (struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", len(creator)) + creator
+               + struct.pack("<HH2sHL", 0x0009, 0x1001, b"OB", 0, inflated_mib << 20))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    with open(out, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, meta, enforce_standard=True)  # type: ignore[arg-type]
+        f.write(z.compress(_encode(low) + private))
+        for _ in range(inflated_mib):
+            f.write(z.compress(zeros))
+        f.write(z.compress(_encode(high)))
+        f.write(z.flush())
+    return out
+
+
+def with_elements(out: Path, ds: object, encoded: bytes) -> Path:
+    """`ds` written explicit VR little endian with `encoded` (elements already encoded, explicit VR
+    little endian, in tag order) spliced in where its first tag belongs."""
+    from pydicom.dataset import Dataset
+    from pydicom.filewriter import write_file_meta_info
+
+    group, element = struct.unpack("<HH", encoded[:4])
+    first = group << 16 | element
+    low, high = Dataset(), Dataset()
+    for elem in ds:  # type: ignore[attr-defined]
+        (low if elem.tag < first else high).add(elem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, ds.file_meta, enforce_standard=True)  # type: ignore[attr-defined]
+        f.write(_encode(low) + encoded + _encode(high))
+    return out
+
+
+def empty_items_sequence(n: int, tag: tuple[int, int] = (0x5200, 0x9229)) -> bytes:
+    """An undefined-length sequence (default Shared Functional Groups) of `n` empty items: 16 bytes
+    each on the wire, ~0.7 KiB each once pydicom has parsed it."""
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+    return (struct.pack("<HH2sHL", tag[0], tag[1], b"SQ", 0, 0xFFFFFFFF) + item * n
+            + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+
+
+def oversized_nested_value(declared: int = 0xFFFFFFF0) -> bytes:
+    """Shared Functional Groups with one item whose private OB declares `declared` bytes and holds
+    none: a reader that allocates what a length says asks for that much memory."""
+    inner = struct.pack("<HH2sHL", 0x0009, 0x1001, b"OB", 0, declared)
+    return (struct.pack("<HH2sHL", 0x5200, 0x9229, b"SQ", 0, 0xFFFFFFFF)
+            + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner)
+
+
+PHI = ("SECRET^PATIENT", "PID-SECRET-42", "19700101", "PID-SEQ-SECRET", "19650303", "PRIVATE-SECRET", "DR^DEEP",
+       "OTHER-PID-SECRET", "SEQ^NAME")
+
+
+def phi_in_sequences(tmp_path: Path, n: int = 2) -> list[Path]:
+    """CT slices with patient identifiers at the top level, inside sequences (one that route reads,
+    one it does not), in a private element and in a person name inside a sequence."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    series, study, paths = generate_uid(), generate_uid(), []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ds = small_ct(series_uid=series, study_uid=study, number=i + 1)
+        request = Dataset()
+        request.PatientID, request.PatientBirthDate = "PID-SEQ-SECRET", "19650303"
+        request.RequestedProcedureID, request.ScheduledProcedureStepDescription = "RP1", "CT HEAD"
+        ds.RequestAttributesSequence = [request]  # type: ignore[attr-defined]
+        other = Dataset()
+        other.PatientID = "OTHER-PID-SECRET"
+        ds.OtherPatientIDsSequence = [other]  # type: ignore[attr-defined]
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-B0300", "SRT", "IODINE"
+        code.PatientName, code.PatientID = "SEQ^NAME", "PID-SEQ-SECRET"  # where no one should put them
+        ds.ContrastBolusAgentSequence = [code]  # type: ignore[attr-defined]
+        measures = Dataset()
+        measures.SliceThickness = 5.0
+        group = Dataset()
+        group.PixelMeasuresSequence = [measures]
+        group.PerformingPhysicianName = "DR^DEEP"
+        ds.SharedFunctionalGroupsSequence = [group]  # type: ignore[attr-defined]
+        ds.private_block(0x0029, "HEXNODE TEST", create=True).add_new(0x10, "LO", "PRIVATE-SECRET")  # type: ignore[attr-defined]
+        ds.SeriesDescription, ds.BodyPartExamined, ds.StationName = "Head 5mm", "HEAD", "CT-STROKE"  # type: ignore[attr-defined]
+        p = tmp_path / f"phi{i}.dcm"
+        ds.save_as(p, enforce_file_format=True)  # type: ignore[attr-defined]
+        paths.append(p)
+    return paths

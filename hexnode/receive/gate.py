@@ -50,6 +50,7 @@ from typing import Any
 from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from hexnode.receive.limits import GuardedSocket, PduGuard, ReceiveLimits
 from hexnode.receive.peers import PeerLog
 
 log = logging.getLogger(__name__)
@@ -349,44 +350,14 @@ class Gate:
                 self._drop(conn, "", quiet=True)
                 log.debug("connection from %s closed without sending anything", conn.address)
             return
-        if head[0] != A_ASSOCIATE_RQ_TYPE:
-            if self._take(conn):
-                self._drop(conn, f"closed: first PDU is not an A-ASSOCIATE-RQ (type 0x{head[0]:02X})")
-            return
-        if len(head) < 6:
+        verdict = screen_request(bytes(head))
+        if verdict.action == "wait":
             self._wait_more(conn)
-            return
-        (length,) = struct.unpack(">L", head[2:6])
-        if not MIN_REQUEST_LENGTH <= length <= MAX_REQUEST_LENGTH:
+        elif verdict.action == "drop":
             if self._take(conn):
-                self._drop(conn, f"closed: implausible A-ASSOCIATE-RQ length {length}")
-            return
-        if length + 6 > PEEK_LIMIT:
-            self._hand_over(conn, None)  # too big to look at whole: pynetdicom decodes it
-            return
-        if len(head) < length + 6:
-            self._wait_more(conn)
-            return
-        rq = A_ASSOCIATE_RQ()
-        try:
-            rq.decode(head[:length + 6])
-            # what pynetdicom's state machine does with it next (AE-6): if this fails there, it
-            # fails in pynetdicom's reactor thread, uncaught
-            primitive = rq.to_primitive()
-            calling = str(primitive.calling_ae_title)
-            called = str(primitive.called_ae_title)
-            if not primitive.presentation_context_definition_list:
-                raise ValueError("no presentation context")
-        except Exception:  # a peer's bytes: any decoder failure is a malformed request, never a traceback
-            if self._take(conn):
-                self._drop(conn, "closed: malformed A-ASSOCIATE-RQ")
-            return
-        if len(head) > length + 6 and head[length + 6] not in range(0x01, 0x08):
-            if self._take(conn):
-                self._drop(conn, "closed: garbage after the A-ASSOCIATE-RQ", calling.strip())
-            return
-        del called
-        self._hand_over(conn, calling.strip())
+                self._drop(conn, verdict.reason, verdict.calling_ae)
+        else:  # "hand_over": a valid request, or one too big to look at whole (pynetdicom decodes it)
+            self._hand_over(conn, verdict.calling_ae)
 
     def _wait_more(self, conn: _Pending) -> None:
         if conn.hangup and self._take(conn):
@@ -428,6 +399,46 @@ class Gate:
             self.association_ended(conn.address, conn.port)
 
 
+@dataclass(frozen=True)
+class Screening:
+    """What to do with a connection whose first bytes (peeked, not consumed) are these."""
+
+    action: str  # "wait" (incomplete), "drop" (closed, with reason), "hand_over" (to pynetdicom)
+    reason: str = ""
+    calling_ae: str | None = None  # known when the request was decoded here
+
+
+def screen_request(head: bytes) -> Screening:
+    """Judge the first bytes a connection sent (at most PEEK_LIMIT of them) without consuming
+    them: a peer's bytes, so no exception escapes (tests/test_fuzz_receive.py drives it)."""
+    if head[0] != A_ASSOCIATE_RQ_TYPE:
+        return Screening("drop", f"closed: first PDU is not an A-ASSOCIATE-RQ (type 0x{head[0]:02X})")
+    if len(head) < 6:
+        return Screening("wait")
+    (length,) = struct.unpack(">L", head[2:6])
+    if not MIN_REQUEST_LENGTH <= length <= MAX_REQUEST_LENGTH:
+        return Screening("drop", f"closed: implausible A-ASSOCIATE-RQ length {length}")
+    if length + 6 > PEEK_LIMIT:
+        return Screening("hand_over")  # too big to look at whole: pynetdicom decodes it
+    if len(head) < length + 6:
+        return Screening("wait")
+    rq = A_ASSOCIATE_RQ()
+    try:
+        rq.decode(head[:length + 6])
+        # what pynetdicom's state machine does with it next (AE-6): if this fails there, it
+        # fails in pynetdicom's reactor thread, uncaught
+        primitive = rq.to_primitive()
+        calling = str(primitive.calling_ae_title).strip()
+        str(primitive.called_ae_title)
+        if not primitive.presentation_context_definition_list:
+            raise ValueError("no presentation context")
+    except Exception:  # a peer's bytes: any decoder failure is a malformed request, never a traceback
+        return Screening("drop", "closed: malformed A-ASSOCIATE-RQ")
+    if len(head) > length + 6 and head[length + 6] not in range(0x01, 0x08):
+        return Screening("drop", "closed: garbage after the A-ASSOCIATE-RQ", calling)
+    return Screening("hand_over", calling_ae=calling)
+
+
 def _local_limit_rj() -> bytes:
     rj = A_ASSOCIATE_RJ()
     rj.result = 0x02  # rejected-transient
@@ -466,17 +477,29 @@ class ScreeningServer(ThreadedAssociationServer):
     gate: Gate
     # called with each association once its thread has ended (Receiver.on_association_end)
     on_association_end: Callable[[Any], None] | None = None
+    # PDU length, instance size and free-disk floor on every association's incoming bytes
+    # (hexnode.receive.limits); `on_refused` hears the reason in the association's reader thread
+    limits: ReceiveLimits | None = None
+    on_refused: Callable[[str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # TLS is wrapped by the gate, without a blocking handshake in the accept loop.
+        # TLS is wrapped by the gate, without a blocking handshake in the accept loop. The socket
+        # becomes a GuardedSocket (the same descriptor) so that its reads can be checked; with
+        # TLS the context's sslsocket_class is GuardedSSLSocket.
         assert self.socket is not None
-        return self.socket.accept()
+        sock, address = self.socket.accept()
+        return GuardedSocket.adopt(sock), address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.gate.admit(request, client_address)
 
     def dispatch(self, sock: socket.socket, client_address: tuple[Any, ...]) -> None:
         """A screened connection: a thread and pynetdicom's association, as ThreadingMixIn does."""
+        if self.limits is not None and hasattr(sock, "pdu_guard"):
+            # from its first byte: the gate only peeked (MSG_PEEK), pynetdicom reads it all again
+            guarded: Any = sock
+            guarded.pdu_guard = PduGuard(self.limits)
+            guarded.on_refused = self.on_refused
         ThreadedAssociationServer.process_request(self, sock, client_address)  # type: ignore[arg-type]
 
     def handle_error(self, request: Any, client_address: Any) -> None:

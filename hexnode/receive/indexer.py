@@ -1,6 +1,6 @@
 """The header indexer of `hexnode receive`, in its own process.
 
-The C-STORE handler only spools (rename into place) and hands the file's spool path to this
+The C-STORE handler checks the data set's UIDs, spools it (rename into place) and hands its spool path to this
 process through a queue; here each file is fsynced (with its directory), its header read with
 ``stop_before_pixels`` and recorded in the database, in batches of up to 200 per transaction.
 
@@ -12,8 +12,18 @@ the SCP.) Why it is safe: a file is complete in the spool before Success is answ
 process dies (or the queue is lost with receive), ``Indexer.recover`` indexes every spooled file
 the database does not know when the indexer starts again.
 
-A file whose header cannot be read (truncated, not DICOM, no UIDs) is moved to
-``spool/quarantine/`` and recorded as an ``events`` row (entity ``instance``).
+A file whose header cannot be read (truncated, not DICOM, no UIDs, UIDs that are not UIDs or
+differ from the command's) is moved to ``spool/quarantine/`` and recorded as an ``events`` row
+(entity ``instance``) with the reason; so is a file the database refuses a row for.
+
+A file must never stop indexing, nor its restart. The process runs under a limit on its data
+(RLIMIT_DATA: ``[dicom] indexer_memory_mb`` beyond what it holds after start-up): a header that
+needs more fails with MemoryError and is quarantined. If the process dies anyway (killed by the kernel's OOM killer,
+or by receive's watchdog when one batch's headers take longer than ``PARSE_DEADLINE_SECONDS``),
+the file named in ``spool/indexing`` (the batch being parsed, written before parsing) tells the
+next start what it died on: a batch is parsed again one file at a time, and a file it died on
+alone ``MAX_TRIES`` times is quarantined ("the indexer died reading it") instead of being read a
+third time. Recovery then never loops on the same file.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from hexnode.receive.index import HeaderError, read_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
@@ -41,6 +53,22 @@ from hexnode.store.spool import Spool, fsync_dir, fsync_file, instance_relpath, 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+MARKER = "indexing"  # in the spool root: the batch being parsed (see the module doc)
+MAX_TRIES = 2  # deaths on one file alone before it is quarantined
+PARSE_DEADLINE_SECONDS = 300.0  # one batch's headers parsed in longer than this: the indexer is hung
+# Database errors worth retrying (down, locked, connection lost); any other error of a batch is
+# looked for file by file and the file the database refuses is quarantined.
+TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError)
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    """What the indexer needs from the configuration."""
+
+    header_keywords: tuple[str, ...] = ()  # series-header keywords named by site rules (index.header_keywords)
+    max_instance_bytes: int = 1 << 30  # a deflated file spooled by an older version: inflated up to this
+    min_free_bytes: int = 0
+    memory_bytes: int = 0  # RLIMIT_DATA of the indexer process; 0: not limited
 
 
 @dataclass(frozen=True)
@@ -53,7 +81,7 @@ class Item:
     # A tab-separated line: cheaper than pickle, and none of the fields can contain a tab
     # (relpath is built from validated or hashed UIDs, AE titles are checked by pynetdicom).
     def encode(self) -> bytes:
-        ae = self.calling_ae.replace("\t", " ")
+        ae = "".join(c if c.isprintable() and c != "\t" else " " for c in self.calling_ae)
         return f"{self.relpath}\t{ae}\t{self.received_at.isoformat()}\t{self.size}".encode()
 
     @classmethod
@@ -98,15 +126,22 @@ class Stopped:
 class Indexer:
     """Index spooled files into the store (runs in the indexer process; also used by tests)."""
 
-    def __init__(self, store: Store, spool: Spool, *, fsync: bool = True) -> None:
+    def __init__(self, store: Store, spool: Spool, *, fsync: bool = True, policy: IndexPolicy | None = None) -> None:
         self.store = store
         self.spool = spool
         self.fsync = fsync
+        self.policy = policy or IndexPolicy()
         self.indexed = 0
+        self.quarantined = 0
 
-    def index_batch(self, batch: list[Item]) -> None:
+    @property
+    def marker(self) -> Path:
+        return self.spool.root / MARKER
+
+    def index_batch(self, batch: list[Item], tries: int = 1) -> None:
         parsed = []
         dirs: set[Path] = set()
+        present = []
         for item in batch:
             path = self.spool.path(item.relpath)
             try:
@@ -115,25 +150,72 @@ class Indexer:
                 continue  # purged or replaced meanwhile
             if item.size < 0:
                 item = dataclasses.replace(item, size=size)
-            if self.fsync:
-                fsync_file(path)
-                dirs.add(path.parent)
-            try:
-                parsed.append((item, read_header(path)))
-            except HeaderError as exc:
-                self._quarantine(item, str(exc))
+            present.append(item)
+        if not present:
+            return
+        self._mark(present, tries)
+        policy = self.policy
+        try:
+            for item in present:
+                path = self.spool.path(item.relpath)
+                try:
+                    if self.fsync:
+                        fsync_file(path)
+                        dirs.add(path.parent)
+                    header = read_header(path, policy.header_keywords, max_bytes=policy.max_instance_bytes,
+                                         min_free=policy.min_free_bytes)
+                except HeaderError as exc:
+                    self._quarantine(item, str(exc))
+                    continue
+                except FileNotFoundError:
+                    continue
+                parsed.append((item, header))
+        finally:  # only a death while parsing leaves it behind
+            self.marker.unlink(missing_ok=True)
         for d in dirs:
             fsync_dir(d)
         if not parsed:
             return
         with self.store.transaction() as s:
             for item, header in parsed:
-                rec = record_instance(s, header, item.relpath, item.size, item.calling_ae, item.received_at)
+                rec = record_instance(s, header, item.relpath, item.size, item.calling_ae, item.received_at,
+                                      policy.header_keywords)
                 if not rec.created and item.relpath != instance_relpath(header.sop_instance_uid):
                     # The same SOP Instance UID arrived under another name (the C-STORE command
                     # and the dataset disagreed): keep only the copy that is indexed.
                     self.spool.path(item.relpath).unlink(missing_ok=True)
         self.indexed += len(parsed)
+
+    def _mark(self, batch: list[Item], tries: int) -> None:
+        # Written (not fsynced: after a power cut there is no death to explain) and renamed into
+        # place, so a reader never sees half of it.
+        tmp = self.marker.with_name(MARKER + ".tmp")
+        tmp.write_bytes(f"tries {tries}\n".encode() + b"\n".join(item.encode() for item in batch))
+        os.replace(tmp, self.marker)
+
+    def resume(self) -> int:
+        """At start: the batch a dead indexer was parsing (`spool/indexing`), if any, one file at a
+        time; a file it died on alone MAX_TRIES times is quarantined. Returns the files handled."""
+        try:
+            lines = self.marker.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return 0
+        try:
+            tries = int(lines[0].split()[1])
+            items = [Item.decode(line) for line in lines[1:] if line]
+        except (IndexError, ValueError, UnicodeDecodeError):
+            self.marker.unlink(missing_ok=True)
+            return 0
+        if len(items) == 1 and tries >= MAX_TRIES:
+            self._quarantine(items[0], f"the indexer process died reading its header {tries} times "
+                                       f"(out of memory, or it took longer than {PARSE_DEADLINE_SECONDS:g} s)")
+            self.marker.unlink(missing_ok=True)
+            return 1
+        log.warning("the indexer stopped while reading %d file(s); reading them again one at a time", len(items))
+        for item in items:
+            self._index_with_retry([item], tries + 1)
+        self.marker.unlink(missing_ok=True)
+        return len(items)
 
     def mark_stopped(self, notice: Stopped) -> list[str]:
         """Mark the series `notice`'s instances belong to as sent part-way; returns their UIDs."""
@@ -159,6 +241,7 @@ class Indexer:
         return marked
 
     def _quarantine(self, item: Item, reason: str) -> None:
+        self.quarantined += 1
         dest_rel = "quarantine/" + Path(item.relpath).name
         dest = self.spool.path(dest_rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +252,7 @@ class Indexer:
         with self.store.transaction() as s:
             s.add(Event(entity="instance", entity_id=0, from_state=None, to_state="rejected",
                         detail=f"{dest_rel} from {item.calling_ae or 'unknown AE'}: {reason}"))
-        log.warning("instance from %s quarantined as %s: %s", item.calling_ae, dest_rel, reason)
+        log.warning("instance from %s quarantined as %s: %s", item.calling_ae or "unknown AE", dest_rel, reason)
 
     def recover(self, window: timedelta = timedelta(minutes=10)) -> int:
         """Index spooled files the database does not know (killed between rename and index).
@@ -256,17 +339,58 @@ class Indexer:
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _index_with_retry(self, batch: list[Item]) -> None:
-        self._with_retry(lambda: self.index_batch(batch), f"indexing {len(batch)} instances")
+    def _index_with_retry(self, batch: list[Item], tries: int = 1) -> None:
+        """Index `batch`, retrying while the database is unavailable. Any other error is one
+        file's doing (a value the database refuses): the batch is indexed file by file and the
+        file that fails alone is quarantined, so it cannot hold up the files after it."""
+        delay = 0.2
+        while True:
+            try:
+                self.index_batch(batch, tries)
+                return
+            except TRANSIENT:
+                log.exception("indexing %d instances failed; retrying in %.1f s", len(batch), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception as exc:
+                if len(batch) > 1:
+                    log.warning("indexing %d instances failed (%s); indexing them one by one",
+                                len(batch), type(exc).__name__)
+                    for item in batch:
+                        self._index_with_retry([item], tries)
+                else:
+                    self._quarantine(batch[0], f"the database refused its row ({type(exc).__name__})")
+                return
 
 
-def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str) -> None:
+def _data_bytes() -> int:
+    """This process's data segment and private writable mappings now (what RLIMIT_DATA counts)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _child_main(url: str, schema: str | None, spool_root: str, conn: Any, ready: Any, log_level: str,
+                policy: IndexPolicy) -> None:
     setup_logging(log_level, "%(asctime)s %(levelname)s %(name)s[indexer]: %(message)s")
     withhold_pydicom_text()
+    if policy.memory_bytes:
+        import resource
+
+        # what this process may allocate (heap and anonymous maps) beyond what it holds now, after
+        # its imports (numpy's BLAS threads alone grow with the core count): a header past it is
+        # a MemoryError, quarantined, instead of the kernel killing a process for it
+        limit = _data_bytes() + policy.memory_bytes
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     store = open_store(url, schema=schema, create=False)
     spool = Spool(Path(spool_root))
-    indexer = Indexer(store, spool)
+    indexer = Indexer(store, spool, policy=policy)
     try:
+        indexer.resume()
         indexer.recover()
         ready.set()
         indexer.serve(conn)
@@ -283,14 +407,19 @@ class IndexerProcess:
     behind, ``submit`` blocks and the receive slows down to its pace instead of using memory.
     """
 
-    def __init__(self, store: Store, spool: Spool, log_level: str = "INFO") -> None:
+    def __init__(self, store: Store, spool: Spool, log_level: str = "INFO", policy: IndexPolicy | None = None) -> None:
         self.store = store
         self.spool = spool
         self.log_level = log_level.upper()
+        self.policy = policy or IndexPolicy()
         self._ctx = mp.get_context("spawn")  # no fork: receive has threads and open sockets
         self._writer: Any = None
         self._proc: Any = None
         self._lock = threading.Lock()
+        self._retry_at = 0.0  # monotonic time of the next start attempt after a failed one
+        self._retry_delay = 1.0
+        self._unavailable_logged = False
+        self.restarts = 0
 
     def start(self, timeout: float = 120.0) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
@@ -301,29 +430,39 @@ class IndexerProcess:
         ready = self._ctx.Event()
         self._proc = self._ctx.Process(
             target=_child_main,
-            args=(self.store.url, self.store.schema, str(self.spool.root), reader, ready, self.log_level),
+            args=(self.store.url, self.store.schema, str(self.spool.root), reader, ready, self.log_level, self.policy),
             name="hexnode-indexer",
             daemon=True,
         )
         self._proc.start()
         reader.close()
-        self._writer = writer
+        with self._lock:
+            self._writer = writer
         # Start-up recovery runs before we listen, so nothing new races with it.
         deadline = time.monotonic() + timeout
         while not ready.wait(0.2):
             if not self._proc.is_alive() or time.monotonic() > deadline:
+                if self._proc.is_alive():  # its recovery hangs: the marker names the file (see resume)
+                    self._proc.kill()
+                    self._proc.join(5)
                 raise RuntimeError(f"the indexer process did not start (exit code {self._proc.exitcode})")
+        self._unavailable_logged = False
 
     def submit(self, item: Item | Stopped) -> None:
         data = item.encode()
         try:
             with self._lock:
+                if self._writer is None:
+                    raise OSError("no indexer")
                 self._writer.send_bytes(data)
         except OSError:
             # The indexer died; the file is safe in the spool and the restarted indexer's
-            # recovery scan indexes it.
+            # recovery scan indexes it. Said once per outage, not per instance.
             if isinstance(item, Item):
-                log.warning("indexer unavailable; %s will be indexed by recovery", item.relpath)
+                if not self._unavailable_logged:
+                    self._unavailable_logged = True
+                    log.warning("indexer unavailable; instance %s and what follows will be indexed by recovery",
+                                uid_hash(item.relpath))
             else:  # the series' completion then takes the ordinary path; logged for IT
                 log.warning("indexer unavailable; sender %s stopped part-way: %s", item.calling_ae,
                             item.note(len(item.relpaths)))
@@ -331,25 +470,61 @@ class IndexerProcess:
     def alive(self) -> bool:
         return bool(self._proc is not None and self._proc.is_alive())
 
-    def restart_if_dead(self) -> bool:
-        if self._proc is not None and not self._proc.is_alive():
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def keep_alive(self) -> bool:
+        """Called about once a second by `hexnode receive`: restart a dead indexer (backing off
+        while it keeps failing to start, never raising), and kill one that has been parsing one
+        batch for longer than PARSE_DEADLINE_SECONDS (its next start quarantines what hung it).
+        Returns True when it (re)started one."""
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                age = time.time() - (self.spool.root / MARKER).stat().st_mtime
+            except FileNotFoundError:
+                return False
+            if age > PARSE_DEADLINE_SECONDS:
+                log.error("indexer has been reading one batch of headers for %.0f s; restarting it", age)
+                self._proc.kill()
+                self._proc.join(5)
+            else:
+                return False
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        if self._proc is not None:
             log.error("indexer process exited (code %s); restarting (recovery re-indexes the spool)",
                       self._proc.exitcode)
-            with self._lock:
+        with self._lock:  # a submit meanwhile finds no indexer; the new one's recovery indexes its file
+            if self._writer is not None:
                 self._writer.close()
-                self.start()
-            return True
-        return False
+                self._writer = None
+        self.restarts += 1
+        try:
+            self.start()
+        except Exception as exc:
+            self._retry_at = time.monotonic() + self._retry_delay
+            log.error("indexer did not start (%s); next attempt in %.0f s", exc, self._retry_delay)
+            self._retry_delay = min(self._retry_delay * 2, 60.0)
+            return False
+        self._retry_delay = 1.0
+        return True
 
     def stop(self, timeout: float = 60.0) -> None:
         if self._proc is None:
             return
         if self._proc.is_alive():
-            with self._lock:
-                self._writer.send_bytes(b"")
+            try:
+                with self._lock:
+                    self._writer.send_bytes(b"")
+            except OSError:
+                pass
             self._proc.join(timeout)
             if self._proc.is_alive():
                 self._proc.terminate()
                 self._proc.join(5)
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._proc = None

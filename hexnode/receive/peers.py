@@ -171,6 +171,19 @@ class LibraryLog(logging.Handler):
                     pass
         log.debug("pynetdicom %s in %s: %s", record.levelname, record.name, reason)
 
+    def note(self, reason: str) -> None:
+        """A limit of ours cut off the association this thread serves (hexnode.receive.limits):
+        that is its reason, whatever pynetdicom says about the connection afterwards."""
+        thread = threading.current_thread()
+        assoc = thread if hasattr(thread, "acceptor") else getattr(thread, "assoc", None)
+        if assoc is None:
+            return
+        with self._lock:
+            try:
+                self._reasons[assoc] = (True, reason)
+            except TypeError:
+                pass
+
     def thread_died(self, args: Any) -> bool:
         """For threading.excepthook: an exception that ended one of pynetdicom's reactor threads
         (a peer's bytes it did not expect) is that association's reason, not a traceback on

@@ -6,24 +6,50 @@ happened to it for ``spool.retention_days`` (``--days``): its received instances
 are deleted and its instance rows removed. The series, job, result and event rows stay (the
 audit trail); an ``events`` row records the purge. Failed series and undelivered results are
 never purged — they need a person (see ``hexnode status``).
+
+Beside the series, by the same retention:
+
+* quarantined files (``spool/quarantine/``: what the indexer could not index, with an ``events``
+  row saying why) received before the cutoff;
+* orphans: files under ``spool/instances/`` that no instance row names (a file a crash left
+  between its rename and its index row, which recovery no longer looks at) older than the cutoff;
+* ``events`` rows older than the cutoff, except those of what still needs a person or is still
+  under way: series that are not ``delivered`` or ``rejected``, their jobs, outbox rows and
+  notifications not delivered, and model activations (kept: they say which model made a result).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, func, not_, or_, select
 
 from hexnode.config import load_config
 from hexnode.runtime import setup_logging, stop_on_signals
-from hexnode.store.db import Event, Instance, Outbox, Result, Series, Store, open_store, utcnow
+from hexnode.store.db import (
+    Event,
+    Instance,
+    Job,
+    Notification,
+    Outbox,
+    Result,
+    Series,
+    Store,
+    open_store,
+    utcnow,
+)
 from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
+
+
+FINISHED = ("delivered", "rejected")
 
 
 @dataclass(frozen=True)
@@ -31,6 +57,10 @@ class Purged:
     series: int
     files: int
     bytes: int
+    quarantined: int = 0  # quarantined files deleted
+    orphans: int = 0  # files under instances/ no row names, deleted
+    other_bytes: int = 0  # of those two
+    events: int = 0  # events rows deleted
 
 
 def purgeable(store: Store, cutoff: datetime) -> list[int]:
@@ -87,7 +117,93 @@ def purge(store: Store, spool: Spool, days: float, *, dry_run: bool = False,
                      files)
             n_files += files
             n_bytes += bytes_
-    return Purged(done, n_files, n_bytes)
+    if stop is not None and stop.is_set():
+        return Purged(done, n_files, n_bytes)
+    q_files, q_bytes = purge_quarantine(spool, cutoff, dry_run=dry_run)
+    o_files, o_bytes = purge_orphans(store, spool, cutoff, dry_run=dry_run, stop=stop)
+    events = prune_events(store, cutoff, dry_run=dry_run)
+    return Purged(done, n_files, n_bytes, q_files, o_files, q_bytes + o_bytes, events)
+
+
+def _old_files(folder: Path, cutoff: float) -> list[tuple[Path, int]]:
+    out: list[tuple[Path, int]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return out
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if e.is_file(follow_symlinks=False) and st.st_mtime < cutoff:
+            out.append((Path(e.path), st.st_size))
+    return out
+
+
+def purge_quarantine(spool: Spool, cutoff: datetime, *, dry_run: bool = False) -> tuple[int, int]:
+    """Delete quarantined files received before `cutoff` (naive UTC). Returns (files, bytes)."""
+    old = _old_files(spool.root / "quarantine", cutoff.replace(tzinfo=UTC).timestamp())
+    for path, _ in old:
+        if not dry_run:
+            path.unlink(missing_ok=True)
+    if old:
+        log.info("%s %d quarantined files", "would delete" if dry_run else "deleted", len(old))
+    return len(old), sum(n for _, n in old)
+
+
+def purge_orphans(store: Store, spool: Spool, cutoff: datetime, *, dry_run: bool = False,
+                  stop: threading.Event | None = None) -> tuple[int, int]:
+    """Delete files under instances/ older than `cutoff` that no instance row names."""
+    root = spool.root / "instances"
+    when = cutoff.replace(tzinfo=UTC).timestamp()
+    n_files = n_bytes = 0
+    buckets = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for bucket in buckets:
+        if stop is not None and stop.is_set():
+            break
+        old = {f"instances/{bucket.name}/{p.name}": (p, size) for p, size in _old_files(bucket, when)}
+        if not old:
+            continue
+        known: set[str] = set()
+        rels = list(old)
+        with store.transaction() as s:
+            for i in range(0, len(rels), 500):
+                known |= set(s.execute(select(Instance.path).where(Instance.path.in_(rels[i:i + 500]))).scalars())
+        for rel in rels:
+            if rel in known:
+                continue
+            path, size = old[rel]
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            n_files += 1
+            n_bytes += size
+    if n_files:
+        log.info("%s %d orphaned files (in the spool, in no instance row)", "would delete" if dry_run else "deleted",
+                 n_files)
+    return n_files, n_bytes
+
+
+def prune_events(store: Store, cutoff: datetime, *, dry_run: bool = False) -> int:
+    """Delete events rows older than `cutoff`, except those of what is not finished (module doc)."""
+    open_series = select(Series.id).where(Series.state.not_in(FINISHED))
+    keep = or_(
+        Event.entity == "model",
+        and_(Event.entity == "series", Event.entity_id.in_(open_series)),
+        and_(Event.entity == "job", Event.entity_id.in_(select(Job.id).where(Job.series_id.in_(open_series)))),
+        and_(Event.entity == "outbox", Event.entity_id.in_(select(Outbox.id).where(Outbox.state != "delivered"))),
+        and_(Event.entity == "notification",
+             Event.entity_id.in_(select(Notification.id).where(Notification.state != "delivered"))),
+    )
+    where = and_(Event.at < cutoff, not_(keep))
+    with store.transaction() as s:
+        if dry_run:
+            n = int(s.execute(select(func.count()).select_from(Event).where(where)).scalar_one())
+        else:
+            n = int(s.execute(delete(Event).where(where)).rowcount or 0)  # type: ignore[attr-defined]
+    if n:
+        log.info("%s %d events rows older than the retention period", "would delete" if dry_run else "deleted", n)
+    return n
 
 
 def run_purge(args: argparse.Namespace) -> int:
@@ -103,5 +219,7 @@ def run_purge(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     verb = "would free" if getattr(args, "dry_run", False) else "freed"
-    print(f"{res.series} series older than {days:g} days: {verb} {res.files} files, {res.bytes / 2**20:.1f} MiB")
+    print(f"{res.series} series older than {days:g} days: {verb} {res.files} files, {res.bytes / 2**20:.1f} MiB; "
+          f"{res.quarantined} quarantined and {res.orphans} orphaned files, {res.other_bytes / 2**20:.1f} MiB; "
+          f"{res.events} events rows")
     return 0

@@ -23,7 +23,11 @@ Policies (``[dicom]`` in hexnode.toml):
 * Calling AE allow-list (``allowed_calling_aes``): others are rejected at association time,
   A-ASSOCIATE-RJ rejected-permanent, service-user, reason 3 "calling AE title not recognised".
   Called AE (``require_called_ae``): reason 7 "called AE title not recognised".
-* ``max_associations``, ``max_pdu_size`` (0 = unlimited: fastest), optional TLS (``[dicom.tls]``).
+* ``max_associations``, optional TLS (``[dicom.tls]``).
+* What one association may cost (``hexnode.receive.limits``, on the bytes as they arrive, in both
+  receive modes and under TLS): ``max_pdu_size`` (the length we advertise, enforced: A-ABORT at the
+  header of a longer PDU), ``max_instance_mb`` and ``min_free_disk_mb`` (A-ABORT at the fragment
+  that would cross them, before it is written).
 * ``fast_receive`` (default true): the receive fast path, ``hexnode.receive.fastpath``; false is
   pynetdicom's own chunked receive.
 * Hostile and broken peers (``hexnode.receive.gate``): a connection waits in a separate pool until
@@ -33,8 +37,12 @@ Policies (``[dicom]`` in hexnode.toml):
   out in the middle of a PDU); its partial file is deleted (:meth:`Receiver.sweep_incoming`) and the
   series is marked as sent part-way, as after an A-ABORT. One rate-limited WARNING line per
   refused or broken peer (``hexnode.receive.peers``), no tracebacks for malformed input.
-* Free disk below ``min_free_disk_mb`` → C-STORE status 0xA700 (Out of Resources); the
-  temporary file is deleted, nothing is indexed.
+* Free disk below ``min_free_disk_mb`` when a complete instance arrives → C-STORE status 0xA700
+  (Out of Resources); the temporary file is deleted, nothing is indexed.
+* Before Success (``hexnode.receive.admission``): a deflated data set is inflated within
+  ``max_instance_mb`` (else 0xA700) and stored uncompressed; a data set whose SOP Class or SOP
+  Instance UID is not the command's is refused 0xA900, one without valid Study, Series and SOP
+  Instance UIDs 0xC000 (as dcmtk's storescp). Each refusal is said in the association's one line.
 * SOP classes: every storage SOP class in pynetdicom's ``StoragePresentationContexts`` is
   accepted (docs/conformance.md lists them, and the storage classes that are not among them),
   so nothing a PACS sends is lost silently;
@@ -43,9 +51,10 @@ Policies (``[dicom]`` in hexnode.toml):
   uncompressed ones, deflate, and every compressed syntax whose pixel decoder is installed
   (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE), so what we accept can be
   read later; a syntax without a decoder is refused at negotiation (the sender can convert).
-* A dataset whose header cannot be read (truncated, no UIDs) is moved to ``spool/quarantine/``
-  and recorded as an ``events`` row (entity ``instance``), since by then Success was answered.
-  The indexer process is restarted by receive if it dies.
+* A dataset whose header the indexer cannot read (beyond what the handler checks) is moved to
+  ``spool/quarantine/`` and recorded as an ``events`` row (entity ``instance``), since by then
+  Success was answered. Receive listens whether or not its indexer starts and restarts it when it
+  dies, with a back-off; a file the indexer dies on is quarantined (``hexnode.receive.indexer``).
 
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
@@ -66,6 +75,7 @@ import threading
 import time
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -77,8 +87,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from hexnode.config import Config, DicomConfig, load_config
 from hexnode.receive import fastpath
+from hexnode.receive.admission import InflateError, Verdict, check_identity, inflate, is_deflated
 from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer
-from hexnode.receive.indexer import IndexerProcess, Item, Stopped
+from hexnode.receive.index import header_keywords
+from hexnode.receive.indexer import IndexerProcess, IndexPolicy, Item, Stopped
+from hexnode.receive.limits import GuardedSSLSocket, ReceiveLimits
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
 from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.sop import CT_SOP_CLASSES
@@ -149,20 +162,23 @@ class Receiver:
     """The SCP: pynetdicom AE + handlers; `start()` returns once it listens."""
 
     def __init__(self, dicom: DicomConfig, store: Store, spool: Spool, *, fsync_before_success: bool = False,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", header_keywords: tuple[str, ...] = ()) -> None:
         self.dicom = dicom
         self.store = store
         self.spool = spool
         self.fsync_before_success = fsync_before_success
-        self.indexer = IndexerProcess(store, spool, log_level)
+        policy = IndexPolicy(header_keywords, dicom.max_instance_mb << 20, dicom.min_free_disk_mb << 20,
+                             dicom.indexer_memory_mb << 20)
+        self.indexer = IndexerProcess(store, spool, log_level, policy)
         self.server: Any = None
         self._disk_checked_at = float("-inf")
         self._disk_low_cached = False
         self.stored = 0
         self.duplicates = 0
+        self.refused_stores = 0
         # per open association: the instances it delivered and its failed C-STOREs, so that a
         # sender that stops part-way marks the series it was sending (see `on_association_end`)
-        self._sent: dict[int, tuple[list[str], list[int]]] = {}
+        self._sent: dict[int, tuple[list[str], list[Any]]] = {}  # [failed count, first refusal's reason]
         self._sent_lock = threading.Lock()
         self.peers = PeerLog(log, dicom.peer_log_interval_seconds)
         self._rejected: set[int] = set()  # associations already reported by on_rejected
@@ -181,6 +197,7 @@ class Receiver:
             return None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = TLS_MINIMUM_VERSION
+        ctx.sslsocket_class = GuardedSSLSocket  # the PDU and instance limits see the decrypted stream
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.ca_file:
             ctx.load_verify_locations(tls.ca_file)
@@ -202,8 +219,17 @@ class Receiver:
         self._fast = self.dicom.fast_receive and fastpath.install()
         if not self.dicom.fast_receive and fastpath.installed():
             log.warning("dicom.fast_receive = false, but another receiver in this process uses the fast path")
-        self.indexer.start()  # recovers spooled-but-unindexed files before we listen
+        # Recovers spooled-but-unindexed files before we listen. If it cannot start (a file in the
+        # spool kills it, the database is down), receiving goes on: every file is safe in the spool
+        # and the run loop keeps restarting the indexer (IndexerProcess.keep_alive), whose recovery
+        # indexes them, and quarantines a file it died on (hexnode.receive.indexer).
+        try:
+            self.indexer.start()
+        except Exception as exc:
+            log.error("indexer did not start (%s); receiving anyway, retrying", exc)
         d = self.dicom
+        if not d.max_pdu_size:
+            log.warning("dicom.max_pdu_size = 0: the PDU length a peer claims is not limited")
         limits = GateLimits(d.association_request_timeout_seconds, d.network_timeout_seconds,
                             d.max_connections_per_address, d.max_pending_connections, d.max_associations,
                             tuple(d.allowed_calling_aes))
@@ -222,6 +248,9 @@ class Receiver:
             (d.bind, d.port), evt_handlers=handlers, server_class=ScreeningServer, request_handler=ScreeningHandler))
         server.gate = gate
         server.on_association_end = self.on_association_end
+        server.limits = ReceiveLimits(d.max_pdu_size, d.max_instance_mb << 20, d.min_free_disk_mb << 20,
+                                      str(self.spool.root))
+        server.on_refused = self.library_log.note
         self.gate = server.gate
         self.library_log.install()
         withhold_pydicom_text()
@@ -266,11 +295,12 @@ class Receiver:
     def handle_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
 
-    def _track(self, event: Any, relpath: str | None) -> None:
+    def _track(self, event: Any, relpath: str | None, refused: str = "") -> None:
         with self._sent_lock:
-            paths, failed = self._sent.setdefault(id(event.assoc), ([], [0]))
+            paths, failed = self._sent.setdefault(id(event.assoc), ([], [0, ""]))
         if relpath is None:
             failed[0] += 1
+            failed[1] = failed[1] or refused
         else:
             paths.append(relpath)
 
@@ -285,7 +315,7 @@ class Receiver:
             sent = self._sent.pop(id(assoc), None)
             rejected = id(assoc) in self._rejected
             self._rejected.discard(id(assoc))
-        paths, failed = sent if sent is not None else ([], [0])
+        paths, failed = sent if sent is not None else ([], [0, ""])
         cause = self.library_log.reason(assoc)
         released = bool(getattr(assoc, "is_released", False))
         aborted = bool(getattr(assoc, "is_aborted", False)) or not released
@@ -303,6 +333,9 @@ class Receiver:
             else:
                 return  # refused by policy, or released/aborted during negotiation: pynetdicom said
         how = (cause or "aborted the association") if aborted else f"had {failed[0]} C-STOREs fail"
+        if failed[1]:  # the first refusal's status and reason (hexnode.receive.admission)
+            how += (f" ({failed[0]} C-STOREs refused before, the first with {failed[1]})" if aborted
+                    else f" (the first with {failed[1]})")
         if paths:
             how += f" after {len(paths)} instances"
         self.peers.warn(address, f"sender {how}" if paths else how, calling, kind="aborted" if aborted else "failed")
@@ -329,6 +362,9 @@ class Receiver:
             path = os.path.join(self.spool.incoming, name)
             try:
                 if idle or os.stat(path).st_mtime < cutoff:
+                    # truncated first: pynetdicom may still hold the file of an aborted transfer
+                    # open, and an unlinked file's blocks are only freed when it is closed
+                    os.truncate(path, 0)
                     os.unlink(path)
                     removed += 1
             except FileNotFoundError:
@@ -346,7 +382,7 @@ class Receiver:
             self._disk_checked_at = now
         return self._disk_low_cached
 
-    def handle_store(self, event: Any) -> int:
+    def handle_store(self, event: Any) -> int | Dataset:
         tmp = str(event.dataset_path)
         calling_ae = str(event.assoc.requestor.ae_title).strip()[:16]
         if self._disk_low():
@@ -359,6 +395,23 @@ class Receiver:
             _unlink(tmp)
             self._track(event, None)
             return STATUS_CANNOT_UNDERSTAND
+        transfer_syntax = str(event.context.transfer_syntax)
+        if is_deflated(transfer_syntax):
+            inflated = tmp[:-len(".dcm")] + "_inflated.dcm" if tmp.endswith(".dcm") else tmp + "_inflated.dcm"
+            try:
+                inflate(tmp, inflated, self.dicom.max_instance_mb << 20, self.dicom.min_free_disk_mb << 20,
+                        self._free_bytes)
+            except InflateError as exc:
+                _unlink(inflated)
+                return self._refuse(event, tmp, exc.verdict)
+            except (OSError, ValueError) as exc:  # the disk filled, or a file we did not write
+                _unlink(inflated)
+                return self._refuse(event, tmp, Verdict(STATUS_OUT_OF_RESOURCES, f"cannot inflate: {type(exc).__name__}"))
+            _unlink(tmp)
+            tmp, transfer_syntax = inflated, str(ExplicitVRLittleEndian)
+        verdict = check_identity(tmp, transfer_syntax, str(event.request.AffectedSOPClassUID or ""), sop_uid)
+        if not verdict.ok:
+            return self._refuse(event, tmp, verdict)
         relpath = instance_relpath(sop_uid)
         try:
             created = self.spool.commit_received(tmp, relpath, fsync=self.fsync_before_success)
@@ -376,6 +429,22 @@ class Receiver:
             log.debug("instance %s from %s already spooled", uid_hash(sop_uid), calling_ae)
         return STATUS_SUCCESS
 
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.spool.root)
+        return st.f_bavail * st.f_frsize
+
+    def _refuse(self, event: Any, tmp: str, verdict: Verdict) -> Dataset:
+        """Answer a C-STORE with `verdict`'s failure status; the file is deleted, nothing indexed."""
+        _unlink(tmp)
+        # said in the association's one line when it ends (on_association_end)
+        self._track(event, None, f"0x{verdict.status:04X}: {verdict.reason}")
+        self.refused_stores += 1
+        log.debug("C-STORE refused with 0x%04X: %s", verdict.status, verdict.reason)
+        rsp = Dataset()
+        rsp.Status = verdict.status
+        rsp.ErrorComment = verdict.reason[:64]
+        return rsp
+
 
 def _unlink(path: str) -> None:
     try:
@@ -391,14 +460,14 @@ def run_receive(args: argparse.Namespace) -> int:
     store = open_store(cfg.database_url)
     spool = Spool(cfg.spool_path)
     receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,
-                        log_level=cfg.log_level)
+                        log_level=cfg.log_level, header_keywords=header_keywords(cfg.series.selection))
     stop = stop_on_signals()
     receiver.start()
     beater = Beater(store, "receive")
     beater.start()
     try:
         while not stop.wait(1.0):
-            receiver.indexer.restart_if_dead()
+            receiver.indexer.keep_alive()
             receiver.sweep_incoming()
             beater.beat()
     finally:
