@@ -111,6 +111,9 @@ SERIES_HEADER: dict[str, Any] = {
     "SharedFunctionalGroupsSequence": _FUNCTIONAL_GROUPS,
     # route reads the first item only (the orientation of an enhanced CT): one item is kept
     "PerFrameFunctionalGroupsSequence": _FUNCTIONAL_GROUPS,
+    # the order's number, not the patient's: what `hexnode series ACCESSION` and the notifications
+    # find a study by (store/db.py fills series.accession_number from it)
+    "AccessionNumber": None,
     # equipment, acquisition and image attributes a site rule may name
     "Manufacturer": None, "ManufacturerModelName": None, "StationName": None, "InstitutionName": None,
     "InstitutionalDepartmentName": None, "SoftwareVersions": None, "ContrastBolusRoute": None,
