@@ -788,6 +788,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raw = tomllib.loads(candidate.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {candidate} does not exist") from None
+        except PermissionError:
+            # a container runs as an unprivileged user with no capabilities: a 0600 file mounted
+            # from a checkout made under umask 077 is unreadable to it
+            raise ConfigError(f"config file {candidate} is not readable by uid {os.getuid()} "
+                              "(make it readable: chmod 0644, or owned by that user)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{candidate}: {exc}") from None
     raw, _ = apply_env(raw, env)

@@ -74,7 +74,7 @@ def write_series(
     rows: int = 64,
     cols: int = 64,
     dz: float = 5.0,
-    pixel: float = 3.5,
+    pixel: float | None = None,
     tilt_deg: float = 0.0,
     syntax: str = ExplicitVRLittleEndian,
     signed: bool = True,
@@ -87,9 +87,11 @@ def write_series(
 ) -> list[Path]:
     """Write n single-frame CT files; gantry tilt shears positions along the table (scanner style).
 
-    The default pixel makes the phantom head-sized (64 x 3.5 mm = 224 mm across): the analyser looks
-    for a skull enclosing at least 50 cm2 before it says anything about blood."""
+    The default pixel makes the phantom head-sized whatever the matrix (224 mm across the larger side,
+    3.5 mm at 64): the analyser looks for a skull enclosing at least 50 cm2 before it says anything
+    about blood, and a 1.8 m "head" is no head either."""
     out.mkdir(parents=True, exist_ok=True)
+    pixel = 224.0 / max(rows, cols) if pixel is None else pixel
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     vol = phantom(n, rows, cols) if hu is None else hu

@@ -369,6 +369,7 @@ def stack(dockerd: None) -> Iterator[Stack]:
     ports = {k: free_port() for k in ("postgres", "orthanc_dicom", "orthanc_http", "hexnode", "web")}
     toml = OUT / "hexnode.toml"
     toml.write_text(loopback_hexnode_toml(ports))
+    toml.chmod(0o644)  # the containers' user has no capabilities; CI may run under umask 077
     config = YAML(typ="safe").load(run([*compose, "-f", "docker-compose.yml", "config"], env=env).stdout)
     stack_file = OUT / "docker-compose.loopback.yml"
     with open(stack_file, "w") as f:

@@ -38,7 +38,7 @@ def test_sorted_by_position_not_file_order(tmp_path: Path) -> None:
     assert vol.hu.dtype == np.float32 and vol.shape == (12, 64, 64)
     z = [float(h.ImagePositionPatient[2]) for h in vol.headers]
     assert z == sorted(z)
-    assert vol.spacing == pytest.approx((0.5, 0.5, 5.0))
+    assert vol.spacing == pytest.approx((3.5, 3.5, 5.0))
     expected = phantom(12, 64, 64)
     np.testing.assert_allclose(vol.hu, np.maximum(expected, -1024), atol=0.5)
     assert vol.tilt_deg == 0.0 and vol.notes == ()
