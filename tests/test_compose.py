@@ -646,14 +646,22 @@ def install_steps() -> dict[str, str]:
 
 
 def source_tar() -> bytes:
-    """The release as /opt/hexnode/src: the files git knows of (committed or not, never ignored)."""
+    """The release as /opt/hexnode/src: the files git knows of (committed or not, never ignored),
+    with the modes a clone under `umask 022` gives (as the install section says), whatever this
+    checkout's umask was."""
     import tarfile
+
+    def as_released(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        return info
 
     names = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"]).stdout.split("\0")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name in sorted(n for n in names if n and (REPO / n).is_file()):
-            tar.add(REPO / name, arcname=f"src/{name}")
+            tar.add(REPO / name, arcname=f"src/{name}", filter=as_released)
     return buf.getvalue()
 
 
