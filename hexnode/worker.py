@@ -360,7 +360,10 @@ def run_worker(args: argparse.Namespace) -> int:
     spool = Spool(cfg.spool_path)  # not prepare(): that clears receive's in-flight files
     (spool.root / "results").mkdir(parents=True, exist_ok=True)
     models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
-    warm_up(models.info)  # highdicom's tables and the font, loaded now: the first report costs what later ones do
+    try:  # highdicom's tables and the font, loaded now: the first report costs what later ones do
+        warm_up(models.info)
+    except Exception as exc:  # only a speed-up: the first job then loads them itself
+        log.warning("report warm-up failed (%s); the first report loads its tables itself", type(exc).__name__)
     worker = Worker(store, spool, cfg, models)
     stop = runtime.stop_on_signals()  # the running job finishes; then the loop ends
     beater = Beater(store, "worker")
