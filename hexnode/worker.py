@@ -37,6 +37,7 @@ from hexnode.pipeline.load import VolumeError
 from hexnode.pipeline.run import Produced, encode, headers_of, kind_of, not_analysed, produce
 from hexnode.report.study import PreviousAnswer, name_predecessor
 from hexnode.report.uids import derive_uid
+from hexnode.report.warm import warm_up
 from hexnode.route.study import Answer, answer_of, listed_series, record_answer
 from hexnode.store.db import Job, Series, Store, Study, open_store
 from hexnode.store.heartbeat import Beater
@@ -359,6 +360,10 @@ def run_worker(args: argparse.Namespace) -> int:
     spool = Spool(cfg.spool_path)  # not prepare(): that clears receive's in-flight files
     (spool.root / "results").mkdir(parents=True, exist_ok=True)
     models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
+    try:  # highdicom's tables and the font, loaded now: the first report costs what later ones do
+        warm_up(models.info)
+    except Exception as exc:  # only a speed-up: the first job then loads them itself
+        log.warning("report warm-up failed (%s); the first report loads its tables itself", type(exc).__name__)
     worker = Worker(store, spool, cfg, models)
     stop = runtime.stop_on_signals()  # the running job finishes; then the loop ends
     beater = Beater(store, "worker")

@@ -307,28 +307,75 @@ def intracranial(hu: NDArray[Any], spacing: Sequence[float], *, head_up: bool = 
 
 def gate_mask(mask: NDArray[np.bool_], cavity: Cavity, spacing: Sequence[float]) -> int:
     """Remove predicted blood outside the cavity, and components lying mostly in its rim far from
-    any other blood, in place (`spacing` (sx, sy, sz) mm). Returns the number of voxels removed."""
+    any other blood, in place (`spacing` (sx, sy, sz) mm). Returns the number of voxels removed.
+
+    The raw U-Net mask can span the whole head (scalp, skull base), so its box is most of a thin
+    series: the cavity is upsampled and applied `GATE_CHUNK` slices at a time, and the 3D labels
+    cover only the box of what lies inside the cavity (the int32 labels and the full-resolution
+    cavity of the raw box were a worker's peak memory, bench/memory.py)."""
     if not mask.any():
         return 0
     before = int(np.count_nonzero(mask))
-    box = tuple(slice(int(i[0]), int(i[-1]) + 1)
-                for i in (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))))
+    box = _box(mask)
     sub = mask[box]
-    sub &= cavity.full(cavity.mask, box)  # type: ignore[arg-type]
+    for c in _chunks(sub.shape[0]):
+        sub[c] &= cavity.full(cavity.mask, _sub_box(box, c))
     if sub.any():
-        labels, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
+        inner = _box(sub)  # what lies inside the cavity: a smaller box to label
+        box = (slice(box[0].start + inner[0].start, box[0].start + inner[0].stop),
+               slice(box[1].start + inner[1].start, box[1].start + inner[1].stop),
+               slice(box[2].start + inner[2].start, box[2].start + inner[2].stop))
+        sub = sub[inner]
+        labels, n = label_compact(sub)
         total = np.bincount(labels.ravel(), minlength=n + 1)
-        in_core = np.bincount(labels[cavity.full(cavity.core, box)].ravel(), minlength=n + 1)  # type: ignore[arg-type]
+        in_core = np.zeros(n + 1, np.int64)
+        for c in _chunks(sub.shape[0]):
+            core = cavity.full(cavity.core, _sub_box(box, c))
+            in_core += np.bincount(labels[c][core], minlength=n + 1)
         keep = in_core >= CORE_FRACTION * total
         keep[0] = False
         rim_only = np.flatnonzero(~keep[1:]) + 1
         if rim_only.size and keep.any():
             keep |= _near_kept(labels, keep, rim_only, spacing)
-        sub[...] = keep[labels]
+        for c in _chunks(sub.shape[0]):
+            sub[c] = keep[labels[c]]
     return before - int(np.count_nonzero(mask))
 
 
-def _near_kept(labels: NDArray[np.int32], keep: NDArray[np.bool_], candidates: NDArray[np.int64],
+def label_compact(mask: NDArray[np.bool_]) -> tuple[NDArray[np.integer[Any]], int]:
+    """`ndi.label` with the 26-neighbourhood into uint16 labels (half the memory of int32: the
+    box of a raw U-Net mask is most of a thin series); int32 when there are more components.
+    The labels are the same numbers either way."""
+    structure = np.ones((3, 3, 3), bool)
+    labels = np.empty(mask.shape, np.uint16)
+    try:
+        n = ndi.label(mask, structure=structure, output=labels)
+    except RuntimeError:  # more than 65,535 components: scipy refuses to truncate
+        del labels
+        labels, n = ndi.label(mask, structure=structure)
+    return labels, int(n)
+
+
+#: slices upsampled (or relabelled) at a time by `gate_mask`: 32 x 512^2 is 8 MB of bool
+GATE_CHUNK = 32
+
+
+def _box(mask: NDArray[np.bool_]) -> tuple[slice, slice, slice]:
+    """The bounding box of a non-empty mask, from its per-axis projections."""
+    z, y, x = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    return slice(int(z[0]), int(z[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + GATE_CHUNK, n)) for i in range(0, n, GATE_CHUNK)]
+
+
+def _sub_box(box: tuple[slice, slice, slice], zs: slice) -> tuple[slice, slice, slice]:
+    """`box` restricted to its slices `zs` (relative to the box)."""
+    return slice(box[0].start + zs.start, box[0].start + zs.stop), box[1], box[2]
+
+
+def _near_kept(labels: NDArray[np.integer[Any]], keep: NDArray[np.bool_], candidates: NDArray[np.int64],
                spacing: Sequence[float]) -> NDArray[np.bool_]:
     """Per label: is the component within SATELLITE_REACH_MM of a kept one (candidates only)."""
     from scipy.spatial import cKDTree

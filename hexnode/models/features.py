@@ -361,7 +361,7 @@ def cnn_input(hu: NDArray[Any], mask: NDArray[np.generic], spacing: Sequence[flo
     network sees the perihematomal tissue."""
     m = np.asarray(mask)  # no full-size `> 0` copy: only slice k is thresholded
     z = m.shape[0]
-    areas = np.count_nonzero(m.reshape(z, -1), axis=1)
+    areas = np.array([np.count_nonzero(s) for s in m], np.int64)  # per slice: no mask-sized bool copy
     k = int(np.argmax(areas))
     ks = [min(max(k + d, 0), z - 1) for d in (-1, 0, 1)]
     sx, sy = float(spacing[0]), float(spacing[1])

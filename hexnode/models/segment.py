@@ -88,9 +88,24 @@ def _probability_batches(
     for s in range(0, z, batch):
         chunk = np.asarray(hu[s : s + batch], np.float32)
         chunk = np.pad(chunk, ((0, 0), (pt, pb), (pl, pr)), constant_values=-1000.0)
-        logits = session.run(None, {in_name: window(chunk)})[0][:, 0]
+        last = s + batch >= z
+        logits = session.run(None, {in_name: window(chunk)}, shrink_arena() if last else None)[0][:, 0]
+        del chunk
         prob = 1.0 / (1.0 + np.exp(-logits))
         yield s, prob[:, pt : pt + h, pl : pl + w]
+
+
+def shrink_arena() -> Any:
+    """Run options that hand ONNX Runtime's CPU arena back after the run.
+
+    The arena keeps the U-Net's activations (about 200 MB for 2 slices of 512^2) for the session's
+    lifetime; given back after a series' last batch, the later stages (labelling, features, the SEG)
+    do not stack on top of it (bench/memory.py). The next series grows it again in its first batch."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def predict_probability(session: Any, hu: NDArray[np.floating[Any]], *, batch: int = BATCH) -> NDArray[np.float32]:
@@ -193,5 +208,6 @@ def volume_ml(mask: NDArray[np.generic], spacing: Sequence[float], extents: Sequ
     area_ml = float(spacing[0]) * float(spacing[1]) / 1000.0
     if extents is None:
         return float(np.count_nonzero(mask)) * area_ml * float(spacing[2])
-    per_slice = np.count_nonzero(np.asarray(mask).reshape(len(extents), -1), axis=1)
+    m = np.asarray(mask).reshape(len(extents), -1)
+    per_slice = np.array([np.count_nonzero(s) for s in m], np.int64)  # no mask-sized bool copy
     return float(np.dot(per_slice, np.asarray(extents, np.float64))) * area_ml

@@ -32,7 +32,9 @@ class Line:
 
 def key_slice(mask: np.ndarray) -> int:
     """The axial slice with the largest hematoma area; the middle slice when there is none."""
-    areas = mask.reshape(mask.shape[0], -1).astype(bool).sum(axis=1)
+    # slice by slice: `astype(bool)` or `count_nonzero(axis=...)` of the whole mask would copy it
+    # (157 MB at 600 x 512^2, bench/memory.py)
+    areas = np.array([np.count_nonzero(m) for m in mask], np.int64)
     if int(areas.max(initial=0)) == 0:
         return mask.shape[0] // 2
     return int(np.argmax(areas))
