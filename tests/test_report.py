@@ -405,6 +405,18 @@ PIXELMED_1410_ON_1411 = (
     'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 5] SCOORD',
     'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 7] IMAGE',
 )
+# Procedure reported is LOINC's non-contrast head CT (30799-1): CID 100 lists no head CT without
+# contrast (only "CT unspecified body region" and a perfusion CT) and is extensible, so the standard
+# allows the more exact code; PixelMed checks membership only. Exactly this line is allowed.
+PIXELMED_HEAD_CT_NOT_IN_CID_100 = (
+    'Error: Template 1500 MeasurementReport/[Row 1] CONTAINER CID 7021/[Row 4] CODE (121058,DCM,"Procedure reported"): '
+    '1.7: /CONTAINER (126000,DCM,"Imaging Measurement Report")/CODE (121058,DCM,"Procedure reported"): '
+    'Code (30799-1,LN,"CT Head WO contrast") not found in context group 100'
+)
+
+
+def _explained(errors: list[str]) -> list[str]:
+    return [e for e in errors if e != PIXELMED_HEAD_CT_NOT_IN_CID_100]
 
 
 # One JVM run (~15 s) per SR kind keeps the suite fast; the tilted case carries every optional item.
@@ -415,14 +427,16 @@ def test_pixelmed_sr_validator_zero_errors(built: Built, tmp_path: Path) -> None
     volumetric_only = _with_groups(built.files["sr"], tmp_path / "volumetric.dcm", "segment")
     for path in (planar_only, volumetric_only, built.files["na_sr"]):
         errors, text = sr_validator(path)
-        assert errors == [], text
+        assert _explained(errors) == [], text
+        assert PIXELMED_HEAD_CT_NOT_IN_CID_100 in errors, text  # the one allowed line is the one seen
         assert "Found Root Template TID_1500" in text and "IOD validation complete" in text
     errors, text = sr_validator(built.files["sr"])
     assert "Found Root Template TID_1500" in text and "IOD validation complete" in text
-    # the volumetric group is the first (1.9.1): the planar one (1.9.2) passes TID 1410
-    unexplained = [e for e in errors if not (e.startswith(PIXELMED_1410_ON_1411) and "within 1.9.1:" in e)]
+    # the volumetric group is the first (1.8.1, the Image Library being last): the planar one
+    # (1.8.2) passes TID 1410
+    unexplained = [e for e in _explained(errors) if not (e.startswith(PIXELMED_1410_ON_1411) and "within 1.8.1:" in e)]
     assert unexplained == [], text
-    assert len(errors) <= 2
+    assert len(errors) <= 3
 
 
 def test_rerun_gives_identical_uids(built: Built) -> None:

@@ -82,6 +82,37 @@ def summary_sentence(prediction: Prediction) -> str:
     return f"{finding} {kind}, not for clinical use."
 
 
+# The label the model is trained on (hexnode.synth.hemodel, the seed literature's definition).
+EXPANSION_DEFINITION = "hematoma growth > 6 ml or > 33 % on follow-up CT"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f} %"
+
+
+def threshold_performance(model: ModelInfo) -> str:
+    """What the High/Low threshold does, in the model set's own held-out figures (never ours)."""
+    op = model.operating_point
+    if op is None:
+        return "the model set records no sensitivity or specificity at it"
+    cases = "synthetic test cases" if model.synthetic_trained else "test cases"
+    npv = f", NPV {_pct(op.npv)}" if op.npv is not None else ""
+    return (f"at it, on {op.n} held-out {cases}: sensitivity {_pct(op.sensitivity)}, "
+            f"specificity {_pct(op.specificity)}{npv}")
+
+
+def short_use_note(model: ModelInfo) -> str:
+    return "Synthetic-trained: not for clinical use." if model.synthetic_trained else \
+        "Research model: not for clinical use."
+
+
+def risk_meaning(model: ModelInfo) -> str:
+    """The one line that says what a High or Low means (SR comment and SC band alike)."""
+    return (f"What the risk means: expansion = {EXPANSION_DEFINITION}; High at a probability of "
+            f"{percent(model.threshold):.1f} % or more ({threshold_performance(model)}). "
+            f"{short_use_note(model)}")
+
+
 def clinical_use_note(model: ModelInfo) -> str:
     if model.synthetic_trained:
         return NOT_FOR_CLINICAL_USE
