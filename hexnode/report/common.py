@@ -30,9 +30,21 @@ SR_SERIES = SeriesLabel(9902, "hexnode HE risk SR")
 SC_SERIES = SeriesLabel(9903, "hexnode summary")
 
 
-def series_description(label: SeriesLabel, revision: int, *, not_analysed: bool = False) -> str:
+LO_MAX = 64  # characters in a Long String (Series Description, Segment Label, Content Description)
+NOT_CLINICAL = "not for clinical use"
+
+
+def series_description(label: SeriesLabel, revision: int, *, not_analysed: bool = False,
+                       disclaimer: bool = False) -> str:
+    """`disclaimer`: the object has no text of its own to carry "not for clinical use" (the SEG),
+    so its series says it, within the 64 characters of a Long String whatever the revision."""
     text = label.description + (" (not analysed)" if not_analysed else "")
-    return text + (f" (corrected, revision {revision})" if revision else "")
+    if disclaimer:
+        text += f", {NOT_CLINICAL}"
+    if not revision:
+        return text
+    full = f"{text} (corrected, revision {revision})"
+    return full if len(full) <= LO_MAX else f"{text} (corrected, rev {revision})"
 
 
 def round_volume_ml(volume_ml: float) -> float:
