@@ -106,10 +106,10 @@ def threshold_performance(model: ModelInfo) -> str:
     """What the High/Low threshold does, in the model set's own held-out figures (never ours)."""
     op = model.operating_point
     if op is None:
-        return "the model set records no sensitivity or specificity at it"
+        return " (the model set records no sensitivity or specificity for this threshold)"
     cases = "synthetic test cases" if model.synthetic_trained else "test cases"
     npv = f", NPV {_pct(op.npv)}" if op.npv is not None else ""
-    return (f"at it, on {op.n} held-out {cases}: sensitivity {_pct(op.sensitivity)}, "
+    return (f", which on {op.n} held-out {cases} had sensitivity {_pct(op.sensitivity)}, "
             f"specificity {_pct(op.specificity)}{npv}")
 
 
@@ -120,9 +120,8 @@ def short_use_note(model: ModelInfo) -> str:
 
 def risk_meaning(model: ModelInfo) -> str:
     """The one line that says what a High or Low means (SR comment and SC band alike)."""
-    return (f"What the risk means: expansion = {EXPANSION_DEFINITION}; High at a probability of "
-            f"{percent(model.threshold):.1f} % or more ({threshold_performance(model)}). "
-            f"{short_use_note(model)}")
+    return (f"What the risk means: expansion = {EXPANSION_DEFINITION}; High = probability "
+            f"{percent(model.threshold):.1f} % or more{threshold_performance(model)}. {short_use_note(model)}")
 
 
 def clinical_use_note(model: ModelInfo) -> str:
