@@ -21,8 +21,6 @@ SIZE = 512
 MARGIN = 8
 WINDOW_HU = (0.0, 100.0)  # the blood window of docs/architecture.md §3 and of every stroke reader
 OUTLINE_RGB = (255, 215, 0)
-HIGH_RGB = (255, 70, 60)
-LOW_RGB = (90, 220, 110)
 WARN_RGB = (255, 170, 40)
 TEXT_RGB = (240, 240, 240)
 HEADLINE_RGB = (255, 255, 255)  # the risk line: white, whatever the risk (no green = safe)
