@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint
+.PHONY: demo test install lint sc-example
 
 install:
 	bash scripts/bootstrap.sh
@@ -19,3 +19,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check hexnode tests bench
 	$(VENV)/bin/mypy
+
+# docs/sc-example.png, the README's summary image, from the committed models (tests/test_sc_example.py)
+sc-example: install
+	$(VENV)/bin/python -m hexnode.report.example docs/sc-example.png

@@ -112,6 +112,18 @@ def test_committed_pipeline_on_a_synthetic_case(committed):
         assert {"radiomics", "cnn", "fusion"} <= set(a.timings)
 
 
+def test_reports_carry_the_manifests_own_held_out_figures(committed, tmp_path):
+    """ModelInfo.operating_point is metrics.test of the manifest, or None where it lacks them."""
+    test = json.loads((MODELS / "manifest.json").read_text())["metrics"]["test"]
+    op = committed.info.operating_point
+    assert op is not None and op.n == test["n"]
+    assert (op.sensitivity, op.specificity, op.npv) == (test["sensitivity"], test["specificity"], test.get("npv"))
+    data = json.loads((MODELS / "manifest.json").read_text())
+    del data["metrics"]["test"]["specificity"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(tmp_path, verify=False).operating_point is None
+
+
 def test_air_is_not_a_head_and_gets_no_statement(committed):
     from hexnode.models.pipeline import IncompleteCoverage
 

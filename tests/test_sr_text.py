@@ -1,9 +1,10 @@
 """The SR as a text-only PACS shows it (issue 24): rendered by dcmtk's dsr2html and dsrdump.
 
-A 24-slice series without a Series Number. The rendered text must put the findings on the first
-screen (no per-image footnotes before them), print every value with its name and a unit that reads
-(no bare UCUM "1"), and open the comments with the one-line summary. The HTML is kept in
-tests/output/sr-text/ for a person to open.
+A 24-slice series without a Series Number, reported with the committed model set's own threshold
+and held-out figures. The rendered text must put the findings and the summary first (the image
+library after them, issue 34; no per-image footnotes anywhere), print every value with its name
+and a unit that reads (no bare UCUM "1"), and open the comments with the one-line summary and
+what the risk means. The HTML is kept in tests/output/sr-text/ for a person to open.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import pytest
 from pydicom.dataset import Dataset
 from report_helpers import MODEL, OUTPUT, prediction, require, write_series
 
+from hexnode.models.registry import load_manifest
+from hexnode.pipeline.contracts import ModelInfo, Prediction
 from hexnode.report import build_not_analysed, build_results
 from hexnode.report.common import series_number_text
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 OUT = OUTPUT / "sr-text"
 SCREEN = {"width": 1920, "height": 1080}  # a reading-room desktop screen
@@ -44,6 +49,13 @@ def _numbers(ds: Dataset) -> list[tuple[str, str, str]]:
     return found
 
 
+def committed_model() -> ModelInfo:
+    """The committed model set as the node reports it (its threshold and held-out figures)."""
+    manifest = load_manifest(MODELS, verify=False)
+    return ModelInfo(name=manifest.name, version=manifest.version, threshold=manifest.threshold,
+                     synthetic_trained=manifest.synthetic_trained, operating_point=manifest.operating_point)
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, str, str]:
     require("dsr2html")
@@ -54,7 +66,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, str, st
         ds = pydicom.dcmread(path)
         del ds.SeriesNumber
         ds.save_as(path, enforce_file_format=True)
-    pred = prediction(series, probability=0.732)
+    base = prediction(series, probability=0.732)
+    pred = Prediction(volume_ml=base.volume_ml, probability=base.probability, model=committed_model(),
+                      hemorrhage_detected=base.hemorrhage_detected)
     seg, sr, _sc = build_results(series.headers(), series.hu, series.mask, pred,
                                  selection_note="analysed series without number ('Head 5mm soft tissue', 5 mm, 24 slices)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -67,16 +81,47 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, str, st
     return pydicom.dcmread(OUT / "sr.dcm"), text, dump
 
 
-def test_findings_come_before_any_image_footnote(rendered: tuple[Dataset, str, str]) -> None:
+def test_findings_and_summary_come_before_the_image_library(rendered: tuple[Dataset, str, str]) -> None:
     _, text, _ = rendered
     findings = text.index("Imaging Measurements")
-    assert "Image Position" not in text and "Footnote" not in text[:findings]
-    # before the findings: header, observer, a few shared descriptors and the images as one
-    # running list (one paragraph, not a line and a footnote each)
-    before = text[:findings]
-    assert re.search(r"(CT image ){24}", before + " ")
-    # the shared descriptors once per group, whatever the slice count
-    assert before.count("Acquisition Context :") <= 3, before
+    summary = text.index("Qualitative Evaluations Comment: Hematoma ")
+    library = text.index("Image Library")
+    assert "Image Position" not in text and "Footnote" not in text
+    # before the library, one image only: the key slice the outline is drawn on
+    assert text[:library].count("CT image") == 1 and "Acquisition Context" not in text[:library]
+    assert findings < summary < library
+    assert text.index("What the risk means") < library
+    # after them, the evidence: the images as one running list (one paragraph, not a line and a
+    # footnote each), the shared descriptors once per group, whatever the slice count
+    evidence = text[library:]
+    assert re.search(r"(CT image ){24}", evidence + " ")
+    assert evidence.count("Acquisition Context :") <= 3, evidence
+
+
+def test_procedure_reported_is_a_head_ct(rendered: tuple[Dataset, str, str]) -> None:
+    ds, text, dump = rendered
+    assert "Procedure reported = CT Head WO contrast (30799-1, LN)" in text
+    assert "unspecified body region" not in text
+    performed = ds.PerformedProcedureCodeSequence[0]
+    assert (performed.CodeValue, performed.CodingSchemeDesignator) == ("30799-1", "LN")
+
+
+def test_what_the_risk_means_uses_the_model_sets_own_figures(rendered: tuple[Dataset, str, str]) -> None:
+    """The expansion definition, the threshold and its held-out figures as the committed manifest
+    records them (no figure of the report's own), and the disclaimer: on one line, second."""
+    _, text, _ = rendered
+    manifest = load_manifest(MODELS, verify=False)
+    op = manifest.operating_point
+    assert op is not None, "the committed model set records its test split's sensitivity and specificity"
+    line = text[text.index("What the risk means"):]
+    line = line[: line.index("Comment:")].strip()
+    assert "expansion = hematoma growth > 6 ml or > 33 % on follow-up CT" in line
+    assert f"High = probability {manifest.threshold * 100:.1f} % or more, which on {op.n} held-out synthetic " \
+           f"test cases had sensitivity {op.sensitivity * 100:.0f} %, specificity {op.specificity * 100:.0f} %" in line
+    assert ("NPV" in line) == (op.npv is not None)
+    assert line.endswith("Synthetic-trained: not for clinical use.")
+    comments = text[text.index("Qualitative Evaluations"):].split("Comment:")
+    assert comments[2].strip().startswith("What the risk means"), comments[:3]
 
 
 def test_every_value_is_printed_with_its_name(rendered: tuple[Dataset, str, str]) -> None:
@@ -90,7 +135,7 @@ def test_every_value_is_printed_with_its_name(rendered: tuple[Dataset, str, str]
         assert f"{name}: {value} {unit}" in text, (name, value, unit)
         assert f'NUM:(,,"{name}")="{value}" ({unit},UCUM' in dump, (name, value, unit)
     assert "Probability of hematoma expansion: 73.2 %" in text
-    assert "Hematoma expansion probability threshold: 35.0 %" in text
+    assert f"Hematoma expansion probability threshold: {committed_model().threshold * 100:.1f} %" in text
     assert "Risk of hematoma expansion: High" in text
     # no number followed by a bare "1" unit anywhere in the findings
     assert not re.search(r"\d \b1\b(?! ?(of|mm|ml|cm))", text[text.index("Imaging Measurements"):])
@@ -99,7 +144,8 @@ def test_every_value_is_printed_with_its_name(rendered: tuple[Dataset, str, str]
 def test_summary_is_the_first_comment(rendered: tuple[Dataset, str, str]) -> None:
     ds, text, dump = rendered
     volume = next(v for n, v, _ in _numbers(ds) if n == "Volume")
-    summary = (f"Hematoma {float(volume):.1f} ml; expansion probability 73 % (threshold 35 %): High risk. "
+    threshold = committed_model().threshold * 100
+    summary = (f"Hematoma {float(volume):.1f} ml; expansion probability 73 % (threshold {threshold:.0f} %): High risk. "
                "Synthetic-trained model, not for clinical use.")
     comments = text[text.index("Qualitative Evaluations"):]
     assert comments.startswith(f"Qualitative Evaluations Comment: {summary}"), comments[:300]

@@ -117,6 +117,7 @@ class Models:
             threshold=manifest.threshold,
             synthetic_trained=manifest.synthetic_trained,
             min_lesion_ml=self.post.min_lesion_ml,
+            operating_point=manifest.operating_point,
         )
         self.provider = self.seg.get_providers()[0]
         log.info("models %s %s on %s", self.info.name, self.info.version, self.provider)

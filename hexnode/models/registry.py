@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hexnode.pipeline.contracts import OperatingPoint
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -52,6 +54,17 @@ class Manifest:
     @property
     def synthetic_trained(self) -> bool:
         return bool(self.data.get("training_data", {}).get("synthetic", True))
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        """The threshold's figures on the training run's held-out test split, where recorded."""
+        test = self.data.get("metrics", {}).get("test", {})
+        try:
+            npv = test.get("npv")
+            return OperatingPoint(sensitivity=float(test["sensitivity"]), specificity=float(test["specificity"]),
+                                  n=int(test["n"]), npv=None if npv is None else float(npv))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def path(self, role: str) -> Path:
         """The file that plays `role` (seg, cnn, radiomics, lgbm, ...)."""

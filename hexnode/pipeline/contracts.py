@@ -19,6 +19,17 @@ NOT_FOR_CLINICAL_USE = "Synthetic-trained demonstration model: not for clinical 
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """How the model set's own High/Low threshold performed on its held-out test split, as its
+    manifest records it (metrics.test): what a reader needs to weigh a High or a Low."""
+
+    sensitivity: float
+    specificity: float
+    n: int  # test cases
+    npv: float | None = None  # model sets trained before it was recorded have none
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the report must say about the models that produced a result."""
 
@@ -29,6 +40,8 @@ class ModelInfo:
     # The smallest hemorrhage the model set reports (its post-processing's min_lesion_ml): a
     # "no hemorrhage" statement is qualified with it. 0: no limit named.
     min_lesion_ml: float = 0.0
+    # The threshold's sensitivity/specificity/NPV on held-out cases; None: the set records none.
+    operating_point: OperatingPoint | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # DCM 123110
 
 # --- SR document ----------------------------------------------------------------------------
 TITLE = Code("126000", "DCM", "Imaging Measurement Report")
-PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion  # LN 25045-6
+# What the node reads: a non-contrast head CT. LOINC's own code for it (pydicom's dictionary has
+# none: its CID 100 list is a baseline, so other procedure codes are allowed).
+PROCEDURE_REPORTED = Code("30799-1", "LN", "CT Head WO contrast")
 DEVICE_OBSERVER = Code("121007", "DCM", "Device")
 COMMENT = Code("121106", "DCM", "Comment")  # TEXT items under TID 1500 "Qualitative Evaluations"
 

@@ -30,9 +30,21 @@ SR_SERIES = SeriesLabel(9902, "hexnode HE risk SR")
 SC_SERIES = SeriesLabel(9903, "hexnode summary")
 
 
-def series_description(label: SeriesLabel, revision: int, *, not_analysed: bool = False) -> str:
+LO_MAX = 64  # characters in a Long String (Series Description, Segment Label, Content Description)
+NOT_CLINICAL = "not for clinical use"
+
+
+def series_description(label: SeriesLabel, revision: int, *, not_analysed: bool = False,
+                       disclaimer: bool = False) -> str:
+    """`disclaimer`: the object has no text of its own to carry "not for clinical use" (the SEG),
+    so its series says it, within the 64 characters of a Long String whatever the revision."""
     text = label.description + (" (not analysed)" if not_analysed else "")
-    return text + (f" (corrected, revision {revision})" if revision else "")
+    if disclaimer:
+        text += f", {NOT_CLINICAL}"
+    if not revision:
+        return text
+    full = f"{text} (corrected, revision {revision})"
+    return full if len(full) <= LO_MAX else f"{text} (corrected, rev {revision})"
 
 
 def round_volume_ml(volume_ml: float) -> float:
@@ -80,6 +92,36 @@ def summary_sentence(prediction: Prediction) -> str:
         finding = f"No hemorrhage detected (hematoma 0.0 ml): Low risk of expansion (threshold {thr})."
     kind = "Synthetic-trained model" if model.synthetic_trained else "Research model"
     return f"{finding} {kind}, not for clinical use."
+
+
+# The label the model is trained on (hexnode.synth.hemodel, the seed literature's definition).
+EXPANSION_DEFINITION = "hematoma growth > 6 ml or > 33 % on follow-up CT"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f} %"
+
+
+def threshold_performance(model: ModelInfo) -> str:
+    """What the High/Low threshold does, in the model set's own held-out figures (never ours)."""
+    op = model.operating_point
+    if op is None:
+        return " (the model set records no sensitivity or specificity for this threshold)"
+    cases = "synthetic test cases" if model.synthetic_trained else "test cases"
+    npv = f", NPV {_pct(op.npv)}" if op.npv is not None else ""
+    return (f", which on {op.n} held-out {cases} had sensitivity {_pct(op.sensitivity)}, "
+            f"specificity {_pct(op.specificity)}{npv}")
+
+
+def short_use_note(model: ModelInfo) -> str:
+    return "Synthetic-trained: not for clinical use." if model.synthetic_trained else \
+        "Research model: not for clinical use."
+
+
+def risk_meaning(model: ModelInfo) -> str:
+    """The one line that says what a High or Low means (SR comment and SC band alike)."""
+    return (f"What the risk means: expansion = {EXPANSION_DEFINITION}; High = probability "
+            f"{percent(model.threshold):.1f} % or more{threshold_performance(model)}. {short_use_note(model)}")
 
 
 def clinical_use_note(model: ModelInfo) -> str:

@@ -45,7 +45,7 @@ from hexnode.report.common import (
     percent,
     round_volume_ml,
 )
-from hexnode.report.render import HIGH_RGB, LOW_RGB, OUTLINE_RGB, TEXT_RGB, WARN_RGB, slice_rgb
+from hexnode.report.render import HEADLINE_RGB, OUTLINE_RGB, TEXT_RGB, WARN_RGB, slice_rgb
 from hexnode.report.sc import sc_dataset
 from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.sr import algorithm_id, measurement_report, plain
@@ -258,15 +258,16 @@ def side_by_side(baseline: Side, followup: Side, growth: Growth, hours: float, p
     canvas.paste(Image.fromarray(left), (0, HEADER))
     canvas.paste(Image.fromarray(right), (PANEL, HEADER))
     d = ImageDraw.Draw(canvas)
-    verdict = {"yes": ("EXPANSION OBSERVED", HIGH_RGB), "no": ("NO EXPANSION", LOW_RGB),
-               "decreased": ("DECREASED (below half the baseline)", LOW_RGB)}[growth.category]
-    d.text((12, 8), verdict[0], font=_font(26), fill=verdict[1])
+    # the verdict by word in a fixed place, in white whatever it is (no green = all clear)
+    verdict = {"yes": "EXPANSION OBSERVED", "no": "NO EXPANSION",
+               "decreased": "DECREASED (below half the baseline)"}[growth.category]
+    d.text((12, 8), verdict, font=_font(26), fill=HEADLINE_RGB)
     d.text((12, 44), growth.line(hours), font=_font(18), fill=TEXT_RGB)
     d.text((12, 70), f"definition: {definition_text(growth.definition)}", font=_font(15), fill=TEXT_RGB)
     risk = "HIGH" if pred.high_risk else "LOW"
     d.text((12, 94), f"baseline prediction: {percent(pred.probability):.1f} % (threshold "
            f"{percent(pred.threshold):.1f} %), {risk} risk; model {pred.model_version}", font=_font(15),
-           fill=HIGH_RGB if pred.high_risk else LOW_RGB)
+           fill=TEXT_RGB)
     d.text((12, 118), "panels at the same scale; outlines: segmented hematoma", font=_font(14), fill=TEXT_RGB)
     d.text((12, HEADER + PANEL + 10), burned_in_warning(model), font=_font(16), fill=WARN_RGB)
     return np.asarray(canvas)

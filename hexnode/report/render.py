@@ -1,7 +1,11 @@
 """Pixels of the summary Secondary Capture: a key CT slice with the mask outline and burned-in text.
 
-Rendered at 512 x 512 RGB, the size a PACS thumbnail strip and a reading-room viewer both show
-legibly. Text sits in dark boxes in the corners, where a head CT has air.
+The slice is rendered at 512 x 512 and framed by a margin holding the orientation markers (the
+patient's side at each edge, from the source's Image Orientation); the text sits in a band to the
+right of it (`compose`), so no letter ever covers the anatomy, however tight the field of view.
+The colours are neutral: the risk is read from its word and its fixed place (the band's first
+line), never from red and green. Amber marks what qualifies a result (notes, the disclaimer).
+Summaries without an image (not analysed) keep text boxes on black (`annotate`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ SIZE = 512
 MARGIN = 8
 WINDOW_HU = (0.0, 100.0)  # the blood window of docs/architecture.md §3 and of every stroke reader
 OUTLINE_RGB = (255, 215, 0)
-HIGH_RGB = (255, 70, 60)
-LOW_RGB = (90, 220, 110)
 WARN_RGB = (255, 170, 40)
 TEXT_RGB = (240, 240, 240)
+HEADLINE_RGB = (255, 255, 255)  # the risk line: white, whatever the risk (no green = safe)
+MARKER_RGB = (200, 200, 200)
+FRAME = 26  # the margin around the slice that holds the orientation markers
+BAND = 420  # the text band beside the slice
+BAND_GAP = 16  # between the band's top block (the result) and its bottom block (what qualifies it)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _wrap(draw: ImageDraw.ImageDraw, line: Line, width: int) -> list[Line]:
     font = _font(line.size)
+    if not line.text:
+        return [line]  # a spacer
     words, out, current = line.text.split(), [], ""
     for word in words:
         trial = f"{current} {word}".strip()
@@ -98,6 +107,56 @@ def _block(draw: ImageDraw.ImageDraw, lines: Sequence[Line], *, top: bool) -> No
     for line, h in zip(wrapped, heights, strict=True):
         draw.text((MARGIN + 4, y), line.text, font=_font(line.size), fill=(*line.rgb, 255))
         y += h
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Patient-orientation letters at the slice's edges (e.g. R / L / A / P on a standard axial)."""
+
+    left: str
+    right: str
+    top: str
+    bottom: str
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, lines: Sequence[Line], width: int) -> list[Line]:
+    return [w for line in lines for w in _wrap(draw, line, width)]
+
+
+def _height(lines: Sequence[Line]) -> int:
+    return sum(line.size + 4 for line in lines)
+
+
+def _text(draw: ImageDraw.ImageDraw, x: int, y: int, lines: Sequence[Line]) -> None:
+    for line in lines:
+        draw.text((x, y), line.text, font=_font(line.size), fill=line.rgb)
+        y += line.size + 4
+
+
+def compose(rgb: np.ndarray, markers: Markers, top: Sequence[Line], bottom: Sequence[Line]) -> np.ndarray:
+    """The slice in its marker frame, the text band to its right: `top` from the band's top (the
+    result, always in the same place), `bottom` down to its foot (what qualifies it). The canvas
+    grows taller, never over the slice, when the text needs more room."""
+    side = SIZE + 2 * FRAME
+    width = side + BAND
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = BAND - 2 * MARGIN
+    head, foot = _wrapped(measure, top, text_w), _wrapped(measure, bottom, text_w)
+    height = max(side, 2 * MARGIN + _height(head) + BAND_GAP + _height(foot))
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    canvas.paste(Image.fromarray(rgb), (FRAME, FRAME))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(18)
+    mid = FRAME + SIZE // 2
+    for letter, (x, y) in (
+        (markers.left, (FRAME // 2, mid)), (markers.right, (FRAME + SIZE + FRAME // 2, mid)),
+        (markers.top, (mid, FRAME // 2)), (markers.bottom, (mid, FRAME + SIZE + FRAME // 2)),
+    ):
+        draw.text((x, y), letter, font=font, fill=MARKER_RGB, anchor="mm")
+    draw.line((side, 0, side, height), fill=(90, 90, 90), width=1)
+    _text(draw, side + MARGIN, MARGIN, head)
+    _text(draw, side + MARGIN, height - MARGIN - _height(foot), foot)
+    return np.asarray(canvas)
 
 
 def annotate(rgb: np.ndarray, top: Sequence[Line], bottom: Sequence[Line]) -> np.ndarray:

@@ -19,6 +19,7 @@ from hexnode.report.common import (
     first_image,
     model_label,
     probability_pair,
+    risk_meaning,
     round_length_mm,
     round_volume_ml,
     series_description,
@@ -26,7 +27,17 @@ from hexnode.report.common import (
 )
 from hexnode.report.frames import n_slices, slice_source
 from hexnode.report.outline import KeySliceROI
-from hexnode.report.render import HIGH_RGB, LOW_RGB, WARN_RGB, Line, annotate, blank, key_slice, slice_rgb
+from hexnode.report.render import (
+    HEADLINE_RGB,
+    WARN_RGB,
+    Line,
+    Markers,
+    annotate,
+    blank,
+    compose,
+    key_slice,
+    slice_rgb,
+)
 from hexnode.report.uids import derive_uid
 
 
@@ -37,9 +48,23 @@ def _letter(vector: Sequence[float]) -> str:
     return pos if vector[axis] > 0 else neg
 
 
+def _iop(src: Dataset) -> list[float]:
+    return [float(v) for v in src.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+
+
 def patient_orientation(src: Dataset) -> tuple[str, str]:
-    iop = [float(v) for v in src.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    iop = _iop(src)
     return _letter(iop[:3]), _letter(iop[3:])
+
+
+def orientation_markers(src: Dataset) -> Markers:
+    """The letters at the slice's edges: the column index grows towards the row direction cosine
+    (the right edge) and the row index towards the column cosine (the bottom edge); a standard
+    axial head CT reads R left, L right, A top, P bottom."""
+    iop = _iop(src)
+    row, col = iop[:3], iop[3:]
+    return Markers(left=_letter([-v for v in row]), right=_letter(row),
+                   top=_letter([-v for v in col]), bottom=_letter(col))
 
 
 def source_line(src: Dataset) -> str:
@@ -124,7 +149,7 @@ def summary_lines(
     if prediction.hemorrhage_detected:
         risk = "HIGH" if prediction.high_risk else "LOW"
         top = [
-            Line(f"HE risk: {risk}", 24, HIGH_RGB if prediction.high_risk else LOW_RGB),
+            Line(f"Expansion risk: {risk}", 26, HEADLINE_RGB),
             Line(f"Expansion probability {prob} (threshold {thr})", 16),
             Line(f"Hematoma volume {round_volume_ml(prediction.volume_ml):.1f} ml", 16),
         ]
@@ -134,9 +159,12 @@ def summary_lines(
                 f"{round_length_mm(roi.short_axis_mm):.0f} mm on this slice", 14))
     else:
         top = [
-            Line("No hemorrhage detected", 24, LOW_RGB),
-            Line(f"Hematoma volume 0.0 ml; HE risk LOW (threshold {thr})", 16),
+            Line("No hemorrhage detected", 26, HEADLINE_RGB),
+            Line(f"Hematoma volume 0.0 ml; expansion risk LOW (threshold {thr})", 16),
         ]
+        if model.min_lesion_ml > 0:
+            # what "none" means: islands below the model set's floor are not called a hemorrhage
+            top.append(Line(f"Smallest hemorrhage reported: {model.min_lesion_ml:g} ml", 14))
     bottom = [Line(note, 14, WARN_RGB) for note in prediction.notes]
     if selection_note:
         bottom.append(Line(selection_note, 14))
@@ -144,6 +172,7 @@ def summary_lines(
         Line(f"Model {model_label(model)}; key slice {key_index + 1} of {n_slices}", 14),
         Line(burned_in_warning(model), 15, WARN_RGB),
     ]
+    top += [Line("", 8), Line(risk_meaning(model), 14)]  # read with the result it qualifies
     return top, bottom
 
 
@@ -163,7 +192,7 @@ def build_sc(
     top, bottom = summary_lines(prediction, selection_note, k, hu.shape[0], key[1] if key is not None else None)
     if revision:
         bottom.insert(0, Line(f"Corrected result, revision {revision}", 14, WARN_RGB))
-    pixels = annotate(slice_rgb(hu[k], mask[k]), top, bottom)
+    pixels = compose(slice_rgb(hu[k], mask[k]), orientation_markers(first_image(sources)), top, bottom)
     return sc_dataset(
         sources, pixels, prediction.model, revision=revision, not_analysed=False, key=slice_source(sources, k)
     )

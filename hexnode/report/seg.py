@@ -13,7 +13,9 @@ from hexnode.pipeline.contracts import ModelInfo
 from hexnode.report import codes
 from hexnode.report.common import (
     ALGORITHM_NAME,
+    LO_MAX,
     MANUFACTURER,
+    NOT_CLINICAL,
     SEG_SERIES,
     SOFTWARE_VERSION,
     add_contributing_equipment,
@@ -25,7 +27,8 @@ from hexnode.report.frames import frame_order, is_multiframe, n_slices
 from hexnode.report.uids import derive_uid
 
 SEGMENT_NUMBER = 1
-SEGMENT_LABEL = "Hemorrhage"
+# What a viewer's segment panel shows beside the overlay: the disclaimer goes with the mask.
+SEGMENT_LABEL = "Hemorrhage (not for clinical use)"
 TRACKING_LABEL = "hematoma"
 # Yellow, the outline colour of the summary image (sRGB 255,215,0 in CIELab).
 DISPLAY_COLOR = hd.color.CIELabColor(88.0, -2.0, 88.0)
@@ -47,6 +50,14 @@ def segment_description(model: ModelInfo, tracking_uid: str) -> hd.seg.SegmentDe
         tracking_id=TRACKING_LABEL,
         display_color=DISPLAY_COLOR,
     )
+
+
+def content_description(model: ModelInfo) -> str:
+    """'Hematoma, not for clinical use (hexnode VERSION)', the version left out where a long one
+    would pass the 64 characters of a Long String (it is also in Software Versions)."""
+    text = f"Hematoma, {NOT_CLINICAL}"
+    full = f"{text} (hexnode {model.version})"
+    return full if len(full) <= LO_MAX else text
 
 
 def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *, revision: int = 0) -> Dataset:
@@ -94,9 +105,9 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
         # OHIF and several PACS viewers expect one frame per source image, empty or not.
         omit_empty_frames=False,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=series_description(SEG_SERIES, revision),
+        series_description=series_description(SEG_SERIES, revision, disclaimer=True),
         content_label="HEMORRHAGE",
-        content_description=f"hexnode {model.version} hematoma segmentation",
+        content_description=content_description(model),
         specific_character_set=character_set(src),
     )
     add_contributing_equipment(seg, model)

@@ -2,15 +2,22 @@
 
 Layout:
   Imaging Measurement Report (DCM 126000)
-    language, device observer (the algorithm), procedure reported (LN 25045-6)
-    Image Library: every CT image of the series (shared descriptors per group, see library.py)
+    language, device observer (the algorithm), procedure reported (LN 30799-1 CT Head WO contrast)
     Imaging Measurements
       Measurement Group (TID 1411): finding Hemorrhage in the Brain, referencing SEG segment 1,
         algorithm (name, version), Volume (cm3), HE probability (%), threshold (%), risk High/Low
       Measurement Group (TID 1410), only with a hematoma: the same finding (same tracking UID)
         on the key slice (largest area): its closed POLYLINE outline on that CT image, the ABC/2
         estimate, area, long and short axis
-    Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first
+    Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first, then
+        what the risk means (expansion definition, the threshold's held-out figures, disclaimer)
+    Image Library (row 5): every CT image of the series (shared descriptors per group, library.py)
+
+The Image Library is written last, after the findings and the comments, not at row 5's place:
+a text renderer (dcmtk dsr2html, a PACS's SR text view) prints the tree in order, and a reader
+must meet the findings and the summary before a list of every source image (issue 34). This is
+the one departure from the template's row order; dciodvfy and PixelMed's DicomSRValidator accept
+it (tests/test_report.py, tests/test_sr_text.py).
 
 The two groups share one Tracking Unique Identifier (and the SEG segment's): one hematoma,
 measured two ways. Viewers that draw SR regions (OHIF) merge groups by that UID, so the outline
@@ -43,6 +50,7 @@ from hexnode.report.common import (
     first_image,
     model_label,
     percent,
+    risk_meaning,
     round_area_cm2,
     round_length_mm,
     round_volume_ml,
@@ -172,11 +180,13 @@ def measurement_report(
         name=sr_codes.DCM.ProcedureReported, value=codes.PROCEDURE_REPORTED,
         relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
     ))
-    images = image_sources(sources)
-    if images:
-        rows.append(image_library(images))  # row 5 (TID 1600): the only CONTINUOUS container
     rows.append(measurements)  # row 6
     rows.append(comments_container(comments))  # row 12
+    images = image_sources(sources)
+    if images:
+        # row 5 (TID 1600), placed last: the evidence after the findings (module docstring).
+        # The only CONTINUOUS container.
+        rows.append(image_library(images))
     root = hd.sr.ContainerContentItem(name=codes.TITLE, template_id="1500", is_content_continuous=False)
     root.ContentSequence = rows
     return hd.sr.ContentSequence([root], is_root=True)
@@ -305,7 +315,7 @@ def result_comments(
 ) -> list[str]:
     """The Qualitative Evaluations, in reading order: the summary, then what qualifies it."""
     model = prediction.model
-    texts = [summary_sentence(prediction)]
+    texts = [summary_sentence(prediction), risk_meaning(model)]
     if not prediction.hemorrhage_detected:
         texts.append("No hemorrhage detected.")
         if model.min_lesion_ml > 0:
@@ -320,9 +330,7 @@ def result_comments(
         texts.append(selection_note)
     if key_slice:
         texts.append(key_slice)
-    texts.append(
-        f"Model {model_label(model)}; HE risk High when the probability is at least {percent(model.threshold):.1f} %."
-    )
+    texts.append(f"Model {model_label(model)}.")
     texts.append(supersedes_text(revision) or "")
     return texts
 

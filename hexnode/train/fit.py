@@ -104,6 +104,7 @@ def summarise(test: list[Record], fused: Any, rad_only: Any, cal: Any, threshold
         "ece": M.ece(y, p),
         "sensitivity": stats.sensitivity,
         "specificity": stats.specificity,
+        "npv": stats.npv,  # the reports state it beside the threshold (hexnode.report.common.risk_meaning)
         "auc_radiomics": M.auc(y, rad_only.raw([r.feats for r in test])),
         "auc_cnn": M.auc(y, np.array([r.feats.get("cnn_logit", -1e9) for r in test])),
         "auc_volume": M.auc(y, np.array([r.feats.get("volume_ml", 0.0) for r in test])),
