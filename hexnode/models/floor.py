@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
 
-from hexnode.models.brain import BONE_HU, Cavity
+from hexnode.models.brain import BONE_HU, Cavity, label_compact
 
 #: a component is skull-base partial volume when at least this share of its voxels has bone or
 #: no cavity in the next slice down (0 turns the rule off)
@@ -94,7 +93,7 @@ def drop_floor_components(mask: NDArray[np.bool_], hu: NDArray[Any], cavity: Cav
     sub[floor & ~_blood_above(sub, mask, box, head_up=head_up)] = False  # type: ignore[arg-type]
     floor &= sub
     if floor.any():
-        labels, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
+        labels, n = label_compact(sub)  # uint16: the box can be much of a thin series
         total = np.bincount(labels.ravel(), minlength=n + 1)
         resting = np.bincount(labels[floor], minlength=n + 1)
         drop = resting >= share * np.maximum(total, 1)
