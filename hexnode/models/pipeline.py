@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from hexnode.models import features as F
 from hexnode.models.brain import Cavity, coverage_problem, gate_mask, intracranial
+from hexnode.models.floor import drop_floor_components
 from hexnode.models.headcheck import check_head
 from hexnode.models.predict import Booster, Calibration, MarkerScore
 from hexnode.models.registry import (
@@ -130,9 +131,10 @@ class Models:
 
     # -- stages -------------------------------------------------------------------------------
     def segment(self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], *,
-                max_raw_ml: float | None = None, cavity: Cavity | None = None) -> NDArray[np.uint8]:
+                max_raw_ml: float | None = None, cavity: Cavity | None = None, head_up: bool = True
+                ) -> NDArray[np.uint8]:
         """The hematoma mask: U-Net, then the intracranial gate (`cavity`, computed when not
-        given), then the post-processing."""
+        given), the skull-base partial-volume rule, then the post-processing."""
         # thresholded batch by batch: no float32 probability volume next to the HU volume
         mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
         if max_raw_ml is not None:
@@ -142,8 +144,9 @@ class Models:
             if raw > max_raw_ml:
                 raise ImplausibleSegmentation(raw, self.max_plausible_ml)
         if cavity is None:
-            cavity = intracranial(hu, spacing)
+            cavity = intracranial(hu, spacing, head_up=head_up)
         gate_mask(mask, cavity, spacing)
+        drop_floor_components(mask, hu, cavity, head_up=head_up, share=self.post.floor_share)
         return clean_mask(mask, spacing, self.post)
 
     def cnn_outputs(self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float]) -> dict[str, float]:
@@ -207,7 +210,7 @@ class Models:
         if problem is not None:
             raise IncompleteCoverage(problem)
         t = time.perf_counter()
-        mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml, cavity=cavity)
+        mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml, cavity=cavity, head_up=head_up)
         del cavity
         timings["segmentation"] = time.perf_counter() - t
         if not mask.any():

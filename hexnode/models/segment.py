@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from hexnode.models.brain import Cavity, gate_mask
+from hexnode.models.floor import FLOOR_SHARE, drop_floor_components
 
 # (low, high) HU per input channel. Channel 0 is the seed's 0-100 HU brain window. Channel 1
 # keeps calcifications (100-400 HU) apart from blood (50-90 HU), which channel 0 saturates
@@ -66,6 +67,11 @@ class PostProcessing:
     # partial-volume rims of calcifications; the smallest bleed the generator draws is 0.3 ml
     # (bench/gate.py --sweep). Satellites of a real hematoma are not affected. 0: off (older sets).
     min_lesion_ml: float = 0.0
+    # Components lying flat on the cranial floor (at least this share of their voxels with bone or
+    # no cavity in the next slice down) are the partial volume of a thick slice grazing the skull
+    # base, not blood (hexnode.models.floor). A rule about the image, not the model: on for every
+    # model set; 0 turns it off (bench/skullbase.py measures both).
+    floor_share: float = FLOOR_SHARE
 
 
 # What a newly trained model set writes as its min_lesion_ml (the field's default, 0, is what a
@@ -132,12 +138,16 @@ def predict_mask(
 
 
 def postprocess(prob: NDArray[np.float32], spacing: Sequence[float], pp: PostProcessing,
-                cavity: Cavity | None = None) -> NDArray[np.uint8]:
-    """Threshold, gate by the intracranial `cavity` (when given), then keep the 3D connected
-    components (26-neighbourhood) of at least `min_component_ml`."""
+                cavity: Cavity | None = None, hu: NDArray[Any] | None = None, *,
+                head_up: bool = True) -> NDArray[np.uint8]:
+    """Threshold, gate by the intracranial `cavity` (when given), drop what lies flat on the
+    cranial floor (when `hu` is given too), then keep the 3D connected components
+    (26-neighbourhood) of at least `min_component_ml`."""
     mask = prob >= pp.threshold
     if cavity is not None:
         gate_mask(mask, cavity, spacing)
+        if hu is not None:
+            drop_floor_components(mask, hu, cavity, head_up=head_up, share=pp.floor_share)
     return clean_mask(mask, spacing, pp)
 
 

@@ -17,6 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 F32 = np.float32
+#: the Gaussian blur of the skull-base option's slice sensitivity profile, per mm of thickness
+SSP_SIGMA = 0.25
 #: a HU value or a per-pixel HU map
 Value = float | np.floating[Any] | np.ndarray
 
@@ -69,6 +71,22 @@ class Grid:
 def ramp(x: np.ndarray | float, width: float | np.ndarray) -> np.ndarray:
     """Partial-volume fraction for signed distance x (positive inside) over `width` mm."""
     return np.clip(0.5 + np.asarray(x, dtype=F32) / np.maximum(width, 1e-3), 0.0, 1.0).astype(F32)
+
+
+def ssp_fraction(x: np.ndarray, thk: float, sigma: float) -> np.ndarray:
+    """Share of a slice's sensitivity profile above a flat surface lying x mm below the slice's
+    centre: a box of `thk` blurred by a Gaussian of `sigma` (real thick slices' profiles have
+    tails: their full width at tenth maximum is about 1.6x the nominal thickness, while `ramp` is
+    the ideal box)."""
+    from scipy.special import ndtr
+
+    def g(y: np.ndarray) -> np.ndarray:  # the integral of the Gaussian's CDF
+        z = y / F32(sigma)
+        return y * ndtr(z) + F32(sigma) * np.exp(F32(-0.5) * z * z) * F32(1.0 / math.sqrt(2.0 * math.pi))
+
+    x = np.asarray(x, dtype=F32)
+    h = F32(thk / 2.0)
+    return np.clip((g(x + h) - g(x - h)) / F32(thk), 0.0, 1.0).astype(F32)
 
 
 def up2(a: np.ndarray) -> np.ndarray:
@@ -227,6 +245,33 @@ class SliceLayers:
     brain: np.ndarray  # brain parenchyma fraction (where oedema may appear)
 
 
+@dataclass(frozen=True)
+class SkullBase:
+    """The cranial floor as thick slices see it (`generate_case(skull_base=True)`).
+
+    The default floor is a smooth 12 mm bone plate whose top is level with the slices over the
+    orbital roofs. Real floors are not: the orbital roofs are 1-2 mm of bone over orbital fat,
+    dented by the gyri above them (juga cerebralia), the middle fossa floor is a few mm of bone
+    over the temporalis and masticator muscles, and the head rarely lies with its skull base
+    parallel to the (tilted) slices. A 5-7 mm slab that grazes such a floor averages brain, thin
+    bone and fat or muscle into 50-90 HU over a broad patch: what the U-Net took for blood on a
+    real tilted scan.
+    """
+
+    pitch_deg: float  # the floor's slope against the slice plane (front down when negative)
+    relief_mm: float  # amplitude of the gyral dents in the orbital roofs and the fossa floors
+    roof_mm: float  # orbital roof bone thickness
+    middle_mm: float  # middle fossa floor bone thickness
+    relief: Field3D  # the dents: sampled on one level, a 2D field over (u, v)
+
+    @staticmethod
+    def draw(rng: np.random.Generator) -> SkullBase:
+        ext = (-95.0, 95.0, -115.0, 115.0, -8.0, 8.0)
+        return SkullBase(pitch_deg=float(rng.uniform(-6.0, 6.0)), relief_mm=float(rng.uniform(0.5, 1.5)),
+                         roof_mm=float(rng.uniform(1.0, 2.5)), middle_mm=float(rng.uniform(2.5, 5.0)),
+                         relief=Field3D.draw(rng, 8.0, 2.0, ext))
+
+
 @dataclass
 class Head:
     """One drawn head: shape parameters, tissue values and texture fields."""
@@ -263,6 +308,8 @@ class Head:
     mucosa_hu: float = 45.0
     mucosa_mm: float = 2.0
     muscle_hu: float = 50.0
+    # None: the default smooth floor (every case drawn before the option renders unchanged)
+    base: SkullBase | None = None
 
     # ---- drawing ---------------------------------------------------------------------------
     @staticmethod
@@ -373,14 +420,21 @@ class Head:
         slope = float(abs(ds) / max(s, 0.05) * (self.a + self.b) / 2 * s)
         return sd.astype(F32), min(slope, 6.0)
 
-    def floor_w(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """w of the cranial floor under (u, v): anterior, middle, central and posterior fossae."""
+    def _fossae(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(anterior-to-middle, middle-to-posterior, lateral) blending weights of the cranial floor."""
         dv = v - F32(self.v0)
         au = np.abs(u)
         # the sphenoid ridge curves forward and out from the anterior clinoids
         t_ap = 1.0 / (1.0 + np.exp(-(dv + F32(24.0) + F32(0.45) * au) / F32(3.0)))
         t_pm = 1.0 / (1.0 + np.exp(-(dv - F32(8.0)) / F32(5.0)))
         lat = 1.0 / (1.0 + np.exp(-(au - F32(20.0)) / F32(4.0)))
+        return t_ap, t_pm, lat
+
+    def floor_w(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """w of the cranial floor under (u, v): anterior, middle, central and posterior fossae."""
+        dv = v - F32(self.v0)
+        au = np.abs(u)
+        t_ap, t_pm, lat = self._fossae(u, v)
         middle = F32(-26.0) + F32(-16.0) * lat
         post = F32(-58.0) + F32(0.004) * u * u + F32(0.002) * (dv - F32(40.0)) ** 2
         # orbital roofs dome up on both sides of the low cribriform plate
@@ -473,7 +527,12 @@ class Head:
         lerp_into(img, bone_val, shell_bone)
         inner = ramp(-sd_in, pv)
         ic = inner
-        if w < -10.0 + thk:
+        if self.base is not None and w < -10.0 + 2.0 * thk + self._base_reach():
+            floor = self._base_floor(grid, u, v)
+            above = ssp_fraction(F32(w) - floor, max(thk, px), SSP_SIGMA * thk)
+            ic = inner * above
+            lerp_into(img, self._base_below(grid, u, v, w, thk, floor, above), inner * (F32(1.0) - above))
+        elif w < -10.0 + thk:
             floor = self.floor_w(u, v)
             above = ramp(F32(w) - floor, max(thk, px))
             ic = inner * above
@@ -552,6 +611,43 @@ class Head:
         tex = self.texture.sample(grid, w, scale=1.3)
         lerp_into(base, F32(self.diploe_hu + 100.0) + F32(180.0) * np.clip(tex, -2.0, 2.0), plate)
         return base
+
+    # ---- the skull base option (SkullBase) ---------------------------------------------------
+    def _base_reach(self) -> float:
+        """How far (mm) the option's floor rises above the default floor at most."""
+        assert self.base is not None
+        return 3.0 * self.base.relief_mm + math.tan(math.radians(abs(self.base.pitch_deg))) * 100.0
+
+    def _base_floor(self, grid: Grid, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The cranial floor pitched against the slice plane (about the petrous ridges, so the
+        posterior fossa stays where it is) and dented by the gyri, in front of the petrous ridges."""
+        assert self.base is not None
+        t_ap, t_pm, _ = self._fossae(u, v)
+        front = F32(1.0) - t_pm
+        pitch = F32(math.tan(math.radians(self.base.pitch_deg))) * (F32(self.v0 + 8.0) - v)
+        dents = F32(self.base.relief_mm) * np.clip(self.base.relief.sample(grid, 0.0), -3.0, 3.0)
+        return (self.floor_w(u, v) + front * (pitch + dents)).astype(F32)
+
+    def _base_below(self, grid: Grid, u: np.ndarray, v: np.ndarray, w: float, thk: float, floor: np.ndarray,
+                    above: np.ndarray) -> np.ndarray:
+        """HU of the part of each slab below the floor: the floor's bone plate (1-2.5 mm of cortical
+        bone over the orbits, a few mm over the middle fossa, 12 mm elsewhere), then orbital fat or
+        soft tissue. The box-profile partial volume of a locally flat plate: of the slab, `above`
+        is brain, `plate - above` bone and `1 - plate` what lies under the bone."""
+        assert self.base is not None
+        px = grid.px
+        t_ap, t_pm, lat = self._fossae(u, v)
+        orbit = np.exp(-((np.abs(u) - F32(28.0)) / F32(13.0)) ** 2) * (F32(1.0) - t_ap)
+        middle = lat * t_ap * (F32(1.0) - t_pm)
+        plate_mm = (F32(12.0) + (F32(self.base.roof_mm) - F32(12.0)) * orbit
+                    + (F32(self.base.middle_mm) - F32(12.0)) * middle)
+        plate = ssp_fraction(F32(w) - (floor - plate_mm), max(thk, px), SSP_SIGMA * thk)
+        bone_share = np.clip((plate - above) / np.maximum(F32(1.0) - above, F32(1e-3)), 0.0, 1.0)
+        tex = self.texture.sample(grid, w, scale=1.3)
+        bone = F32(self.diploe_hu + 100.0) + F32(180.0) * np.clip(tex, -2.0, 2.0)
+        bone += (F32(self.table_hu) - bone) * orbit  # the orbital roof is cortical bone
+        under = F32(40.0) + F32(-85.0 - 40.0) * orbit  # orbital fat under the roofs, muscle elsewhere
+        return (under + (bone - under) * bone_share).astype(F32)
 
     def _intracranial(self, grid: Grid, u: np.ndarray, v: np.ndarray, w: float, thk: float,
                       sd_in: np.ndarray, pv: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

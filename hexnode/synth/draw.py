@@ -18,7 +18,7 @@ def rng_for(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, stream]))
 
 
-def draw(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
+def draw(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float, slice_mm: float | None = None
          ) -> tuple[Head, Geometry, Acquisition, dict[str, bool], str, Markers, Hematoma,
                     np.random.Generator, np.random.Generator]:
     """A case's head, scanner, hard-case flags, markers and bleed, from its own generators; also the
@@ -26,7 +26,7 @@ def draw(seed: int, index: int, *, thin: bool, hard: bool, tilt_deg: float
     r_head, r_geo, r_mark, r_hem = (rng_for(seed, index, k) for k in (1, 2, 3, 4))
     r_noise, r_art = rng_for(seed, index, 5), rng_for(seed, index, 6)
     head = Head.draw(r_head)
-    geo = draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head)
+    geo = draw_geometry(r_geo, thin=thin, tilt_deg=tilt_deg, head=head, slice_mm=slice_mm)
     acq = draw_acquisition(r_geo)
     hard_flags = {"small": False, "motion": False, "streaks": False}
     if hard:

@@ -58,6 +58,7 @@ import math
 import numpy as np
 
 from hexnode.synth import artefacts, hemodel
+from hexnode.synth.anatomy import SkullBase
 from hexnode.synth.case import LABELS, Acquisition, Case, Truth
 from hexnode.synth.draw import draw, rng_for
 from hexnode.synth.followup import FOLLOWUP_HOURS, generate_followup
@@ -66,12 +67,16 @@ from hexnode.synth.hemodel import Markers, bayes_auc
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
 from hexnode.synth.scanner import stack
 
+#: the random stream of the skull-base option (1-12 are the case's others, 21+ the look-alikes')
+SKULL_BASE_STREAM = 13
+
 __all__ = ["LABELS", "Acquisition", "Case", "FOLLOWUP_HOURS", "Truth", "bayes_auc", "generate_case", "generate_followup"]
 
 
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
                   tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False,
-                  normal: bool = False, mixed: tuple[Run, ...] | None = None) -> Case:
+                  normal: bool = False, mixed: tuple[Run, ...] | None = None, skull_base: bool = False,
+                  slice_mm: float | None = None) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
     `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
@@ -81,9 +86,15 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     ((4.0, 14), (7.0, 14)) for GE's head protocol, covering the head from the foramen magnum up;
     a third value in a run is how far (mm along the table) its first slab reaches back into the
     run below, as GE writes that protocol: ((4.0, 14), (7.0, 14, 4.42)).
+    `skull_base`: the cranial floor as real thick tilted slices cut it (`SkullBase`: thin orbital
+    roofs over fat, dented by the gyri, pitched against the slice plane), drawn from a stream of its
+    own, so the head, bleed and noise are those of the same case without it. `slice_mm`: the
+    thickness of a thick series (default 5 mm; e.g. 7 mm as many sites reconstruct).
     """
     head, geo, acq, hard_flags, location, markers, hem, r_noise, r_art = draw(seed, index, thin=thin, hard=hard,
-                                                                              tilt_deg=tilt_deg)
+                                                                              tilt_deg=tilt_deg, slice_mm=slice_mm)
+    if skull_base:
+        head.base = SkullBase.draw(rng_for(seed, index, SKULL_BASE_STREAM))
     r_label = rng_for(seed, index, 7)
     geo = stack(geo, hem, head, n_slices=n_slices, mixed=mixed, normal=normal)
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
@@ -134,5 +145,10 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
         normal=normal, thickness_runs=[[float(r[0]), int(r[1]), *map(float, r[2:])] for r in mixed] if mixed else [],
     )
-    return Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
+    case = Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)
+    if head.base is not None:
+        b = head.base
+        case.extra["skull_base"] = {"pitch_deg": b.pitch_deg, "relief_mm": b.relief_mm, "roof_mm": b.roof_mm,
+                                    "middle_mm": b.middle_mm}
+    return case

@@ -15,7 +15,10 @@ from hexnode.synth.geometry import Geometry, Run
 from hexnode.synth.hematoma import Hematoma
 
 
-def draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head: Head) -> Geometry:
+def draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head: Head,
+                  slice_mm: float | None = None) -> Geometry:
+    """`slice_mm`: the thickness (= table step) of a thick series instead of 5 mm; the draws are
+    the same, so only the slices change."""
     n = 512
     px = round(float(rng.uniform(0.40, 0.50)), 5)  # exactly representable in PixelSpacing (DS)
     if thin:
@@ -23,8 +26,8 @@ def draw_geometry(rng: np.random.Generator, *, thin: bool, tilt_deg: float, head
         step = thk if thk <= 0.75 else thk * float(rng.uniform(0.5, 0.8))
         nz = int(np.clip(round(rng.uniform(165.0, 190.0) / step), 200, 300))
     else:
-        thk = 5.0
-        step = 5.0
+        thk = 5.0 if slice_mm is None else float(slice_mm)
+        step = thk
         rng.normal(30.0, 4.0)  # the slice count once drawn here: kept, so every later draw is unchanged
         nz = 0  # from the coverage below
     normal_step = step * math.cos(math.radians(tilt_deg))

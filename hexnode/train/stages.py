@@ -77,7 +77,7 @@ def stage2(job: Job) -> Record:
     if split == "fusion" and not gt.any():
         rec.split = "skip"  # nothing to learn HE from
     else:
-        pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST, intracranial(hu, spacing))
+        pred = postprocess(predict_probability(_G["seg"], hu), spacing, POST, intracranial(hu, spacing), hu)
         rec.seg = {
             "iou": M.iou(gt, pred), "dice": M.dice(gt, pred), "slice_ious": M.slice_ious(gt, pred),
             "vol_true": rec.volume_ml, "vol_pred": float(pred.sum()) * float(np.prod(spacing)) / 1000.0,
