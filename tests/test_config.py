@@ -213,14 +213,16 @@ def test_a_compose_style_environment_configures_tls_and_the_pacs_end_to_end(tmp_
 
 def test_an_unreadable_settings_file_is_one_clear_line(tmp_path: Path) -> None:
     """What a capability-less container user meets with a 0600 file mounted from a umask-077
-    checkout: a configuration error naming the file and the uid, not a traceback."""
-    tmp_path.chmod(0o755)
+    checkout: a configuration error naming the file and the uid, not a traceback. Here the file
+    belongs to another uid and the command runs without capabilities (an empty bounding set), so
+    this uid cannot read it, while the checkout stays readable whatever its umask."""
     cfg = tmp_path / "hexnode.toml"
     cfg.write_text('[dicom]\nae_title = "HEXNODE"\n')
     cfg.chmod(0o600)
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+    os.chown(cfg, 65534, 65534)
+    done = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
                            str(Path(sys.executable).parent / "hexnode"), "status", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert f"config file {cfg} is not readable by uid 65534" in done.stderr
+    assert f"config file {cfg} is not readable by uid {os.getuid()}" in done.stderr
     assert "Traceback" not in done.stderr
