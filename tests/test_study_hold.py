@@ -196,6 +196,12 @@ def test_a_better_series_during_the_hold_supersedes_it_and_one_answer_is_sent(
     assert "PredecessorDocumentsSequence" not in sr  # the held answer was never in the PACS
     t = tick(store, spool, cfg, t0, 20)
     assert t.released == [] and t.queued == [] and sendable(store) == []
+    # the superseded series waits on no delivery: purge may take it (the chosen one still has rows sending)
+    from hexnode.receive.purge import purgeable
+
+    with store.transaction() as s:
+        ids = dict(s.execute(select(Series.series_uid, Series.id)).all())
+    assert purgeable(store, utcnow() + timedelta(days=1)) == [ids[uid(first)]]
 
 
 def test_superseding_a_held_job_that_is_queued_or_running(env: tuple[Store, Spool, Config], case: Any,
