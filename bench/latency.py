@@ -8,11 +8,14 @@ would; dcmtk's `storescp` is the PACS the results go to. Each run is a new study
 read from hexnode's database (one clock): last instance (C-STORE time of the newest instance) →
 series complete → job started → reported (job done) → delivered (newest outbox row delivered).
 
-Two kinds of series: `whole` carries Images in Acquisition (0020,1002), so it is provably whole as
+Three kinds of series: `whole` carries Images in Acquisition (0020,1002), so it is provably whole as
 soon as the last instance is in; `unproven` leaves it out (completion then needs the contiguous
-coverage proof, half the stable time, or the stable time).
+coverage proof, half the stable time, or the stable time); `held` is provably whole but names no
+convolution kernel, so a better (soft-kernel) series of the study could still come: analysed at
+once, its answer held until the study settles. The worker's own stages (load, models, report,
+write: the job's timings) are printed too.
 
-    .venv/bin/python bench/latency.py [--runs 5] [--kinds whole,unproven] [--src PATH --label before]
+    .venv/bin/python bench/latency.py [--runs 5] [--kinds whole,unproven,held] [--src PATH --label before]
 
 `--src`: run the stages from another checkout (e.g. a worktree of main, for the figures before a
 change) with this checkout's environment. Target (issue 37): ≤ 3 s from the last instance to the
@@ -126,24 +129,29 @@ class Stack:
         try:
             while time.monotonic() < deadline:
                 self.alive()
+                # columns, not rows: `--src` checkouts may have an older schema than this one's models
                 with store.transaction() as s:
-                    series = s.execute(select(Series).where(Series.series_uid == series_uid)).scalar_one_or_none()
+                    series = s.execute(select(Series.id, Series.last_instance_at)
+                                       .where(Series.series_uid == series_uid)).first()
                     job = None if series is None else s.execute(
-                        select(Job).where(Job.series_id == series.id, Job.state == "done")).scalars().first()
+                        select(Job.id, Job.started_at, Job.finished_at, Job.timings)
+                        .where(Job.series_id == series[0], Job.state == "done")).first()
                     rows = [] if job is None else s.execute(
                         select(Outbox.delivered_at).join(Result, Result.id == Outbox.result_id)
-                        .where(Result.job_id == job.id)).scalars().all()
+                        .where(Result.job_id == job[0])).scalars().all()
                     if series is None or job is None or len(rows) < 3 or None in rows:
                         complete = None
                     else:
                         complete = s.execute(select(Event.at).where(
-                            Event.entity == "series", Event.entity_id == series.id, Event.to_state == "complete")
+                            Event.entity == "series", Event.entity_id == series[0], Event.to_state == "complete")
                             .order_by(Event.id)).scalars().first()
                 if complete is not None and job is not None and series is not None:
-                    marks: list[datetime] = [series.last_instance_at, complete, job.started_at,  # type: ignore[list-item]
-                                             job.finished_at, max(rows)]  # type: ignore[type-var]
+                    marks: list[datetime] = [m for m in (series[1], complete, job[1], job[2], max(r for r in rows if r))
+                                             if m is not None]
                     steps = [(b - a).total_seconds() for a, b in zip(marks, marks[1:], strict=False)]
-                    return dict(zip(SPANS, [*steps, (marks[-1] - marks[0]).total_seconds()], strict=True))
+                    out = dict(zip(SPANS, [*steps, (marks[-1] - marks[0]).total_seconds()], strict=True))
+                    out.update({f"  worker: {k}": float(v) for k, v in (job[3] or {}).items()})
+                    return out
                 time.sleep(0.2)
         finally:
             store.dispose()
@@ -153,7 +161,7 @@ class Stack:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kinds", default="whole,unproven")
+    ap.add_argument("--kinds", default="whole,unproven,held")
     ap.add_argument("--src", default="", help="run the stages from this checkout (e.g. a worktree of main)")
     ap.add_argument("--label", default="")
     ap.add_argument("--workdir", default=str(REPO / "bench" / "output" / "latency"))
@@ -178,7 +186,7 @@ def main() -> int:
         try:
             for i in range(args.runs + 1):  # the first warms the worker (models, first ONNX run): not counted
                 case = generate_case(args.seed, i, n_slices=32)
-                drop = () if kind == "whole" else ("ImagesInAcquisition",)
+                drop = {"whole": (), "unproven": ("ImagesInAcquisition",), "held": ("ConvolutionKernel",)}[kind]
                 paths = write_series(case, work / "cases" / kind / str(i), drop=drop)
                 from pydicom import dcmread
 
@@ -188,16 +196,18 @@ def main() -> int:
                 if i:
                     runs.append(spans)
                 print(f"  {kind} run {i}{' (warm-up)' if not i else ''}: "
-                      + ", ".join(f"{k.split(' → ')[1]} +{v:.2f}" for k, v in list(spans.items())[:-1])
+                      + ", ".join(f"{k.split(' → ')[1]} +{spans[k]:.2f}" for k in SPANS[:-1])
                       + f"; total {spans[SPANS[-1]]:.2f} s", flush=True)
                 time.sleep(1.0)
         finally:
             stack.stop()
-        table[kind] = {name: statistics.median(r[name] for r in runs) for name in SPANS}
+        table[kind] = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     print(f"\n{label}: median of {args.runs} (seconds)")
     print(f"  {'stage':<28}" + "".join(f"{k:>12}" for k in kinds))
-    for name in SPANS:
-        print(f"  {name:<28}" + "".join(f"{table[k][name]:12.2f}" for k in kinds))
+    names = list(SPANS) + sorted({n for k in kinds for n in table[k]} - set(SPANS))
+    for name in names:
+        print(f"  {name:<28}" + "".join(f"{table[k][name]:12.2f}" if name in table[k] else f"{'':>12}"
+                                        for k in kinds))
     if "whole" in table:
         total = table["whole"][SPANS[-1]]
         print(f"\nprovably whole 32-slice series, last instance → last delivered: {total:.2f} s (target ≤ 3 s)")
