@@ -48,6 +48,7 @@ from hexnode.config import Config, load_config
 from hexnode.pipeline.load import VolumeError, read_header
 from hexnode.route.hold import best_kind, held_jobs, release, supersede
 from hexnode.route.info import SeriesInfo
+from hexnode.route.ranking import describe
 from hexnode.route.select import Decision, Selector
 from hexnode.route.study import (
     answer_of,
@@ -336,13 +337,27 @@ def _chosen_before(siblings: list[Series], group: list[Series]) -> list[Series]:
     return [x for x in siblings if x.selected and x not in group and x.state not in ("rejected", "failed")]
 
 
+def _passed_over(s: Session, cfg: Config, spool: Spool, standing: list[Series], series: Series) -> str:
+    """Why an accepted series is closed because another one answers for the study: the answering
+    series by name when both came in the same sending of the study (no settle-long gap between
+    them: it was chosen early, hexnode.route.hold), else "before" (an answer already stood)."""
+    settle = timedelta(seconds=cfg.series.study_settle_seconds)
+    for x in standing:
+        if series.first_instance_at - x.last_instance_at < settle:
+            info = _info(s, x, spool)
+            if isinstance(info, SeriesInfo):
+                return f"{PASSED_OVER} ({describe(info)})"
+    return f"{PASSED_OVER} before"
+
+
 def _decide_study(s: Session, cfg: Config, spool: Spool, selector: Selector, study_id: int,
                   group: list[Series], siblings: list[Series], tick: Tick) -> None:
     verdicts = _verdicts(s, spool, selector, group)
-    if _chosen_before(siblings, group):
+    standing = _chosen_before(siblings, group)
+    if standing:
         for v in verdicts:
             accepted = v.decision is not None and v.decision.accepted
-            _close(s, cfg, v, f"{PASSED_OVER} before" if accepted else v.reason, tick)
+            _close(s, cfg, v, _passed_over(s, cfg, spool, standing, v.series) if accepted else v.reason, tick)
         return
     candidates = [v for v in verdicts if v.info is not None and not v.never]
     choice = selector.choose([v.info for v in candidates if v.info is not None])
