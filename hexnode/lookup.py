@@ -109,7 +109,7 @@ def describe(s: Session, series: Series, how: str, cfg: Config, *, instances: bo
         "instances": {"count": int(inst[0]), "bytes": int(inst[1] or 0), "first_at": _iso(inst[2]),
                       "last_at": _iso(inst[3]),
                       "folder": str(spool / inst[4]).rsplit("/", 1)[0] if inst[4] else None},
-        "jobs": [{"id": j.id, "revision": j.revision, "state": j.state, "attempts": j.attempts,
+        "jobs": [{"id": j.id, "revision": j.revision, "state": j.state, "held": bool(j.held), "attempts": j.attempts,
                   "seconds": round((j.finished_at - j.started_at).total_seconds(), 1)
                   if j.finished_at and j.started_at else None,
                   "error": one_line(j.error) if j.error else None} for j in jobs],
@@ -157,7 +157,8 @@ def render(d: dict[str, Any], events: int = 30) -> str:
                  f"… {inst['last_at']}; in {inst['folder']}")
     for i, j in enumerate(d["jobs"]):
         took = f", {j['seconds']} s" if j["seconds"] is not None else ""
-        lines.append(f"  {'jobs' if i == 0 else '':<20} #{j['id']} revision {j['revision']}: {j['state']}, "
+        held = " (chosen before the study settled: results held for it)" if j["held"] else ""
+        lines.append(f"  {'jobs' if i == 0 else '':<20} #{j['id']} revision {j['revision']}: {j['state']}{held}, "
                      f"{j['attempts']} attempt(s){took}" + (f"; error: {j['error']}" if j["error"] else ""))
     for i, r in enumerate(d["results"]):
         sent = "; ".join(f"→ {o['destination']} {o['state']}" + (f" {o['at']}" if o["at"] else "")

@@ -250,7 +250,11 @@ class Worker:
                 # a study report's reason is the study's: the series it is filed under keeps its own
                 complete_job(s, job_id, self.owner, timings=produced.timings, series_state=state,
                              reason=None if produced.analysed or study_job else produced.reason)
-                if ctx.answers:
+                # read under the job's lock (PostgreSQL: complete_job's FOR UPDATE): route releases
+                # a held job either before this commit (held is False now) or after it (route then
+                # records the answer itself, hexnode.route.hold.release)
+                s.refresh(job, ["held"])
+                if ctx.answers and not job.held:
                     _record_answer(s, ctx, produced)
                 if ctx.followup is not None and self.followup is not None:
                     recorded = self.followup.record(s, job.series_id, ctx.followup, rows)

@@ -234,18 +234,23 @@ def test_chosen_series_not_analysed_lets_a_later_series_answer(env: tuple[Store,
     assert series_row(store, third["third"]).reason == "another series of the study was analysed before"
 
 
-def test_study_waits_until_settled(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
+def test_study_answer_waits_for_the_study_but_not_the_analysis(env: tuple[Store, Spool, Config],
+                                                                 tmp_path: Path) -> None:
+    """The best series so far is queued as soon as it is complete; a thin one (a 5 mm series may
+    still come) is held until the study settles, then released."""
     store, spool, cfg = env
     cfg.series.study_settle_seconds = 20.0
     t0 = utcnow()
     study = generate_uid()
-    uids = _study_of(store, spool, tmp_path, t0, study, soft={**SOFT, "ImagesInAcquisition": 12})
+    uids = _study_of(store, spool, tmp_path, t0, study, thin={**SOFT, "n": 40, "dz": 1.0, "ImagesInAcquisition": 40})
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=2))
-    assert tick.completed == [uids["soft"]] and tick.waiting == [uids["soft"]]  # whole, but the study may go on
+    assert tick.completed == [uids["thin"]] and tick.queued == [uids["thin"]] and tick.held == [uids["thin"]]
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=19))
-    assert tick.queued == [] and tick.waiting == [uids["soft"]]
+    assert tick.queued == [] and tick.released == []
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=20.5))
-    assert tick.queued == [uids["soft"]]
+    assert tick.released == [uids["thin"]] and tick.queued == []
+    with store.transaction() as s:
+        assert [j.held for j in s.execute(select(Job)).scalars()] == [False]
 
 
 def test_waits_for_siblings_still_arriving(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
@@ -253,13 +258,16 @@ def test_waits_for_siblings_still_arriving(env: tuple[Store, Spool, Config], tmp
     t0 = utcnow()
     study = generate_uid()
     first, second = generate_uid(), generate_uid()
-    index(store, spool, write_series(tmp_path / "1", n=12, rows=16, cols=16, study_uid=study, series_uid=first), t0)
+    index(store, spool, write_series(tmp_path / "1", n=12, rows=16, cols=16, study_uid=study, series_uid=first,
+                                     dz=3.0), t0)
     index(store, spool, write_series(tmp_path / "2", n=12, rows=16, cols=16, study_uid=study, series_uid=second,
                                      ConvolutionKernel="H30s", SliceThickness=5.0), t0 + timedelta(seconds=8))
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=11))
-    assert tick.completed == [first] and tick.waiting == [first]
+    assert tick.completed == [first] and tick.held == [first]  # analysed now, its answer held
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=19))
-    assert tick.completed == [second] and len(tick.queued) == 1 and len(tick.closed) == 1
+    # the closer thickness completes as the study settles: it is chosen, the held answer never sent
+    assert tick.completed == [second] and tick.queued == [second] and tick.superseded == [first]
+    assert jobs(store, first) == [(0, "superseded")] and jobs(store, second) == [(0, "queued")]
 
 
 def test_late_instance_reopens_and_survives_restart(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:

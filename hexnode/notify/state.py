@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from hexnode.config import NotificationTarget, NotifyConfig
 from hexnode.notify.message import Finding
 from hexnode.store import lease
-from hexnode.store.db import Event, Notification, utcnow
+from hexnode.store.db import Event, Job, Notification, utcnow
 
 TRANSITIONS: dict[str, set[str]] = {
     "pending": {"sending", "failed", "superseded"},
@@ -112,7 +112,11 @@ def claim_due(s: Session, owner: str, *, lease_seconds: float, limit: int = 20,
     now = now or utcnow()
     lease.reclaim(s, Notification, now, transition, died="lease of {owner} ended: it died")
     out = []
-    for row in s.execute(lease.skip_locked(s, lease.due(Notification, now, limit), Notification)).scalars():
+    # a held job's alerts wait with its results (hexnode.route.hold): never an alarm the PACS cannot show
+    held = exists().where(Job.series_id == Notification.series_id, Job.revision == Notification.revision,
+                          Job.held.is_(True))
+    q = lease.due(Notification, now, limit).where(~held)
+    for row in s.execute(lease.skip_locked(s, q, Notification)).scalars():
         lease.claim(s, row, owner, lease_seconds, now, transition)
         out.append(Due(row.id, row.key, row.target, row.trigger, row.correction, dict(row.payload), row.series_id,
                        row.attempts, row.created_at))

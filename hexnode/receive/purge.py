@@ -1,7 +1,8 @@
 """`hexnode purge`: free the spool of series that are finished and older than the retention period.
 
 A series is purged when it is ``delivered`` (every result object confirmed by the destination)
-or ``rejected`` with every outbox row (its "not analysed" report, if any) delivered, and nothing
+or ``rejected`` with every outbox row (its "not analysed" report, if any) delivered or superseded
+(a held result a better series replaced: never to be sent), and nothing
 happened to it for ``spool.retention_days`` (``--days``): its received instances and result files
 are deleted and its instance rows removed. The series, job, result and event rows stay (the
 audit trail); an ``events`` row records the purge. Failed series and undelivered results are
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 
 FINISHED = ("delivered", "rejected")
+# Outbox rows nobody waits on: delivered, or superseded before release (a held result never sent).
+SETTLED_OUTBOX = ("delivered", "superseded")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def purgeable(store: Store, cutoff: datetime) -> list[int]:
         for sid in rows:
             undelivered = s.execute(
                 select(Outbox.id).join(Result, Result.id == Outbox.result_id)
-                .where(Result.series_id == sid, Outbox.state != "delivered").limit(1)
+                .where(Result.series_id == sid, Outbox.state.not_in(SETTLED_OUTBOX)).limit(1)
             ).first()
             if undelivered is None:
                 out.append(sid)
@@ -191,7 +194,8 @@ def prune_events(store: Store, cutoff: datetime, *, dry_run: bool = False) -> in
         Event.entity == "model",
         and_(Event.entity == "series", Event.entity_id.in_(open_series)),
         and_(Event.entity == "job", Event.entity_id.in_(select(Job.id).where(Job.series_id.in_(open_series)))),
-        and_(Event.entity == "outbox", Event.entity_id.in_(select(Outbox.id).where(Outbox.state != "delivered"))),
+        and_(Event.entity == "outbox",
+             Event.entity_id.in_(select(Outbox.id).where(Outbox.state.not_in(SETTLED_OUTBOX)))),
         and_(Event.entity == "notification",
              Event.entity_id.in_(select(Notification.id).where(Notification.state != "delivered"))),
     )

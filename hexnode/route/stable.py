@@ -11,7 +11,10 @@ spaced and cover a whole head (≥ `WHOLE_HEAD_MM`) and nothing has arrived for 
 counts alone never decide (PACS resend and send in any order).
 
 Completed series of one study are decided together once the study has settled (no instance of it
-for `[series] study_settle_seconds`; a PACS routing a whole study sends one series after another).
+for `[series] study_settle_seconds`; a PACS routing a whole study sends one series after another),
+but the best complete series so far is queued at once and only its answer waits
+(`hexnode.route.hold`: held unless it is already the best kind the rules can choose; superseded,
+never sent, when a better series completes before the study settles).
 The study is the unit of the answer (`hexnode.route.study`): the chosen series gets a job and its
 result set; every other series is closed as `rejected` with its reason and no report. A study with
 no analysable series gets one job for a study-level "not analysed" SR + SC listing what arrived;
@@ -43,7 +46,9 @@ from sqlalchemy.orm import Session
 from hexnode import runtime
 from hexnode.config import Config, load_config
 from hexnode.pipeline.load import VolumeError, read_header
+from hexnode.route.hold import best_kind, held_jobs, release, supersede
 from hexnode.route.info import SeriesInfo
+from hexnode.route.ranking import describe
 from hexnode.route.select import Decision, Selector
 from hexnode.route.study import (
     answer_of,
@@ -88,6 +93,9 @@ class Tick:
     waiting: list[str] = field(default_factory=list)  # complete, waiting for study siblings
     reopened: list[str] = field(default_factory=list)  # instances after the decision: a new revision
     rejected_at_once: list[str] = field(default_factory=list)  # not CT: never a candidate
+    held: list[str] = field(default_factory=list)  # queued before the study settled, answer held
+    released: list[str] = field(default_factory=list)  # the study settled: the held answer goes out
+    superseded: list[str] = field(default_factory=list)  # a held answer a better series replaced
 
 
 def whole_reason(instances: list[Instance]) -> str | None:
@@ -329,20 +337,27 @@ def _chosen_before(siblings: list[Series], group: list[Series]) -> list[Series]:
     return [x for x in siblings if x.selected and x not in group and x.state not in ("rejected", "failed")]
 
 
+def _passed_over(s: Session, cfg: Config, spool: Spool, standing: list[Series], series: Series) -> str:
+    """Why an accepted series is closed because another one answers for the study: the answering
+    series by name when both came in the same sending of the study (no settle-long gap between
+    them: it was chosen early, hexnode.route.hold), else "before" (an answer already stood)."""
+    settle = timedelta(seconds=cfg.series.study_settle_seconds)
+    for x in standing:
+        if series.first_instance_at - x.last_instance_at < settle:
+            info = _info(s, x, spool)
+            if isinstance(info, SeriesInfo):
+                return f"{PASSED_OVER} ({describe(info)})"
+    return f"{PASSED_OVER} before"
+
+
 def _decide_study(s: Session, cfg: Config, spool: Spool, selector: Selector, study_id: int,
                   group: list[Series], siblings: list[Series], tick: Tick) -> None:
-    verdicts = []
-    for series in group:
-        info = _info(s, series, spool)
-        if isinstance(info, str):
-            verdicts.append(_Verdict(series, None, info))
-        else:
-            d = selector.decide(info)
-            verdicts.append(_Verdict(series, info, d.reason, d))
-    if _chosen_before(siblings, group):
+    verdicts = _verdicts(s, spool, selector, group)
+    standing = _chosen_before(siblings, group)
+    if standing:
         for v in verdicts:
             accepted = v.decision is not None and v.decision.accepted
-            _close(s, cfg, v, f"{PASSED_OVER} before" if accepted else v.reason, tick)
+            _close(s, cfg, v, _passed_over(s, cfg, spool, standing, v.series) if accepted else v.reason, tick)
         return
     candidates = [v for v in verdicts if v.info is not None and not v.never]
     choice = selector.choose([v.info for v in candidates if v.info is not None])
@@ -416,28 +431,111 @@ def _anchor(s: Session, candidates: list[Series]) -> Series | None:
 
 
 def select_complete(s: Session, cfg: Config, spool: Spool, selector: Selector, now: datetime, tick: Tick) -> None:
-    """Decide the complete, undecided series study by study, once the study has settled."""
+    """Decide the complete, undecided series study by study: the best one so far at once (its
+    answer held while a better one may still come, hexnode.route.hold), the rest once the study
+    has settled."""
     pending = s.execute(
         select(Series).where(Series.state == "complete", Series.selected.is_(None)).order_by(Series.id)
     ).scalars().all()
     by_study: dict[int, list[Series]] = defaultdict(list)
     for series in pending:
         by_study[series.study_id].append(series)
+    held = held_jobs(s)
     wait = timedelta(seconds=max(STUDY_WAIT_MIN_SECONDS, STUDY_WAIT_FACTOR * cfg.series.stable_seconds,
                                  cfg.series.study_settle_seconds))
     settled_before = now - timedelta(seconds=cfg.series.study_settle_seconds)
-    for study_id, group in by_study.items():
+    for study_id in sorted(set(by_study) | set(held)):
+        group = by_study.get(study_id, [])
+        provisional = held.get(study_id)
         siblings = list(s.execute(select(Series).where(Series.study_id == study_id)).scalars().all())
         arriving = [x for x in siblings if x.state == "received"]
-        oldest = min(x.state_at for x in group)
+        oldest = min([x.state_at for x in group] + ([provisional[1].created_at] if provisional else []))
         # Settled: nothing of the study arrived for study_settle_seconds (a PACS routing a whole
         # study sends one series after another); a sibling still arriving is waited for, up to
         # `wait` (a trickling series must not hold the others forever).
         newest = max(x.last_instance_at for x in siblings)
-        if (arriving and now - oldest < wait) or (newest > settled_before and now - oldest < wait):
+        settled = not ((arriving and now - oldest < wait) or (newest > settled_before and now - oldest < wait))
+        if provisional is None and settled:
+            _decide_study(s, cfg, spool, selector, study_id, group, siblings, tick)
+        else:
+            _decide_early(s, cfg, spool, selector, study_id, group, provisional, siblings, settled, tick)
+
+
+def _verdicts(s: Session, spool: Spool, selector: Selector, group: list[Series]) -> list[_Verdict]:
+    out = []
+    for series in group:
+        info = _info(s, series, spool)
+        if isinstance(info, str):
+            out.append(_Verdict(series, None, info))
+        else:
+            d = selector.decide(info)
+            out.append(_Verdict(series, info, d.reason, d))
+    return out
+
+
+def _decide_early(s: Session, cfg: Config, spool: Spool, selector: Selector, study_id: int, group: list[Series],
+                  provisional: tuple[Series, Job] | None, siblings: list[Series], settled: bool, tick: Tick) -> None:
+    """A study with a held answer, or one still settling: the best series so far is analysed now;
+    a better one supersedes its held answer; the study's settling releases it."""
+    held_series = provisional[0] if provisional else None
+    if [x for x in _chosen_before(siblings, group) if x is not held_series]:
+        # an answer that was never held stands: later series are passed over once the study settles
+        if settled:
+            _decide_study(s, cfg, spool, selector, study_id, group, siblings, tick)
+        else:
             tick.waiting += [x.series_uid for x in group]
-            continue
+        return
+    verdicts = _verdicts(s, spool, selector, group)
+    pool = [v for v in verdicts if v.info is not None and not v.never]
+    if held_series is not None:
+        info = _info(s, held_series, spool)
+        if isinstance(info, SeriesInfo):
+            pool.append(_Verdict(held_series, info))
+    choice = selector.choose([v.info for v in pool if v.info is not None])
+    chosen = next((v for v in pool if choice.chosen is not None and v.info is choice.chosen), None)
+    if chosen is not None and chosen.series is held_series and provisional is not None:
+        if not settled:
+            tick.waiting += [x.series_uid for x in group]
+            return
+        for v in verdicts:  # as _decide_study closes the rest of its group
+            if v.info is None or v.never:
+                _close(s, cfg, v, v.reason, tick)
+            else:
+                _close(s, cfg, v, choice.rejected.get(v.info.series_uid, v.reason or "not selected"), tick)
+        release(s, spool, *provisional)
+        tick.released.append(held_series.series_uid)
+        log.info("series %s: the study settled; its held answer is released", uid_hash(held_series.series_uid))
+        return
+    if chosen is None:
+        if settled and held_series is None:
+            _decide_study(s, cfg, spool, selector, study_id, group, siblings, tick)
+        elif settled and provisional is not None:
+            release(s, spool, *provisional)  # its header became unreadable: what it answered stands
+            tick.released.append(provisional[0].series_uid)
+        else:
+            tick.waiting += [x.series_uid for x in group]
+        return
+    if provisional is not None:
+        reason = choice.rejected.get(provisional[0].series_uid, PASSED_OVER)
+        dropped = supersede(s, provisional[0], provisional[1], reason)
+        tick.superseded.append(provisional[0].series_uid)
+        log.info("series %s: its held answer is superseded by series %s (%d objects never sent)",
+                 uid_hash(provisional[0].series_uid), uid_hash(chosen.series.series_uid), dropped)
+    if settled:
         _decide_study(s, cfg, spool, selector, study_id, group, siblings, tick)
+        return
+    series = chosen.series
+    series.selected = True
+    series.reason = choice.note
+    job = enqueue_job(s, series, choice.note)
+    job.held = chosen.info is None or not best_kind(selector, chosen.info)
+    supersede_study_jobs(s, study_id, "a series of the study was chosen")
+    tick.queued.append(series.series_uid)
+    if job.held:
+        tick.held.append(series.series_uid)
+    tick.waiting += [x.series_uid for x in group if x is not series]
+    log.info("series %s queued before the study settled (%s): %s", uid_hash(series.series_uid),
+             "answer held until it settles" if job.held else "no better series can come", _no_desc(choice.note))
 
 
 def _no_desc(note: str) -> str:

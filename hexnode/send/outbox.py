@@ -8,6 +8,10 @@ destination). Life of a row::
        └──── back-off ────┤ (error, younger than max age: next_attempt_at = now + backoff)
                           └──▶ failed (error, older than max age; reason in last_error)
     failed ──resend──▶ pending (the age clock restarts: queued_at = now)
+    pending ──a better series of the study replaced the held result──▶ superseded (never sent)
+
+Rows of a held job (``jobs.held``: route chose the series before its study settled) are not
+claimed until route releases the job.
 
 A row left ``sending`` by a sender that died is claimable again once its lease expires; the
 object is then sent again with the same SOP Instance UID, which a PACS stores once.
@@ -28,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import SendConfig
 from hexnode.store import lease
-from hexnode.store.db import Outbox, Result, Series, utcnow
+from hexnode.store.db import Job, Outbox, Result, Series, utcnow
 from hexnode.store.queue import transition
 
 
@@ -60,7 +64,9 @@ def claim_due(
 ) -> list[Due]:
     now = now or utcnow()
     reclaim_stale(s, now)
-    q = lease.due(Outbox, now, limit).add_columns(Result).join(Result, Result.id == Outbox.result_id)
+    # a held job's results wait for its study to settle (hexnode.route.hold)
+    q = (lease.due(Outbox, now, limit).add_columns(Result).join(Result, Result.id == Outbox.result_id)
+         .join(Job, Job.id == Result.job_id).where(Job.held.is_(False)))
     out = []
     for row, result in s.execute(lease.skip_locked(s, q, Outbox)).all():
         if row.queued_at is None:

@@ -27,7 +27,7 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
     ``instances``  one row per SOP Instance UID (unique: duplicates are stored once), with the
                    spool path (relative to the spool dir) and the indexed header fields.
     ``jobs``       one per (series, revision): state, attempts, lease_owner/lease_until, error,
-                   timings (JSON, seconds per stage).
+                   timings (JSON, seconds per stage), held (its results wait for the study).
     ``results``    produced objects (SEG/SR/SC) with their SOP Instance UID and spool path.
     ``outbox``     one per (result, destination): pending/sending/delivered/failed, attempts,
                    next_attempt_at (back-off), last_error, delivered_at.
@@ -67,6 +67,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -239,6 +240,10 @@ class Job(Leased, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # True: the study has not settled and a better series of it may still come (route chose this
+    # series early, hexnode.route.hold): its results and notifications wait, unsent, until route
+    # releases them (False) or supersedes them (outbox rows → superseded, never sent).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Result(Base):

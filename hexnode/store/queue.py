@@ -13,7 +13,8 @@ series  received → complete → queued → running → reported → delivered,
 job     queued → running → done | failed; running → queued (retry or expired lease);
         queued/running → superseded (the series was re-opened); failed → queued (manual retry).
 outbox  pending → sending → delivered | pending (back-off) | failed; sending → pending (expired
-        lease: the sender died); failed → pending (``hexnode resend``).
+        lease: the sender died); failed → pending (``hexnode resend``); pending → superseded (a
+        held job's results that a better series of the study replaced: never sent).
 
 Queue API
 ---------
@@ -38,6 +39,9 @@ Queue API
     SOP Instance UID (a retry of the same job re-uses the rows).
 ``reopen_series(s, series, detail) -> None``
 ``transition(s, obj, to_state, detail=None) -> Event | None``
+``drop_held(s, job, detail) -> int``
+    A held job's unsent results and notifications → superseded (never sent); a queued or running
+    held job → superseded (its worker's commit then raises ``LeaseLost``).
 ``series_instances(s, series_id) -> list[Instance]`` (ordered by instance number, then id)
 ``pending_series(s, older_than) -> list[Series]`` (received, last instance before ``older_than``)
 """
@@ -49,7 +53,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from hexnode.store.db import Event, Instance, Job, Outbox, Result, Series, utcnow
+from hexnode.store.db import Event, Instance, Job, Notification, Outbox, Result, Series, utcnow
 from hexnode.store.lease import owner_is_dead, stale, take
 
 __all__ = ["owner_is_dead"]  # re-exported: it lived here before hexnode.store.lease
@@ -59,7 +63,7 @@ SERIES_TRANSITIONS: dict[str, set[str]] = {
     "complete": {"queued", "rejected", "failed", "received"},
     "queued": {"running", "rejected", "failed", "received"},
     "running": {"reported", "rejected", "failed", "queued", "received"},
-    "reported": {"delivered", "failed", "received"},
+    "reported": {"delivered", "failed", "received", "rejected"},
     "delivered": {"received"},
     "rejected": {"delivered", "received", "queued"},
     "failed": {"received", "queued"},
@@ -72,10 +76,11 @@ JOB_TRANSITIONS: dict[str, set[str]] = {
     "superseded": set(),
 }
 OUTBOX_TRANSITIONS: dict[str, set[str]] = {
-    "pending": {"sending", "failed"},
+    "pending": {"sending", "failed", "superseded"},
     "sending": {"delivered", "pending", "failed"},
-    "failed": {"pending"},
+    "failed": {"pending", "superseded"},
     "delivered": set(),
+    "superseded": set(),
 }
 _TABLES: dict[type, tuple[str, dict[str, set[str]]]] = {
     Series: ("series", SERIES_TRANSITIONS),
@@ -137,6 +142,32 @@ def _supersede_old_jobs(s: Session, series: Series) -> None:
     for job in old:
         if job.state == "queued":
             transition(s, job, "superseded", f"series revision {series.revision}")
+    # results of an older revision that were held for the study are never sent: the new revision answers
+    held = s.execute(select(Job).where(Job.series_id == series.id, Job.revision < series.revision,
+                                       Job.held.is_(True))).scalars()
+    for job in held:
+        drop_held(s, job, f"series revision {series.revision}")
+
+
+def drop_held(s: Session, job: Job, detail: str) -> int:
+    """A held job replaced before it was released: its outbox rows and notifications → superseded
+    (never sent), the job itself → superseded if not finished. Returns the outbox rows dropped."""
+    from hexnode.notify.state import transition as notification_transition
+
+    if job.state in ("queued", "running"):
+        transition(s, job, "superseded", detail)
+        job.lease_owner = None
+        job.lease_until = None
+    rows = s.execute(select(Outbox).join(Result, Result.id == Outbox.result_id)
+                     .where(Result.job_id == job.id, Outbox.state.in_(("pending", "failed")))).scalars().all()
+    for row in rows:
+        transition(s, row, "superseded", detail)
+    notes = s.execute(select(Notification).where(Notification.series_id == job.series_id,
+                                                 Notification.revision == job.revision,
+                                                 Notification.state.in_(("pending", "failed")))).scalars()
+    for note in notes:
+        notification_transition(s, note, "superseded", detail)
+    return len(rows)
 
 
 def reopen_series(s: Session, series: Series, detail: str) -> None:
