@@ -2,8 +2,8 @@
 
 hexnode's four stages as processes (`hexnode receive`, `route`, `worker`, `send`) with
 `deploy/hexnode.toml` as shipped — only the data folder, the ports and the destination changed
-(`stable_seconds` and `study_settle_seconds` 10 s, checks every 1 s, worker and sender polling every
-0.5 s). dcmtk's `storescu` sends a synthetic 32-slice head NCCT (512², 5 mm) as a scanner or PACS
+(`stable_seconds` and `study_settle_seconds` 10 s, checks every 0.5 s, worker and sender polling every
+0.25 s). dcmtk's `storescu` sends a synthetic 32-slice head NCCT (512², 5 mm) as a scanner or PACS
 would; dcmtk's `storescp` is the PACS the results go to. Each run is a new study; the figures are
 read from hexnode's database (one clock): last instance (C-STORE time of the newest instance) →
 series complete → job started → reported (job done) → delivered (newest outbox row delivered).

@@ -131,7 +131,7 @@ class DatabaseConfig:
 @dataclass
 class SeriesConfig:
     stable_seconds: float = 10.0
-    check_interval_seconds: float = 1.0
+    check_interval_seconds: float = 0.5
     # After a sender stopped part-way (A-ABORT, or failed C-STOREs), how long completion waits for
     # the rest (a PACS retries the failed part); then the series is analysed only if whole.
     aborted_wait_seconds: float = 120.0
@@ -163,7 +163,7 @@ class WorkerConfig:
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.25
     # Worker processes `hexnode node` starts (each loads the models once; one per GPU or a few
     # per CPU host). Separately started workers (`hexnode worker`, compose --scale) ignore it.
     processes: int = 1
@@ -174,7 +174,7 @@ class SendConfig:
     backoff_initial_seconds: float = 2.0
     backoff_max_seconds: float = 300.0
     max_age_seconds: float = 24 * 3600.0
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.25
 
 
 @dataclass

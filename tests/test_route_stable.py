@@ -14,7 +14,7 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.route.stable import check_once, start_scheduler, whole_reason
+from hexnode.route.stable import MIN_QUIET_SECONDS, check_once, start_scheduler, whole_reason
 from hexnode.store.db import Event, Instance, Job, Series, Store, open_store, utcnow
 from hexnode.store.spool import Spool
 
@@ -63,9 +63,9 @@ def test_provably_whole_completes_early(env: tuple[Store, Spool, Config], tmp_pa
     index(store, spool, write_series(tmp_path / "w", n=12, rows=16, cols=16, series_uid=whole, ImagesInAcquisition=12), t0)
     index(store, spool, write_series(tmp_path / "p", n=12, rows=16, cols=16, series_uid=partial, ImagesInAcquisition=30), t0)
     index(store, spool, write_series(tmp_path / "h", n=32, rows=16, cols=16, series_uid=head), t0)  # 155 mm
-    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=0.5))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=MIN_QUIET_SECONDS / 2))
     assert tick.completed == []  # a burst may still be going on
-    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=1.5))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=MIN_QUIET_SECONDS + 0.5))
     assert tick.completed == [whole]  # the count is a proof; coverage waits half the stable time
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=5.5))
     assert tick.completed == [head]
@@ -368,7 +368,7 @@ def test_stopped_sender_waits_aborted_wait_then_completes(env: tuple[Store, Spoo
     with store.transaction() as s:
         for row in s.execute(select(Series)).scalars():
             row.aborted_at, row.aborted_note = t0, "12 instances arrived before the association was aborted"
-    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=0.5))
+    tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=MIN_QUIET_SECONDS / 2))
     assert tick.completed == []  # whole by count, but not yet quiet
     tick = check_once(store, cfg, spool, now=t0 + timedelta(seconds=20))  # past stable_seconds
     assert tick.completed == [whole] and series_row(store, part).state == "received"

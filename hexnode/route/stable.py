@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 
 # Skull base to vertex is 120-160 mm; a contiguous stack this long is a whole head.
 WHOLE_HEAD_MM = 150.0
-# Even a provably whole series waits this long after its last instance (a burst may not be over).
-MIN_QUIET_SECONDS = 1.0
+# Even a provably whole series waits this long after its last instance (a burst may not be over;
+# an instance after it re-opens the series and a corrected result follows).
+MIN_QUIET_SECONDS = 0.5
 # A complete series waits for siblings of its study still arriving, but not longer than this.
 STUDY_WAIT_FACTOR = 3.0
 STUDY_WAIT_MIN_SECONDS = 30.0
