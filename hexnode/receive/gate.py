@@ -119,10 +119,6 @@ class Gate:
         self.refused = 0
 
     # --- counts ------------------------------------------------------------------------------------
-    def open_from(self, address: str) -> int:
-        with self._lock:
-            return self._counts.by_address.get(address, 0)
-
     @property
     def associations(self) -> int:
         with self._lock:

@@ -242,13 +242,6 @@ def reliability_png(store: Store, path: Path, version: str | None = None) -> int
     return len(pairs)
 
 
-def drift_line(summary: dict[str, Any]) -> str | None:
-    bad = [v for v in summary["versions"] if v["drift"]]
-    if not bad:
-        return None
-    return "; ".join(f"model {v['model_version']}: " + ", ".join(v["drift_reasons"]) for v in bad)
-
-
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 

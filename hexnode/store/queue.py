@@ -43,7 +43,6 @@ Queue API
     A held job's unsent results and notifications → superseded (never sent); a queued or running
     held job → superseded (its worker's commit then raises ``LeaseLost``).
 ``series_instances(s, series_id) -> list[Instance]`` (ordered by instance number, then id)
-``pending_series(s, older_than) -> list[Series]`` (received, last instance before ``older_than``)
 """
 
 from __future__ import annotations
@@ -330,15 +329,6 @@ def add_result(
 
 def series_instances(s: Session, series_id: int) -> list[Instance]:
     q = select(Instance).where(Instance.series_id == series_id).order_by(Instance.instance_number, Instance.id)
-    return list(s.execute(q).scalars())
-
-
-def pending_series(s: Session, older_than: datetime) -> list[Series]:
-    q = (
-        select(Series)
-        .where(Series.state == "received", Series.last_instance_at < older_than)
-        .order_by(Series.last_instance_at)
-    )
     return list(s.execute(q).scalars())
 
 

@@ -12,7 +12,6 @@ This is also the layout `hexnode synth --out` writes (series/ + mask.nii.gz + tr
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,17 +55,6 @@ def synth_case(seed: int, index: int, *, hard: bool = False, normal: bool = Fals
         he_probability=float(t.he_probability),
         hard=hard,
     )
-
-
-def split_of(case_id: str, fractions: dict[str, float]) -> str:
-    """Deterministic split by patient: a hash of the case id, so a case never changes split."""
-    u = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    acc = 0.0
-    for name, frac in fractions.items():
-        acc += frac
-        if u < acc:
-            return name
-    return list(fractions)[-1]
 
 
 def read_labels(root: Path) -> dict[str, int]:
