@@ -1,4 +1,4 @@
-"""OHIF, the radiologist's web viewer, served same-origin with Orthanc's DICOMweb (issue 18).
+"""OHIF, the radiologist's web viewer, served same-origin with Orthanc's DICOMweb.
 
 `make install` (scripts/bootstrap.sh) unpacks the pinned, prebuilt `@ohif/app` from the npm
 registry into var/ohif/ once; no build step. This small server serves that `dist/`, writes its

@@ -70,7 +70,7 @@ def sr_summary(ds: Dataset) -> dict[str, Any]:
                 if code == "118565006":
                     out["volume_ml"] = value if unit in ("cm3", "ml", "mL") else value / 1000.0
                 elif code in ("HE-P", "HE-THR"):
-                    # a fraction whatever the unit: "%" since issue 24, "1" before
+                    # a fraction whatever the unit: "%" now, "1" in older reports
                     out["probability" if code == "HE-P" else "threshold"] = value / 100.0 if unit == "%" else value
             elif vtype == "CODE" and "ConceptCodeSequence" in item:
                 meaning = str(item.ConceptCodeSequence[0].CodeMeaning)

@@ -1,4 +1,4 @@
-"""Notifications (issue 23): tell the stroke team when the risk is High, and IT when something fails.
+"""Notifications: tell the stroke team when the risk is High, and IT when something fails.
 
 ``[[notifications]]`` targets in the config (hexnode/config.py ``NotificationTarget``): webhook
 (Teams, Slack or plain JSON), e-mail (SMTP, STARTTLS + auth) or HL7 v2 ORU^R01 over MLLP. Rows in

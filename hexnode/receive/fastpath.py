@@ -28,7 +28,7 @@ receive, built there as a pydicom dataset and encoded element by element, from a
 ``struct.pack`` calls (same bytes: explicit VR little endian group 0002 with its group length),
 and encodes the C-STORE response's command set directly.
 
-Each patch is kept for what it measured (issue 17: "cut to the patches that earn the gain").
+Each patch is kept for what it measured (a patch that does not earn its gain is removed).
 `bench/receive.py --modes hexnode,hexnode-minus-NAME,...`, 320 × 512² instances, on the shared
 2-core machine under load (load average 5-8), 2026-12-02; medians of 5 rounds (reactor_wakeups)
 or 7 rounds (the others), as the transfer time and the receiving process's CPU time without the

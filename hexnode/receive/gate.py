@@ -3,7 +3,7 @@
 pynetdicom gives every accepted TCP connection an association thread at once, counts it against
 ``maximum_associations`` and waits ``acse_timeout`` (30 s) for its A-ASSOCIATE-RQ; a PDU it cannot
 decode costs a traceback in the log. So 10 connections that send nothing lock every real sender out,
-and a port scanner that reconnects keeps the node deaf (issue 22). Here a connection first waits in
+and a port scanner that reconnects keeps the node deaf. Here a connection first waits in
 a separate, bounded pool, watched by one thread (epoll, no thread per connection), until its first
 PDU is complete and read without consuming it (``MSG_PEEK``). Then:
 

@@ -29,7 +29,7 @@ COMMENT = Code("121106", "DCM", "Comment")  # TEXT items under TID 1500 "Qualita
 VOLUME = Code("118565006", "SCT", "Volume")
 CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
 # Probability and threshold in percent: renderers print the UCUM code, and "1" (no units) was
-# read as a literal unit ("0.732 1", issue 24).
+# read as a literal unit ("0.732 1").
 PERCENT = Code("%", "UCUM", "percent")
 SQUARE_CENTIMETER = Code("cm2", "UCUM", "square centimeter")
 MILLIMETER = codes.UCUM.Millimeter  # the meaning the image library uses too ("mm")

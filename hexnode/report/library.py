@@ -1,7 +1,7 @@
 """TID 1600 Image Library: the source images, with only the descriptors a reader can use.
 
 A PACS that shows an SR as text prints every per-image descriptor (Image Position X/Y/Z of each
-slice) as a footnote, a screen of numbers before the first finding (issue 24). highdicom's
+slice) as a footnote, a screen of numbers before the first finding. highdicom's
 ImageLibrary writes those ~16 descriptors under every image. Here each Image Library Group
 (one per SOP class, modality and frame of reference) carries the descriptors its images share
 - modality, frame of reference, slice thickness when all slices have the same - and each entry

@@ -63,7 +63,7 @@ def describe(info: SeriesInfo) -> str:
     """Series number, description, kernel and thickness — no patient identifiers."""
     parts = []
     number = info.value("SeriesNumber")
-    parts.append(f"#{number}" if number not in (None, "") else "without number")  # not "#?" (issue 24)
+    parts.append(f"#{number}" if number not in (None, "") else "without number")  # not "#?"
     desc = as_text(info.value("SeriesDescription"))
     if desc:
         parts.append(f"'{desc[:64]}'")

@@ -29,7 +29,7 @@ HYPO_WEIGHT = 8.0
 HYPO_SHARE = 0.45
 # --quick trains by steps, not seconds, so its models (and the tests on them) do not depend on how
 # loaded the machine is: with 40 s the step count varied with the load, and some runs left too few
-# cases with a predicted mask to fit the fusion ("no usable feature", issue 17).
+# cases with a predicted mask to fit the fusion ("no usable feature").
 QUICK_SEG_STEPS = 160
 QUICK_CNN_STEPS = 60
 
