@@ -157,7 +157,15 @@ class LibraryLines(logging.Filter):
 
 
 class _HexnodeHandler(logging.StreamHandler[TextIO]):
-    """The one handler setup_logging installs (found again by its type: set-up runs once)."""
+    """The one handler setup_logging installs (found again by its type: set-up runs once).
+
+    It writes to whatever sys.stderr is when a record comes, not the object it was made with: a
+    caller that replaces stderr (pytest's capture, a daemon re-opening it) would otherwise leave
+    the handler writing into a closed file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_logging(level: str | int = "INFO", fmt: str = FORMAT, *, log_format: str | None = None,

@@ -42,8 +42,8 @@ def make_receiver(tmp_path: Path, fast_receive: bool) -> Iterator:
         return rx
 
     yield make
-    for rx in started:
+    for rx in reversed(started):  # each gives back the tempfile directory it found
         rx.stop()
         rx.store.dispose()
-    tempfile.tempdir = old_tempdir
+    assert tempfile.tempdir == old_tempdir, "a stopped receiver left tempfile's directory in its spool"
     assert not fastpath.installed(), "a stopped receiver left the fast path installed"

@@ -463,3 +463,15 @@ def test_fast_receive_setting_patches_pynetdicom_only_while_its_receiver_runs(tm
             rx.stop()
             store.dispose()
         assert not fastpath.installed() and pynetdicom_state() == original, "stop() restores pynetdicom"
+
+
+def test_a_stopped_receiver_gives_tempfiles_directory_back(make_receiver) -> None:
+    """Chunked receive needs tempfile's directory in the spool while the receiver runs; after it
+    stops, the rest of the process must not write temporary files into a spool that may be gone."""
+    import tempfile
+
+    before = tempfile.tempdir
+    rx = make_receiver()
+    assert tempfile.tempdir == str(rx.spool.incoming)
+    rx.stop()
+    assert tempfile.tempdir == before

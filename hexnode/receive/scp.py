@@ -187,6 +187,7 @@ class Receiver:
         self._excepthook = threading.excepthook
         self._serve_thread: threading.Thread | None = None
         self._fast = False  # this receiver installed the fast path (dicom.fast_receive)
+        self._tempdir: str | None = None  # tempfile's directory before start(), given back by stop()
 
     def build_ae(self) -> AE:
         return build_ae(self.dicom)
@@ -213,6 +214,7 @@ class Receiver:
         # pynetdicom's standard handlers log every PDU and DIMSE message at DEBUG; we keep its
         # logger at WARNING anyway, and unbound handlers cost nothing per message.
         _config.LOG_HANDLER_LEVEL = "none"
+        self._tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming)
         # Process-wide (pynetdicom's reactors are module code): installed for as long as a
         # receiver with fast_receive runs; another receiver in the same process shares it.
@@ -268,6 +270,10 @@ class Receiver:
             self.server = None
             self.library_log.uninstall()
             threading.excepthook = self._excepthook
+            # the rest of the process (a test run, `hexnode node`'s own code) must not write its
+            # temporary files into a spool that may be gone
+            if tempfile.tempdir == str(self.spool.incoming):
+                tempfile.tempdir = self._tempdir
         if self._fast:
             fastpath.uninstall()
             self._fast = False
