@@ -312,27 +312,11 @@ def small_ct(sop_instance: str | None = None, *, series_uid: str | None = None, 
              size: int = 16, number: int = 1) -> object:
     """A CT slice (pydicom Dataset with file meta, explicit VR little endian) with patient identifiers."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from plumbing_helpers import ct_slice
+    from pydicom.uid import generate_uid
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CT
-    ds.SOPInstanceUID = sop_instance or generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = CT
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), series_uid or generate_uid()
-    ds.Modality = "CT"
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PATIENT", "PID-SECRET-42", "19700101"
-    ds.SeriesNumber, ds.InstanceNumber = 3, number
-    ds.ImagePositionPatient = [-4.0, -4.0, 5.0 * number]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.SliceThickness = 5.0
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds = ct_slice(number=number, position=[-4.0, -4.0, 5.0 * number], size=size, sop_instance=sop_instance,
+                  study_uid=study_uid or generate_uid(), series_uid=series_uid or generate_uid())
     ds.add_new(0x7FE00010, "OW", np.full((size, size), 1000, dtype=np.uint16).tobytes())  # VR explicit: split-encodable
     return ds
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,30 @@ def pg_schema() -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         engine.dispose()
+
+
+
+@contextmanager
+def store_on(kind: str, sqlite_url: str) -> Iterator[Any]:
+    """An open Store on SQLite (`sqlite_url`) or, for "postgresql", on a fresh schema of the real
+    PostgreSQL (the test is skipped when none runs); disposed afterwards."""
+    from hexnode.store.db import open_store
+
+    if kind == "sqlite":
+        store = open_store(sqlite_url)
+        try:
+            yield store
+        finally:
+            store.dispose()
+        return
+    if not pg_available():
+        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
+    with pg_schema() as schema:
+        store = open_store(PG_URL, schema=schema)
+        try:
+            yield store
+        finally:
+            store.dispose()
 
 
 @dataclass
@@ -146,13 +171,41 @@ def start_orthanc(workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, 
     return Orthanc(proc, http_port, dicom_port, aet, workdir)
 
 
+def ct_slice(*, number: int, position: list[float], size: int, study_uid: str, series_uid: str,
+             sop_instance: str | None = None, sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
+             modality: str = "CT") -> Any:
+    """One small CT (or other SOP class) slice without pixel data, explicit VR little endian file
+    meta, with patient identifiers (the tests check none of them reaches a log or the database)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality = modality
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PATIENT", "PID-SECRET-42", "19700101"
+    ds.SeriesNumber, ds.InstanceNumber = 3, number
+    ds.ImagePositionPatient = position
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 5.0
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    return ds
+
+
 def write_ct(out: Path, n: int, *, size: int = 64, series_uid: str | None = None, study_uid: str | None = None,
              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", modality: str = "CT", seed: int = 0,
              first_index: int = 0) -> list[Path]:
     """`n` small CT (or other SOP class) slices, explicit VR little endian, one series."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -160,24 +213,8 @@ def write_ct(out: Path, n: int, *, size: int = 64, series_uid: str | None = None
     series_uid = series_uid or generate_uid()
     paths = []
     for i in range(first_index, first_index + n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality = modality
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PATIENT", "PID-SECRET-42", "19700101"
-        ds.SeriesNumber, ds.InstanceNumber = 3, i + 1
-        ds.ImagePositionPatient = [-16.0, -16.0, 5.0 * i]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.5, 0.5]
-        ds.SliceThickness = 5.0
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds = ct_slice(number=i + 1, position=[-16.0, -16.0, 5.0 * i], size=size, study_uid=study_uid,
+                      series_uid=series_uid, sop_class=sop_class, modality=modality)
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = rng.integers(0, 2000, (size, size), dtype=np.uint16).tobytes()
         p = out / f"img{i:04d}.dcm"

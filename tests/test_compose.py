@@ -50,7 +50,7 @@ from series_helpers import write_series
 from sqlalchemy import select
 
 from hexnode.devtools.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, ResultSet, sr_summary, storescu
-from hexnode.devtools.net import free_port
+from hexnode.devtools.net import free_port, wait_for
 from hexnode.store.db import Event, Job, Outbox, Series, open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,16 +81,6 @@ def run(cmd: list[str], *, timeout: float = 600, check: bool = True, env: dict[s
     return proc
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(what)
-
-
 def docker_answers() -> bool:
     return run(["docker", "info"], check=False, timeout=30).returncode == 0
 
@@ -115,7 +105,7 @@ def dockerd() -> Iterator[None]:
             proc = subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false", "--ip-masq=false"],
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
-            wait_for(lambda: proc.poll() is not None or docker_answers(), 90, "dockerd did not come up")
+            wait_for(lambda: proc.poll() is not None or docker_answers(), 90, "dockerd did not come up", every=0.5)
             assert proc.poll() is None, (OUT / "dockerd.log").read_text()[-3000:]
         try:
             yield
@@ -486,7 +476,7 @@ def test_round_trip_worker_killed_mid_job_and_down_up(stack: Stack, head_ct: tup
     for found in stack.orthanc("/tools/lookup", series.encode(), method="POST"):
         stack.orthanc(f"/series/{found['ID']}", method="DELETE")
     stack.send(paths)
-    wait_for(lambda: stack.routed() > before, 60, "Orthanc did not route the resent series")
+    wait_for(lambda: stack.routed() > before, 60, "Orthanc did not route the resent series", every=0.5)
     time.sleep(8)  # > hexnode's stable time + a completion check + a send poll
     again = stack.results(study)
     assert again.counts == (1, 1, 1) and again.sop_uids == res.sop_uids

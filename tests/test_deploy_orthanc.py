@@ -8,13 +8,12 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from series_helpers import write_series
 
-from hexnode.devtools.net import free_port
+from hexnode.devtools.net import free_port, wait_for
 from hexnode.devtools.orthanc import ORTHANC_BIN, Orthanc, OrthancConfig
 
 pytestmark = pytest.mark.skipif(not Path(ORTHANC_BIN).exists(), reason="Debian orthanc not installed")
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.skipif(not Path(ORTHANC_BIN).exists(), reason="Debian o
 def storescu(paths: list[Path], port: int, calling: str, called: str = "ORTHANC") -> subprocess.CompletedProcess[str]:
     return subprocess.run(["/usr/bin/storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
                            *map(str, paths)], capture_output=True, text=True, env={"TCP_NODELAY": "1"})
-
-
-def wait_for(cond: Any, timeout: float, what: str, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(what)
 
 
 def sink(port: int, folder: Path) -> subprocess.Popen[bytes]:

@@ -20,6 +20,7 @@ from series_helpers import write_series
 from sqlalchemy import select
 
 from hexnode.devtools.demo import DemoStack, sr_summary
+from hexnode.devtools.net import wait_for
 from hexnode.store.db import Event, Job, Series, open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,15 +47,6 @@ def hexnode_jobs(stack: DemoStack, series_uid: str) -> list[tuple[int, str]]:
 
 def routed_count(stack: DemoStack) -> int:
     return (stack.workdir / "orthanc" / "orthanc.log").read_text(errors="replace").count("sent to hexnode")
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 @pytest.fixture(scope="module")

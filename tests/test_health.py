@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from hexnode.config import load_config
-from hexnode.devtools.net import free_port
+from hexnode.devtools.net import free_port, wait_for
 from hexnode.health import check
 from hexnode.store.db import StageBeat, open_store, utcnow
 
@@ -24,16 +23,6 @@ from hexnode.store.db import StageBeat, open_store, utcnow
 def _health(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hexnode.cli", "health", *args, "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)
-
-
-def _wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(what)
 
 
 @pytest.fixture()
@@ -55,8 +44,8 @@ def test_a_wedged_stage_turns_unhealthy_and_recovers(site: Path) -> None:
     route = _start(site, "route")
     receive = _start(site, "receive")
     try:
-        _wait(lambda: check(cfg, "route", max_age=limit)[0], 60, "route never healthy")
-        _wait(lambda: check(cfg, "receive", max_age=limit)[0], 60, "receive never healthy")
+        wait_for(lambda: check(cfg, "route", max_age=limit)[0], 60, "route never healthy")
+        wait_for(lambda: check(cfg, "receive", max_age=limit)[0], 60, "receive never healthy")
         healthy = _health(site, "receive")
         assert healthy.returncode == 0 and healthy.stdout.startswith("receive: healthy: last heartbeat"), healthy
         send = _health(site, "send")
@@ -65,7 +54,7 @@ def test_a_wedged_stage_turns_unhealthy_and_recovers(site: Path) -> None:
         route.send_signal(signal.SIGSTOP)  # alive, holding its database handle, not beating
         receive.send_signal(signal.SIGSTOP)  # its SCP stops answering too
         try:
-            _wait(lambda: not check(cfg, "route", max_age=limit)[0], 30, "a stopped route stayed healthy")
+            wait_for(lambda: not check(cfg, "route", max_age=limit)[0], 30, "a stopped route stayed healthy")
             wedged = _health(site, "route", "--max-age", str(limit))
             assert wedged.returncode == 1 and "route: UNHEALTHY: last heartbeat" in wedged.stderr, wedged
             assert "(limit 7 s)" in wedged.stderr
@@ -74,8 +63,8 @@ def test_a_wedged_stage_turns_unhealthy_and_recovers(site: Path) -> None:
         finally:
             route.send_signal(signal.SIGCONT)
             receive.send_signal(signal.SIGCONT)
-        _wait(lambda: check(cfg, "route", max_age=limit)[0], 30, "route did not recover")
-        _wait(lambda: check(cfg, "receive", max_age=limit)[0], 30, "receive did not recover")
+        wait_for(lambda: check(cfg, "route", max_age=limit)[0], 30, "route did not recover")
+        wait_for(lambda: check(cfg, "receive", max_age=limit)[0], 30, "receive did not recover")
 
         receive.terminate()  # a clean stop removes its heartbeat: "not running", not "stale"
         assert receive.wait(30) == 0

@@ -19,6 +19,7 @@ from series_helpers import write_series
 from sqlalchemy import select
 
 from hexnode.config import load_config
+from hexnode.devtools.net import wait_for
 from hexnode.node import ChildSpec, Supervisor, Timing
 from hexnode.store.db import Job, Series, open_store
 
@@ -49,16 +50,6 @@ def alive(pid: int) -> bool:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
     except OSError:
         return False
-
-
-def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def write_config(work: Path, dicom_port: int, http_port: int) -> Path:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from hexnode.config import Config, ConfigError, NotificationTarget, load_config
+from hexnode.devtools.net import wait_for
 from hexnode.notify import Finding, Trigger, enqueue
 from hexnode.notify.deliver import Notifier
 from hexnode.notify.message import message_id
@@ -37,16 +38,6 @@ from hexnode.store.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWER = "https://ohif.hospital.example"
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from hexnode.config import Config, TLSConfig
+from hexnode.devtools.net import wait_for
 from hexnode.receive.scp import Receiver
 from hexnode.route.stable import check_once
 from hexnode.store import queue
@@ -144,7 +144,7 @@ def test_calling_and_called_ae_checks_reject_association(make_receiver, tmp_path
     assert r.returncode != 0
     assert "Called AE Title Not Recognized" in r.stderr + r.stdout
     # pynetdicom triggers EVT_REJECTED after the A-ASSOCIATE-RJ is sent: the line may follow storescu's exit
-    assert _eventually_logged(caplog, "called AE title is not HEXNODE")
+    wait_for(lambda: "called AE title is not HEXNODE" in caplog.text, 10.0, "the rejection logged", every=0.05)
     assert "(calling AE INTRUDER)" in caplog.text and "not in dicom.allowed_calling_aes" in caplog.text
     r = storescu(rx.dicom.port, files, aet="CT_SCANNER")
     assert r.returncode == 0, r.stderr
@@ -161,27 +161,11 @@ def test_low_disk_aborts_at_the_first_fragment_and_stores_nothing(make_receiver,
     assert r.returncode != 0
     assert "Peer Aborted Association" in r.stderr, r.stderr
     assert not list((tmp_path / "spool" / "instances").rglob("*.dcm"))
-    assert _eventually_empty(tmp_path / "spool" / "incoming")
+    wait_for(lambda: not any((tmp_path / "spool" / "incoming").iterdir()), 5.0, "the partial file deleted",
+             every=0.05)
     # the association's one line is written when pynetdicom closes it, after storescu has seen the abort
-    assert _eventually_logged(caplog, "would drop below dicom.min_free_disk_mb = 1000000000000 MB")
-
-
-def _eventually_logged(caplog: Any, text: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while text not in caplog.text:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _eventually_empty(folder: Path, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while list(folder.iterdir()):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    wait_for(lambda: "would drop below dicom.min_free_disk_mb = 1000000000000 MB" in caplog.text, 10.0,
+             "the refusal logged", every=0.05)
 
 
 def test_echo(make_receiver) -> None:
@@ -223,7 +207,8 @@ def test_dataset_without_its_uids_is_refused_with_cannot_understand(make_receive
     assoc.release()
     assert status.Status == 0xC000 and status.ErrorComment == "no SeriesInstanceUID"
     assert not list((tmp_path / "spool" / "instances").rglob("*.dcm"))
-    assert _eventually_empty(tmp_path / "spool" / "incoming")
+    wait_for(lambda: not any((tmp_path / "spool" / "incoming").iterdir()), 5.0, "the partial file deleted",
+             every=0.05)
 
 
 def test_unreadable_header_found_by_the_indexer_is_quarantined_with_an_event(make_receiver, tmp_path: Path) -> None:

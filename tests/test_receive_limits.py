@@ -29,18 +29,12 @@ from plumbing_helpers import BOTH_RECEIVE_MODES, storescu, write_ct
 from pydicom import dcmread
 from sqlalchemy import func, select
 
+from hexnode.devtools.net import wait_for
 from hexnode.receive.limits import ReceiveLimits
 from hexnode.store.db import Event, Instance, Series
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def _wait(check: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
 
 
 def _indexed(rx: Any) -> int:
@@ -79,9 +73,9 @@ def test_a_pdu_longer_than_advertised_is_aborted_before_its_body(make_receiver, 
         finally:
             peer.close()
     assert storescu(rx.dicom.port, write_ct(tmp_path / "ok", 2)).returncode == 0
-    _wait(lambda: _indexed(rx) == 2, what="the series after the oversize PDUs indexed")
-    _wait(lambda: "above the maximum length we advertised (dicom.max_pdu_size = 4194304)" in caplog.text,
-          what="the refusal logged")
+    wait_for(lambda: _indexed(rx) == 2, 20.0, "the series after the oversize PDUs indexed", every=0.05)
+    wait_for(lambda: "above the maximum length we advertised (dicom.max_pdu_size = 4194304)" in caplog.text,
+             20.0, "the refusal logged", every=0.05)
     assert "PDU of type 0x05 claiming 2147483648 bytes" in caplog.text
     assert _no_partial_files(rx)
 
@@ -99,7 +93,7 @@ def test_pdus_up_to_the_advertised_length_are_received(make_receiver, tmp_path: 
     statuses = [assoc.send_c_store(dcmread(f)).Status for f in files]
     assoc.release()
     assert statuses == [0, 0]
-    _wait(lambda: _indexed(rx) == 2, what="indexed")
+    wait_for(lambda: _indexed(rx) == 2, 20.0, "indexed", every=0.05)
 
 
 # --- instance size and free disk ----------------------------------------------------------------------
@@ -114,10 +108,10 @@ def test_an_instance_over_max_instance_mb_is_aborted_as_it_crosses(make_receiver
     assert r.returncode != 0 and "Store Failed" in r.stderr, r.stderr
     assert "Peer Aborted Association" in r.stderr or "Broken pipe" in r.stderr or "reset" in r.stderr, r.stderr
     assert _spooled(rx) == []
-    _wait(lambda: _no_partial_files(rx), 5.0, "partial file deleted")
-    _wait(lambda: "dataset larger than dicom.max_instance_mb = 1 MB" in caplog.text, 5.0, "logged")
+    wait_for(lambda: _no_partial_files(rx), 5.0, "partial file deleted", every=0.05)
+    wait_for(lambda: "dataset larger than dicom.max_instance_mb = 1 MB" in caplog.text, 5.0, "logged", every=0.05)
     assert storescu(rx.dicom.port, write_ct(tmp_path / "small", 2, size=512)).returncode == 0  # 0.5 MiB each
-    _wait(lambda: _indexed(rx) == 2, what="indexed")
+    wait_for(lambda: _indexed(rx) == 2, 20.0, "indexed", every=0.05)
 
 
 def _tmpfs(path: Path, mb: int) -> bool:
@@ -170,7 +164,7 @@ def test_the_free_disk_floor_holds_while_fragments_are_written(tmp_path: Path, f
             ra = storescu(dicom.port, a)
             tb.join()
             results = [ra.returncode, with_b[0].returncode]
-            _wait(lambda: _no_partial_files(rx), 5.0, "partial files deleted")
+            wait_for(lambda: _no_partial_files(rx), 5.0, "partial files deleted", every=0.05)
             stored = len(_spooled(rx))
             alone = storescu(dicom.port, a if ra.returncode else b)  # what did not fit, now alone
         finally:
@@ -230,7 +224,7 @@ def test_a_deflate_bomb_is_refused_and_a_small_one_indexed_with_bounded_memory(m
     inside = deflate_bomb(tmp_path / "inside.dcm", 48)
     r = storescu(rx.dicom.port, [inside], extra=["-R", "-xd"])
     assert r.returncode == 0, r.stderr
-    _wait(lambda: _indexed(rx) == 1, what="indexed")
+    wait_for(lambda: _indexed(rx) == 1, 20.0, "indexed", every=0.05)
     (stored,) = _spooled(rx)
     assert stored.stat().st_size > 48 << 20
     assert str(dcmread(stored, stop_before_pixels=True, defer_size=1024).file_meta.TransferSyntaxUID) == \
@@ -238,7 +232,7 @@ def test_a_deflate_bomb_is_refused_and_a_small_one_indexed_with_bounded_memory(m
     status = Path(f"/proc/{rx.indexer.pid}/status").read_text()
     peak_mb = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) >> 10
     assert peak_mb < 160, f"the indexer peaked at {peak_mb} MiB for a 48 MiB private element"
-    _wait(lambda: "(the first with 0xA700: inflates beyond dicom.max_instance_mb = 64)" in caplog.text, 5.0, "logged")
+    wait_for(lambda: "(the first with 0xA700: inflates beyond dicom.max_instance_mb = 64)" in caplog.text, 5.0, "logged", every=0.05)
 
 
 # --- UIDs -------------------------------------------------------------------------------------------------
@@ -288,7 +282,7 @@ def test_command_and_dataset_uids_must_agree_and_be_uids(make_receiver, tmp_path
     assert raw(long_uid, dataset_of(files["genuine"])[1]) is None
     assert _spooled(rx) == []
     assert raw(genuine_uid, genuine_bytes) == 0  # the genuine one, later: stored and indexed
-    _wait(lambda: _indexed(rx) == 1, what="indexed")
+    wait_for(lambda: _indexed(rx) == 1, 20.0, "indexed", every=0.05)
     with rx.store.transaction() as s:
         assert s.execute(select(Instance.sop_instance_uid)).scalar_one() == genuine_uid
     assert len(_spooled(rx)) == 1
@@ -300,7 +294,7 @@ def test_no_patient_identifier_from_any_depth_reaches_the_database(make_receiver
     rx = make_receiver()
     paths = phi_in_sequences(tmp_path / "phi")
     assert storescu(rx.dicom.port, paths).returncode == 0
-    _wait(lambda: _indexed(rx) == 2, what="indexed")
+    wait_for(lambda: _indexed(rx) == 2, 20.0, "indexed", every=0.05)
     with rx.store.transaction() as s:
         header = s.execute(select(Series.header)).scalar_one()
     assert header is not None
@@ -336,7 +330,7 @@ def test_a_header_needing_more_than_indexer_memory_mb_is_quarantined(make_receiv
     assert "MemoryError" in ev.detail and "quarantine/" in ev.detail, ev.detail
     assert rx.indexer.alive()
     assert storescu(rx.dicom.port, write_ct(tmp_path / "next", 2)).returncode == 0
-    _wait(lambda: _indexed(rx) == 2, what="the next series indexed")
+    wait_for(lambda: _indexed(rx) == 2, 20.0, "the next series indexed", every=0.05)
 
 
 def _indexer_pids(pid: int) -> list[int]:
@@ -405,7 +399,7 @@ def test_a_file_that_kills_the_indexer_is_quarantined_and_receive_never_stops(tm
         assert storescu(port, files).returncode == 0
         store = open_store(f"sqlite:///{data / 'hexnode.sqlite'}", create=False)
         try:
-            _wait(lambda: _count(store) == 3, 60, "the series after the killer file indexed")
+            wait_for(lambda: _count(store) == 3, 60, "the series after the killer file indexed", every=0.05)
             with store.transaction() as s:
                 ev = s.execute(select(Event).where(Event.entity == "instance")).scalar_one()
         finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from plumbing_helpers import PG_URL, models_dir, pg_available, pg_schema
+from plumbing_helpers import models_dir, store_on
 from series_helpers import index
 from sqlalchemy import select
 
@@ -23,7 +23,7 @@ from hexnode.route.info import SeriesInfo
 from hexnode.route.select import Selector
 from hexnode.route.stable import check_once
 from hexnode.send import outbox
-from hexnode.store.db import Job, Outbox, Result, Series, Store, Study, open_store, utcnow
+from hexnode.store.db import Job, Outbox, Result, Series, Store, Study, utcnow
 from hexnode.store.queue import LeaseLost, claim_job, complete_job
 from hexnode.store.spool import Spool
 from hexnode.worker import Worker
@@ -55,17 +55,8 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store,
     assert cfg.series.stable_seconds == 10.0 and cfg.series.study_settle_seconds == 10.0
     cfg.data_dir = str(tmp_path)
     spool = Spool(cfg.spool_path).prepare()
-    if request.param == "sqlite":
-        store = open_store(cfg.database_url)
+    with store_on(request.param, cfg.database_url) as store:
         yield store, spool, cfg
-        store.dispose()
-        return
-    if not pg_available():
-        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
-    with pg_schema() as schema:
-        store = open_store(PG_URL, schema=schema)
-        yield store, spool, cfg
-        store.dispose()
 
 
 def sendable(store: Store) -> list[tuple[str, str]]:

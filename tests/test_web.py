@@ -144,19 +144,10 @@ def test_metrics_table_in_the_docs_is_current_and_complete(server):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_store(request, tmp_path):
     """The same figures from SQLite and from the real PostgreSQL (a fresh schema)."""
-    if request.param == "sqlite":
-        store = open_store(f"sqlite:///{tmp_path / 'hexnode.sqlite'}")
-        yield store
-        store.dispose()
-        return
-    from plumbing_helpers import PG_URL, pg_available, pg_schema
+    from plumbing_helpers import store_on
 
-    if not pg_available():
-        pytest.skip("PostgreSQL not running on 127.0.0.1:5432")
-    with pg_schema() as schema:
-        store = open_store(PG_URL, schema=schema)
+    with store_on(request.param, f"sqlite:///{tmp_path / 'hexnode.sqlite'}") as store:
         yield store
-        store.dispose()
 
 
 def test_last_delivery_per_destination(any_store, tmp_path):

@@ -1,5 +1,5 @@
 """Loopback helpers shared by the demo, the benchmarks and the tests: free ports, waiting for a
-listener, and the environment dcmtk's tools need to be measured fairly."""
+listener or any condition, and the environment dcmtk's tools need to be measured fairly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -28,6 +32,18 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
+    """`cond()`'s first truthy value, polled every `every` seconds; TimeoutError naming `what`
+    when none came within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} (not within {timeout:g} s)")
 
 
 def dcmtk_env() -> dict[str, str]:
