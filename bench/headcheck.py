@@ -130,9 +130,10 @@ def real(folder: Path) -> None:
     """Every CT series of every case folder under `folder`: loaded as the worker loads it, checked."""
     from hexnode.models.brain import coverage_problem, intracranial
     from hexnode.models.headcheck import check_head
-    from hexnode.pipeline.load import VolumeError, load_volume, read_header
+    from hexnode.pipeline.load import load_volume
     from hexnode.pipeline.offline import group_series
     from hexnode.pipeline.run import header_words
+    from hexnode.series.header import VolumeError, read_header
 
     print(f"\nreal cases under {folder}")
     for case in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".ref")):

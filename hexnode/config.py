@@ -138,7 +138,7 @@ class SeriesConfig:
     # The study is the unit of the answer: its series are decided together once no instance of the
     # study has arrived for this long (a PACS routing a whole study sends series one after another).
     study_settle_seconds: float = 10.0
-    # Selection rules; empty = the built-in head NCCT rules (see hexnode/route/rules.py).
+    # Selection rules; empty = the built-in head NCCT rules (see hexnode/series/rules.py).
     selection: dict[str, Any] = field(default_factory=dict)
 
 
@@ -200,7 +200,7 @@ class HttpConfig:
 
 @dataclass
 class FollowupConfig:
-    """Follow-up scans (hexnode/route/followup.py): a patient's later NCCT is measured against the
+    """Follow-up scans (hexnode/series/followup.py): a patient's later NCCT is measured against the
     first analysed scan of the episode, and the pair becomes one of the site's outcomes."""
 
     enabled: bool = False

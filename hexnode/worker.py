@@ -200,8 +200,8 @@ class Worker:
     def _study_report(self, ctx: _StudyContext) -> Produced:
         """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
         from hexnode.report.study import Listed, build_study_not_analysed, headline
-        from hexnode.route.info import SeriesInfo
-        from hexnode.route.ranking import describe
+        from hexnode.series.info import SeriesInfo
+        from hexnode.series.ranking import describe
 
         t = time.perf_counter()
         listed: list[Listed] = []

@@ -138,7 +138,7 @@ def test_lists_comma_separated_or_json(toml: Path) -> None:
 
 
 def test_free_form_selection_table_keys_are_json_typed() -> None:
-    from hexnode.route.select import Selector
+    from hexnode.series.select import Selector
 
     env = {"HEXNODE_SERIES_SELECTION_DISABLE": '["head"]', "HEXNODE_SERIES_SELECTION_TARGET_THICKNESS_MM": "2.5",
            "HEXNODE_SERIES_SELECTION_SOFT_KERNEL_REGEX": "(?i)soft|H3\\d",

@@ -133,7 +133,7 @@ def key_problems(text: str) -> list[str]:
             if key and key[0].isupper():
                 continue  # `[hexnode] High risk …`: a mail subject, not a setting
             if section in ("series.selection.require", "series.selection.exclude"):
-                continue  # rule tables: hexnode/route/rules.py (checked below through Selector)
+                continue  # rule tables: hexnode/series/rules.py (checked below through Selector)
             cls = _table(section)
             if cls is None:
                 problems.append(f"`[{section}]`: no such table")

@@ -28,7 +28,7 @@ from plumbing_helpers import models_dir
 from sqlalchemy import select
 
 from hexnode.config import ConfigError, load_config
-from hexnode.route import followup as rule
+from hexnode.series import followup as rule
 from hexnode.store.db import Event, Outcome, Scan, Series
 
 N_PAIRS = int(os.environ.get("FOLLOWUP_TEST_PAIRS", "30"))

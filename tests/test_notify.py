@@ -648,7 +648,7 @@ def test_follow_up_expansion_alarms_corrects_and_drift_warns_once_a_day(db: tupl
     from hexnode.notify import on_followup
     from hexnode.pipeline.followup import Recorded
     from hexnode.pipeline.run import Produced
-    from hexnode.route.followup import growth
+    from hexnode.series.followup import growth
 
     store, _, series_id = db
     http = HttpReceiver().start()

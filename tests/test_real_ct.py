@@ -143,7 +143,7 @@ def test_skull_base_stub_is_incomplete_coverage_never_no_hemorrhage(node: Node, 
 
 def test_real_exports_quirks_overlap_negative_tilt_no_body_part_no_frame_of_reference(node: Node, tmp_path: Path) -> None:
     from hexnode.report.uids import results_frame_of_reference_uid
-    from hexnode.route.rules import HEAD_NOT_IN_HEADER
+    from hexnode.series.rules import HEAD_NOT_IN_HEADER
     from hexnode.synth.dicom import VENDORS
 
     bare = ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName", "FrameOfReferenceUID")

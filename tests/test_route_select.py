@@ -8,9 +8,9 @@ import pytest
 from pydicom.uid import generate_uid
 from series_helpers import base_header
 
-from hexnode.route.conditions import SelectionConfigError
-from hexnode.route.info import SeriesInfo
-from hexnode.route.select import Selector
+from hexnode.series.conditions import SelectionConfigError
+from hexnode.series.info import SeriesInfo
+from hexnode.series.select import Selector
 
 
 def info(count: int = 30, **over: object) -> SeriesInfo:

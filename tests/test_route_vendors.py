@@ -1,4 +1,4 @@
-"""Vendors' kernel and series names through the real rule engine (hexnode.route.vendors.NAMES), the
+"""Vendors' kernel and series names through the real rule engine (hexnode.series.vendors.NAMES), the
 synthetic vendors' series, and the head rule as a hint when the headers name no body part."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 from pydicom.uid import generate_uid
 from series_helpers import base_header
 
-from hexnode.route.info import SeriesInfo
-from hexnode.route.ranking import Ranking
-from hexnode.route.rules import DEFAULT_SOFT_KERNEL, HEAD_NOT_IN_HEADER
-from hexnode.route.select import Selector, head_in_header
-from hexnode.route.study import NEVER_CANDIDATE_RULES
-from hexnode.route.vendors import NAMES, Name
+from hexnode.series.answer import NEVER_CANDIDATE_RULES
+from hexnode.series.info import SeriesInfo
+from hexnode.series.ranking import Ranking
+from hexnode.series.rules import DEFAULT_SOFT_KERNEL, HEAD_NOT_IN_HEADER
+from hexnode.series.select import Selector, head_in_header
+from hexnode.series.vendors import NAMES, Name
 
 BUILTIN = Selector.from_config({})
 

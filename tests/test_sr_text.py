@@ -188,8 +188,8 @@ def test_findings_on_the_first_screen_in_a_browser(rendered: tuple[Dataset, str,
 
 
 def test_selection_note_names_a_series_without_number(tmp_path: Path) -> None:
-    from hexnode.route.info import SeriesInfo
-    from hexnode.route.ranking import describe
+    from hexnode.series.info import SeriesInfo
+    from hexnode.series.ranking import describe
 
     header = write_series(tmp_path / "ct", n=2, size=32).headers()[0]
     del header.SeriesNumber

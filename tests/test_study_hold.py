@@ -19,10 +19,10 @@ from sqlalchemy import select
 
 from hexnode.config import Config
 from hexnode.route.hold import best_kind
-from hexnode.route.info import SeriesInfo
-from hexnode.route.select import Selector
 from hexnode.route.stable import check_once
 from hexnode.send import outbox
+from hexnode.series.info import SeriesInfo
+from hexnode.series.select import Selector
 from hexnode.store.db import Job, Outbox, Result, Series, Store, Study, utcnow
 from hexnode.store.queue import LeaseLost, claim_job, complete_job
 from hexnode.store.spool import Spool

@@ -357,9 +357,9 @@ def test_ge_overlapping_runs_negative_tilt_and_bare_headers_as_real_exports_writ
     """`hexnode synth --mixed 4x14,7x14 --run-overlap 4.42 --tilt -18.5 --vendor ge --no-body-part
     --no-frame-of-reference`: the quirks of real exports, each read as the node must read it."""
     from hexnode.pipeline.load import load_volume
-    from hexnode.route.info import SeriesInfo
-    from hexnode.route.rules import HEAD_NOT_IN_HEADER
-    from hexnode.route.select import Selector
+    from hexnode.series.info import SeriesInfo
+    from hexnode.series.rules import HEAD_NOT_IN_HEADER
+    from hexnode.series.select import Selector
 
     ns = argparse.Namespace(bayes_auc=False, out=str(tmp_path), n=1, seed=81, thin=False, hard=False, tilt=-18.5,
                             normal=False, mixed="4x14,7x14", run_overlap=4.42, followup=False,

@@ -1,5 +1,5 @@
 """The worker's follow-up step: link an analysed scan to its patient's baseline, add the follow-up
-report, record the scan and the outcome pair (rule: hexnode/route/followup.py).
+report, record the scan and the outcome pair (rule: hexnode/series/followup.py).
 
 `prepare` runs after the series was analysed, outside any transaction (it reads the baseline and
 builds the report); `record` runs inside the worker's commit transaction, so the scan, the outcome
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config, FollowupConfig
 from hexnode.pipeline.run import KeySlice, Produced, headers_of, kind_of
-from hexnode.route import followup as rule
+from hexnode.series import followup as rule
 from hexnode.store.db import Scan, Series, Store
 from hexnode.store.outcomes import check_drift, record_outcome, save_drift
 from hexnode.store.spool import Spool, uid_hash

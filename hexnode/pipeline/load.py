@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from hexnode import sop
+from hexnode.series.header import MAX_SLICES, VolumeError, read_header
 
 CT_SOP_CLASSES = frozenset(sop.CT_SOP_CLASSES)
 
-MAX_SLICES = 2000
 MIN_SLICES = 2
 AIR_HU = -1024.0
 # Two positions closer than this along the normal are the same slice.
@@ -40,14 +39,6 @@ GAP_FACTOR = 1.5
 SPACING_TOLERANCE = 0.1
 ORIENTATION_TOLERANCE = 1e-3
 TILT_NOTE_DEG = 0.5
-
-
-class VolumeError(ValueError):
-    """The files do not form one analysable volume; `reason` is for the not-analysed report."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -79,18 +70,6 @@ class Volume:
     def voxel_ml(self) -> float:
         sx, sy, sz = self.spacing
         return sx * sy * sz / 1000.0
-
-
-def read_header(path: str | Path) -> Dataset:
-    """The header of one file without its pixel data; `VolumeError` when it is not DICOM."""
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise VolumeError(f"unreadable DICOM file ({type(exc).__name__})") from None
-    # pydicom reads a truncated file up to where it ends without complaint
-    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-        raise VolumeError("unreadable DICOM file (truncated or incomplete header)")
-    return ds
 
 
 def load_volume(paths: Iterable[str | Path]) -> Volume:

@@ -8,7 +8,7 @@ holding several studies (of one patient or several) gets one answer per study, e
 OUT/study-NN/ and addressed to its own patient, as the node answers per study; a study UID over
 images of several patients is not analysed.
 Several folders: each is analysed into OUT/NN-<name>/, then scans of one patient are linked in time
-order by the node's follow-up rule (hexnode/route/followup.py) and each follow-up gets its report
+order by the node's follow-up rule (hexnode/series/followup.py) and each follow-up gets its report
 and one line `growth: +12.3 ml (+45 %) over 24.0 h; expansion: yes` (offline_followup.py).
 Exit status: 0 analysed, 3 not analysed (the SR/SC saying why are written anyway), 2 nothing usable.
 """
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from hexnode.config import load_config
-from hexnode.pipeline.load import VolumeError, read_header
 from hexnode.pipeline.run import Produced, encode, kind_of, produce
-from hexnode.route.info import SeriesInfo
-from hexnode.route.select import Selector
 from hexnode.runtime import setup_logging
+from hexnode.series.header import VolumeError, read_header
+from hexnode.series.info import SeriesInfo
+from hexnode.series.select import Selector
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`hexnode run A B ...`: link a patient's scans in time order as the node does, in memory.
 
-The same rule as the worker (hexnode/route/followup.py: window, repeat, new episode, first scan
+The same rule as the worker (hexnode/series/followup.py: window, repeat, new episode, first scan
 with blood as the baseline) and the same follow-up report, written beside each follow-up's own
 objects (followup-SR.dcm, followup-SC.dcm). Patients are compared by a keyed hash under a secret
 drawn for this run only; nothing is stored and no identifier is printed.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hexnode.pipeline.run import Produced, encode, headers_of, kind_of
-from hexnode.route import followup as rule
+from hexnode.series import followup as rule
 
 
 @dataclass

@@ -17,7 +17,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from hexnode.pipeline.contracts import Analyser, Prediction
-from hexnode.pipeline.load import VolumeError, load_volume, read_header
+from hexnode.pipeline.load import load_volume
+from hexnode.series.header import VolumeError, read_header
 
 log = logging.getLogger(__name__)
 

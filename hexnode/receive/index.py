@@ -103,7 +103,7 @@ _FUNCTIONAL_GROUPS: dict[str, Any] = {
     "PixelValueTransformationSequence": {"RescaleIntercept": None, "RescaleSlope": None},
 }
 SERIES_HEADER: dict[str, Any] = {
-    # read by route's built-in rules, ranking and report note (hexnode/route/rules.py, info.py, ranking.py)
+    # read by route's built-in rules, ranking and report note (hexnode/series/rules.py, info.py, ranking.py)
     "Modality": None, "SOPClassUID": None, "ImageType": None, "BodyPartExamined": None,
     "SeriesDescription": None, "StudyDescription": None, "ProtocolName": None, "ConvolutionKernel": None,
     "SliceThickness": None, "SeriesNumber": None, "NumberOfFrames": None, "ImageOrientationPatient": None,

@@ -50,7 +50,7 @@ from hexnode.report.sc import sc_dataset
 from hexnode.report.seg import SEGMENT_NUMBER, TRACKING_LABEL
 from hexnode.report.sr import algorithm_id, measurement_report, plain
 from hexnode.report.uids import derive_uid
-from hexnode.route.followup import DEFINITIONS, Growth
+from hexnode.series.followup import DEFINITIONS, Growth
 
 FOLLOWUP_SR = (9904, "hexnode follow-up SR")
 FOLLOWUP_SC = (9905, "hexnode follow-up summary")

@@ -45,18 +45,13 @@ from sqlalchemy.orm import Session
 
 from hexnode import runtime
 from hexnode.config import Config, load_config
-from hexnode.pipeline.load import VolumeError, read_header
 from hexnode.route.hold import best_kind, held_jobs, release, supersede
-from hexnode.route.info import SeriesInfo
-from hexnode.route.ranking import describe
-from hexnode.route.select import Decision, Selector
-from hexnode.route.study import (
-    answer_of,
-    enqueue_study_job,
-    never_candidate,
-    study_jobs,
-    supersede_study_jobs,
-)
+from hexnode.route.study import answer_of, enqueue_study_job, study_jobs, supersede_study_jobs
+from hexnode.series.answer import never_candidate
+from hexnode.series.header import VolumeError, read_header
+from hexnode.series.info import SeriesInfo
+from hexnode.series.ranking import describe
+from hexnode.series.select import Decision, Selector
 from hexnode.sop import is_ct, sop_class_name
 from hexnode.store.db import Instance, Job, Series, Store, Study, open_store, utcnow
 from hexnode.store.heartbeat import Beater

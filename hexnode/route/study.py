@@ -1,4 +1,5 @@
-"""The study as the unit of the answer (docs/architecture.md §4 "Not analysed"): the database side.
+"""The study as the unit of the answer (docs/architecture.md §4 "Not analysed"): the database side
+(the rules are hexnode.series.answer).
 
 What goes back to the PACS is decided per study: the chosen series' result set (or its own
 "not analysed" report, when the worker finds it incomplete), or, when no series of the study can be
@@ -13,36 +14,13 @@ reason and never cause a report, nor re-open an answered study.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.route.select import Decision
+from hexnode.series.answer import Answer
 from hexnode.sop import CT_SOP_CLASSES
 from hexnode.store.db import Event, Job, Series, Study, utcnow
 from hexnode.store.queue import transition
-
-# Built-in rules whose failure means the series was never meant to be analysed.
-NEVER_CANDIDATE_RULES = frozenset({"scout", "dose-report", "modality", "sop-class"})
-# The headline of a study-level report when several series arrived and none fits.
-NO_ANALYSABLE = "no axial soft-tissue head non-contrast CT in this study"
-
-
-def never_candidate(series: Series, decision: Decision | None) -> bool:
-    """A localizer, dose report, or anything that is not a CT image: never worth a report."""
-    if (series.modality or "").upper() != "CT" or (series.sop_class_uid or "") not in CT_SOP_CLASSES:
-        return True
-    return decision is not None and any(r in NEVER_CANDIDATE_RULES for r in decision.rules)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the PACS holds as hexnode's answer for a study (None fields: nothing yet)."""
-
-    kind: str | None = None  # "result" | "not analysed"
-    sr_uid: str | None = None
-    sr_series_uid: str | None = None
 
 
 def answer_of(study: Study) -> Answer:

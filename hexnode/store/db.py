@@ -304,7 +304,7 @@ class StageBeat(Base):
 
 class Scan(Base):
     """An analysed (or not analysable) NCCT of a known patient, for follow-up linking
-    (hexnode/route/followup.py). The patient is only its keyed hash: never an ID in clear."""
+    (hexnode/series/followup.py). The patient is only its keyed hash: never an ID in clear."""
 
     __tablename__ = "scans"
     __table_args__ = (Index("ix_scans_patient_role", "patient_key", "role"),)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class Growth(Protocol):
-    """What an outcome row records of a measured growth (hexnode.route.followup.Growth); a
+    """What an outcome row records of a measured growth (hexnode.series.followup.Growth); a
     Protocol, so that the store, below every stage, imports none of them."""
 
     @property

@@ -30,7 +30,7 @@ from hexnode.synth.case import Case
 INTERCEPT = -1024.0
 _SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
 
-#: A head NCCT series as each vendor writes it (real names: hexnode.route.vendors lists them with
+#: A head NCCT series as each vendor writes it (real names: hexnode.series.vendors lists them with
 #: what each must mean): manufacturer, model, soft-tissue kernel, description, protocol, body part.
 VENDORS: dict[str, dict[str, Any]] = {
     "ge": {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturerModelName": "Revolution CT",

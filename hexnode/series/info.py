@@ -11,7 +11,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from hexnode.route.rules import OTHER_REGION
+from hexnode.series.rules import OTHER_REGION
 
 # A head CT may be tilted up to about 30 degrees and still be axial.
 AXIAL_MAX_DEG = 35.0

@@ -8,8 +8,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hexnode.route.info import SeriesInfo, as_number, as_text
-from hexnode.route.rules import DEFAULT_SOFT_KERNEL
+from hexnode.series.info import SeriesInfo, as_number, as_text
+from hexnode.series.rules import DEFAULT_SOFT_KERNEL
 
 
 @dataclass(frozen=True)

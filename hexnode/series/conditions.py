@@ -1,5 +1,5 @@
 """The rule engine: a rule's condition checked when the configuration is read, and evaluated
-against one series (the condition language is described in hexnode.route.rules)."""
+against one series (the condition language is described in hexnode.series.rules)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hexnode.route.info import SeriesInfo, as_number, as_text
+from hexnode.series.info import SeriesInfo, as_number, as_text
 
 
 class SelectionConfigError(ValueError):

@@ -1,7 +1,7 @@
 r"""The built-in selection rules as plain data: which series are analysable head NCCT, and why not.
 
-The rule engine is hexnode.route.conditions, the study-level choice hexnode.route.ranking and
-hexnode.route.select puts them together (`Selector`).
+The rule engine is hexnode.series.conditions, the study-level choice hexnode.series.ranking and
+hexnode.series.select puts them together (`Selector`).
 
 Rules are plain data, so a site can read and change them in `hexnode.toml` (`[series.selection]`):
 
@@ -10,7 +10,7 @@ Rules are plain data, so a site can read and change them in `hexnode.toml` (`[se
 builtin = true                 # keep the built-in head NCCT rules below (false: only yours)
 disable = ["head"]             # switch built-in rules off by name
 target_thickness_mm = 5.0      # study-level choice: closest to this thickness wins
-soft_kernel_regex = '(?i)soft|standard|^H[1-4]\d|^UB$'   # replaces the vendors' names (hexnode.route.vendors)
+soft_kernel_regex = '(?i)soft|standard|^H[1-4]\d|^UB$'   # replaces the vendors' names (hexnode.series.vendors)
 
 [[series.selection.require]]   # every `require` rule must match, else the series is rejected
 name = "my scanner"
@@ -31,7 +31,7 @@ hi]` (either may be omitted with `min`/`max` instead), `present` — or a combin
 value). Every failing rule's reason is recorded; the first one is the headline.
 
 Kernel names, dose pages, localizers and reconstruction names are matched as the vendors write
-them, whole words (hexnode.route.vendors: "iDose" is not a dose page). The head rule is a hint:
+them, whole words (hexnode.series.vendors: "iDose" is not a dose page). The head rule is a hint:
 route has no pixels, so a series whose headers name no body part (or a generic one) passes with
 `HEAD_NOT_IN_HEADER` in its selection note, and the worker confirms the head from the images;
 one whose headers name another body part (CHEST, ABDOMEN, ...) is refused.
@@ -42,8 +42,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hexnode.pipeline.load import MAX_SLICES
-from hexnode.route import vendors
+from hexnode.series import vendors
+from hexnode.series.header import MAX_SLICES
 from hexnode.sop import CT_SOP_CLASSES
 
 # Words that say "head" in a body part, description or protocol (any language a site writes).
@@ -108,5 +108,5 @@ BUILTIN_EXCLUDE: list[dict[str, Any]] = [
      "reason": "dose report / screen capture"},
 ]
 
-# Soft-tissue kernels as vendors name them (hexnode.route.vendors): the study-level choice prefers them.
+# Soft-tissue kernels as vendors name them (hexnode.series.vendors): the study-level choice prefers them.
 DEFAULT_SOFT_KERNEL = vendors.SOFT_KERNEL

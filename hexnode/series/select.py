@@ -1,9 +1,9 @@
 """The selector: a series accepted or rejected by the rules (with every reason), and one series
 of a study chosen for analysis.
 
-The rule data is hexnode.route.rules (also how to write site rules in `[series.selection]`), the
-rule engine hexnode.route.conditions, what is known about a series hexnode.route.info and the
-study-level ranking hexnode.route.ranking.
+The rule data is hexnode.series.rules (also how to write site rules in `[series.selection]`), the
+rule engine hexnode.series.conditions, what is known about a series hexnode.series.info and the
+study-level ranking hexnode.series.ranking.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hexnode.route.conditions import Rule, SelectionConfigError, evaluate, parse_rules
-from hexnode.route.info import SeriesInfo, as_text
-from hexnode.route.ranking import Choice, Ranking
-from hexnode.route.rules import (
+from hexnode.series.conditions import Rule, SelectionConfigError, evaluate, parse_rules
+from hexnode.series.info import SeriesInfo, as_text
+from hexnode.series.ranking import Choice, Ranking
+from hexnode.series.rules import (
     BUILTIN_EXCLUDE,
     BUILTIN_REQUIRE,
     DEFAULT_SOFT_KERNEL,
