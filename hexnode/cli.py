@@ -53,7 +53,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
-    from hexnode.route.stable import run_route
+    from hexnode.route.service import run_route
 
     return run_route(args)
 

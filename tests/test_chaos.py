@@ -17,7 +17,8 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.route.stable import INCOMPLETE_WAIT_FACTOR, check_once
+from hexnode.route.completion import INCOMPLETE_WAIT_FACTOR
+from hexnode.route.service import check_once
 from hexnode.store.db import Series, open_store, utcnow
 from hexnode.store.spool import Spool
 

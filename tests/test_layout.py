@@ -95,7 +95,7 @@ def test_the_walker_sees_what_it_must() -> None:
     """The rules above can fail: the walker finds real imports, lazy ones and relative ones."""
     mods = all_modules()
     assert "hexnode.store.db" in mods["hexnode.receive.indexer"]
-    assert "hexnode.route.stable" in mods["hexnode.cli"]  # a lazy import inside a function
+    assert "hexnode.route.service" in mods["hexnode.cli"]  # a lazy import inside a function
     src = "def f():\n    try:\n        from hexnode.route import stable\n    except ImportError:\n        pass\n"
     assert violations("hexnode.receive.indexer", imports(src, "hexnode.receive.indexer")) != []
     rel = imports("from ..send import scu\nfrom . import gate\n", "hexnode.receive.scp")
@@ -103,7 +103,7 @@ def test_the_walker_sees_what_it_must() -> None:
     assert violations("hexnode.receive.scp", rel) != []
     assert violations("hexnode.models.segment", imports("import torch\n", "hexnode.models.segment")) != []
     assert violations("hexnode.store.outcomes", {"hexnode.route.followup"}) != []
-    assert violations("hexnode.route.stable", {"hexnode.store.db", "hexnode.pipeline.load"}) == []
+    assert violations("hexnode.route.decide", {"hexnode.store.db", "hexnode.pipeline.load"}) == []
 
 
 @pytest.mark.parametrize("stage", ["receive", "route", "worker", "send", "web", "node", "serve"])

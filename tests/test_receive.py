@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from hexnode.config import Config, TLSConfig
 from hexnode.devtools.net import wait_for
 from hexnode.receive.scp import Receiver
-from hexnode.route.stable import check_once
+from hexnode.route.service import check_once
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Series, open_store
 from hexnode.store.spool import Spool, instance_relpath, safe_component

@@ -14,7 +14,8 @@ from series_helpers import index, write_series
 from sqlalchemy import select
 
 from hexnode.config import Config
-from hexnode.route.stable import MIN_QUIET_SECONDS, check_once, start_scheduler, whole_reason
+from hexnode.route.completion import MIN_QUIET_SECONDS, whole_reason
+from hexnode.route.service import check_once, start_scheduler
 from hexnode.store.db import Event, Instance, Job, Series, Store, open_store, utcnow
 from hexnode.store.spool import Spool
 
@@ -335,7 +336,7 @@ def test_indexer_lag_does_not_complete_a_series_mid_indexing(env: tuple[Store, S
     """Rows appearing with old C-STORE times (the indexer behind a fast sender) keep the series open
     until its count has been still for the stable time; the count proof (Images in Acquisition) is
     not delayed."""
-    from hexnode.route.stable import CountWatch
+    from hexnode.route.completion import CountWatch
 
     store, spool, cfg = env
     watch = CountWatch()

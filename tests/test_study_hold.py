@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from hexnode.config import Config
 from hexnode.route.hold import best_kind
-from hexnode.route.stable import check_once
+from hexnode.route.service import check_once
 from hexnode.send import outbox
 from hexnode.series.info import SeriesInfo
 from hexnode.series.select import Selector

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from hexnode.config import Config
 from hexnode.devtools.demo import sr_summary
-from hexnode.route.stable import check_once
+from hexnode.route.service import check_once
 from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_store, utcnow
 from hexnode.store.spool import Spool
 from hexnode.worker import Worker

@@ -13,7 +13,7 @@ under (the C-STORE command's, in the file meta), else the file is quarantined
 ``record_instance(s, header, relpath, size, calling_ae, received_at) -> Recorded`` is idempotent
 on the SOP Instance UID. It records and counts, and decides nothing: a series whose SOP class is
 not CT, or an instance that arrives after its series was decided, is route's to act on
-(``hexnode.route.stable.settle_arrivals``: rejected with the reason, or re-opened as a new
+(``hexnode.route.completion.settle_arrivals``: rejected with the reason, or re-opened as a new
 revision), so nothing sent to us disappears silently.
 
 The series header (``series.header``) is an allow-list (:data:`SERIES_HEADER`), applied at every

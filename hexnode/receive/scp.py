@@ -59,7 +59,7 @@ Policies (``[dicom]`` in hexnode.toml):
 Logs never contain patient name, ID or birth date; series are named by a short UID hash.
 
 What happens to a series once it is indexed (completion, selection, the study's decision) is
-`hexnode route`'s job (``hexnode.route.stable``), a process of its own that reads the same
+`hexnode route`'s job (``hexnode.route.service``), a process of its own that reads the same
 database; nothing here imports it. `hexnode node` (and the old `hexnode serve`) start both.
 """
 
@@ -315,7 +315,7 @@ class Receiver:
 
         A sender that aborted (or lost the connection, or stalled past the network timeout) or that
         had C-STOREs fail stopped part-way through what it was sending; its series must wait for
-        the rest and is never analysed partial (hexnode.route.stable). Its partial file, if it was
+        the rest and is never analysed partial (hexnode.route.completion). Its partial file, if it was
         cut off inside an instance, is deleted. One line says what happened."""
         with self._sent_lock:
             sent = self._sent.pop(id(assoc), None)

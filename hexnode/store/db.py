@@ -177,7 +177,7 @@ class Series(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     # instance_count when the series last left "received" (route decided it). Receive only counts;
     # a count above this is an instance that arrived after the decision, and route re-opens the
-    # series (hexnode.route.stable.settle_arrivals). None while the series has not been decided.
+    # series (hexnode.route.completion.settle_arrivals). None while the series has not been decided.
     decided_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     first_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
