@@ -29,7 +29,7 @@ from hexnode.models.registry import (
     make_session,
 )
 from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, volume_ml
-from hexnode.pipeline.contracts import ModelInfo, Prediction
+from hexnode.pipeline.contracts import IncompleteCoverage, ModelInfo, NotAnalysable, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,12 @@ __all__ = ["Analysis", "ImplausibleSegmentation", "IncompleteCoverage", "Models"
 MAX_PLAUSIBLE_ML = 500.0
 
 
-class NotAnalysable(ValueError):
-    """The model stage found the series unfit for any statement; `reason` is for the report.
-
-    Deterministic for a series and a model set: a retry would give the same answer."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
 class ImplausibleSegmentation(NotAnalysable):
     """The segmentation marked more than `Models.max_plausible_ml` as hemorrhage: not analysed."""
 
     def __init__(self, volume: float, limit: float) -> None:
         super().__init__(f"segmentation implausible: {volume:.0f} ml marked as hemorrhage "
                          f"(more than {limit:.0f} ml); not analysed")
-
-
-class IncompleteCoverage(NotAnalysable):
-    """The series does not cover the brain (vertex to posterior fossa): no statement about it,
-    least of all "no hemorrhage"."""
 
 
 class NotANonContrastHead(NotAnalysable):

@@ -3,7 +3,9 @@
 The worker (and `hexnode run`) calls an `Analyser` (hexnode.models.pipeline.Models is the one
 the node loads) and gets an `Analysed`: a mask and a `Prediction`, which it hands to
 `hexnode.report`; neither side imports the other. An analyser that cannot make a statement about
-a series raises hexnode.models.pipeline.NotAnalysable (with a `reason` for the report).
+a series raises `NotAnalysable` (with a `reason` for the report), `IncompleteCoverage` when the
+series does not cover the brain: the errors are part of the contract, so the caller catches them
+without importing the analyser.
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ class Prediction:
     @property
     def threshold(self) -> float:
         return self.model.threshold
+
+
+class NotAnalysable(ValueError):
+    """The model stage found the series unfit for any statement; `reason` is for the report.
+
+    Deterministic for a series and a model set: a retry would give the same answer."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class IncompleteCoverage(NotAnalysable):
+    """The series does not cover the brain (vertex to posterior fossa): no statement about it,
+    least of all "no hemorrhage"."""
 
 
 class Analysed(Protocol):

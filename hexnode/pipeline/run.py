@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hexnode.pipeline.contracts import Analyser, Prediction
+from hexnode.pipeline.contracts import Analyser, IncompleteCoverage, NotAnalysable, Prediction
 from hexnode.pipeline.load import load_volume
 from hexnode.series.header import VolumeError, read_header
 
@@ -149,8 +149,6 @@ def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selec
         out.cause = None if stopped is None else "sender_stopped"
         return out
     timings["load"] = time.perf_counter() - t
-    from hexnode.models.pipeline import IncompleteCoverage, NotAnalysable
-
     notes = vol.notes
     if stopped is not None:  # whole after all (the sender resent the rest): say so in the report
         notes = (*notes, f"the sender stopped part-way ({stopped}); the series is whole by slice positions and coverage")
