@@ -4,11 +4,13 @@ One process per GPU. ONNX Runtime sessions are created once per process (`Models
 with a heart-beat thread marks the job as ours, so a `kill -9` leaves it to be reclaimed by
 another worker after `lease_seconds`. Results, outbox rows and the job's completion are one
 transaction: either all of them exist or none (and the derived UIDs make a rerun identical).
+A claimed job comes as one `Task` (hexnode.pipeline.task), read from its row in the claim's
+transaction; the worker knows nothing of how route decided.
 
-The study is the unit of the answer (hexnode.route.study): the chosen series that cannot be loaded
+The study is the unit of the answer (hexnode.series.answer): the chosen series that cannot be loaded
 as a volume (gap, duplicates, missing decoder …) or is incomplete gets a "not analysed" SR + SC
 with the reason; a study-level job builds one "not analysed" SR + SC for a study with no analysable
-series (`[report] per_series_not_analysed`: one per rejected series instead). Each answer names
+series (`pipeline.run.produce_study`; `[report] per_series_not_analysed`: one per rejected series instead). Each answer names
 the study's previous one (a late series re-opened it) as its predecessor. An unexpected error is retried
 up to `max_attempts`; the last failure sends a "not analysed" report too, so the reader never
 waits for a result that will not come.
@@ -24,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -33,13 +34,13 @@ from sqlalchemy.orm import Session
 from hexnode import notify, runtime
 from hexnode.config import Config, load_config
 from hexnode.pipeline.contracts import Analyser, Prediction
-from hexnode.pipeline.load import VolumeError
-from hexnode.pipeline.run import Produced, encode, headers_of, kind_of, not_analysed, produce
+from hexnode.pipeline.run import Produced, encode, kind_of, not_analysed, produce, produce_study
+from hexnode.pipeline.task import Task
 from hexnode.report.study import PreviousAnswer, name_predecessor
 from hexnode.report.uids import derive_uid
 from hexnode.report.warm import warm_up
-from hexnode.route.study import Answer, answer_of, listed_series, record_answer
-from hexnode.store.db import Job, Series, Store, Study, open_store
+from hexnode.store.answers import record_answer
+from hexnode.store.db import Job, Store, open_store
 from hexnode.store.heartbeat import Beater
 from hexnode.store.queue import (
     LeaseLost,
@@ -48,9 +49,8 @@ from hexnode.store.queue import (
     complete_job,
     fail_job,
     heartbeat,
-    series_instances,
 )
-from hexnode.store.spool import Spool, uid_hash
+from hexnode.store.spool import Spool
 
 if TYPE_CHECKING:
     from hexnode.pipeline.followup import Pending
@@ -140,88 +140,51 @@ class Worker:
             job = claim_job(s, self.owner, self.cfg.worker.lease_seconds, max_attempts=self.cfg.worker.max_attempts)
             if job is None:
                 return None
-            series = s.get(Series, job.series_id)
-            assert series is not None
-            job_id, revision, attempts = job.id, job.revision, job.attempts
-            series_uid, calling_ae = series.series_uid, series.calling_ae
-            # select's verdict for this revision: chosen (note) or rejected (reason)
-            selected, reason = series.selected, series.reason
-            stopped = series.aborted_note
-            paths = [self.spool.path(i.path) for i in series_instances(s, series.id)]
-            study = s.get(Study, series.study_id)
-            assert study is not None
-            ctx = _StudyContext(study.id, study.study_uid, answer_of(study), job.study_revision)
-            if ctx.study_revision is not None:
-                ctx.listed = [(x.series_uid, x.reason or x.state, [self.spool.path(i.path) for i in series_instances(s, x.id)])
-                              for x in listed_series(s, study.id)]
+            task = Task.from_job(s, job, self.spool)
         if self.on_claim is not None:
             self.on_claim()
-        name = uid_hash(series_uid)
-        log.info("job %d: series %s revision %d, %d instances, attempt %d%s", job_id, name, revision, len(paths),
-                 attempts, "" if ctx.study_revision is None else f", study report revision {ctx.study_revision}")
+        log.info("job %d: series %s revision %d, %d instances, attempt %d%s", task.job_id, task.name, task.revision,
+                 len(task.paths), task.attempts,
+                 "" if task.study_revision is None else f", study report revision {task.study_revision}")
         t0 = time.perf_counter()
-        with _Heartbeat(self.store, job_id, self.owner, self.cfg) as hb:
+        pending: Pending | None = None
+        with _Heartbeat(self.store, task.job_id, self.owner, self.cfg) as hb:
             try:
-                if ctx.study_revision is not None:
-                    produced = self._study_report(ctx)
-                elif selected is False:
-                    produced = produce(paths, self.models, revision=revision, rejected=reason or "not selected")
+                if task.study_revision is not None:
+                    produced = produce_study(task.listed, self.models, revision=task.study_revision,
+                                             previous=_standing(task))
+                elif task.selected is False:
+                    produced = produce(task.paths, self.models, revision=task.revision,
+                                       rejected=task.note or "not selected")
                 else:
-                    previous = self._superseded(ctx, series_uid, revision)
-                    note = reason
+                    previous = self._superseded(task)
+                    note = task.note
                     if previous is not None:
-                        note = f"{reason or 'analysed'}; {SUPERSEDES_STUDY_ANSWER}"
-                    produced = produce(paths, self.models, revision=revision, selection_note=note,
-                                       stopped=stopped)
+                        note = f"{task.note or 'analysed'}; {SUPERSEDES_STUDY_ANSWER}"
+                    produced = produce(task.paths, self.models, revision=task.revision, selection_note=note,
+                                       stopped=task.stopped)
                     _name_predecessor(produced, previous)
                     if self.followup is not None:
-                        ctx.followup = self.followup.prepare(self.store, paths, produced, series_uid, revision)
+                        pending = self.followup.prepare(self.store, task.paths, produced, task.series_uid,
+                                                        task.revision)
             except Exception as exc:  # a bug or a resource problem: retry, and on the last attempt report it
-                return self._failed(job_id, name, series_uid, calling_ae, paths, revision, attempts, exc, ctx)
+                return self._failed(task, exc)
         if hb.lost:
-            return JobOutcome(job_id, name, "lost", "lease lost")
+            return JobOutcome(task.job_id, task.name, "lost", "lease lost")
         produced.timings["total"] = time.perf_counter() - t0
-        # The study's answer: the chosen series' outcome, or the study-level report.
-        ctx.answers = selected is True or ctx.study_revision is not None
-        return self._commit(job_id, name, series_uid, calling_ae, revision, produced, ctx)
+        return self._commit(task, produced, pending)
 
-    def _superseded(self, ctx: _StudyContext, series_uid: str, revision: int) -> PreviousAnswer | None:
+    def _superseded(self, task: Task) -> PreviousAnswer | None:
         """The study's standing answer when it came from elsewhere than this series' own previous
         revision (which the report names already): a late series' answer supersedes it."""
-        a = ctx.answer
+        a = task.answer
         if a.sr_uid is None or a.sr_series_uid is None:
             return None
         version = self.models.info.version
-        own = {derive_uid(series_uid, version, "sr", r) for r in range(revision + 1)}
+        own = {derive_uid(task.series_uid, version, "sr", r) for r in range(task.revision + 1)}
         if a.sr_uid in own:
             return None
-        return PreviousAnswer(ctx.study_uid, a.sr_series_uid, a.sr_uid)
-
-    def _study_report(self, ctx: _StudyContext) -> Produced:
-        """One "not analysed" SR + SC for the study, listing each series that arrived and why."""
-        from hexnode.report.study import Listed, build_study_not_analysed, headline
-        from hexnode.series.info import SeriesInfo
-        from hexnode.series.ranking import describe
-
-        t = time.perf_counter()
-        listed: list[Listed] = []
-        sources = []
-        for uid, why, paths in ctx.listed:
-            headers = headers_of(paths)
-            if not headers:
-                listed.append(Listed(f"{uid_hash(uid)} (unreadable)", why))
-                continue
-            info = SeriesInfo(series_uid=uid, header=headers[len(headers) // 2], instance_count=len(headers))
-            listed.append(Listed(describe(info), why))
-            sources += headers
-        if not sources:
-            raise VolumeError("no readable header in the study to address a report to")
-        previous = None
-        if ctx.answer.sr_uid and ctx.answer.sr_series_uid:
-            previous = PreviousAnswer(ctx.study_uid, ctx.answer.sr_series_uid, ctx.answer.sr_uid)
-        datasets = build_study_not_analysed(sources, listed, self.models.info, revision=ctx.study_revision or 0,
-                                            previous=previous)
-        return Produced(datasets=datasets, reason=headline(listed), timings={"report": time.perf_counter() - t})
+        return PreviousAnswer(task.study_uid, a.sr_series_uid, a.sr_uid)
 
     def _write(self, series_uid: str, revision: int, produced: Produced) -> list[tuple[str, str, str, str]]:
         rows = []
@@ -233,12 +196,12 @@ class Worker:
             rows.append((kind, sop, rel, str(ds.SOPClassUID)))
         return rows
 
-    def _commit(self, job_id: int, name: str, series_uid: str, calling_ae: str, revision: int,
-                produced: Produced, ctx: _StudyContext) -> JobOutcome:
+    def _commit(self, task: Task, produced: Produced, pending: Pending | None) -> JobOutcome:
+        job_id, name, revision = task.job_id, task.name, task.revision
         t = time.perf_counter()
-        rows = self._write(series_uid, revision, produced)
+        rows = self._write(task.series_uid, revision, produced)
         produced.timings["write"] = time.perf_counter() - t
-        dests = destinations_for(self.cfg, calling_ae)
+        dests = destinations_for(self.cfg, task.calling_ae)
         state = "reported" if produced.analysed else "rejected"
         try:
             with self.store.transaction() as s:
@@ -246,7 +209,7 @@ class Worker:
                 assert job is not None
                 for kind, sop, rel, sop_class in rows:
                     add_result(s, job, kind, sop, rel, dests, sop_class_uid=sop_class)
-                study_job = ctx.study_revision is not None
+                study_job = task.study_report
                 # a study report's reason is the study's: the series it is filed under keeps its own
                 complete_job(s, job_id, self.owner, timings=produced.timings, series_state=state,
                              reason=None if produced.analysed or study_job else produced.reason)
@@ -254,15 +217,15 @@ class Worker:
                 # a held job either before this commit (held is False now) or after it (route then
                 # records the answer itself, hexnode.route.hold.release)
                 s.refresh(job, ["held"])
-                if ctx.answers and not job.held:
-                    _record_answer(s, ctx, produced)
-                if ctx.followup is not None and self.followup is not None:
-                    recorded = self.followup.record(s, job.series_id, ctx.followup, rows)
+                if task.answers and not job.held:
+                    _record_answer(s, task, produced)
+                if pending is not None and self.followup is not None:
+                    recorded = self.followup.record(s, job.series_id, pending, rows)
                     notify.on_followup(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
                                        recorded=recorded)
                 if not study_job:  # alerts, corrections, not-analysed notices: with the result or not at all
                     notify.on_result(s, self.cfg, series_id=job.series_id, revision=revision, produced=produced,
-                                     answers=ctx.answers)
+                                     answers=task.answers)
         except LeaseLost as exc:
             log.warning("job %d: %s; its results were not recorded", job_id, exc)
             return JobOutcome(job_id, name, "lost", str(exc))
@@ -270,25 +233,25 @@ class Worker:
             p = produced.prediction
             log.info("job %d: series %s reported: %.1f ml, p=%.2f (%s), %.2f s", job_id, name, p.volume_ml,
                      p.probability, "High" if p.high_risk else "Low", produced.timings["total"])
-        elif ctx.study_revision is not None:
+        elif task.study_revision is not None:
             log.info("job %d: study report revision %d (filed under series %s), not analysed: %s", job_id,
-                     ctx.study_revision, name, produced.reason)
+                     task.study_revision, name, produced.reason)
         else:
             log.info("job %d: series %s not analysed: %s", job_id, name, produced.reason)
         return JobOutcome(job_id, name, state, produced.reason, produced.timings, produced.prediction)
 
-    def _failed(self, job_id: int, name: str, series_uid: str, calling_ae: str, paths: list[Path],
-                revision: int, attempts: int, exc: Exception, ctx: _StudyContext) -> JobOutcome:
+    def _failed(self, task: Task, exc: Exception) -> JobOutcome:
+        job_id, name, attempts = task.job_id, task.name, task.attempts
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
         log.error("job %d: series %s failed (attempt %d): %s", job_id, name, attempts, error, exc_info=True)
         final = attempts >= self.cfg.worker.max_attempts
         rows: list[tuple[str, str, str, str]] = []
         # A study report that cannot be built has no per-series fallback (it would be a report of
         # one series the reader never expected); the failure stays in the job and the log.
-        if final and ctx.study_revision is None:
+        if final and task.study_revision is None:
             try:
-                produced = not_analysed(paths, f"analysis failed: {error}", self.models, revision=revision)
-                rows = self._write(series_uid, revision, produced)
+                produced = not_analysed(task.paths, f"analysis failed: {error}", self.models, revision=task.revision)
+                rows = self._write(task.series_uid, task.revision, produced)
             except Exception:
                 log.exception("job %d: cannot build the not-analysed report either", job_id)
         try:
@@ -298,7 +261,8 @@ class Worker:
                     job_row = s.get(Job, job_id)
                     assert job_row is not None
                     for kind, sop, rel, sop_class in rows:
-                        add_result(s, job_row, kind, sop, rel, destinations_for(self.cfg, calling_ae), sop_class_uid=sop_class)
+                        add_result(s, job_row, kind, sop, rel, destinations_for(self.cfg, task.calling_ae),
+                                   sop_class_uid=sop_class)
         except LeaseLost as lost:
             return JobOutcome(job_id, name, "lost", str(lost))
         return JobOutcome(job_id, name, "failed" if final else "retry", error)
@@ -306,19 +270,6 @@ class Worker:
 
 # Said in the result of a series that arrived after the study was answered (e.g. "not analysed").
 SUPERSEDES_STUDY_ANSWER = "it supersedes hexnode's previous answer for this study"
-
-
-@dataclass
-class _StudyContext:
-    """What a job needs to know about its study (read in the claim transaction)."""
-
-    study_id: int
-    study_uid: str
-    answer: Answer
-    study_revision: int | None  # set: a study-level report job
-    listed: list[tuple[str, str, list[Path]]] = field(default_factory=list)  # (series UID, reason, files)
-    answers: bool = False  # this job's outcome becomes the study's answer
-    followup: Pending | None = None  # what the follow-up step records with the results (scan, outcome pair)
 
 
 def _sr_of(produced: Produced) -> Dataset | None:
@@ -331,12 +282,20 @@ def _name_predecessor(produced: Produced, previous: PreviousAnswer | None) -> No
         name_predecessor(sr, previous)
 
 
-def _record_answer(s: Session, ctx: _StudyContext, produced: Produced) -> None:
+def _standing(task: Task) -> PreviousAnswer | None:
+    """The study's answer the PACS holds, as the study report names its predecessor; None: none yet."""
+    a = task.answer
+    if not a.sr_uid or not a.sr_series_uid:
+        return None
+    return PreviousAnswer(task.study_uid, a.sr_series_uid, a.sr_uid)
+
+
+def _record_answer(s: Session, task: Task, produced: Produced) -> None:
     sr = _sr_of(produced)
     if sr is None:
         return
-    record_answer(s, ctx.study_id, "result" if produced.analysed else "not analysed", str(sr.SOPInstanceUID),
-                  str(sr.SeriesInstanceUID), ctx.study_revision)
+    record_answer(s, task.study_id, "result" if produced.analysed else "not analysed", str(sr.SOPInstanceUID),
+                  str(sr.SeriesInstanceUID), task.study_revision)
 
 
 def load_models(cfg: Config, store: Store | None = None) -> Analyser:

@@ -167,7 +167,7 @@ def test_study_without_analysable_series_gets_one_study_report(env: tuple[Store,
 
 
 def test_late_series_after_a_study_answer(env: tuple[Store, Spool, Config], tmp_path: Path) -> None:
-    from hexnode.route.study import record_answer
+    from hexnode.store.answers import record_answer
 
     store, spool, cfg = env
     t0 = utcnow()

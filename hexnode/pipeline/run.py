@@ -1,7 +1,8 @@
 """One series' files → result objects: the part of the pipeline the worker and `hexnode run` share.
 
 load_volume → Models.analyse → build_results, or build_not_analysed when the series was rejected
-(by select, or by load_volume) — never a crash for bad input. No database, no network.
+(by select, or by load_volume) — never a crash for bad input; and a study's one "not analysed"
+report when none of its series can be analysed (`produce_study`). No database, no network.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -19,6 +21,9 @@ from pydicom.dataset import Dataset
 from hexnode.pipeline.contracts import Analyser, IncompleteCoverage, NotAnalysable, Prediction
 from hexnode.pipeline.load import load_volume
 from hexnode.series.header import VolumeError, read_header
+
+if TYPE_CHECKING:
+    from hexnode.report.study import PreviousAnswer
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +183,38 @@ def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selec
                    key=key_slice_of(vol.hu, analysis.mask, vol.spacing, vol.headers))
     del vol, analysis  # the volume is the biggest thing a worker holds: free it before the next job
     return out
+
+
+@dataclass(frozen=True)
+class ListedSeries:
+    """A series of a study as its study-level report lists it: why it was not analysed, its files."""
+
+    series_uid: str
+    reason: str
+    paths: tuple[Path, ...]
+
+
+def produce_study(listed: Sequence[ListedSeries], models: Analyser, *, revision: int = 0,
+                  previous: PreviousAnswer | None = None) -> Produced:
+    """One "not analysed" SR + SC for the study, listing each series that arrived and why;
+    `previous`: the study's answer the PACS holds, which this one supersedes."""
+    from hexnode.report.study import Listed, build_study_not_analysed, headline
+    from hexnode.series.info import SeriesInfo
+    from hexnode.series.ranking import describe
+    from hexnode.store.spool import uid_hash
+
+    t = time.perf_counter()
+    rows: list[Listed] = []
+    sources = []
+    for x in listed:
+        headers = headers_of(x.paths)
+        if not headers:
+            rows.append(Listed(f"{uid_hash(x.series_uid)} (unreadable)", x.reason))
+            continue
+        info = SeriesInfo(series_uid=x.series_uid, header=headers[len(headers) // 2], instance_count=len(headers))
+        rows.append(Listed(describe(info), x.reason))
+        sources += headers
+    if not sources:
+        raise VolumeError("no readable header in the study to address a report to")
+    datasets = build_study_not_analysed(sources, rows, models.info, revision=revision, previous=previous)
+    return Produced(datasets=datasets, reason=headline(rows), timings={"report": time.perf_counter() - t})

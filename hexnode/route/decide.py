@@ -28,12 +28,13 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config
 from hexnode.route.hold import best_kind, held_jobs, release, supersede
-from hexnode.route.study import answer_of, enqueue_study_job, study_jobs, supersede_study_jobs
+from hexnode.route.study import enqueue_study_job, study_jobs, supersede_study_jobs
 from hexnode.series.answer import never_candidate
 from hexnode.series.header import VolumeError, read_header
 from hexnode.series.info import SeriesInfo
 from hexnode.series.ranking import describe
 from hexnode.series.select import Decision, Selector
+from hexnode.store.answers import answer_of
 from hexnode.store.db import Instance, Job, Series, Study
 from hexnode.store.queue import enqueue_job, series_instances, transition
 from hexnode.store.spool import Spool, uid_hash

@@ -26,9 +26,9 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.route.study import record_answer
 from hexnode.series.info import SeriesInfo, as_number, as_text
 from hexnode.series.select import Selector
+from hexnode.store.answers import record_answer
 from hexnode.store.db import Job, Result, Series
 from hexnode.store.queue import drop_held, transition
 from hexnode.store.spool import Spool, uid_hash

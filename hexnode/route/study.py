@@ -1,5 +1,5 @@
 """The study as the unit of the answer (docs/architecture.md §4 "Not analysed"): the database side
-(the rules are hexnode.series.answer).
+(the rules are hexnode.series.answer, the answer on record hexnode.store.answers).
 
 What goes back to the PACS is decided per study: the chosen series' result set (or its own
 "not analysed" report, when the worker finds it incomplete), or, when no series of the study can be
@@ -17,24 +17,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.series.answer import Answer
-from hexnode.sop import CT_SOP_CLASSES
 from hexnode.store.db import Event, Job, Series, Study, utcnow
 from hexnode.store.queue import transition
-
-
-def answer_of(study: Study) -> Answer:
-    return Answer(study.answer_kind, study.answer_sr_uid, study.answer_sr_series_uid)
-
-
-def record_answer(s: Session, study_id: int, kind: str, sr_uid: str, sr_series_uid: str,
-                  study_revision: int | None = None) -> None:
-    study = s.get(Study, study_id)
-    if study is None:
-        return
-    study.answer_kind, study.answer_sr_uid, study.answer_sr_series_uid = kind, sr_uid, sr_series_uid
-    if study_revision is not None:
-        study.report_revision = max(study.report_revision or 0, study_revision + 1)
 
 
 def study_jobs(s: Session, study_id: int, states: tuple[str, ...]) -> list[Job]:
@@ -64,10 +48,3 @@ def enqueue_study_job(s: Session, anchor: Series, study: Study, detail: str) -> 
     s.flush()
     s.add(Event(entity="job", entity_id=job.id, from_state=None, to_state="queued", detail=detail, at=utcnow()))
     return job
-
-
-def listed_series(s: Session, study_id: int) -> list[Series]:
-    """The CT image series of the study that have been decided, for the study-level report."""
-    q = (select(Series).where(Series.study_id == study_id, Series.state.not_in(("received", "complete")))
-         .order_by(Series.series_number, Series.id))
-    return [x for x in s.execute(q).scalars() if (x.sop_class_uid or "") in CT_SOP_CLASSES]
