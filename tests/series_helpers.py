@@ -17,7 +17,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from hexnode.receive.index import read_header, record_instance
+from hexnode.receive.index import index_header, record_instance
 from hexnode.store.db import Store
 from hexnode.store.spool import Spool, instance_relpath
 
@@ -144,7 +144,7 @@ def index(store: Store, spool: Spool, paths: list[Path], at: datetime, calling_a
     """What receive does per instance (its own functions): file into the spool, header into the database."""
     with store.transaction() as s:
         for p in paths:
-            header = read_header(p)
+            header = index_header(p)
             rel = instance_relpath(header.sop_instance_uid)
             spool.write_bytes(rel, p.read_bytes(), fsync=False)
             record_instance(s, header, rel, p.stat().st_size, calling_ae, at)

@@ -1,7 +1,7 @@
 """A bounded, fixed-seed random mutator over what reads a peer's bytes, in-process (no sockets, so
 thousands of inputs run in seconds; test_hostile.py and test_receive_limits.py send over real ones):
 
-* the header reader and indexer (hexnode.receive.index: read_header, series_header, record_instance)
+* the header reader and indexer (hexnode.receive.index: index_header, series_header, record_instance)
   and the C-STORE handler's checks (hexnode.receive.admission: check_identity, inflate), on mutated
   data sets of several shapes and transfer syntaxes;
 * the PDU path: the stream guard (hexnode.receive.limits.PduGuard) under any chunking, the gate's
@@ -47,7 +47,7 @@ from hexnode.receive.index import (
     INT32,
     HeaderError,
     _clean,
-    read_header,
+    index_header,
     record_instance,
     series_header,
 )
@@ -195,7 +195,7 @@ def _header_target(tmp: Path, store: Any, ts: str, data: bytes, n: int) -> str:
         except admission.InflateError:
             pass
     try:
-        header = read_header(path, max_bytes=8 << 20)
+        header = index_header(path, max_bytes=8 << 20)
     except HeaderError:
         return "refused"
     _check_header(header)
@@ -385,7 +385,7 @@ def test_found_non_finite_numbers_never_reach_the_series_header(tmp_path: Path) 
     ds = small_ct(SOP, size=4)
     ds.SliceThickness, ds.KVP = "NaN", "1e400"  # type: ignore[attr-defined]
     path = _file(tmp_path / "nan.dcm", EXPLICIT, _dataset_bytes(ds))
-    header = read_header(path)
+    header = index_header(path)
     assert header.slice_thickness is None
     js = series_header(header.dataset)
     assert js is not None and "00180050" not in js and "00180060" not in js
@@ -400,7 +400,7 @@ def test_found_a_broken_length_does_not_carry_the_next_elements_into_the_header(
     at = raw.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality, 2-byte length after the VR
     resume = raw.index(b"\x18\x00\x50\x00DS")  # (0018,0050): after the Patient module
     raw[at + 6:at + 8] = struct.pack("<H", resume - (at + 8))  # "CT" + the Patient module's bytes
-    header = read_header(_file(tmp_path / "long.dcm", EXPLICIT, bytes(raw)))
+    header = index_header(_file(tmp_path / "long.dcm", EXPLICIT, bytes(raw)))
     assert header.slice_thickness == 5.0  # the elements after it were read as usual
     assert header.modality is None  # the instance row does not take it either
     js = series_header(header.dataset)
@@ -419,7 +419,7 @@ def test_found_a_deflate_stream_that_looks_like_file_meta_is_refused_cleanly(tmp
     with pytest.raises(admission.InflateError):
         admission.inflate(str(path), str(tmp_path / "out.dcm"), 1 << 20, 0, lambda: 1 << 40)
     with pytest.raises(HeaderError):
-        read_header(path)
+        index_header(path)
 
 
 def test_found_values_postgresql_refuses_are_never_recorded(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Index received instances: read the header (never the pixels) and record study/series/instance.
 
-``read_header(path) -> Header`` reads the elements indexing needs and nothing else, with bounded
+``index_header(path) -> Header`` reads the elements indexing needs and nothing else, with bounded
 memory: pydicom's ``specific_tags`` skips every other element, ``defer_size`` leaves large values
 unread, and a deflated file (received before receive inflated deflate on arrival) is inflated as a
 stream within ``max_instance_bytes`` first. Malformed numeric values become None rather than
@@ -363,7 +363,7 @@ def _free(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def read_header(path: Path, extra: Iterable[str] = (), *, max_bytes: int = 1 << 30, min_free: int = 0) -> Header:
+def index_header(path: Path, extra: Iterable[str] = (), *, max_bytes: int = 1 << 30, min_free: int = 0) -> Header:
     """The indexed values of one spooled file (`extra`: keywords for the series header besides
     :data:`SERIES_HEADER`); HeaderError when it cannot be indexed, with the reason."""
     try:

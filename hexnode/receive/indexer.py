@@ -44,7 +44,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from hexnode.receive.index import HeaderError, read_header, record_instance
+from hexnode.receive.index import HeaderError, index_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.runtime import setup_logging
 from hexnode.store.db import Event, Instance, Series, Store, open_store
@@ -162,8 +162,8 @@ class Indexer:
                     if self.fsync:
                         fsync_file(path)
                         dirs.add(path.parent)
-                    header = read_header(path, policy.header_keywords, max_bytes=policy.max_instance_bytes,
-                                         min_free=policy.min_free_bytes)
+                    header = index_header(path, policy.header_keywords, max_bytes=policy.max_instance_bytes,
+                                          min_free=policy.min_free_bytes)
                 except HeaderError as exc:
                     self._quarantine(item, str(exc))
                     continue

@@ -1,6 +1,8 @@
 """One file's header, read the same way by route (a series indexed before receive kept its header),
 the worker's volume loader and `hexnode run`: without pixel data, and a `VolumeError` saying why
-when it is not a DICOM file the series can be read from."""
+when it is not a DICOM file the series can be read from. Receive's indexer reads other things
+(hexnode.receive.index.index_header: only the indexed elements, bounded, into a typed row), which
+is why it has a name of its own."""
 
 from __future__ import annotations
 
