@@ -17,9 +17,17 @@ STAGES = ("hexnode.receive", "hexnode.route", "hexnode.pipeline", "hexnode.worke
 RULES: dict[str, tuple[str, ...]] = {
     "hexnode.receive": ("hexnode.route", "hexnode.pipeline", "hexnode.models", "hexnode.worker", "hexnode.send",
                         "hexnode.web", "hexnode.node", "hexnode.train"),
-    "hexnode.route": ("hexnode.receive", "hexnode.worker", "hexnode.send", "hexnode.models", "hexnode.web",
-                      "hexnode.node", "hexnode.train"),
-    "hexnode.store": STAGES,
+    "hexnode.route": ("hexnode.receive", "hexnode.pipeline", "hexnode.worker", "hexnode.send", "hexnode.models",
+                      "hexnode.web", "hexnode.node", "hexnode.train"),
+    # the worker and `hexnode run` share the rules with route through hexnode.series, never route itself
+    "hexnode.pipeline": ("hexnode.receive", "hexnode.route", "hexnode.worker", "hexnode.send", "hexnode.web",
+                         "hexnode.node", "hexnode.train"),
+    "hexnode.worker": ("hexnode.receive", "hexnode.route", "hexnode.send", "hexnode.web", "hexnode.node",
+                       "hexnode.train"),
+    "hexnode.store": (*STAGES, "hexnode.train", "hexnode.models"),
+    # the pure series rules: no database, no scheduler, no stage
+    "hexnode.series": (*STAGES, "hexnode.store", "hexnode.models", "hexnode.train", "hexnode.report",
+                       "hexnode.notify", "hexnode.devtools"),
     "hexnode.models": ("hexnode.train", "torch", *STAGES[:2], *STAGES[3:]),
     "hexnode.web": ("hexnode.receive", "hexnode.route", "hexnode.pipeline", "hexnode.models", "hexnode.worker",
                     "hexnode.send", "hexnode.node"),
@@ -27,6 +35,16 @@ RULES: dict[str, tuple[str, ...]] = {
                      "hexnode.web", "hexnode.node"),
     "hexnode.runtime": ("hexnode",),  # below everything: only the standard library
     "hexnode.node": STAGES[:-1],  # the supervisor starts stages as commands; it imports none of them
+}
+# Imports the rules forbid that the tree still has, each with its way out. The list may only shrink:
+# a new one fails test_every_import_points_down, one that is gone fails test_waivers_are_still_needed.
+WAIVED: dict[tuple[str, str], str] = {
+    # the site's AUC and calibration reuse the evaluation's metrics (numpy only); they belong below
+    # both, in a module of their own, when train/ is next reorganised
+    ("hexnode.store.outcomes", "hexnode.train.metrics"): "move the metrics below store",
+    ("hexnode.store.outcomes", "hexnode.train.plots"): "move the reliability plot below store",
+    # a model version is registered by reading its manifest
+    ("hexnode.store.model_versions", "hexnode.models.registry"): "move the manifest reader below store",
 }
 
 
@@ -59,16 +77,35 @@ def within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def violations(module: str, imported: set[str]) -> list[str]:
+def modules_of(imported: set[str]) -> set[str]:
+    """The package's modules among `imported`: `from m import name` counted once as m, and a package
+    named only on the way to one of its modules (`from hexnode.route import hold`) not at all."""
+    known = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    out = set()
+    for name in imported:
+        parts = name.split(".")
+        while len(parts) > 1 and ".".join(parts) not in known:
+            parts.pop()
+        out.add(".".join(parts))
+    return {m for m in out if not any(o.startswith(m + ".") for o in out)}
+
+
+def forbidden(module: str, imported: set[str]) -> list[tuple[str, str, str, str]]:
+    """(module, imported module, rule owner, banned prefix) for every import a rule forbids."""
     out = []
     for owner, banned in RULES.items():
         if not within(module, owner):
             continue
-        for name in sorted(imported):
+        for name in sorted(modules_of(imported)):
             hit = next((b for b in banned if within(name, b) and not within(name, owner)), None)
             if hit is not None:
-                out.append(f"{module} imports {name} ({owner} must not import {hit})")
+                out.append((module, name, owner, hit))
     return out
+
+
+def violations(module: str, imported: set[str]) -> list[str]:
+    return [f"{m} imports {name} ({owner} must not import {hit})" for m, name, owner, hit in forbidden(module, imported)
+            if (m, name) not in WAIVED]
 
 
 def all_modules() -> dict[str, set[str]]:
@@ -79,6 +116,13 @@ def all_modules() -> dict[str, set[str]]:
 def test_every_import_points_down() -> None:
     found = [v for module, imported in all_modules().items() for v in violations(module, imported)]
     assert found == [], "\n".join(found)
+
+
+def test_waivers_are_still_needed() -> None:
+    """Every forbidden import left is waived with its way out, and the count only goes down."""
+    left = {(m, name) for module, imported in all_modules().items() for m, name, _, _ in forbidden(module, imported)}
+    assert left == set(WAIVED)
+    assert len(left) <= 3
 
 
 def test_only_train_imports_torch_and_nothing_at_run_time_imports_devtools() -> None:
@@ -102,8 +146,16 @@ def test_the_walker_sees_what_it_must() -> None:
     assert {"hexnode.send.scu", "hexnode.receive.gate"} <= rel
     assert violations("hexnode.receive.scp", rel) != []
     assert violations("hexnode.models.segment", imports("import torch\n", "hexnode.models.segment")) != []
-    assert violations("hexnode.store.outcomes", {"hexnode.route.followup"}) != []
-    assert violations("hexnode.route.decide", {"hexnode.store.db", "hexnode.pipeline.load"}) == []
+    assert violations("hexnode.store.outcomes", {"hexnode.route.hold"}) != []
+    assert violations("hexnode.route.decide", {"hexnode.store.db", "hexnode.series.select"}) == []
+    # the shared rules are below every stage; the stages never reach into each other for them
+    assert violations("hexnode.route.decide", {"hexnode.pipeline.load"}) != []
+    assert violations("hexnode.worker", {"hexnode.route.study"}) != []
+    assert violations("hexnode.pipeline.offline", {"hexnode.route.decide"}) != []
+    assert violations("hexnode.series.select", {"hexnode.store.db"}) != []
+    assert violations("hexnode.store.queue", {"hexnode.models.registry"}) != []
+    # `from hexnode.route import hold` is one import of hexnode.route.hold, counted once
+    assert modules_of(imports("from hexnode.route import hold\n", "hexnode.worker")) == {"hexnode.route.hold"}
 
 
 @pytest.mark.parametrize("stage", ["receive", "route", "worker", "send", "web", "node", "serve"])
