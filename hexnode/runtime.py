@@ -38,7 +38,9 @@ WITHHELD = "text withheld: DICOM libraries quote data element values, patient na
 # Libraries whose INFO lines are noise for a site (alembic's "setup plugin ..." for every process
 # that opens the database, APScheduler's job runs); pynetdicom's INFO/DEBUG output can include
 # dataset summaries. hexnode logs what matters itself: a schema upgrade, a delivery's outcome.
-QUIET_LIBRARIES = ("pynetdicom", "alembic", "apscheduler", "urllib3", "requests")
+# highdicom names every source dataset by its SOP Instance UID at INFO (logs name a series by a
+# UID hash only); pykwalify announces each radiomics settings validation
+QUIET_LIBRARIES = ("pynetdicom", "alembic", "apscheduler", "urllib3", "requests", "highdicom", "pykwalify")
 # Spawned children (the receiver's indexer, started by multiprocessing) inherit the format through
 # the environment. Not a HEXNODE_* name: it is no setting, and a stage's own children must not
 # report it as an override the admin made.

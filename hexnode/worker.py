@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 
-from hexnode import notify, runtime
-from hexnode.config import Config, load_config
+from hexnode import notify
+from hexnode.config import Config
 from hexnode.pipeline.contracts import Analyser, Prediction
 from hexnode.pipeline.run import Produced, encode, kind_of, not_analysed, produce, produce_study
 from hexnode.pipeline.task import Task
@@ -40,8 +40,8 @@ from hexnode.report.study import PreviousAnswer, name_predecessor
 from hexnode.report.uids import derive_uid
 from hexnode.report.warm import warm_up
 from hexnode.store.answers import record_answer
-from hexnode.store.db import Job, Store, open_store
-from hexnode.store.heartbeat import Beater
+from hexnode.store.db import Job, Store
+from hexnode.store.process import stage_process
 from hexnode.store.queue import (
     LeaseLost,
     add_result,
@@ -305,35 +305,19 @@ def load_models(cfg: Config, store: Store | None = None) -> Analyser:
     return Models.load(active_dir(store, cfg) if store is not None else cfg.models_path, cfg.models.providers)
 
 
-def setup_logging(cfg: Config) -> None:
-    runtime.setup_logging(cfg.log_level)
-    # highdicom names every source dataset by its SOP Instance UID at INFO (logs name series by a
-    # UID hash only); pykwalify announces each radiomics settings validation.
-    for noisy in ("highdicom", "pykwalify"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    # highdicom logs every source SOP Instance UID at INFO ("copy ... attributes from dataset");
-    # logs name series by a UID hash only (tests/test_phi_logs.py)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-
-
 def run_worker(args: argparse.Namespace) -> int:
-    cfg = load_config(getattr(args, "config", None))
-    setup_logging(cfg)
-    store = open_store(cfg.database_url)
-    spool = Spool(cfg.spool_path)  # not prepare(): that clears receive's in-flight files
-    (spool.root / "results").mkdir(parents=True, exist_ok=True)
-    models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
-    try:  # highdicom's tables and the font, loaded now: the first report costs what later ones do
-        warm_up(models.info)
-    except Exception as exc:  # only a speed-up: the first job then loads them itself
-        log.warning("report warm-up failed (%s); the first report loads its tables itself", type(exc).__name__)
-    worker = Worker(store, spool, cfg, models)
-    stop = runtime.stop_on_signals()  # the running job finishes; then the loop ends
-    beater = Beater(store, "worker")
-    beater.start()
-    worker.on_claim = beater.busy
-    log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
-    try:
+    with stage_process(args, "worker") as proc:  # a stop signal lets the running job finish
+        cfg, store, spool, stop, beater = proc.cfg, proc.store, proc.spool, proc.stop, proc.beater
+        (spool.root / "results").mkdir(parents=True, exist_ok=True)  # not prepare(): that clears receive's files
+        models = load_models(cfg, store)  # verifies sha256 and opens the ONNX sessions, once per process
+        try:  # highdicom's tables and the font, loaded now: the first report costs what later ones do
+            warm_up(models.info)
+        except Exception as exc:  # only a speed-up: the first job then loads them itself
+            log.warning("report warm-up failed (%s); the first report loads its tables itself", type(exc).__name__)
+        worker = Worker(store, spool, cfg, models)
+        beater.start()
+        worker.on_claim = beater.busy
+        log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
         while not stop.is_set():
             try:
                 outcome = worker.run_once()
@@ -349,7 +333,4 @@ def run_worker(args: argparse.Namespace) -> int:
             if getattr(args, "once", False):
                 break
             stop.wait(cfg.worker.poll_seconds)
-    finally:
-        beater.stop()
-        store.dispose()
     return 0

@@ -31,8 +31,6 @@ from pathlib import Path
 
 from sqlalchemy import and_, delete, func, not_, or_, select
 
-from hexnode.config import load_config
-from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.store.db import (
     Event,
     Instance,
@@ -42,9 +40,9 @@ from hexnode.store.db import (
     Result,
     Series,
     Store,
-    open_store,
     utcnow,
 )
+from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool, uid_hash
 
 log = logging.getLogger(__name__)
@@ -211,17 +209,11 @@ def prune_events(store: Store, cutoff: datetime, *, dry_run: bool = False) -> in
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    cfg = load_config(getattr(args, "config", None))
-    setup_logging(cfg.log_level)
-    days = cfg.spool.retention_days if getattr(args, "days", None) is None else float(args.days)
     # a timer or an operator stopping a long purge: the series being deleted is finished first
     # (its files and its instance rows go together), never left half-deleted
-    stop = stop_on_signals()
-    store = open_store(cfg.database_url)
-    try:
-        res = purge(store, Spool(cfg.spool_path), days, dry_run=bool(getattr(args, "dry_run", False)), stop=stop)
-    finally:
-        store.dispose()
+    with stage_process(args, "purge") as proc:
+        days = proc.cfg.spool.retention_days if getattr(args, "days", None) is None else float(args.days)
+        res = purge(proc.store, proc.spool, days, dry_run=bool(getattr(args, "dry_run", False)), stop=proc.stop)
     verb = "would free" if getattr(args, "dry_run", False) else "freed"
     print(f"{res.series} series older than {days:g} days: {verb} {res.files} files, {res.bytes / 2**20:.1f} MiB; "
           f"{res.quarantined} quarantined and {res.orphans} orphaned files, {res.other_bytes / 2**20:.1f} MiB; "

@@ -85,7 +85,7 @@ from pydicom.uid import (
 from pynetdicom import AE, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from hexnode.config import Config, DicomConfig, load_config
+from hexnode.config import DicomConfig
 from hexnode.receive import fastpath
 from hexnode.receive.admission import InflateError, Verdict, check_identity, inflate, is_deflated
 from hexnode.receive.gate import Gate, GateLimits, ScreeningHandler, ScreeningServer
@@ -93,10 +93,9 @@ from hexnode.receive.index import header_keywords
 from hexnode.receive.indexer import IndexerProcess, IndexPolicy, Item, Stopped
 from hexnode.receive.limits import GuardedSSLSocket, ReceiveLimits
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
-from hexnode.runtime import setup_logging, stop_on_signals
 from hexnode.sop import CT_SOP_CLASSES
-from hexnode.store.db import Store, open_store, utcnow
-from hexnode.store.heartbeat import Beater
+from hexnode.store.db import Store, utcnow
+from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool, instance_relpath, uid_hash
 
 log = logging.getLogger(__name__)
@@ -461,24 +460,18 @@ def _unlink(path: str) -> None:
 
 def run_receive(args: argparse.Namespace) -> int:
     """`hexnode receive`: the SCP and its indexer process until SIGTERM/SIGINT."""
-    cfg: Config = load_config(getattr(args, "config", None))
-    setup_logging(cfg.log_level)
-    store = open_store(cfg.database_url)
-    spool = Spool(cfg.spool_path)
-    receiver = Receiver(cfg.dicom, store, spool, fsync_before_success=cfg.spool.fsync_before_success,
-                        log_level=cfg.log_level, header_keywords=header_keywords(cfg.series.selection))
-    stop = stop_on_signals()
-    receiver.start()
-    beater = Beater(store, "receive")
-    beater.start()
-    try:
-        while not stop.wait(1.0):
-            receiver.indexer.keep_alive()
-            receiver.sweep_incoming()
-            beater.beat()
-    finally:
-        log.info("stopping")
-        receiver.stop()
-        beater.stop()
-        store.dispose()
+    with stage_process(args, "receive") as proc:
+        cfg = proc.cfg
+        receiver = Receiver(cfg.dicom, proc.store, proc.spool, fsync_before_success=cfg.spool.fsync_before_success,
+                            log_level=cfg.log_level, header_keywords=header_keywords(cfg.series.selection))
+        receiver.start()
+        proc.beater.start()
+        try:
+            while not proc.stop.wait(1.0):
+                receiver.indexer.keep_alive()
+                receiver.sweep_incoming()
+                proc.beater.beat()
+        finally:
+            log.info("stopping")
+            receiver.stop()
     return 0

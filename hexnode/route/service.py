@@ -14,13 +14,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from hexnode import runtime
-from hexnode.config import Config, load_config
+from hexnode.config import Config
 from hexnode.route.completion import CountWatch, complete_ready, settle_arrivals
 from hexnode.route.decide import Tick, select_complete
 from hexnode.series.select import Selector
-from hexnode.store.db import Store, open_store, utcnow
+from hexnode.store.db import Store, utcnow
 from hexnode.store.heartbeat import Beater
+from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -76,22 +76,16 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool, beater: Beater | No
 
 def run_route(args: argparse.Namespace) -> int:
     """`hexnode route`: the scheduler until SIGTERM/SIGINT (a tick in progress finishes first)."""
-    cfg = load_config(getattr(args, "config", None))
-    runtime.setup_logging(cfg.log_level)
-    stop = runtime.stop_on_signals()
-    store = open_store(cfg.database_url)
-    spool = Spool(cfg.spool_path)  # read only here: headers of indexed instances
-    beater = Beater(store, "route")
-    beater.start()
-    scheduler = start_scheduler(store, cfg, spool, beater)
-    log.info("routing: completion checks every %g s, series stable after %g s, studies settled after %g s",
-             cfg.series.check_interval_seconds, cfg.series.stable_seconds, cfg.series.study_settle_seconds)
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        log.info("stopping")
-        scheduler.shutdown()  # waits for a running check: its transaction commits or rolls back whole
-        beater.stop()
-        store.dispose()
+    with stage_process(args, "route") as proc:  # the spool is read only here: indexed instances' headers
+        cfg = proc.cfg
+        proc.beater.start()
+        scheduler = start_scheduler(proc.store, cfg, proc.spool, proc.beater)
+        log.info("routing: completion checks every %g s, series stable after %g s, studies settled after %g s",
+                 cfg.series.check_interval_seconds, cfg.series.stable_seconds, cfg.series.study_settle_seconds)
+        try:
+            while not proc.stop.wait(1.0):
+                pass
+        finally:
+            log.info("stopping")
+            scheduler.shutdown()  # waits for a running check: its transaction commits or rolls back whole
     return 0

@@ -29,12 +29,12 @@ from hexnode import notify
 from hexnode.config import Config, Destination, load_config
 from hexnode.notify import state as notify_state
 from hexnode.notify.deliver import Notifier
-from hexnode.runtime import setup_logging, stop_on_signals
+from hexnode.runtime import setup_logging
 from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
 from hexnode.store.db import Store, open_store
-from hexnode.store.heartbeat import Beater
+from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -128,21 +128,15 @@ class Sender:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    cfg = load_config(getattr(args, "config", None))
-    setup_logging(cfg.log_level)
-    store = open_store(cfg.database_url)
-    sender = Sender(cfg, store, Spool(cfg.spool_path))
-    stop = stop_on_signals()
-    log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
-    if cfg.notifications:
-        log.info("notifying %s", ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
-    beater = Beater(store, "send")
-    beater.start()
-    try:
-        sender.run(stop, once=bool(getattr(args, "once", False)), beat=beater.beat)
-    finally:
-        beater.stop()
-        store.dispose()
+    with stage_process(args, "send") as proc:
+        cfg = proc.cfg
+        sender = Sender(cfg, proc.store, proc.spool)
+        log.info("sending to %s", ", ".join(f"{d.name} ({d.kind})" for d in cfg.destinations) or "nowhere")
+        if cfg.notifications:
+            log.info("notifying %s",
+                     ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
+        proc.beater.start()
+        sender.run(proc.stop, once=bool(getattr(args, "once", False)), beat=proc.beater.beat)
     return 0
 
 

@@ -56,10 +56,10 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from hexnode.config import Config, HttpConfig, load_config
-from hexnode.runtime import setup_logging, stop_on_signals
+from hexnode.config import Config, HttpConfig
 from hexnode.status import collect
-from hexnode.store.db import Store, open_store
+from hexnode.store.db import Store
+from hexnode.store.process import stage_process
 from hexnode.web.metrics import metrics_text
 from hexnode.web.page import STYLE_HASH, series_html, status_html
 
@@ -382,20 +382,16 @@ class StatusServer:
 
 def run_web(args: argparse.Namespace) -> int:
     """`hexnode web`: the status server until SIGTERM/SIGINT; refuses to start with [http] off."""
-    cfg = load_config(getattr(args, "config", None))
-    setup_logging(cfg.log_level)
-    if not cfg.http.enabled:
-        log.error("[http] enabled = false: nothing to serve (set it, or HEXNODE_HTTP_ENABLED=true)")
-        return 2
-    stop = stop_on_signals()
-    store = open_store(cfg.database_url)
-    http = StatusServer(cfg.http, store, config=cfg)
-    http.start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        log.info("stopping")
-        http.stop()
-        store.dispose()
+    with stage_process(args, "web") as proc:
+        if not proc.cfg.http.enabled:
+            log.error("[http] enabled = false: nothing to serve (set it, or HEXNODE_HTTP_ENABLED=true)")
+            return 2
+        http = StatusServer(proc.cfg.http, proc.store, config=proc.cfg)
+        http.start()
+        try:
+            while not proc.stop.wait(1.0):
+                pass
+        finally:
+            log.info("stopping")
+            http.stop()
     return 0
