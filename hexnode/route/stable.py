@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from hexnode import runtime
 from hexnode.config import Config, load_config
+from hexnode.labels.take import take_received
 from hexnode.pipeline.load import VolumeError, read_header
 from hexnode.route.hold import best_kind, held_jobs, release, supersede
 from hexnode.route.info import SeriesInfo
@@ -582,6 +583,10 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool, beater: Beater | No
         except Exception:  # a tick must never kill the scheduler; the next one retries
             log.exception("series completion check failed")
             return
+        try:  # the reference masks readers sent back (hexnode/labels/take.py)
+            take_received(store, spool)
+        except Exception:
+            log.exception("taking received corrections failed")
         if beater is not None:
             beater.beat()
 
