@@ -66,6 +66,24 @@ def open_seg(path: Path) -> Any:
         raise NotTaken(f"not a readable DICOM segmentation ({type(exc).__name__})") from None
 
 
+def check_structure(seg: Any) -> None:
+    """What a reader may let pass but would make a wrong mask: as many per-frame functional groups as
+    frames, and (uncompressed) pixel data that holds every frame."""
+    try:
+        frames, rows, columns = int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns)
+        bits = int(seg.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        raise NotTaken("Number of Frames, Rows, Columns or Bits Allocated missing or not a number") from None
+    groups = seg.get("PerFrameFunctionalGroupsSequence")
+    if groups is None or len(groups) != frames:
+        raise NotTaken(f"{frames} frames but {0 if groups is None else len(groups)} per-frame functional groups")
+    if not seg.file_meta.TransferSyntaxUID.is_encapsulated:
+        need = (frames * rows * columns * bits + 7) // 8
+        have = len(seg.get("PixelData") or b"")
+        if have < need:
+            raise NotTaken(f"its pixel data holds {have} bytes, {frames} frames need {need}")
+
+
 def referenced_series(seg: Any) -> list[str]:
     out = []
     for item in seg.get("ReferencedSeriesSequence") or []:

@@ -38,6 +38,7 @@ from sqlalchemy import select
 from hexnode.labels.read import (
     NotTaken,
     Slices,
+    check_structure,
     choose_segment,
     dice,
     mask_on,
@@ -98,6 +99,7 @@ def _check(store: Store, spool: Spool, relpath: str) -> Verdict:
     if not path.is_file():
         raise NotTaken("its file is missing from the spool")
     seg = open_seg(path)
+    check_structure(seg)
     named = referenced_series(seg)
     if not named:
         raise NotTaken("it names no source series (Referenced Series Sequence)")
