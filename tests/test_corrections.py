@@ -354,3 +354,70 @@ def test_no_patient_value_in_the_node_log(site: Site) -> None:
     assert "kept aside" in log or "correction" in log
     for secret in filter(None, [str(first.PatientName), str(first.PatientID), str(first.get("PatientBirthDate", ""))]):
         assert secret not in log
+
+
+def test_a_seg_without_source_references_maps_by_frame_positions(site: Site) -> None:
+    sources = _sources(site.base)
+    mine = _own_mask(site, sources)
+    corrected = ndimage.binary_dilation(mine, structure=np.ones((1, 5, 5), bool)).astype(np.uint8)
+    seg = reader_seg(sources, corrected)
+    for group in seg.PerFrameFunctionalGroupsSequence:  # a viewer that writes positions only
+        del group.DerivationImageSequence
+    row = _wait_taken(site, str(_send(site, seg, "positions-only") and seg.SOPInstanceUID))
+    assert row.state == "stored", row.reason
+    assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_filing_and_taking_on_either_database(site: Site, tmp_path: Path, kind: str) -> None:
+    """The indexer files a SEG and the label step takes it, on SQLite and on the real PostgreSQL."""
+    import shutil
+    from datetime import datetime
+
+    from plumbing_helpers import store_on
+
+    from hexnode.labels.take import take_received
+    from hexnode.receive.indexer import Indexer, Item
+    from hexnode.store.db import Job
+    from hexnode.store.spool import Spool, instance_relpath
+
+    sources = _sources(site.base)
+    mine = _own_mask(site, sources)
+    corrected = ndimage.binary_dilation(mine, structure=np.ones((1, 3, 3), bool)).astype(np.uint8)
+    seg = reader_seg(sources, corrected)
+    with store_on(kind, f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+        spool = Spool(tmp_path / "spool").prepare()
+        items = []
+        for p, d in zip(site.base, sources, strict=True):
+            rel = instance_relpath(str(d.SOPInstanceUID))
+            spool.path(rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, spool.path(rel))
+            items.append(Item(rel, "SCANNER", datetime(2026, 1, 1), -1, "10.0.0.1"))
+        indexer = Indexer(store, spool, fsync=False)
+        indexer.index_batch(items)
+        own_rel = "results/own/seg.dcm"
+        spool.path(own_rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(site.own_seg, spool.path(own_rel))
+        with store.transaction() as s:
+            series = s.execute(select(Series).where(Series.series_uid == site.base_uid)).scalar_one()
+            job = Job(series_id=series.id, revision=0, state="done")
+            s.add(job)
+            s.flush()
+            s.add(Result(job_id=job.id, series_id=series.id, kind="SEG", path=own_rel, sop_class_uid=SEG_CLASS,
+                         sop_instance_uid=str(pydicom.dcmread(site.own_seg, stop_before_pixels=True).SOPInstanceUID)))
+        rel = instance_relpath(str(seg.SOPInstanceUID))
+        spool.path(rel).parent.mkdir(parents=True, exist_ok=True)
+        seg.save_as(spool.path(rel), enforce_file_format=True)
+        indexer.index_batch([Item(rel, READER, datetime(2026, 1, 2), -1, "10.0.0.2")])
+        assert not spool.path(rel).exists()  # filed under corrections/, not left as an instance
+        assert take_received(store, spool)[0][1] == "stored"
+        with store.transaction() as s:
+            row = s.execute(select(Correction)).scalar_one()
+            assert (row.calling_ae, row.peer, row.series_id) == (READER, "10.0.0.2", series.id)
+            assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
+            assert s.execute(select(Series).where(Series.series_uid == str(seg.SeriesInstanceUID))).first() is None
+        # a re-send of the same SEG is not a second correction
+        seg.save_as(spool.path(rel), enforce_file_format=True)
+        indexer.index_batch([Item(rel, READER, datetime(2026, 1, 3), -1, "10.0.0.2")])
+        with store.transaction() as s:
+            assert len(s.execute(select(Correction)).scalars().all()) == 1

@@ -189,10 +189,13 @@ def _by_position(seg: Any, segment_number: int, slices: Slices) -> NDArray[np.ui
         pixels = pixels[None]
     fractional = str(seg.get("SegmentationType", "")) == "FRACTIONAL"
     half = float(seg.get("MaximumFractionalValue", 255)) / 2.0
+    shared = (seg.get("SharedFunctionalGroupsSequence") or [None])[0]
+    # one segment: its identification may be shared by every frame instead of repeated per frame
+    shared_ident = (shared.get("SegmentIdentificationSequence") if shared is not None else None) or []
     out = np.zeros((len(slices.uids), slices.rows, slices.columns), np.uint8)
     for k, group in enumerate(frames):
         if not labelmap:
-            ident = group.get("SegmentIdentificationSequence") or []
+            ident = group.get("SegmentIdentificationSequence") or shared_ident
             if not ident or int(ident[0].ReferencedSegmentNumber) != segment_number:
                 continue
         if not np.allclose(_orientation(seg, k), slices.orientation, atol=ORIENTATION_TOLERANCE):
