@@ -416,6 +416,14 @@ def test_filing_and_taking_on_either_database(site: Site, tmp_path: Path, kind: 
             assert (row.calling_ae, row.peer, row.series_id) == (READER, "10.0.0.2", series.id)
             assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
             assert s.execute(select(Series).where(Series.series_uid == str(seg.SeriesInstanceUID))).first() is None
+        # its slices are a case of the site data set now: purge keeps them past the retention
+        from hexnode.receive.purge import purgeable
+        from hexnode.store.db import utcnow
+
+        with store.transaction() as s:
+            ser = s.get(Series, series.id)
+            ser.state, ser.state_at, ser.last_instance_at = "delivered", datetime(2026, 1, 1), datetime(2026, 1, 1)
+        assert series.id not in purgeable(store, utcnow())
         # a re-send of the same SEG is not a second correction
         seg.save_as(spool.path(rel), enforce_file_format=True)
         indexer.index_batch([Item(rel, READER, datetime(2026, 1, 3), -1, "10.0.0.2")])
