@@ -84,7 +84,7 @@ def _own_mask(site: Site, sources: list[pydicom.Dataset]) -> np.ndarray:
 
 
 def reader_seg(sources: list[pydicom.Dataset], mask: np.ndarray, *, label: str = "Hemorrhage",
-               extra_segments: int = 0) -> pydicom.Dataset:
+               extra_segments: int = 0, kind: str = "BINARY") -> pydicom.Dataset:
     """What a viewer writes for an edited mask: a manual segment, the viewer as manufacturer."""
     descriptions = []
     for n in range(1, 2 + extra_segments):
@@ -96,7 +96,7 @@ def reader_seg(sources: list[pydicom.Dataset], mask: np.ndarray, *, label: str =
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL))
     pixels = mask if not extra_segments else np.stack([mask] + [np.zeros_like(mask)] * extra_segments, axis=-1)
     return hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues(kind),
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=99,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="Reading Room Viewer",
         manufacturer_model_name="viewer", software_versions="1", device_serial_number="1",
@@ -429,3 +429,28 @@ def test_filing_and_taking_on_either_database(site: Site, tmp_path: Path, kind: 
         indexer.index_batch([Item(rel, READER, datetime(2026, 1, 3), -1, "10.0.0.2")])
         with store.transaction() as s:
             assert len(s.execute(select(Correction)).scalars().all()) == 1
+
+
+def test_a_label_map_segmentation_is_read_too(site: Site) -> None:
+    """Label Map Segmentation Storage (what newer viewers write): accepted and mapped like a binary SEG."""
+    sources = _sources(site.base)
+    mine = _own_mask(site, sources)
+    corrected = ndimage.binary_dilation(mine, structure=np.ones((1, 3, 3), bool)).astype(np.uint8)
+    seg = reader_seg(sources, corrected, kind="LABELMAP")
+    assert str(seg.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.66.7"
+    # this dcmtk's storescu does not know the class: pynetdicom sends it
+    from pynetdicom import AE
+
+    path = site.root / "labelmap.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    ae = AE(ae_title=READER)
+    ae.add_requested_context(str(seg.SOPClassUID), str(seg.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", site.node.port, ae_title="HEXNODE")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(path).Status) == 0
+    finally:
+        assoc.release()
+    row = _wait_taken(site, str(seg.SOPInstanceUID))
+    assert row.state == "stored", row.reason
+    assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
