@@ -84,8 +84,9 @@ def _own_mask(site: Site, sources: list[pydicom.Dataset]) -> np.ndarray:
 
 
 def reader_seg(sources: list[pydicom.Dataset], mask: np.ndarray, *, label: str = "Hemorrhage",
-               extra_segments: int = 0, kind: str = "BINARY") -> pydicom.Dataset:
-    """What a viewer writes for an edited mask: a manual segment, the viewer as manufacturer."""
+               extra_segments: int = 0, kind: str = "BINARY", algorithm: str = "") -> pydicom.Dataset:
+    """What a viewer writes for an edited mask: a manual segment, the viewer as manufacturer
+    (`algorithm`: an automatic segment of that algorithm instead)."""
     descriptions = []
     for n in range(1, 2 + extra_segments):
         descriptions.append(hd.seg.SegmentDescription(
@@ -93,7 +94,11 @@ def reader_seg(sources: list[pydicom.Dataset], mask: np.ndarray, *, label: str =
             segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure"),
             segmented_property_type=(hd.sr.CodedConcept("50960005", "SCT", "Hemorrhage") if n == 1
                                      else hd.sr.CodedConcept("85756007", "SCT", "Tissue")),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL))
+            algorithm_type=(hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algorithm
+                            else hd.seg.SegmentAlgorithmTypeValues.MANUAL),
+            algorithm_identification=(hd.AlgorithmIdentificationSequence(
+                name=algorithm, version="1", family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
+                if algorithm else None)))
     pixels = mask if not extra_segments else np.stack([mask] + [np.zeros_like(mask)] * extra_segments, axis=-1)
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues(kind),
@@ -454,3 +459,14 @@ def test_a_label_map_segmentation_is_read_too(site: Site) -> None:
     row = _wait_taken(site, str(seg.SOPInstanceUID))
     assert row.state == "stored", row.reason
     assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
+
+
+def test_another_products_automatic_seg_is_not_a_reference(site: Site) -> None:
+    sources = _sources(site.base)
+    mine = _own_mask(site, sources)
+    other = ndimage.binary_dilation(mine, structure=np.ones((1, 3, 3), bool)).astype(np.uint8)
+    seg = reader_seg(sources, other, algorithm="OtherVendorICH")
+    path = _send(site, seg, "other-vendor")
+    assert dciodvfy_errors(path) == []
+    row = _wait_taken(site, str(seg.SOPInstanceUID))
+    assert row.state == "aside" and "OtherVendorICH" in (row.reason or ""), row.reason

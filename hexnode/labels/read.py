@@ -107,8 +107,8 @@ def choose_segment(seg: Any) -> Segment:
                            "which one is the reference is not guessed")
         chosen = hits[0]
     automatic = str(chosen.get("SegmentAlgorithmType", "")) == "AUTOMATIC"
-    return Segment(int(chosen.segment_number), str(chosen.get("SegmentLabel", ""))[:64],
-                   str(chosen.get("SegmentAlgorithmName", "")) if automatic else "")
+    name = str(chosen.get("SegmentAlgorithmName", "") or "").strip() or "unnamed"
+    return Segment(int(chosen.segment_number), str(chosen.get("SegmentLabel", ""))[:64], name if automatic else "")
 
 
 def _is_hemorrhage(description: Any) -> bool:

@@ -8,7 +8,10 @@ outside any transaction (SQLite's write lock is taken at BEGIN).
   one of hexnode's results; or it is hexnode's automatic segment (algorithm name ``hexnode``)
   with a mask identical to hexnode's, re-identified by a PACS. State ``own``, the file deleted
   (hexnode's copy is in ``results/``). An identical mask from a manual or semi-automatic segment
-  is a reader confirming hexnode's mask: a correction with Dice 1.
+  is a reader confirming hexnode's mask: a correction with Dice 1. hexnode's automatic segment
+  with another mask is hexnode's SEG edited by a viewer that kept the segment's description: a
+  correction. An automatic segment of another algorithm (another product's SEG routed along) is
+  kept aside: a prediction, not a reference.
 * **a correction**: the SEG names a series hexnode analysed and maps onto its slices
   (hexnode/labels/read.py). State ``stored``; its mask mapped onto the slices of hexnode's SEG is
   written to ``labels/<aa>/<sop>.npz`` (``mask`` bit-packed, ``shape``, ``uids``: the source SOP
@@ -140,6 +143,11 @@ def _check(store: Store, spool: Spool, relpath: str) -> Verdict:
     if segment.automatic_by == ALGORITHM_NAME and np.array_equal(reference, mine):
         return Verdict("own", "hexnode's own segmentation under another SOP Instance UID (identical mask)",
                        series_id=series_id, source_series_uid=series_uid)
+    if segment.automatic_by and segment.automatic_by != ALGORITHM_NAME:
+        # another product's SEG the PACS routed along: a prediction, not a reader's reference
+        where.reason = (f"an automatic segmentation by another algorithm ({segment.automatic_by[:64]}), "
+                        "not a reader's correction")
+        return where
     d = dice(reference, mine)
     ref_ml, own_ml = float(reference.sum()) * slices.voxel_ml, float(mine.sum()) * slices.voxel_ml
     return Verdict("stored", series_id=series_id, source_series_uid=series_uid, fields={
