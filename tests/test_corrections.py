@@ -50,6 +50,8 @@ class Site:
     base: list[Path]
     base_uid: str
     own_seg: Path
+    fu: list[Path]
+    fu_own_seg: Path
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         out = node.process(base)
         assert out.state in ("reported", "delivered") and "SEG" in out.kinds, out
-        assert node.process(fu).state in ("reported", "delivered")
-        yield Site(node, root, base, series_uid_of(base[0]), out.paths["SEG"])
+        later = node.process(fu)
+        assert later.state in ("reported", "delivered") and "SEG" in later.kinds, later
+        yield Site(node, root, base, series_uid_of(base[0]), out.paths["SEG"], fu, later.paths["SEG"])
     finally:
         node.stop()
 
@@ -76,8 +79,8 @@ def _sources(paths: list[Path]) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in paths]
 
 
-def _own_mask(site: Site, sources: list[pydicom.Dataset]) -> np.ndarray:
-    own = hd.seg.segread(str(site.own_seg))
+def _own_mask(site: Site, sources: list[pydicom.Dataset], own_seg: Path | None = None) -> np.ndarray:
+    own = hd.seg.segread(str(own_seg or site.own_seg))
     px = own.get_pixels_by_source_instance([str(d.SOPInstanceUID) for d in sources], segment_numbers=[1],
                                            dtype=np.uint8)
     return (np.asarray(px)[..., 0] > 0).astype(np.uint8)
@@ -171,7 +174,12 @@ def test_a_corrected_seg_becomes_the_reference_with_its_dice(site: Site) -> None
     assert np.array_equal(stored, corrected[[by_uid[u] for u in uids]])
     # visible to the admin: `hexnode status`, the status page, /outcomes
     from hexnode.status import collect, render
+    from hexnode.store.spool import uid_hash
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
+    shown = subprocess.run([sys.executable, "-m", "hexnode.cli", "series", uid_hash(site.base_uid), "--config",
+                            str(node.config)], capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0 and f"#{row.id} from {READER} (127.0.0.1)" in shown.stdout, shown.stdout[-2000:]
     st = collect(node.store)
     assert st["corrections"]["states"].get("stored", 0) >= 1
     assert "corrections" in render(st) and f"{row.dice:.3f}" in render(st)
@@ -314,6 +322,12 @@ def test_dataset_export_is_what_train_data_loads(site: Site, tmp_path: Path) -> 
     final = ndimage.binary_dilation(mine, structure=np.ones((1, 3, 3), bool)).astype(np.uint8)
     seg = reader_seg(sources, final)
     assert _wait_taken(site, str(_send(site, seg, "final") and seg.SOPInstanceUID)).state == "stored"
+    # the follow-up corrected too: a segmentation case without an HE label of its own
+    fu_sources = _sources(site.fu)
+    fu_mask = _own_mask(site, fu_sources, site.fu_own_seg)
+    fu_seg = reader_seg(fu_sources, ndimage.binary_erosion(fu_mask, structure=np.ones((1, 3, 3), bool))
+                        .astype(np.uint8))
+    assert _wait_taken(site, str(_send(site, fu_seg, "fu-final") and fu_seg.SOPInstanceUID)).state == "stored"
     out = tmp_path / "site"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
     proc = subprocess.run([sys.executable, "-m", "hexnode.cli", "dataset", "export", str(out),
@@ -322,9 +336,13 @@ def test_dataset_export_is_what_train_data_loads(site: Site, tmp_path: Path) -> 
     manifest = json.loads((out / "manifest.json").read_text())
     from hexnode.store.spool import uid_hash
 
-    case_id = uid_hash(site.base_uid)
-    assert [c["case_id"] for c in manifest["cases"]] == [case_id] and manifest["skipped"] == []
-    entry = manifest["cases"][0]
+    case_id, fu_id = uid_hash(site.base_uid), uid_hash(series_uid_of(site.fu[0]))
+    assert {c["case_id"] for c in manifest["cases"]} == {case_id, fu_id} and manifest["skipped"] == []
+    entry = next(c for c in manifest["cases"] if c["case_id"] == case_id)
+    fu_entry = next(c for c in manifest["cases"] if c["case_id"] == fu_id)
+    assert fu_entry["he_label"] is None and fu_entry["patient"] == entry["patient"]
+    fu_case = site_case(out, fu_id, 0)  # loadable as a segmentation case; not in labels.csv
+    assert fu_case.mask.sum() > 0 and fu_case.mask.shape == fu_case.hu.shape
     assert entry["he_label"] in (0, 1) and entry["followup_volume_ml"] > 0 and entry["patient"]
     labels = read_labels(out)
     assert labels == {case_id: entry["he_label"]}
