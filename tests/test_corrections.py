@@ -183,6 +183,9 @@ def test_a_corrected_seg_becomes_the_reference_with_its_dice(site: Site) -> None
     st = collect(node.store)
     assert st["corrections"]["states"].get("stored", 0) >= 1
     assert "corrections" in render(st) and f"{row.dice:.3f}" in render(st)
+    from hexnode.web.server import metrics_text
+
+    assert 'hexnode_corrections{state="stored"} 1.0' in metrics_text(st)
     _check_web(node, row)
 
 
