@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hexnode.sop import is_segmentation
 from hexnode.store.db import Correction, Event
 from hexnode.store.spool import Spool, correction_relpath, uid_hash
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Filed", "file_correction", "is_segmentation", "link_into_corrections"]
-
 
 @dataclass(frozen=True)
 class Filed:
@@ -48,6 +45,10 @@ def link_into_corrections(spool: Spool, relpath: str, sop_uid: str) -> str:
         os.link(spool.path(relpath), dest)
     except FileExistsError:
         pass  # filed before a crash, or a re-send of the same object: the first copy is kept
+    except OSError:  # a file system without hard links: a copy, renamed into place whole
+        tmp = dest.with_name(dest.name + ".filing")
+        shutil.copyfile(spool.path(relpath), tmp)
+        os.replace(tmp, dest)
     return dest_rel
 
 

@@ -44,10 +44,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from hexnode.receive.corrections import file_correction, is_segmentation
+from hexnode.receive.corrections import file_correction
 from hexnode.receive.index import HeaderError, read_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.runtime import setup_logging
+from hexnode.sop import is_segmentation
 from hexnode.store.db import Event, Instance, Series, Store, open_store
 from hexnode.store.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
 
