@@ -136,6 +136,12 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
     return run_outcomes(args)
 
 
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from hexnode.labels.export import run_dataset
+
+    return run_dataset(args)
+
+
 def _cmd_recalibrate(args: argparse.Namespace) -> int:
     from hexnode.train.recalibrate import run_recalibrate  # numpy only: no torch
 
@@ -175,7 +181,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # Commands that write the spool, the SQLite database or results: what they create is the
 # hexnode user's alone (0700 folders, 0600 files), whatever the umask they were started with.
 PRIVATE_DATA_COMMANDS = frozenset({"node", "serve", "receive", "route", "worker", "send", "web", "purge", "resend",
-                                   "db", "recalibrate", "models", "status", "outcomes", "health"})
+                                   "db", "recalibrate", "models", "status", "outcomes", "health",
+                                   "dataset"})
 
 
 def private_files() -> None:
@@ -318,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--png", metavar="FILE", help="also write the reliability diagram here")
     p.add_argument("--version", help="the reliability diagram of this model version only")
+
+    p = add("dataset", _cmd_dataset, "export the site's labelled cases (reference masks readers sent back as "
+                                     "DICOM SEG, follow-up outcomes) in the layout `hexnode train --data` reads")
+    _config_arg(p)
+    p.add_argument("action", choices=["export"])
+    p.add_argument("dir", metavar="DIR", help="where the data set goes (labels.csv, <case>/image.nii.gz, mask.nii.gz)")
 
     p = add("recalibrate", _cmd_recalibrate,
             "refit calibration and threshold on the site's outcomes; writes a new model version")

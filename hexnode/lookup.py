@@ -24,7 +24,18 @@ from sqlalchemy.orm import Session
 
 from hexnode.config import Config, load_config
 from hexnode.runtime import one_line
-from hexnode.store.db import Event, Instance, Job, Notification, Outbox, Result, Series, Study, open_existing
+from hexnode.store.db import (
+    Correction,
+    Event,
+    Instance,
+    Job,
+    Notification,
+    Outbox,
+    Result,
+    Series,
+    Study,
+    open_existing,
+)
 from hexnode.store.spool import uid_hash
 
 HASH = re.compile(r"^[0-9a-f]{10}$")
@@ -79,8 +90,10 @@ def describe(s: Session, series: Series, how: str, cfg: Config, *, instances: bo
                        .order_by(Outbox.id)).scalars().all() if results else []
     notes = s.execute(select(Notification).where(Notification.series_id == series.id)
                       .order_by(Notification.id)).scalars().all()
+    corrections = s.execute(select(Correction).where(Correction.series_id == series.id)
+                            .order_by(Correction.id)).scalars().all()
     keys = [("series", [series.id]), ("job", [j.id for j in jobs]), ("outbox", [o.id for o in outbox]),
-            ("notification", [n.id for n in notes])]
+            ("notification", [n.id for n in notes]), ("correction", [c.id for c in corrections])]
     events = s.execute(select(Event).where(or_(*[(Event.entity == e) & Event.entity_id.in_(ids)
                                                  for e, ids in keys if ids]))
                        .order_by(Event.at, Event.id)).scalars().all()
@@ -122,6 +135,11 @@ def describe(s: Session, series: Series, how: str, cfg: Config, *, instances: bo
         "notifications": [{"id": n.id, "trigger": n.trigger, "target": n.target, "state": n.state,
                            "attempts": n.attempts, "error": one_line(n.last_error) if n.last_error else None}
                           for n in notes],
+        "corrections": [{"id": c.id, "state": c.state, "calling_ae": c.calling_ae, "peer": c.peer,
+                         "received_at": _iso(c.received_at), "dice": c.dice, "hexnode_ml": c.hexnode_ml,
+                         "reference_ml": c.reference_ml, "volume_change_ml": c.volume_change_ml,
+                         "reason": one_line(c.reason) if c.reason else None, "file": str(spool / c.path)}
+                        for c in corrections],
         "events": [{"at": _iso(e.at), "entity": e.entity, "id": e.entity_id, "from": e.from_state,
                     "to": e.to_state, "detail": one_line(e.detail) if e.detail else None} for e in events],
     }
@@ -170,6 +188,11 @@ def render(d: dict[str, Any], events: int = 30) -> str:
     for i, n in enumerate(d["notifications"]):
         lines.append(f"  {'notifications' if i == 0 else '':<20} #{n['id']} {n['trigger']} → {n['target']}: {n['state']}"
                      + (f" ({n['error']})" if n["error"] and n["state"] != "delivered" else ""))
+    for i, c in enumerate(d.get("corrections", [])):
+        what = (f"Dice {c['dice']:.3f}, {c['hexnode_ml']:.2f} → {c['reference_ml']:.2f} ml" if c["dice"] is not None
+                else (c["reason"] or ""))
+        lines.append(f"  {'corrections' if i == 0 else '':<20} #{c['id']} from {c['calling_ae'] or '?'} "
+                     f"({c['peer'] or '?'}) {c['received_at']}: {c['state']}" + (f", {what}" if what else ""))
     for item in d.get("instance_list", []):
         lines.append(f"    instance {item['number']} {item['sop_instance_uid']} {item['file']}"
                      + ("" if item["on_disk"] else " (not on disk)"))

@@ -90,6 +90,9 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10, cfg: Config | 
         from hexnode.store.outcomes import status_section
 
         outcomes = status_section(s)
+        from hexnode.store.corrections import status_section as corrections_section
+
+        corrections = corrections_section(s, errors)
         delivered = s.execute(
             select(Outbox.delivered_at, Result.created_at).join(Result, Result.id == Outbox.result_id)
             .where(Outbox.state == "delivered").order_by(Outbox.id.desc()).limit(recent)
@@ -126,6 +129,7 @@ def collect(store: Store, *, recent: int = 200, errors: int = 10, cfg: Config | 
         "stopped_senders": stopped,
         "quarantined_instances": int(quarantined),
         "outcomes": outcomes,
+        "corrections": corrections,
         "notifications": notifications,
         **monitored,
     }
@@ -208,6 +212,17 @@ def render(st: dict[str, Any]) -> str:
     if oc.get("pairs_recorded"):
         lines.append(f"follow-up outcome pairs: {oc['pairs_recorded']} (figures: hexnode outcomes)")
         lines += [f"  OUTCOMES DRIFT, model {v}: {'; '.join(d['reasons'])}" for v, d in oc["versions"].items() if d["drift"]]
+    cs = st.get("corrections") or {}
+    if cs.get("states"):
+        lines.append(f"corrections (DICOM SEG from readers): {states(cs['states'])}")
+        for c in cs.get("latest") or []:
+            if c["state"] in ("stored", "superseded"):
+                lines.append(f"  #{c['id']} series {c['series']} from {c['calling_ae'] or '?'} ({c['peer'] or '?'}), "
+                             f"{c['state']}: Dice {c['dice']:.3f}, volume {c['volume_change_ml']:+.2f} ml "
+                             f"({c['hexnode_ml']:.2f} → {c['reference_ml']:.2f})")
+            elif c["state"] == "aside":
+                lines.append(f"  #{c['id']} from {c['calling_ae'] or '?'} kept aside (spool/corrections/aside): "
+                             f"{c['reason']}")
     if st["quarantined_instances"]:
         lines.append(f"quarantined instances (unreadable header, see spool/quarantine): {st['quarantined_instances']}")
     return "\n".join(lines)

@@ -33,6 +33,8 @@ RULES: dict[str, tuple[str, ...]] = {
                     "hexnode.send", "hexnode.node"),
     "hexnode.send": ("hexnode.receive", "hexnode.route", "hexnode.pipeline", "hexnode.models", "hexnode.worker",
                      "hexnode.web", "hexnode.node"),
+    # a reader's corrected SEG, checked in route's process and exported for training: store only
+    "hexnode.labels": (*STAGES, "hexnode.models", "hexnode.train", "hexnode.report"),
     "hexnode.runtime": ("hexnode",),  # below everything: only the standard library
     "hexnode.node": STAGES[:-1],  # the supervisor starts stages as commands; it imports none of them
 }

@@ -117,7 +117,7 @@ def pg() -> Iterator[str]:
 def test_empty_sqlite_database_is_created_at_head_with_no_difference(sqlite_url: str) -> None:
     store = open_store(sqlite_url)
     try:
-        assert migrate.current(store) == migrate.head() == "job_held"
+        assert migrate.current(store) == migrate.head() == "corrections"
         assert migrate.pending(store) == []
         assert differences(store) == []
         assert set(inspect(store.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}

@@ -213,6 +213,7 @@ def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     con.execute("ALTER TABLE instances DROP COLUMN image_type")
     con.execute("DROP TABLE stage_beats")
     con.execute("ALTER TABLE jobs DROP COLUMN held")
+    con.execute("DROP TABLE corrections")
     for table, col in (("series", "uid_hash"), ("series", "accession_number"), ("studies", "uid_hash")):
         con.execute(f"DROP INDEX ix_{table}_{col}")
         con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")

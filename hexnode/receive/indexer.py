@@ -44,9 +44,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from hexnode.receive.corrections import file_correction
 from hexnode.receive.index import HeaderError, index_header, record_instance
 from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.runtime import setup_logging
+from hexnode.sop import is_segmentation
 from hexnode.store.db import Event, Instance, Series, Store, open_store
 from hexnode.store.spool import Spool, fsync_dir, fsync_file, instance_relpath, uid_hash
 
@@ -77,17 +79,19 @@ class Item:
     calling_ae: str
     received_at: datetime  # naive UTC
     size: int  # bytes; -1: not known yet (the indexer stats the file)
+    peer: str = ""  # the sender's address (recorded for a correction; "" when recovered from the spool)
 
     # A tab-separated line: cheaper than pickle, and none of the fields can contain a tab
     # (relpath is built from validated or hashed UIDs, AE titles are checked by pynetdicom).
     def encode(self) -> bytes:
         ae = "".join(c if c.isprintable() and c != "\t" else " " for c in self.calling_ae)
-        return f"{self.relpath}\t{ae}\t{self.received_at.isoformat()}\t{self.size}".encode()
+        peer = "".join(c for c in self.peer if c.isprintable() and c != "\t")
+        return f"{self.relpath}\t{ae}\t{self.received_at.isoformat()}\t{self.size}\t{peer}".encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Item:
-        relpath, ae, at, size = data.decode().split("\t")
-        return cls(relpath, ae, datetime.fromisoformat(at), int(size))
+        relpath, ae, at, size, *rest = data.decode().split("\t")  # 4 fields: a marker an older version wrote
+        return cls(relpath, ae, datetime.fromisoformat(at), int(size), rest[0] if rest else "")
 
 
 @dataclass(frozen=True)
@@ -176,14 +180,25 @@ class Indexer:
             fsync_dir(d)
         if not parsed:
             return
+        filed: list[str] = []
         with self.store.transaction() as s:
             for item, header in parsed:
+                if is_segmentation(header.sop_class_uid):
+                    # a reader's corrected mask (or hexnode's own SEG come back): filed for the
+                    # label step, never a series of its own
+                    file_correction(s, self.spool, relpath=item.relpath, sop_uid=header.sop_instance_uid,
+                                    sop_class_uid=header.sop_class_uid, calling_ae=item.calling_ae,
+                                    peer=item.peer, received_at=item.received_at)
+                    filed.append(item.relpath)
+                    continue
                 rec = record_instance(s, header, item.relpath, item.size, item.calling_ae, item.received_at,
                                       policy.header_keywords)
                 if not rec.created and item.relpath != instance_relpath(header.sop_instance_uid):
                     # The same SOP Instance UID arrived under another name (the C-STORE command
                     # and the dataset disagreed): keep only the copy that is indexed.
                     self.spool.path(item.relpath).unlink(missing_ok=True)
+        for relpath in filed:  # linked under corrections/ and recorded: the instances/ name goes
+            self.spool.path(relpath).unlink(missing_ok=True)
         self.indexed += len(parsed)
 
     def _mark(self, batch: list[Item], tries: int) -> None:

@@ -6,7 +6,9 @@ or ``rejected`` with every outbox row (its "not analysed" report, if any) delive
 happened to it for ``spool.retention_days`` (``--days``): its received instances and result files
 are deleted and its instance rows removed. The series, job, result and event rows stay (the
 audit trail); an ``events`` row records the purge. Failed series and undelivered results are
-never purged — they need a person (see ``hexnode status``).
+never purged — they need a person (see ``hexnode status``). Nor is a series with a reference
+mask (a ``stored`` correction a reader sent back): its slices are a case of the site data set
+(`hexnode dataset export`), which needs them.
 
 Beside the series, by the same retention:
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from sqlalchemy import and_, delete, func, not_, or_, select
 
 from hexnode.store.db import (
+    Correction,
     Event,
     Instance,
     Job,
@@ -71,6 +74,8 @@ def purgeable(store: Store, cutoff: datetime) -> list[int]:
                 Series.state.in_(("delivered", "rejected")),
                 Series.state_at < cutoff,
                 Series.last_instance_at < cutoff,
+                Series.id.not_in(select(Correction.series_id).where(Correction.state == "stored",
+                                                                    Correction.series_id.is_not(None))),
             )
         ).scalars().all()
         out = []

@@ -47,7 +47,9 @@ Policies (``[dicom]`` in hexnode.toml):
   accepted (docs/conformance.md lists them, and the storage classes that are not among them),
   so nothing a PACS sends is lost silently;
   a series that is not CT (CT, Enhanced CT, Legacy Converted Enhanced CT) is indexed as
-  ``rejected`` with the reason and visible in ``hexnode status``. Transfer syntaxes: the
+  ``rejected`` with the reason and visible in ``hexnode status``. A segmentation (Segmentation
+  Storage, and Label Map Segmentation Storage, added to pynetdicom's list) is a reader's corrected
+  mask: the indexer files it as a correction (``hexnode.receive.corrections``), not as a series. Transfer syntaxes: the
   uncompressed ones, deflate, and every compressed syntax whose pixel decoder is installed
   (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE), so what we accept can be
   read later; a syntax without a decoder is refused at negotiation (the sender can convert).
@@ -93,7 +95,7 @@ from hexnode.receive.index import header_keywords
 from hexnode.receive.indexer import IndexerProcess, IndexPolicy, Item, Stopped
 from hexnode.receive.limits import GuardedSSLSocket, ReceiveLimits
 from hexnode.receive.peers import LibraryLog, PeerLog, printable, withhold_pydicom_text
-from hexnode.sop import CT_SOP_CLASSES
+from hexnode.sop import CT_SOP_CLASSES, SEGMENTATION_SOP_CLASSES
 from hexnode.store.db import Store, utcnow
 from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool, instance_relpath, uid_hash
@@ -150,7 +152,9 @@ def build_ae(dicom: DicomConfig) -> AE:
     for cx in StoragePresentationContexts:
         if cx.abstract_syntax:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
-    for uid in CT_SOP_CLASSES:  # in case a pynetdicom release drops one from its list
+    # CT in case a pynetdicom release drops one from its list; the segmentation classes because a
+    # reader's corrected mask comes back as one (Label Map Segmentation is not in pynetdicom's list)
+    for uid in [*CT_SOP_CLASSES, *SEGMENTATION_SOP_CLASSES]:
         if uid not in {cx.abstract_syntax for cx in ae.supported_contexts}:
             ae.add_supported_context(uid, syntaxes)
     ae.add_supported_context(Verification)
@@ -428,7 +432,8 @@ class Receiver:
         self._track(event, relpath)
         if created:
             self.stored += 1
-            self.indexer.submit(Item(relpath, calling_ae, utcnow(), -1))  # size: the indexer stats
+            peer = str(getattr(event.assoc.requestor, "address", "") or "")
+            self.indexer.submit(Item(relpath, calling_ae, utcnow(), -1, peer))  # size: the indexer stats
         else:
             self.duplicates += 1
             log.debug("instance %s from %s already spooled", uid_hash(sop_uid), calling_ae)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hexnode.config import Config
+from hexnode.labels.take import take_received
 from hexnode.route.completion import CountWatch, complete_ready, settle_arrivals
 from hexnode.route.decide import Tick, select_complete
 from hexnode.series.select import Selector
@@ -64,6 +65,10 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool, beater: Beater | No
         except Exception:  # a tick must never kill the scheduler; the next one retries
             log.exception("series completion check failed")
             return
+        try:  # the reference masks readers sent back (hexnode/labels/take.py)
+            take_received(store, spool)
+        except Exception:
+            log.exception("taking received corrections failed")
         if beater is not None:
             beater.beat()
 

@@ -36,6 +36,8 @@ Tables (state machines and transitions live in ``hexnode.store.queue``)
                    (hexnode/notify), with the outbox's retry, lease and maximum-age columns.
     ``stage_beats``  one per running stage process: when it last showed it is alive
                    (hexnode/store/heartbeat.py; `hexnode health`, /metrics).
+    ``corrections``  one per received DICOM SEG: a radiologist's reference mask for an analysed
+                   series, or why it was kept aside (hexnode/labels; store/corrections.py).
 
 Jobs, outbox rows and notifications share their lease columns through the ``Leased`` mixin, and
 outbox rows and notifications their retry columns through ``Delivery``; the steps on those
@@ -350,6 +352,47 @@ class Outcome(Base):
     threshold: Mapped[float] = mapped_column(Float)
     baseline_at: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+class Correction(Base):
+    """A DICOM SEG received for a series: a reference mask a reader corrected (or confirmed), or
+    one kept aside with the reason. Receive files it (``received``); the label step
+    (hexnode/labels/take.py) checks it against hexnode's own SEG of the series and sets the state:
+
+    ``stored``      the series' reference mask (the newest stored one; an older one becomes
+                    ``superseded``, kept for the history), with Dice and volume against hexnode's mask;
+    ``aside``       not taken (unknown series, another Frame of Reference, frames that do not map,
+                    no single hemorrhage segment, unreadable): ``reason`` says which;
+    ``own``         hexnode's own SEG come back (a PACS forwarding it): not a correction.
+    """
+
+    __tablename__ = "corrections"
+    __table_args__ = (Index("ix_corrections_state", "state"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(Text, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(Text)  # the SEG, relative to the spool dir
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(64), default="")  # the sender's address
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="received")  # received | stored | superseded | aside | own
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # the source series it names (Referenced Series Sequence) and, when hexnode knows it, its row
+    source_series_uid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True, index=True)
+    segment_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    segment_label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # what it was compared with: hexnode's SEG (results row) and the model version that made it
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    frames: Mapped[int | None] = mapped_column(Integer, nullable=True)  # source slices the mask covers
+    dice: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hexnode_ml: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reference_ml: Mapped[float | None] = mapped_column(Float, nullable=True)
+    volume_change_ml: Mapped[float | None] = mapped_column(Float, nullable=True)  # reference - hexnode
+    mask_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the mapped mask (npz), spool-relative
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("corrections.id"), nullable=True)
+
 
 class Notification(Delivery, Base):
     """One message to one notification target (hexnode/notify): an alert, a correction, an IT warning.

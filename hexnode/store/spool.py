@@ -9,6 +9,9 @@ Layout (relative to the spool dir)::
                                     the database's job
     results/<series>/<name>.dcm     objects produced by the worker
     quarantine/                     received files whose header could not be read
+    corrections/<aa>/<sop>.dcm      received DICOM SEGs (a reader's corrected mask), filed by receive
+    corrections/aside/<sop>.dcm     those the label step did not take (the reason is in the database)
+    labels/<aa>/<sop>.npz           a taken correction's mask mapped onto its source slices
 
 Path components are never raw DICOM strings: a UID that is a valid UID (digits and dots, at most
 64 characters, no leading zero in a component) is used as is, anything else becomes ``x`` + a
@@ -47,6 +50,16 @@ def safe_component(value: str) -> str:
 def instance_relpath(sop_uid: str) -> str:
     name = safe_component(sop_uid)
     return f"instances/{hashlib.sha256(name.encode()).hexdigest()[:2]}/{name}.dcm"
+
+
+def correction_relpath(sop_uid: str) -> str:
+    """Where receive files a received SEG (the instance path's bucket, under corrections/)."""
+    return "corrections/" + instance_relpath(sop_uid)[len("instances/"):]
+
+
+def label_relpath(sop_uid: str) -> str:
+    """Where the label step writes a taken correction's mapped mask."""
+    return "labels/" + instance_relpath(sop_uid)[len("instances/"):-len(".dcm")] + ".npz"
 
 
 def uid_hash(uid: str) -> str:

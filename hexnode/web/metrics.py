@@ -118,6 +118,10 @@ METRICS: tuple[Metric, ...] = (
                        for v, d in sorted(((st.get("outcomes") or {}).get("versions") or {}).items()))),
     Metric("hexnode_outcome_pairs", "Scored follow-up outcome pairs per model version.", ("model_version",),
            _versions("pairs")),
+    Metric("hexnode_corrections", "DICOM SEGs readers sent back, by state (stored, superseded, aside, own, "
+           "received).", ("state",),
+           lambda st: (((k,), float(v)) for k, v in sorted(((st.get("corrections") or {}).get("states")
+                                                             or {}).items()))),
 )
 
 

@@ -71,6 +71,17 @@ def _outcomes(oc: dict[str, Any]) -> str:
                                 "drift"], bad=bool(oc.get("drift")))
 
 
+def _corrections(cs: dict[str, Any]) -> str:
+    """Reference masks readers sent back as DICOM SEG: the latest, with Dice and volume change, or why kept aside."""
+    rows = [{"id": c["id"], "series": c["series"], "state": c["state"], "from": f"{c['calling_ae']} ({c['peer']})",
+             "Dice": None if c["dice"] is None else f"{c['dice']:.3f}",
+             "volume change ml": None if c["volume_change_ml"] is None else f"{c['volume_change_ml']:+.2f}",
+             "reason": c["reason"], "received": c["received"]} for c in cs.get("latest") or []]
+    states = ", ".join(f"{k} {v}" for k, v in sorted((cs.get("states") or {}).items())) or "none"
+    return _table(f"Corrections received as DICOM SEG ({states})", rows,
+                  ["id", "series", "state", "from", "Dice", "volume change ml", "reason", "received"])
+
+
 def _ago(seconds: float | None, never: str = "never") -> str:
     return never if seconds is None else f"{duration(seconds)} ago"
 
@@ -185,6 +196,7 @@ def status_html(st: dict[str, Any], *, generated_at: str, refresh_s: int = REFRE
                ["id", "trigger", "target", "kind", "series", "attempts", "error", "since"], bad=True),
         f"<h2>Quarantined instances</h2><p>{int(st.get('quarantined_instances', 0))}</p>",
         _outcomes(st.get("outcomes") or {}),
+        _corrections(st.get("corrections") or {}),
     ]
     return _page("hexnode status", "".join(parts), refresh_s)
 

@@ -8,7 +8,8 @@ GET /             the status page for a browser: what needs attention first, the
 GET /series/ID    one series' history: states, jobs, deliveries, notifications (by its row id)
 GET /healthz      "ok" — liveness, no token (it says nothing about the data)
 GET /status       the JSON of `hexnode status --json` (no patient identifiers)
-GET /outcomes     the JSON of `hexnode outcomes --json` (follow-up pairs: AUC, calibration, drift)
+GET /outcomes     the JSON of `hexnode outcomes --json` (follow-up pairs: AUC, calibration, drift), and
+                  the corrections readers sent back (Dice, volume change per model version)
 GET /metrics      Prometheus text (web/metrics.py; the table in docs/operations.md)
 
 A token (`Authorization: Bearer <token>`) guards everything but /healthz whenever one is
@@ -341,10 +342,13 @@ class StatusServer:
                 self._send(200, "text/html; charset=utf-8", series_html(history).encode())
 
             def _outcomes(self) -> None:
+                from hexnode.store.corrections import summary as corrections_summary
                 from hexnode.store.outcomes import summarise
 
                 try:
-                    body = json.dumps(summarise(server.store)).encode()
+                    with server.store.transaction() as s:
+                        corrections = corrections_summary(s)
+                    body = json.dumps({**summarise(server.store), "corrections": corrections}).encode()
                 except Exception:
                     log.exception("outcomes summary failed")
                     self._send(500, "text/plain", b"outcomes unavailable\n")
