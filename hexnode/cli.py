@@ -143,6 +143,10 @@ def _cmd_recalibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "compare":
+        from hexnode.train.compare import run_compare  # the models on the site's held-out cases: no torch
+
+        return run_compare(args)
     from hexnode.store.model_versions import run_models
 
     return run_models(args)
@@ -248,7 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="DIR",
                    help="start the networks from a campaign's last weights (DIR/seg.pt, cnn.pt, campaign.json; "
                         "e.g. models/campaign) and add this run to its history; or from a model set's seg.onnx "
-                        "(e.g. models: the U-Net continues, BatchNorm statistics frozen; the CNN starts afresh)")
+                        "(e.g. models: the U-Net continues, BatchNorm statistics frozen; the CNN starts afresh); "
+                        "with --site: a model version or folder (default: the active version)")
+    p.add_argument("--site", metavar="DIR",
+                   help="fine-tune the active model's U-Net on a site's corrected cases (the --data layout; a quarter "
+                        "held out by key) into a candidate version under <data_dir>/models/ (not active)")
+    p.add_argument("--seg-steps", type=int, default=0, metavar="N", help="with --site: U-Net steps (default 240)")
+    p.add_argument("--device", default="auto", help="with --site: torch device, e.g. cpu, cuda (default: cuda if any)")
+    _config_arg(p)
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")
@@ -323,10 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
             "refit calibration and threshold on the site's outcomes; writes a new model version")
     _config_arg(p)
 
-    p = add("models", _cmd_models, "list model versions, or activate one for the workers")
+    p = add("models", _cmd_models, "list model versions; compare a candidate with the active one; activate one "
+                                   "for the workers; roll back to an earlier one")
     _config_arg(p)
-    p.add_argument("action", choices=["list", "activate"])
-    p.add_argument("version", nargs="?")
+    p.add_argument("action", choices=["list", "compare", "activate", "rollback"])
+    p.add_argument("version", nargs="?", help="compare, activate: the version; rollback: an earlier active version "
+                                              "(default: the one before the active one)")
+    p.add_argument("--force", action="store_true",
+                   help="activate: a site candidate that was not compared, or was worse (written in the audit trail)")
+    p.add_argument("--site", metavar="DIR", help="compare: the site data set (default: the one the candidate names)")
+    p.add_argument("--synth", type=int, metavar="N", help="compare: synthetic benchmark cases (default 8)")
+    p.add_argument("--json", action="store_true", help="compare: last line, the whole comparison as JSON")
 
     p = add("resend", _cmd_resend, "queue failed deliveries (and notifications) again")
     _config_arg(p)

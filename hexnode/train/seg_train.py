@@ -167,18 +167,21 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
               lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0,
               checkpoint: Path | None = None, every: ckpt.Every | None = None,
-              init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False) -> tuple[SegUNet, int]:
+              init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False,
+              device: str = "cpu") -> tuple[SegUNet, int]:
     """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick).
 
     `checkpoint`: continue from it when it exists (a finished one returns its weights at once) and
     write it `every` so often. `init`: start from these weights (a campaign's previous run) instead
     of a random initialisation; `frozen_bn`: BatchNorm statistics stay as they are (weights that
-    came from an ONNX file, see onnx_import). Returns the model and the number of steps trained."""
+    came from an ONNX file, see onnx_import). `device`: where the steps run (a torch device name);
+    the crops are drawn on the CPU either way. Returns the model (on the CPU) and the steps trained."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
     if init is not None:
         model.load_state_dict(init)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.monotonic()
     step, ema, spent = 0, None, 0.0
@@ -186,7 +189,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     if saved is not None:
         step, ema, spent = saved.step, saved.ema, saved.spent_seconds
         if saved.done:
-            model.eval()
+            model.cpu().eval()
             return model, step
     budget = Budget(seconds, steps, spent_before=spent)
     every = every or ckpt.Every()
@@ -198,6 +201,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
         hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share)
         hu, m = augment(hu, m, rng)
+        hu, m = hu.to(device), m.to(device)
         # hypodense blood counts `hypo_weight` times in the BCE: it is rare and the HE markers live there
         weight = 1.0 + (hypo_weight - 1.0) * m * (hu < HYPODENSE_MAX_HU).float()
         loss = dice_bce(model(torch_window(hu)), m, weight)
@@ -214,7 +218,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     log.info("seg trained: %d steps of %d crops %dx%d, final loss %.4f", step, batch, crop, crop, ema or float("nan"))
     if checkpoint is not None:
         ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=ema, done=True))
-    model.eval()
+    model.cpu().eval()
     return model, step
 
 
