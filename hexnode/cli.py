@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models", help="where the model files go")
     p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
-    p.add_argument("--seg-seconds", type=float, default=0, help="U-Net training time budget (default 900; quick 40)")
+    p.add_argument("--seg-seconds", type=float, default=0, help="U-Net training time budget (default 900; quick 40; --site 360)")
     p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
     p.add_argument("--refit", metavar="WORKDIR", help="refit only the fusion stage from WORKDIR/features.pkl")
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", metavar="DIR",
                    help="fine-tune the active model's U-Net on a site's corrected cases (the --data layout; a quarter "
                         "held out by key) into a candidate version under <data_dir>/models/ (not active)")
-    p.add_argument("--seg-steps", type=int, default=0, metavar="N", help="with --site: U-Net steps (default 240)")
+    p.add_argument("--seg-steps", type=int, default=0, metavar="N", help="with --site: exactly N U-Net steps (default: --seg-seconds, 360 with --site)")
     p.add_argument("--device", default="auto", help="with --site: torch device, e.g. cpu, cuda (default: cuda if any)")
     _config_arg(p)
 

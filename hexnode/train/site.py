@@ -39,8 +39,10 @@ log = logging.getLogger("hexnode.train")
 #: fine-tuning's peak learning rate: a tenth of a fresh run's (hexnode.train.run.SEG_LR), so a few
 #: hundred steps on a few dozen cases adapt the U-Net without undoing what 800 cases taught it
 SITE_LR = 3e-4
-#: default step budget: 240 steps of 8 crops of 160² (about 1 s a step on 2 shared CPU cores)
-SITE_STEPS = 240
+#: default U-Net budget: 6 minutes, so that a 40-case site set is fine-tuned in under 10 minutes on
+#: 2 CPU cores however loaded they are (reading the cases and the export take the rest); steps of
+#: 8 crops of 160² take 0.7-3 s there, depending on the load; `--seg-steps` gives a fixed count instead
+SITE_SECONDS = 360.0
 SITE_BATCH = 8
 SITE_CROP = 160
 
@@ -67,8 +69,9 @@ def resolve_base(store: Store, cfg: Config, init_from: str | None) -> Path:
     return find(cfg, init_from).path
 
 
-def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None = None, steps: int = SITE_STEPS,
-             seconds: float = 0.0, device: str = "auto", seed: int = 0) -> Candidate:
+def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None = None, steps: int = 0,
+             seconds: float = SITE_SECONDS, device: str = "auto", seed: int = 0) -> Candidate:
+    """`steps` > 0: exactly that many U-Net steps; else `seconds` of them."""
     import torch
 
     from hexnode.models.registry import load_manifest
@@ -96,7 +99,7 @@ def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None
         bank.add_case(tc.hu, tc.mask, rng)
     width = int(base.data.get("training", {}).get("seg_width", 8))
     training = base.data.get("training", {})
-    model, done = train_seg(bank, seconds=seconds, steps=0 if seconds else steps, width=width, batch=SITE_BATCH, crop=SITE_CROP,
+    model, done = train_seg(bank, seconds=seconds, steps=steps, width=width, batch=SITE_BATCH, crop=SITE_CROP,
                             seed=seed, lr=SITE_LR, hypo_weight=float(training.get("seg_hypo_weight", 3.0)),
                             hypo_share=float(training.get("seg_hypo_share", 0.3)),
                             init=seg_from_onnx(base.path("seg"), width), frozen_bn=True, device=device)
@@ -131,7 +134,7 @@ def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None
                  "train_cases": len(site.train), "held_out_cases": len(site.held_out),
                  "train_outcomes": len(labelled),
                  "holdout_rule": f"sha256('{HOLDOUT_SALT}:' + case_id) < {HOLDOUT_SHARE:g} of its range"},
-        "seg": {"steps": done, "seconds_budget": seconds, "batch": SITE_BATCH, "crop": SITE_CROP, "lr": SITE_LR,
+        "seg": {"steps": done, "budget": f"{steps} steps" if steps else f"{seconds:g} s", "batch": SITE_BATCH, "crop": SITE_CROP, "lr": SITE_LR,
                 "device": device, "frozen_batchnorm": True},
         "fusion": fusion,
         "trained_seconds": round(seconds_spent, 1),
@@ -235,7 +238,7 @@ def run_site_train(args: argparse.Namespace) -> int:
     store = open_existing(cfg.database_url)
     try:
         c = finetune(store, cfg, Path(args.site), init_from=getattr(args, "init_from", None),
-                     steps=int(getattr(args, "seg_steps", 0) or SITE_STEPS), seconds=float(args.seg_seconds or 0),
+                     steps=int(getattr(args, "seg_steps", 0) or 0), seconds=float(args.seg_seconds or SITE_SECONDS),
                      device=getattr(args, "device", None) or "auto", seed=int(args.seed))
     except ValueError as exc:
         print(f"hexnode train --site: {exc}", file=sys.stderr)
