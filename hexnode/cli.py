@@ -424,12 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hexnode.runtime import route_warnings
 
     route_warnings()
-    if args.command in PRIVATE_DATA_COMMANDS:
+    site_training = args.command == "train" and bool(getattr(args, "site", None))
+    if args.command in PRIVATE_DATA_COMMANDS or site_training:
         private_files()
     from hexnode.config import ConfigError, DatabaseMissing
 
     try:
-        if hasattr(args, "config"):
+        # training reads a node's settings only for --site (its versions and database)
+        if hasattr(args, "config") and (args.command != "train" or site_training):
             announce(args)
         return int(args.handler(args) or 0)
     except ConfigError as exc:  # a bad or incomplete settings file: one clear line, no traceback

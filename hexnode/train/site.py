@@ -119,7 +119,9 @@ def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None
     _update_files(tmp, data, diff)
     fusion = _refit_calibration(tmp, data, site)
     seconds_spent = time.monotonic() - t0
-    tag = hashlib.sha256("".join(f"{n}:{e['sha256']}" for n, e in sorted(data["files"].items())).encode()).hexdigest()[:8]
+    # the result objects' UIDs derive from the version: files and calibration both make it
+    tag = hashlib.sha256(json.dumps([sorted((n, e["sha256"]) for n, e in data["files"].items()),
+                                     data["calibration"], data["threshold"]]).encode()).hexdigest()[:8]
     stem = base.version.split("-ft")[0].split("-site")[0]
     version = f"{stem}-ft{time.strftime('%Y%m%d')}-{tag}"
     labelled = [c for c in site.train if c.label is not None]
@@ -181,6 +183,8 @@ def _refit_calibration(folder: Path, data: dict[str, Any], site: SiteSet) -> str
     xs, ys = [], []
     for c in labelled:
         tc = site_case(site.root, c.case_id, int(c.label or 0))
+        if not tc.mask.any():
+            continue  # a head without blood: its "no expansion" says nothing about the calibration
         hu = tc.hu.astype(np.float32)
         pred = models.segment(hu, tc.spacing)
         if not pred.any():
@@ -189,9 +193,10 @@ def _refit_calibration(folder: Path, data: dict[str, Any], site: SiteSet) -> str
         xs.append(float(logit(np.array([p]))[0]))
         ys.append(bool(c.label))
     y = np.array(ys, bool)
-    if y.sum() < MIN_PER_CLASS or (~y).sum() < MIN_PER_CLASS:
-        return (f"calibration and threshold kept from the base version: only {len(ys)} training cases with an outcome "
-                "got a mask, too few of one class")
+    if len(ys) < MIN_OUTCOMES or y.sum() < MIN_PER_CLASS or (~y).sum() < MIN_PER_CLASS:
+        return (f"calibration and threshold kept from the base version: {len(ys)} training cases with blood, an "
+                f"outcome and a predicted mask ({int(y.sum())} expanded); a refit needs {MIN_OUTCOMES} with "
+                f"{MIN_PER_CLASS} of each class")
     x = np.array(xs)
     c_, d_ = fit_platt(x, y)
     p_new = sigmoid(c_ * x + d_)

@@ -21,8 +21,9 @@ from pathlib import Path
 HOLDOUT_SHARE = 0.25
 #: what the key is hashed with: a different salt would move cases between the sides
 HOLDOUT_SALT = "hexnode-site-holdout-v1"
-#: the fusion stage is recalibrated on the site only with at least this many training cases with a
-#: known outcome, and at least `MIN_PER_CLASS` of each class (fewer: the Platt fit is noise)
+#: the fusion stage is recalibrated on the site only with at least this many training cases with
+#: blood, a known outcome and a predicted mask, and at least `MIN_PER_CLASS` of each class (fewer:
+#: the Platt fit is noise)
 MIN_OUTCOMES = 30
 MIN_PER_CLASS = 5
 
