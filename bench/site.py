@@ -106,7 +106,7 @@ def main() -> int:
     proc, t_activate = hexnode("models", "activate", candidate, config=config)
     print(proc.stdout.strip() if proc.returncode == 0 else "activation refused: " + proc.stderr.strip().splitlines()[-1])
 
-    print("\nbefore -> after (active bundled model -> activated candidate), 95 % bootstrap CIs")
+    print("\nbefore -> after (the active bundled model -> the candidate), 95 % bootstrap CIs")
     for part in ("site", "synthetic"):
         for name in ("iou", "dice", "volume_error_ml", "false_blood_ml"):
             f = result[part].get(name)

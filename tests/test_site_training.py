@@ -151,7 +151,8 @@ def test_train_compare_activate_refuse_force_rollback(tmp_path: Path) -> None:
     assert verdict["site"]["iou"]["candidate"]["value"] == 0.0 and verdict["site"]["iou"]["difference"]["hi"] < 0
     proc = _cli(config, "models", "activate", damaged)
     assert proc.returncode == 3 and "worse than" in proc.stderr and "--force" in proc.stderr
-    assert _model_events(cfg) == []
+    assert _model_events(cfg) == [("candidate", f"{candidate} fine-tuned from {bundled} on site data set {digest[:12]} "
+                                               f"(6 cases, 3 held out) by {user}")]
     proc = _cli(config, "models", "activate", damaged, "--force")
     assert proc.returncode == 0, proc.stderr
 
@@ -168,7 +169,7 @@ def test_train_compare_activate_refuse_force_rollback(tmp_path: Path) -> None:
     finally:
         store.dispose()
 
-    events = _model_events(cfg)
+    events = _model_events(cfg)[1:]
     assert [e[0] for e in events] == ["activated", "rolled_back", "activated"]
     assert events[0][1].startswith(f"bundled {bundled} -> {damaged} ") and f" by {user}; forced: " in events[0][1]
     assert events[1][1].startswith(f"{damaged} -> {bundled} ") and events[1][1].endswith(f" by {user}")

@@ -5,7 +5,8 @@ Versions are folders with a manifest: the bundled `[models] dir` and every versi
 active one is a row in `hexnode_meta` (key `active_model`: version and folder); every activation
 and rollback is an `events` row (entity "model", to_state "activated" or "rolled_back", detail
 "old -> new (folder) by USER", the OS user who ran it, "; forced: ..." when `--force` overrode a
-refusal). A worker checks the row between jobs and loads the new version before its next job;
+refusal; `hexnode train --site` adds a "candidate" row for each version it writes). A worker
+checks the row between jobs and loads the new version before its next job;
 jobs already running finish on the version they started with, and each report names the version
 that made it.
 

@@ -149,6 +149,13 @@ def finetune(store: Store, cfg: Config, site_dir: Path, *, init_from: str | None
     out = out_root / version
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    from hexnode.store.db import Event
+    from hexnode.store.model_versions import os_user
+
+    with store.transaction() as s:  # the audit trail: who made which candidate from what
+        s.add(Event(entity="model", entity_id=0, from_state=None, to_state="candidate",
+                    detail=f"{version} fine-tuned from {base.version} on site data set {site.digest[:12]} "
+                           f"({len(site.cases)} cases, {len(site.held_out)} held out) by {os_user()}"))
     log.info("candidate %s written in %s (%.0f s)", version, out, seconds_spent)
     return Candidate(version, out, base.version, site, done, seconds_spent, fusion)
 
