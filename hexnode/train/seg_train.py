@@ -82,10 +82,11 @@ def _pick(rng: np.random.Generator, where: NDArray[np.bool_]) -> tuple[int, int]
 
 
 def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: int, *,
-                 hypo_share: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops: 60 % around blood (`hypo_share` of all crops on its hypodense part when it
-    has one, the part the first models missed), 20 % on blood-like tissue that is not blood,
-    20 % anywhere."""
+                 hypo_share: float = 0.3, blood_share: float = 0.6,
+                 confuser_share: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops: `blood_share` around blood (`hypo_share` of all crops on its hypodense part
+    when it has one, the part the first models missed), `confuser_share` on blood-like tissue
+    that is not blood, the rest anywhere."""
     hus, ms = [], []
     for _ in range(batch):
         i = int(rng.integers(len(bank)))
@@ -93,7 +94,7 @@ def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: in
         h, w = hu.shape
         u = rng.random()
         at = None
-        if m.any() and u < 0.6:
+        if m.any() and u < blood_share:
             if u < hypo_share:
                 at = _pick(rng, (m > 0) & (hu < HYPODENSE_MAX_HU))
             if at is None:
@@ -101,7 +102,7 @@ def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: in
             assert at is not None
             jitter = rng.integers(-size // 3, size // 3 + 1, 2)
             at = (at[0] + int(jitter[0]), at[1] + int(jitter[1]))
-        elif u < 0.8:
+        elif u < blood_share + confuser_share:
             at = _pick(rng, (hu > CONFUSER_HU[0]) & (hu < CONFUSER_HU[1]) & (m == 0))
         if at is None:  # anywhere in the head: calcifications, skull rim, skull base are negatives
             at = (int(rng.integers(size // 4, h - size // 4)), int(rng.integers(size // 4, w - size // 4)))
@@ -168,7 +169,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
               lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0,
               checkpoint: Path | None = None, every: ckpt.Every | None = None,
               init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False,
-              device: str = "cpu") -> tuple[SegUNet, int]:
+              device: str = "cpu", blood_share: float = 0.6, confuser_share: float = 0.2) -> tuple[SegUNet, int]:
     """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick).
 
     `checkpoint`: continue from it when it exists (a finished one returns its weights at once) and
@@ -199,7 +200,8 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
-        hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share)
+        hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share, blood_share=blood_share,
+                             confuser_share=confuser_share)
         hu, m = augment(hu, m, rng)
         hu, m = hu.to(device), m.to(device)
         # hypodense blood counts `hypo_weight` times in the BCE: it is rare and the HE markers live there
