@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-overlap", type=float, default=0.0, metavar="MM",
                    help="with --mixed: each run's first slice reaches MM back into the run below, as GE writes "
                         "its 4 + 7 mm protocol (4.42: a 1.08 mm step at the change)")
+    p.add_argument("--scanner-profile", metavar="NAME",
+                   help="another scanner's look (sharp-7mm: edge-enhancing kernel, fine noise, skull-base beam "
+                        "hardening, brain 8 HU high, 7 mm slices); the same heads, bleeds and masks")
     p.add_argument("--vendor", choices=["ge", "siemens", "philips", "canon", "uih"],
                    help="write the manufacturer, kernel, description and protocol names that vendor uses")
     p.add_argument("--no-body-part", action="store_true",
