@@ -149,6 +149,10 @@ def _cmd_recalibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "compare":
+        from hexnode.train.compare import run_compare  # the models on the site's held-out cases: no torch
+
+        return run_compare(args)
     from hexnode.store.model_versions import run_models
 
     return run_models(args)
@@ -222,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-overlap", type=float, default=0.0, metavar="MM",
                    help="with --mixed: each run's first slice reaches MM back into the run below, as GE writes "
                         "its 4 + 7 mm protocol (4.42: a 1.08 mm step at the change)")
+    p.add_argument("--scanner-profile", metavar="NAME",
+                   help="another scanner's look (sharp-7mm: edge-enhancing kernel, fine noise, skull-base beam "
+                        "hardening, brain 8 HU high, 7 mm slices); the same heads, bleeds and masks")
     p.add_argument("--vendor", choices=["ge", "siemens", "philips", "canon", "uih"],
                    help="write the manufacturer, kernel, description and protocol names that vendor uses")
     p.add_argument("--no-body-part", action="store_true",
@@ -246,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models", help="where the model files go")
     p.add_argument("--quick", action="store_true", help="tiny models, few cases (tests)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
-    p.add_argument("--seg-seconds", type=float, default=0, help="U-Net training time budget (default 900; quick 40)")
+    p.add_argument("--seg-seconds", type=float, default=0, help="U-Net training time budget (default 900; quick 40; --site 360)")
     p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
     p.add_argument("--refit", metavar="WORKDIR", help="refit only the fusion stage from WORKDIR/features.pkl")
@@ -255,7 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="DIR",
                    help="start the networks from a campaign's last weights (DIR/seg.pt, cnn.pt, campaign.json; "
                         "e.g. models/campaign) and add this run to its history; or from a model set's seg.onnx "
-                        "(e.g. models: the U-Net continues, BatchNorm statistics frozen; the CNN starts afresh)")
+                        "(e.g. models: the U-Net continues, BatchNorm statistics frozen; the CNN starts afresh); "
+                        "with --site: a model version or folder (default: the active version)")
+    p.add_argument("--site", metavar="DIR",
+                   help="fine-tune the active model's U-Net on a site's corrected cases (the --data layout; a quarter "
+                        "held out by key) into a candidate version under <data_dir>/models/ (not active)")
+    p.add_argument("--seg-steps", type=int, default=0, metavar="N", help="with --site: exactly N U-Net steps (default: --seg-seconds, 360 with --site)")
+    p.add_argument("--device", default="auto", help="with --site: torch device, e.g. cpu, cuda (default: cuda if any)")
+    _config_arg(p)
 
     p = add("evaluate", _cmd_evaluate, "evaluate the committed models on fresh data")
     p.add_argument("--synth", type=int, default=0, metavar="N")
@@ -336,10 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
             "refit calibration and threshold on the site's outcomes; writes a new model version")
     _config_arg(p)
 
-    p = add("models", _cmd_models, "list model versions, or activate one for the workers")
+    p = add("models", _cmd_models, "list model versions; compare a candidate with the active one; activate one "
+                                   "for the workers; roll back to an earlier one")
     _config_arg(p)
-    p.add_argument("action", choices=["list", "activate"])
-    p.add_argument("version", nargs="?")
+    p.add_argument("action", choices=["list", "compare", "activate", "rollback"])
+    p.add_argument("version", nargs="?", help="compare, activate: the version; rollback: an earlier active version "
+                                              "(default: the one before the active one)")
+    p.add_argument("--force", action="store_true",
+                   help="activate: a site candidate that was not compared, or was worse (written in the audit trail)")
+    p.add_argument("--site", metavar="DIR", help="compare: the site data set (default: the one the candidate names)")
+    p.add_argument("--synth", type=int, metavar="N", help="compare: synthetic benchmark cases (default 8)")
+    p.add_argument("--json", action="store_true", help="compare: last line, the whole comparison as JSON")
 
     p = add("resend", _cmd_resend, "queue failed deliveries (and notifications) again")
     _config_arg(p)
@@ -419,12 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hexnode.runtime import route_warnings
 
     route_warnings()
-    if args.command in PRIVATE_DATA_COMMANDS:
+    site_training = args.command == "train" and bool(getattr(args, "site", None))
+    if args.command in PRIVATE_DATA_COMMANDS or site_training:
         private_files()
     from hexnode.config import ConfigError, DatabaseMissing
 
     try:
-        if hasattr(args, "config"):
+        # training reads a node's settings only for --site (its versions and database)
+        if hasattr(args, "config") and (args.command != "train" or site_training):
             announce(args)
         return int(args.handler(args) or 0)
     except ConfigError as exc:  # a bad or incomplete settings file: one clear line, no traceback

@@ -1,21 +1,35 @@
 """Which model version the workers use: the bundled one until `hexnode models activate VERSION`.
 
 Versions are folders with a manifest: the bundled `[models] dir` and every version
-`hexnode recalibrate` wrote under `<data_dir>/models/<VERSION>/`. The active one is a row in
-`hexnode_meta` (key `active_model`: version and folder); every activation is an `events` row
-(entity "model", to_state "activated", detail "old -> new (folder)"). A worker checks the row
-between jobs and loads the new version before its next job; jobs already running finish on the
-version they started with, and each report names the version that made it.
+`hexnode recalibrate` or `hexnode train --site` wrote under `<data_dir>/models/<VERSION>/`. The
+active one is a row in `hexnode_meta` (key `active_model`: version and folder); every activation
+and rollback is an `events` row (entity "model", to_state "activated" or "rolled_back", detail
+"old -> new (folder) by USER", the OS user who ran it, "; forced: ..." when `--force` overrode a
+refusal; `hexnode train --site` adds a "candidate" row for each version it writes). A worker
+checks the row between jobs and loads the new version before its next job;
+jobs already running finish on the version they started with, and each report names the version
+that made it.
+
+A site fine-tuned candidate (`provenance.kind` "site-finetune") is activated only after
+`hexnode models compare` measured it against the version active now (`compare.json` in its
+folder) and found it not worse on the site's held-out cases; `--force` overrides, and says so in
+the audit trail. `hexnode models rollback [VERSION]` returns to the version active before (or to
+any version that was active once) without that check: the way back must always be open.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
 
 from hexnode.config import Config
 from hexnode.store.db import Event, Meta, Store
@@ -23,6 +37,13 @@ from hexnode.store.db import Event, Meta, Store
 log = logging.getLogger(__name__)
 
 ACTIVE_KEY = "active_model"
+#: the comparison `hexnode models compare` records in a candidate's folder
+COMPARISON = "compare.json"
+SITE_FINETUNE = "site-finetune"
+
+
+class ActivationRefused(RuntimeError):
+    """A candidate that was not compared with the active version, or measured worse than it."""
 
 
 @dataclass(frozen=True)
@@ -64,18 +85,117 @@ def active_dir(store: Store, cfg: Config) -> Path:
     return current[1] if current else cfg.models_path
 
 
-def activate(store: Store, cfg: Config, version: str) -> Version:
-    """Make `version` the workers' model set (its files are verified first)."""
-    from hexnode.models.registry import load_manifest
-
+def find(cfg: Config, version: str) -> Version:
     match = [v for v in available(cfg) if v.version == version]
     if not match:
         known = ", ".join(v.version for v in available(cfg)) or "none"
         raise ValueError(f"no model version {version!r} (known: {known})")
-    chosen = match[-1]
+    return match[-1]
+
+
+def bundled_version(cfg: Config) -> str:
+    return next((v.version for v in available(cfg) if v.path == cfg.models_path), "?")
+
+
+def active_version(store: Store, cfg: Config) -> str:
+    current = active(store)
+    return current[0] if current else bundled_version(cfg)
+
+
+def os_user() -> str:
+    """Who ran the command, for the audit trail (the OS account, not a claim typed on the command line)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (a container's arbitrary user)
+        return f"uid {os.getuid()}"
+
+
+def comparison_gate(store: Store, cfg: Config, chosen: Version) -> str | None:
+    """Why `chosen` may not be activated now, or None. Only site fine-tuned candidates are gated:
+    a recalibration or a version that was active before is not a new segmentation."""
+    manifest = json.loads((chosen.path / "manifest.json").read_text())
+    if manifest.get("provenance", {}).get("kind") != SITE_FINETUNE:
+        return None
+    current = active_version(store, cfg)
+    path = chosen.path / COMPARISON
+    if not path.is_file():
+        return f"{chosen.version} was never compared with the active version {current}: run hexnode models compare {chosen.version}"
+    verdict: dict[str, Any] = json.loads(path.read_text())
+    if verdict.get("against") != current:
+        return (f"{chosen.version} was compared with {verdict.get('against')}, not with the active version {current}: "
+                f"run hexnode models compare {chosen.version}")
+    if verdict.get("worse"):
+        return f"{chosen.version} is worse than {current} on the site's held-out cases: " + "; ".join(verdict.get("reasons", []))
+    return None
+
+
+def activate(store: Store, cfg: Config, version: str, *, force: bool = False, user: str | None = None) -> Version:
+    """Make `version` the workers' model set (its files are verified first). A site fine-tuned
+    candidate must have been compared with the active version and not found worse
+    (`ActivationRefused`), unless `force`: then the refusal is written into the audit row."""
+    from hexnode.models.registry import load_manifest
+
+    chosen = find(cfg, version)
     load_manifest(chosen.path, verify=True)  # a tampered or partly copied version is refused here
+    refusal = comparison_gate(store, cfg, chosen)
+    if refusal is not None and not force:
+        raise ActivationRefused(refusal + " (--force activates it anyway)")
+    note = f"; forced: {refusal}" if refusal is not None else ""
+    _switch(store, cfg, chosen, "activated", user or os_user(), note)
+    return chosen
+
+
+def _switches(store: Store) -> list[tuple[str, str, str]]:
+    """(to_state, old version, new version) of every activation and rollback, oldest first."""
+    with store.transaction() as s:
+        rows = s.execute(select(Event).where(Event.entity == "model").order_by(Event.id)).scalars().all()
+        details = [(r.to_state, r.detail or "") for r in rows]
+    out = []
+    for state, detail in details:
+        if state in ("activated", "rolled_back") and " -> " in detail:
+            old, new = detail.split(" -> ", 1)
+            out.append((state, old.removeprefix("bundled "), new.split(" ", 1)[0]))
+    return out
+
+
+def history(store: Store, cfg: Config) -> list[str]:
+    """The versions active one after the other, the current one last: an activation pushes, a
+    rollback returns to its earlier entry (what came after it is undone)."""
+    stack: list[str] = []
+    for state, old, new in _switches(store):
+        if not stack:
+            stack.append(old)
+        if state == "rolled_back" and new in stack:
+            del stack[stack.index(new) + 1:]
+        else:
+            stack.append(new)
+    return stack or [active_version(store, cfg)]
+
+
+def rollback(store: Store, cfg: Config, version: str | None = None, *, user: str | None = None) -> Version:
+    """Return to `version` (any version that was active once), or to the version active before this one."""
+    from hexnode.models.registry import load_manifest
+
+    stack = history(store, cfg)
+    ever = {v for _, old, new in _switches(store) for v in (old, new)} | set(stack)
+    if version is None:
+        if len(stack) < 2:
+            raise ValueError(f"nothing to roll back to: {stack[-1]} is the only version active so far")
+        version = stack[-2]
+    elif version == stack[-1]:
+        raise ValueError(f"{version} is the active version")
+    elif version not in ever:
+        raise ValueError(f"{version} was never active (active so far: {', '.join(sorted(ever))}); "
+                         f"hexnode models activate {version} makes it active")
+    chosen = find(cfg, version)
+    load_manifest(chosen.path, verify=True)
+    _switch(store, cfg, chosen, "rolled_back", user or os_user(), "")
+    return chosen
+
+
+def _switch(store: Store, cfg: Config, chosen: Version, how: str, user: str, note: str) -> None:
     old = active(store)
-    old_version = old[0] if old else "bundled " + next((v.version for v in available(cfg) if v.path == cfg.models_path), "?")
+    old_version = old[0] if old else "bundled " + bundled_version(cfg)
     with store.transaction() as s:
         row = s.get(Meta, ACTIVE_KEY)
         value = json.dumps({"version": chosen.version, "path": str(chosen.path)})
@@ -83,14 +203,13 @@ def activate(store: Store, cfg: Config, version: str) -> Version:
             s.add(Meta(key=ACTIVE_KEY, value=value))
         else:
             row.value = value
-        s.add(Event(entity="model", entity_id=0, from_state="active", to_state="activated",
-                    detail=f"{old_version} -> {chosen.version} ({chosen.path})"))
-    log.info("model version %s activated (was %s)", chosen.version, old_version)
-    return chosen
+        s.add(Event(entity="model", entity_id=0, from_state="active", to_state=how,
+                    detail=f"{old_version} -> {chosen.version} ({chosen.path}) by {user}{note}"))
+    log.info("model version %s %s (was %s) by %s%s", chosen.version, how.replace("_", " "), old_version, user, note)
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """`hexnode models list | activate VERSION`."""
+    """`hexnode models list | activate VERSION [--force] | rollback [VERSION]` (compare: train/compare.py)."""
     from hexnode.config import load_config
     from hexnode.store.db import open_existing
 
@@ -103,11 +222,22 @@ def run_models(args: argparse.Namespace) -> int:
                 print("hexnode models activate: VERSION is required", file=sys.stderr)
                 return 2
             try:
-                v = activate(store, cfg, args.version)
+                v = activate(store, cfg, args.version, force=bool(getattr(args, "force", False)))
+            except ActivationRefused as exc:
+                print(f"hexnode models activate: refused: {exc}", file=sys.stderr)
+                return 3
             except Exception as exc:
                 print(f"hexnode models activate: {exc}", file=sys.stderr)
                 return 1
             print(f"activated {v.version} ({v.path}); workers switch before their next job")
+            return 0
+        if args.action == "rollback":
+            try:
+                v = rollback(store, cfg, args.version)
+            except Exception as exc:
+                print(f"hexnode models rollback: {exc}", file=sys.stderr)
+                return 1
+            print(f"rolled back to {v.version} ({v.path}); workers switch before their next job")
             return 0
         active_version = current[0] if current else None
         for v in available(cfg):

@@ -47,3 +47,18 @@ def streak_slices(rng: np.random.Generator, geo: Geometry, head: Head) -> dict[i
         return streak
 
     return {k: make(1.0 - 0.5 * abs(k - start - run / 2) / run) for k in range(start, min(nz, start + run))}
+
+
+def skull_base_hardening(grid: Grid, w: float, head: Head, amplitude_hu: float) -> np.ndarray | None:
+    """Bright beam-hardening lobes in the middle and posterior fossae on the slices that cut the
+    petrous bones (a scanner without a good bone correction): brain there reads blood-like HU."""
+    amp = max(0.0, 1.0 - abs(w + 40.0) / 18.0)
+    if amp <= 0.0 or amplitude_hu == 0.0:
+        return None
+    u, v = grid.coords()
+    centre_v = F32(head.v0 + 12.0)
+    out = np.zeros(u.shape, dtype=F32)
+    for side in (-1.0, 1.0):
+        out += np.exp(-(((u - F32(side * 30.0)) / F32(13.0)) ** 2 + ((v - centre_v) / F32(10.0)) ** 2))
+    out += F32(0.5) * np.exp(-((v - centre_v) / F32(16.0)) ** 2) * (np.abs(u) < F32(50.0))
+    return out * F32(amplitude_hu * amp)

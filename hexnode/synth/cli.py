@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,17 @@ def run_synth(args: argparse.Namespace) -> int:
         print(hemodel.formula_text())
         print(f"draws={draws} seed={seed} prevalence={prevalence:.4f} bayes_auc={auc:.4f}")
         return 0
+    if getattr(args, "scanner_profile", None):
+        from hexnode.synth.scanner import profile_named
+
+        try:
+            profile_named(args.scanner_profile)
+        except ValueError as exc:
+            print(f"hexnode synth: {exc}", file=sys.stderr)
+            return 2
+        if getattr(args, "followup", False):
+            print("hexnode synth: --scanner-profile is not rendered into follow-ups; leave out --followup", file=sys.stderr)
+            return 2
     if not args.out:
         print("hexnode synth: --out is required (or use --bayes-auc)")
         return 2
@@ -99,7 +111,8 @@ def run_synth(args: argparse.Namespace) -> int:
     for i in range(int(args.n)):
         t0 = time.perf_counter()
         case = generate_case(int(args.seed), i, thin=bool(args.thin), hard=bool(args.hard), tilt_deg=tilt,
-                             normal=bool(getattr(args, "normal", False)), mixed=mixed)
+                             normal=bool(getattr(args, "normal", False)), mixed=mixed,
+                             profile=getattr(args, "scanner_profile", None))
         case_dir = out / f"case-{i:04d}"
         paths = write_case(case, case_dir, transfer_syntax=ts, header=header, drop=drop)
         fu_summary = None

@@ -54,6 +54,7 @@ HE <=> growth > 6 ml or > 33 %.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -65,7 +66,7 @@ from hexnode.synth.followup import FOLLOWUP_HOURS, generate_followup
 from hexnode.synth.geometry import Run
 from hexnode.synth.hemodel import Markers, bayes_auc
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
-from hexnode.synth.scanner import stack
+from hexnode.synth.scanner import profile_named, stack
 
 #: the random stream of the skull-base option (1-12 are the case's others, 21+ the look-alikes')
 SKULL_BASE_STREAM = 13
@@ -76,7 +77,7 @@ __all__ = ["LABELS", "Acquisition", "Case", "FOLLOWUP_HOURS", "Truth", "bayes_au
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
                   tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False,
                   normal: bool = False, mixed: tuple[Run, ...] | None = None, skull_base: bool = False,
-                  slice_mm: float | None = None) -> Case:
+                  slice_mm: float | None = None, profile: str | None = None) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
     `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
@@ -90,7 +91,13 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     roofs over fat, dented by the gyri, pitched against the slice plane), drawn from a stream of its
     own, so the head, bleed and noise are those of the same case without it. `slice_mm`: the
     thickness of a thick series (default 5 mm; e.g. 7 mm as many sites reconstruct).
+    `profile`: another scanner's look by name (`scanner.PROFILES`: kernel, noise, skull-base beam
+    hardening, calibration, its slice thickness unless `slice_mm` says otherwise); the same head,
+    bleed and mask as without it. None (default): the generator's own look, unchanged.
     """
+    look = profile_named(profile)
+    if look is not None and slice_mm is None:
+        slice_mm = look.slice_mm
     head, geo, acq, hard_flags, location, markers, hem, r_noise, r_art = draw(seed, index, thin=thin, hard=hard,
                                                                               tilt_deg=tilt_deg, slice_mm=slice_mm)
     if skull_base:
@@ -101,12 +108,15 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     head.calcs = [c for c in head.calcs if not hem.parenchymal
                   or np.linalg.norm(np.array(c.centre) - hem.centre) > hem.main.bound + max(c.semi) + 2.0]
 
-    noise_sd = float(r_noise.uniform(3.5, 7.0))
+    noise_sd = float(r_noise.uniform(*(look.noise_sd_hu if look is not None else (3.5, 7.0))))
     motion_slices = artefacts.motion_slices(r_art, geo, head) if hard_flags["motion"] else {}
     streak_slices = artefacts.streak_slices(r_art, geo, head) if hard_flags["streaks"] else {}
     hu, mask, labels, stats = render_stack(geo, head, hem, noise_sd=noise_sd, r_noise=r_noise,
                                            pf_rng=rng_for(seed, index, 8), motion_slices=motion_slices,
-                                           streak_slices=streak_slices, normal=normal, with_labels=with_labels)
+                                           streak_slices=streak_slices, normal=normal, with_labels=with_labels,
+                                           profile=look)
+    if look is not None:
+        acq = replace(acq, kernel=look.kernel)
     nz = geo.n_slices
     sx, sy, sz = geo.spacing
     n_mask = int(mask.sum(dtype=np.int64))
@@ -147,6 +157,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     )
     case = Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)
+    if look is not None:
+        case.extra["scanner_profile"] = look.name
     if head.base is not None:
         b = head.base
         case.extra["skull_base"] = {"pitch_deg": b.pitch_deg, "relief_mm": b.relief_mm, "roof_mm": b.roof_mm,

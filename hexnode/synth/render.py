@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from hexnode.synth import artefacts
 from hexnode.synth.anatomy import F32, Grid, Head, lerp_into, ramp, up2
 from hexnode.synth.case import LABELS
 from hexnode.synth.geometry import Geometry
 from hexnode.synth.hematoma import Hematoma
+from hexnode.synth.scanner import ScannerProfile
 
 HU_MIN, HU_MAX = -1024, 3071
 
@@ -26,15 +28,17 @@ def _noise_kernel_sd(sigma: float) -> float:
 def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r_noise: np.random.Generator | None,
                  pf_rng: np.random.Generator, motion_slices: dict[int, tuple[float, float, float]],
                  streak_slices: dict[int, Any], normal: bool, with_labels: bool, only_bleed: bool = False,
+                 profile: ScannerProfile | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Render the stack: (hu, mask, labels, marker stats).  `r_noise` None: no noise.
     `only_bleed`: only the slices the bleed can touch are painted (the mask volume of a candidate
-    follow-up hematoma, a fraction of the cost of the whole stack)."""
+    follow-up hematoma, a fraction of the cost of the whole stack). `profile`: another scanner's
+    look (kernel, noise grain, skull-base hardening, calibration); None: the default look."""
     nz, n, px = geo.n_slices, geo.n, geo.pixel_mm
     hu = np.empty((nz, n, n), dtype=np.int16)
     mask = np.zeros((nz, n, n), dtype=np.uint8)
     labels = np.zeros((nz, n, n), dtype=np.uint8) if with_labels else None
-    noise_sigma = 1.3  # mm-scale grain like a soft-tissue kernel's noise power spectrum
+    noise_sigma = 1.3 if profile is None else profile.noise_grain_px  # a soft-tissue kernel's noise power spectrum
     noise_gain = F32(noise_sd / _noise_kernel_sd(noise_sigma))
     w_lo, w_hi = hem.w_range(head)
     if normal:  # nothing to paint anywhere
@@ -64,6 +68,10 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
             pf = head.posterior_fossa_streaks(grid, w, pf_rng)
             if pf is not None:
                 art_half[j] += pf * lay.ic
+            if profile is not None:
+                bh = artefacts.skull_base_hardening(grid, w, head, profile.hardening_hu)
+                if bh is not None:
+                    art_half[j] += bh * lay.ic
         img = up2(half)
         for j, k in enumerate(ks):
             w = geo.slice_w(k)
@@ -84,6 +92,8 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
                 img[j] += F32(alpha) * (ghost - img[j])
         for jj in np.flatnonzero(art_half.any(axis=(1, 2))):
             img[jj] += up2(art_half[jj])
+        if profile is not None:
+            _reconstruct(img, profile)
         if r_noise is None:
             hu[ks] = np.rint(np.clip(img, HU_MIN, HU_MAX))
             continue
@@ -98,6 +108,15 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
         hu[ks] = img  # exact: integral values in the int16 range
 
     return hu, mask, labels, stats
+
+
+def _reconstruct(img: np.ndarray, profile: ScannerProfile) -> None:
+    """The profile's kernel in place: unsharp masking in the slice plane (an edge-enhancing kernel's
+    overshoot beside the skull and the bleed), then its calibration offset."""
+    for j in range(img.shape[0]):
+        smooth = ndimage.gaussian_filter(img[j], profile.sharpen_px, truncate=3.0)
+        img[j] += F32(profile.sharpen) * (img[j] - smooth)
+    img += F32(profile.hu_offset)
 
 
 def mask_ml(geo: Geometry, mask: np.ndarray) -> float:

@@ -54,6 +54,10 @@ def run_train(args: argparse.Namespace) -> int:
     setup_logging(logging.INFO)
     from hexnode.train.run import RESUMED_ARGS, train
 
+    if getattr(args, "site", None):
+        from hexnode.train.site import run_site_train
+
+        return run_site_train(args)
     if getattr(args, "refit", None):
         from hexnode.train.fit import finish
 

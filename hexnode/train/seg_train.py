@@ -82,10 +82,11 @@ def _pick(rng: np.random.Generator, where: NDArray[np.bool_]) -> tuple[int, int]
 
 
 def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: int, *,
-                 hypo_share: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops: 60 % around blood (`hypo_share` of all crops on its hypodense part when it
-    has one, the part the first models missed), 20 % on blood-like tissue that is not blood,
-    20 % anywhere."""
+                 hypo_share: float = 0.3, blood_share: float = 0.6,
+                 confuser_share: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops: `blood_share` around blood (`hypo_share` of all crops on its hypodense part
+    when it has one, the part the first models missed), `confuser_share` on blood-like tissue
+    that is not blood, the rest anywhere."""
     hus, ms = [], []
     for _ in range(batch):
         i = int(rng.integers(len(bank)))
@@ -93,7 +94,7 @@ def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: in
         h, w = hu.shape
         u = rng.random()
         at = None
-        if m.any() and u < 0.6:
+        if m.any() and u < blood_share:
             if u < hypo_share:
                 at = _pick(rng, (m > 0) & (hu < HYPODENSE_MAX_HU))
             if at is None:
@@ -101,7 +102,7 @@ def sample_batch(bank: SliceBank, rng: np.random.Generator, batch: int, size: in
             assert at is not None
             jitter = rng.integers(-size // 3, size // 3 + 1, 2)
             at = (at[0] + int(jitter[0]), at[1] + int(jitter[1]))
-        elif u < 0.8:
+        elif u < blood_share + confuser_share:
             at = _pick(rng, (hu > CONFUSER_HU[0]) & (hu < CONFUSER_HU[1]) & (m == 0))
         if at is None:  # anywhere in the head: calcifications, skull rim, skull base are negatives
             at = (int(rng.integers(size // 4, h - size // 4)), int(rng.integers(size // 4, w - size // 4)))
@@ -167,18 +168,21 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 192, batch: int = 12, seed: int = 0,
               lr: float = 3e-3, hypo_weight: float = 3.0, hypo_share: float = 0.3, steps: int = 0,
               checkpoint: Path | None = None, every: ckpt.Every | None = None,
-              init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False) -> tuple[SegUNet, int]:
+              init: dict[str, torch.Tensor] | None = None, frozen_bn: bool = False,
+              device: str = "cpu", blood_share: float = 0.6, confuser_share: float = 0.2) -> tuple[SegUNet, int]:
     """`seconds` of training, or exactly `steps` steps when > 0 (deterministic: --quick).
 
     `checkpoint`: continue from it when it exists (a finished one returns its weights at once) and
     write it `every` so often. `init`: start from these weights (a campaign's previous run) instead
     of a random initialisation; `frozen_bn`: BatchNorm statistics stay as they are (weights that
-    came from an ONNX file, see onnx_import). Returns the model and the number of steps trained."""
+    came from an ONNX file, see onnx_import). `device`: where the steps run (a torch device name);
+    the crops are drawn on the CPU either way. Returns the model (on the CPU) and the steps trained."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SegUNet(width=width)
     if init is not None:
         model.load_state_dict(init)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.monotonic()
     step, ema, spent = 0, None, 0.0
@@ -186,7 +190,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     if saved is not None:
         step, ema, spent = saved.step, saved.ema, saved.spent_seconds
         if saved.done:
-            model.eval()
+            model.cpu().eval()
             return model, step
     budget = Budget(seconds, steps, spent_before=spent)
     every = every or ckpt.Every()
@@ -196,8 +200,10 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     while (frac := budget.fraction(step)) is not None:
         for g in opt.param_groups:  # warm-up, then cosine decay over the time budget
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
-        hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share)
+        hu, m = sample_batch(bank, rng, batch, crop, hypo_share=hypo_share, blood_share=blood_share,
+                             confuser_share=confuser_share)
         hu, m = augment(hu, m, rng)
+        hu, m = hu.to(device), m.to(device)
         # hypodense blood counts `hypo_weight` times in the BCE: it is rare and the HE markers live there
         weight = 1.0 + (hypo_weight - 1.0) * m * (hu < HYPODENSE_MAX_HU).float()
         loss = dice_bce(model(torch_window(hu)), m, weight)
@@ -214,7 +220,7 @@ def train_seg(bank: SliceBank, *, seconds: float, width: int = 12, crop: int = 1
     log.info("seg trained: %d steps of %d crops %dx%d, final loss %.4f", step, batch, crop, crop, ema or float("nan"))
     if checkpoint is not None:
         ckpt.save(checkpoint, ckpt.snapshot(model, opt, rng, step=step, spent_seconds=budget.spent(), ema=ema, done=True))
-    model.eval()
+    model.cpu().eval()
     return model, step
 
 
