@@ -344,13 +344,18 @@ def test_dataset_export_is_what_train_data_loads(site: Site, tmp_path: Path) -> 
     entry = next(c for c in manifest["cases"] if c["case_id"] == case_id)
     fu_entry = next(c for c in manifest["cases"] if c["case_id"] == fu_id)
     assert fu_entry["he_label"] is None and fu_entry["patient"] == entry["patient"]
-    fu_case = site_case(out, fu_id, 0)  # loadable as a segmentation case; not in labels.csv
+    fu_case = site_case(out, fu_id, 0)  # loadable as a segmentation case; listed without an outcome
     assert fu_case.mask.sum() > 0 and fu_case.mask.shape == fu_case.hu.shape
     assert entry["he_label"] in (0, 1) and entry["followup_volume_ml"] > 0 and entry["patient"]
-    labels = read_labels(out)
+    labels = read_labels(out)  # the outcome readers: only the case with a follow-up outcome
     assert labels == {case_id: entry["he_label"]}
     with open(out / "labels.csv", newline="") as fh:
-        assert list(csv.DictReader(fh))[0]["followup_volume_ml"] == str(entry["followup_volume_ml"])
+        rows = {r["case_id"]: r for r in csv.DictReader(fh)}
+    assert rows[case_id]["followup_volume_ml"] == str(entry["followup_volume_ml"])
+    assert rows[fu_id]["he_label"] == ""  # train --site fine-tunes on it; the outcome readers pass it by
+    from hexnode.train.siteset import read_site
+
+    assert {c.case_id for c in read_site(out).cases} == {case_id, fu_id}
     case = site_case(out, case_id, labels[case_id])
     # the volume is the series in HU along the normal, the mask the last correction on it
     order = np.argsort([float(d.ImagePositionPatient[2]) for d in sources])

@@ -3,15 +3,15 @@
 One case per series with a reference mask (its newest stored correction, hexnode/labels/take.py)
 whose slices are still in the spool, written as hexnode/train/data.py reads a site folder::
 
-    DIR/labels.csv               case_id,he_label,followup_volume_ml: the cases with a follow-up outcome
+    DIR/labels.csv               case_id,he_label,followup_volume_ml: every case (he_label empty: no outcome yet)
     DIR/<case_id>/image.nii.gz   the CT volume in HU (int16), slices ordered along the normal
     DIR/<case_id>/mask.nii.gz    the reference mask on the same grid (uint8)
     DIR/manifest.json            every case written (with or without an outcome) and every one skipped
 
 ``he_label`` is the expansion measured on the baseline's first follow-up (the pair
-hexnode/store/outcomes.py scores); a case without one has no HE label and is not listed in
-labels.csv (the reader needs a label for every case it lists), only in the manifest, whose
-``he_label`` is then null: its mask is still a segmentation case. The case id is the series'
+hexnode/store/outcomes.py scores); a case without one is listed with an empty ``he_label`` (null in
+the manifest): its mask is still a segmentation case, which `hexnode train --site` fine-tunes on,
+while `train --data` and `evaluate --data`, which need the outcome, pass it by. The case id is the series'
 uid_hash (what `hexnode series HASH` looks up at the site); the manifest's ``patient`` is a prefix
 of the keyed patient hash of the follow-up rule, so that cases of one patient can be kept in one
 split; no name, ID, birth date, UID or DICOM header leaves the spool (NIfTI carries geometry only).
@@ -158,8 +158,7 @@ def export(store: Store, spool: Spool, out: Path) -> Exported:
             reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}"
             skipped.append(Skipped(ref["case_id"], reason))
             log.warning("case %s not exported: %s", ref["case_id"], reason)
-    labelled = [c for c in cases if c.he_label is not None]
-    _atomic_text(out / "labels.csv", _labels_csv(labelled))
+    _atomic_text(out / "labels.csv", _labels_csv(cases))
     manifest = {
         "format": "hexnode site data set",
         "layout": "hexnode train --data DIR (hexnode/train/data.py): labels.csv, <case_id>/image.nii.gz, "
@@ -167,7 +166,7 @@ def export(store: Store, spool: Spool, out: Path) -> Exported:
         "exported_utc": utcnow().isoformat(timespec="seconds") + "Z",
         "cases": [asdict(c) for c in cases],
         "skipped": [asdict(k) for k in skipped],
-        "note": "he_label null: no follow-up outcome yet (a segmentation case only, not listed in labels.csv)",
+        "note": "he_label null (empty in labels.csv): no follow-up outcome yet, a segmentation case only",
     }
     _atomic_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return Exported(cases, skipped)
@@ -178,7 +177,7 @@ def _labels_csv(cases: list[Case]) -> str:
     w = csv.writer(fh, lineterminator="\n")
     w.writerow(["case_id", "he_label", "followup_volume_ml"])
     for c in cases:
-        w.writerow([c.case_id, c.he_label, "" if c.followup_volume_ml is None else c.followup_volume_ml])
+        w.writerow([c.case_id, "" if c.he_label is None else c.he_label, "" if c.followup_volume_ml is None else c.followup_volume_ml])
     return fh.getvalue()
 
 

@@ -58,10 +58,13 @@ def synth_case(seed: int, index: int, *, hard: bool = False, normal: bool = Fals
 
 
 def read_labels(root: Path) -> dict[str, int]:
+    """The cases with a known outcome; a site export lists segmentation-only cases with an empty
+    he_label (no follow-up yet), which only `train --site` uses."""
     labels: dict[str, int] = {}
     with open(root / "labels.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            labels[row["case_id"].strip()] = int(float(row["he_label"]))
+            if (row.get("he_label") or "").strip():
+                labels[row["case_id"].strip()] = int(float(row["he_label"]))
     if not labels:
         raise ValueError(f"{root / 'labels.csv'} lists no cases")
     return labels
