@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from hexnode.status import run_status
+    from hexnode.admin.status import run_status
 
     return run_status(args)
 
@@ -107,7 +107,7 @@ def _cmd_resend(args: argparse.Namespace) -> int:
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
-    from hexnode.receive.purge import run_purge
+    from hexnode.admin.purge import run_purge
 
     return run_purge(args)
 
@@ -125,13 +125,13 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_conformance(args: argparse.Namespace) -> int:
-    from hexnode.conformance import run_conformance
+    from hexnode.admin.conformance import run_conformance
 
     return run_conformance(args)
 
 
 def _cmd_outcomes(args: argparse.Namespace) -> int:
-    from hexnode.store.outcomes import run_outcomes
+    from hexnode.admin.outcomes import run_outcomes
 
     return run_outcomes(args)
 
@@ -153,13 +153,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         from hexnode.train.compare import run_compare  # the models on the site's held-out cases: no torch
 
         return run_compare(args)
-    from hexnode.store.model_versions import run_models
+    from hexnode.admin.models import run_models
 
     return run_models(args)
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from hexnode.store.dbcli import run_db  # Alembic is imported only here and by open_store
+    from hexnode.admin.db import run_db  # Alembic is imported only here and by open_store
 
     return run_db(args)
 
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("conformance", _cmd_conformance,
             "print the generated tables of the DICOM Conformance Statement (docs/conformance.md)")
-    from hexnode.conformance import add_arguments  # argparse only: importing it costs nothing
+    from hexnode.admin.conformance import add_arguments  # argparse only: importing it costs nothing
 
     add_arguments(p)
 

@@ -1,7 +1,7 @@
 """What needs attention, from the database and the spool's disk: stage heartbeats, queue ages, free
 disk, each destination's last delivery; `hexnode health STAGE` for health checks.
 
-``sections(s, cfg, now)`` adds to `hexnode status` (`hexnode/status.py`), `/status`, `/metrics`
+``sections(s, cfg, now)`` adds to `hexnode status` (`hexnode/admin/status.py`), `/status`, `/metrics`
 and the status page:
 
 * ``stages``: per stage (receive, route, worker, send) the age of its freshest heartbeat

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from report_helpers import dciodvfy
 
-from hexnode import conformance
+from hexnode.admin import conformance
 from hexnode.config import Destination
 from hexnode.devtools.net import free_port, wait_port
 from hexnode.pipeline.run import encode

@@ -173,7 +173,7 @@ def test_a_corrected_seg_becomes_the_reference_with_its_dice(site: Site) -> None
     by_uid = {str(d.SOPInstanceUID): i for i, d in enumerate(sources)}
     assert np.array_equal(stored, corrected[[by_uid[u] for u in uids]])
     # visible to the admin: `hexnode status`, the status page, /outcomes
-    from hexnode.status import collect, render
+    from hexnode.admin.status import collect, render
     from hexnode.store.spool import uid_hash
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEXNODE_")}
@@ -448,7 +448,7 @@ def test_filing_and_taking_on_either_database(site: Site, tmp_path: Path, kind: 
             assert row.dice == pytest.approx(_dice(corrected, mine), abs=1e-4)
             assert s.execute(select(Series).where(Series.series_uid == str(seg.SeriesInstanceUID))).first() is None
         # its slices are a case of the site data set now: purge keeps them past the retention
-        from hexnode.receive.purge import purgeable
+        from hexnode.admin.purge import purgeable
         from hexnode.store.db import utcnow
 
         with store.transaction() as s:

@@ -381,7 +381,7 @@ def test_outcomes_auc_equals_the_offline_auc_of_the_same_predictions(cohort: Coh
     finally:
         srv.stop()
     assert web["versions"][0]["auc"] == v["auc"]
-    from hexnode.status import collect
+    from hexnode.admin.status import collect
 
     st = collect(node.store)
     assert st["outcomes"]["pairs_recorded"] == len(cohort.pairs)
@@ -634,7 +634,7 @@ def test_drift_and_recalibration_on_a_miscalibrated_site(tmp_path: Path) -> None
     assert state.drift and state.pairs == 400
     assert summarise(st)["drift"]
     # what the worker saves for the status page, /status and /metrics
-    from hexnode.status import collect
+    from hexnode.admin.status import collect
     from hexnode.store.outcomes import save_drift
     from hexnode.web.page import status_html
     from hexnode.web.server import metrics_text

@@ -27,12 +27,12 @@ from notify_peers import HttpReceiver, MllpListener, SmtpReceiver, self_signed_c
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from hexnode.admin.status import collect, render
 from hexnode.config import Config, ConfigError, NotificationTarget, load_config
 from hexnode.devtools.net import wait_for
 from hexnode.notify import Finding, Trigger, enqueue
 from hexnode.notify.deliver import Notifier
 from hexnode.notify.message import message_id
-from hexnode.status import collect, render
 from hexnode.store.db import Event, Notification, Series, Store, Study, open_store
 from hexnode.store.spool import Spool
 

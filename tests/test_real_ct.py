@@ -110,7 +110,7 @@ def test_sender_that_aborts_part_way_gets_a_not_analysed_report(node: Node, tmp_
             select(Event).where(Event.entity == "series", Event.entity_id == series.id)).scalars()]
     assert any(f"sender {CALLING} stopped part-way" in d for d in detail), detail
     assert "aborted the association after 10 instances" in node.log.read_text()
-    from hexnode.status import collect, render
+    from hexnode.admin.status import collect, render
     from hexnode.store.spool import uid_hash
 
     text = render(collect(node.store))

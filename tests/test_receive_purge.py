@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from hexnode.receive.purge import run_purge
+from hexnode.admin.purge import run_purge
 from hexnode.store import queue
 from hexnode.store.db import Event, Instance, Job, Outbox, Series, Study, open_store, utcnow
 from hexnode.store.spool import Spool, instance_relpath
@@ -97,7 +97,7 @@ def test_purge_deletes_old_quarantine_orphans_and_events_but_keeps_what_needs_a_
                 ("undelivered", "notification", note.id, old), ("model", "model", 0, old),
                 ("quarantined", "instance", 0, old)):
             s.add(Event(entity=entity, entity_id=eid, to_state="x", detail=name, at=at))
-    from hexnode.receive.purge import purge
+    from hexnode.admin.purge import purge
 
     dry = purge(store, spool, 30.0, dry_run=True)
     assert (dry.quarantined, dry.orphans, dry.events) == (1, 1, 3)

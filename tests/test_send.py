@@ -139,7 +139,7 @@ def test_past_max_age_fails_visibly_and_resend_delivers(tmp_path: Path) -> None:
     with store.transaction() as s:
         row = s.execute(select(Outbox)).scalar_one()
         assert row.last_error.startswith("gave up after") and "peer down" in row.last_error
-    from hexnode.status import collect
+    from hexnode.admin.status import collect
 
     st = collect(store)
     assert st["outbox"]["failed"] == 1 and st["failed_deliveries"][0]["id"] == row.id
@@ -163,7 +163,7 @@ def test_rows_held_by_a_killed_sender_are_sent_again_at_once(orthanc: Orthanc, t
     import subprocess
     from datetime import timedelta
 
-    from hexnode.status import run_status
+    from hexnode.admin.status import run_status
     from hexnode.store.db import utcnow
 
     dest = Destination(name="pacs", kind="dicom", ae_title=orthanc.aet, port=orthanc.dicom_port)

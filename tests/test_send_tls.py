@@ -130,7 +130,7 @@ def test_certificate_for_another_name_fails_the_delivery_and_status_says_why(
         assert row.last_error.startswith(f"pacs 127.0.0.1:{impostor.port}: TLS: the peer's certificate is not "
                                          f"valid for '{PACS_NAME}' (Hostname mismatch"), row.last_error
     assert impostor.files() == []
-    from hexnode.status import run_status
+    from hexnode.admin.status import run_status
 
     cfg_file = tmp_path / "hexnode.toml"
     cfg_file.write_text(f'data_dir = "{tmp_path / "var"}"\n')

@@ -189,7 +189,7 @@ def test_a_better_series_during_the_hold_supersedes_it_and_one_answer_is_sent(
     t = tick(store, spool, cfg, t0, 20)
     assert t.released == [] and t.queued == [] and sendable(store) == []
     # the superseded series waits on no delivery: purge may take it (the chosen one still has rows sending)
-    from hexnode.receive.purge import purgeable
+    from hexnode.admin.purge import purgeable
 
     with store.transaction() as s:
         ids = dict(s.execute(select(Series.series_uid, Series.id)).all())

@@ -172,7 +172,7 @@ def test_last_delivery_per_destination(any_store, tmp_path):
             s.add(Outbox(result_id=r.id, destination=dest, state=state, attempts=attempts, delivered_at=delivered,
                          last_error=None if delivered else "association rejected",
                          queued_at=utcnow() - timedelta(minutes=20)))
-    from hexnode.status import collect
+    from hexnode.admin.status import collect
     from hexnode.web.metrics import metrics_text
 
     with store.transaction() as s:

@@ -19,12 +19,10 @@ any version that was active once) without that check: the way back must always b
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,43 +204,3 @@ def _switch(store: Store, cfg: Config, chosen: Version, how: str, user: str, not
         s.add(Event(entity="model", entity_id=0, from_state="active", to_state=how,
                     detail=f"{old_version} -> {chosen.version} ({chosen.path}) by {user}{note}"))
     log.info("model version %s %s (was %s) by %s%s", chosen.version, how.replace("_", " "), old_version, user, note)
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """`hexnode models list | activate VERSION [--force] | rollback [VERSION]` (compare: train/compare.py)."""
-    from hexnode.config import load_config
-    from hexnode.store.db import open_existing
-
-    cfg = load_config(getattr(args, "config", None))
-    store = open_existing(cfg.database_url)  # the node's own database, never a new one
-    try:
-        current = active(store)
-        if args.action == "activate":
-            if not args.version:
-                print("hexnode models activate: VERSION is required", file=sys.stderr)
-                return 2
-            try:
-                v = activate(store, cfg, args.version, force=bool(getattr(args, "force", False)))
-            except ActivationRefused as exc:
-                print(f"hexnode models activate: refused: {exc}", file=sys.stderr)
-                return 3
-            except Exception as exc:
-                print(f"hexnode models activate: {exc}", file=sys.stderr)
-                return 1
-            print(f"activated {v.version} ({v.path}); workers switch before their next job")
-            return 0
-        if args.action == "rollback":
-            try:
-                v = rollback(store, cfg, args.version)
-            except Exception as exc:
-                print(f"hexnode models rollback: {exc}", file=sys.stderr)
-                return 1
-            print(f"rolled back to {v.version} ({v.path}); workers switch before their next job")
-            return 0
-        active_version = current[0] if current else None
-        for v in available(cfg):
-            mark = "*" if (v.version == active_version or (active_version is None and v.path == cfg.models_path)) else " "
-            print(f"{mark} {v.version}  {v.path}  {v.provenance}")
-        return 0
-    finally:
-        store.dispose()

@@ -57,8 +57,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from hexnode.admin.status import collect
 from hexnode.config import Config, HttpConfig
-from hexnode.status import collect
 from hexnode.store.db import Store
 from hexnode.store.process import stage_process
 from hexnode.web.metrics import metrics_text

@@ -536,6 +536,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m hexnode.conformance", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hexnode.admin.conformance", description=__doc__.splitlines()[0])
     add_arguments(parser)
     sys.exit(run_conformance(parser.parse_args()))
