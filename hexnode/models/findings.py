@@ -62,7 +62,7 @@ BRAINSTEM_LATERAL_MM = 10.0
 VENTRICLE_RANGE_MM = (25.0, 65.0)  # below the vertex
 VENTRICLE_LATERAL_MM = 28.0
 OEDEMA_REACH_MM = 12.0
-OEDEMA_DROP_HU = 7.0
+OEDEMA_DROP_HU = 5.0
 
 
 def lobe_of(ap_fraction: float, below_vertex_mm: float) -> str:
@@ -149,7 +149,7 @@ def head_frame(cavity: Cavity, spacing: Sequence[float], orientation: Sequence[f
     left = np.array([-anterior[1], anterior[0]])
     if left @ left0 < 0:
         left = -left
-    for k in idx:
+    for k in (int(i) for i in idx):
         ys, xs = np.nonzero(cavity.mask[k])
         pts = np.stack([xs * sx, ys * sy], axis=1)
         f = (pts - centres[k]) @ anterior

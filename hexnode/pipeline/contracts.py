@@ -99,10 +99,12 @@ class Analyser(Protocol):
     def analyse(
         self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
         extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
+        orientation: Sequence[float] | None = None,
     ) -> Analysed:
         """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
         carried into the prediction; `extents`: each slice's extent along the normal when the
         spacing varies (mixed thickness, overlapping slices), every millimetre counted once;
         `head_up`: slice index grows towards the vertex; `hints`: the header's words, which the
-        analyser may take as hints about what the images show, never as proof."""
+        analyser may take as hints about what the images show, never as proof; `orientation`: Image
+        Orientation (Patient) (row then column direction cosines, LPS), for the findings' sides."""
         ...
