@@ -27,7 +27,7 @@ anterior), never assumed from the matrix:
   the level's cavity centre, else basal ganglia); otherwise lobar, the lobe by `lobe_of`.
 * **side** — the parenchymal blood's share left of the midline (or all blood when the bleed is
   intraventricular): >= 85 % left, <= 15 % right, else midline when its centroid is within 5 mm
-  of the plane, else bilateral.
+  of the plane and half of it within 3 mm, else bilateral.
 * **perihematomal oedema** — voxels within 12 mm of the blood, in the cavity's core, smoothed
   (1.2 mm in-plane) to at least 10 HU (not CSF) and at least `OEDEMA_DROP_HU` below the median of
   the parenchyma 12-20 mm away, connected to the blood; ventricles excluded.
@@ -374,4 +374,7 @@ def _side(lat: NDArray[np.float64]) -> str:
         return "left"
     if share <= 0.15:
         return "right"
-    return "midline" if abs(float(np.mean(lat))) < 5.0 else "bilateral"
+    # midline: most of the blood on the plane itself (a bleed filling both lateral ventricles has
+    # its centroid there too, but its blood beside it: bilateral)
+    on_plane = float((np.abs(lat) < 3.0).mean())
+    return "midline" if abs(float(np.mean(lat))) < 5.0 and on_plane >= 0.5 else "bilateral"
