@@ -6,6 +6,9 @@ mass effect (`generate_case(mass_effect=True)`) so the midline shift has a truth
 `--unet` cases also on the bundled U-Net's mask, as the worker does.
 
     nice -n 10 .venv/bin/python bench/findings.py --n 300 --unet 60 --out var/bench-findings
+
+`--timing K` instead times `measure` alone on K heads, each as a 5 mm series (about 32 slices) and
+as a thin series with every slice doubled (0.31-0.63 mm apart, about 400-600 slices).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from hexnode.models.brain import intracranial
-from hexnode.models.findings import measure
+from hexnode.models.findings import IVH_MIN_ML, measure
 from hexnode.synth.phantom import generate_case
 
 SEED = 8101
 CLASS = {"deep": "deep", "lobar": "lobar", "lobar_flat": "lobar", "cerebellar": "infratentorial",
          "intraventricular": "intraventricular"}
-IVH_PRESENT_ML = 0.2
+IVH_PRESENT_ML = IVH_MIN_ML  # the findings report IVH from this volume on
 
 
 def one(i: int, models: Any) -> dict[str, Any]:
@@ -87,13 +90,41 @@ def summary(rows: list[dict[str, Any]], which: str) -> dict[str, Any]:
     }
 
 
+def _seconds(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], orientation: Any,
+             repeats: int = 3) -> float:
+    cav = intracranial(hu, spacing)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        measure(hu, mask, spacing, cav, orientation)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def timing(k: int) -> None:
+    """Seconds of `measure` (median of 3) per head: a thick series and a thin one doubled."""
+    for i in range(k):
+        c = generate_case(SEED, i, mass_effect=True)
+        thick = _seconds(c.hu.astype(np.float32), c.mask, c.spacing, c.geometry.orientation)
+        t = generate_case(SEED, i, mass_effect=True, thin=True)
+        hu, mask = np.repeat(t.hu, 2, axis=0).astype(np.float32), np.repeat(t.mask, 2, axis=0)
+        spacing = (t.spacing[0], t.spacing[1], t.spacing[2] / 2.0)
+        thin = _seconds(hu, mask, spacing, t.geometry.orientation)
+        print(f"head {i}: {c.hu.shape[0]} slices of {c.spacing[2]} mm {thick:.3f} s; "
+              f"{hu.shape[0]} slices of {spacing[2]:.3f} mm {thin:.3f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--unet", type=int, default=60, help="cases (the first ones) also measured on the U-Net's mask")
     ap.add_argument("--models", default="models")
     ap.add_argument("--out", default="var/bench-findings")
+    ap.add_argument("--timing", type=int, default=0, help="only time `measure` on this many heads")
     args = ap.parse_args()
+    if args.timing:
+        timing(args.timing)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = None
