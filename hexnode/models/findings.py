@@ -2,7 +2,10 @@
 
 From the HU volume, the hematoma mask and the intracranial cavity (`brain.intracranial`), with the
 patient's directions from Image Orientation (Patient) (DICOM LPS: +x is the patient's left, -y
-anterior), never assumed from the matrix:
+anterior), never assumed from the matrix. Everything is measured on the cavity's own grid (0.9 mm
+pixels for a 512 matrix, HU and blood averaged over each pixel's block), cropped to the cavity's
+box, on one slice in `Z_STEP_MM` of a thin series (each standing for its neighbours' extent);
+depths inside the inner table and distances from the blood on pixels of about 1.8 mm (`Grid`):
 
 * **head frame** — the skull's symmetry plane is the cavity's long (antero-posterior) axis
   through its centroid, slice by slice (the axis angle is the median over the wide slices; its
@@ -13,13 +16,19 @@ anterior), never assumed from the matrix:
   than that; the lateral ventricles are wider), within 28 mm of the midline and 25-65 mm below the
   vertex (above the basal cisterns).
 * **midline shift** — the septum pellucidum: on each antero-posterior line through the ventricle
-  slices, the gap (1-10 mm) between ventricular content (CSF or blood) on the left and on the
-  right nearest the midline; its centre's median distance from the skull's symmetry plane, signed
-  (+ towards the patient's left), as the foramen-of-Monro measurement reads it.
+  slices, the gap (1-10 mm) nearest the midline between two CSF ventricles at least 3 mm wide; its
+  centre's median distance from the skull's symmetry plane, signed (+ towards the patient's left),
+  as the foramen-of-Monro measurement reads it. Only when fewer than `MIN_SEPTUM_LINES` lines show
+  one (a ventricle filled with blood) the gap between any ventricular content (CSF or blood): beside
+  a large deep bleed the gap between the compressed ventricle and the blood lies nearer the
+  midline than the septum.
 * **intraventricular blood** — blood inside the ventricles' envelope: the CSF ventricles and their
   mirror image about the septum (a lateral ventricle filled with blood is where the other one's
-  mirror lies), grown 1.5 mm. A bleed that lies on both sides of the midline, close to it, deep,
-  and in the ventricle range is intraventricular as a whole.
+  mirror lies), grown 1.5 mm; a connected piece of it counts only when some of its blood lies
+  `IVH_CORE_MM` inside the ungrown envelope (a bleed lying against a ventricle touches the grown
+  envelope with a rim of a pixel or two), and the total is reported from `IVH_MIN_ML` on. A bleed
+  that lies on both sides of the midline, close to it, deep, and in the ventricle range is
+  intraventricular as a whole.
 * **location** (an anatomical rule, no atlas; the rule is in `site_rule`): the parenchymal blood's
   largest component's centroid: infratentorial when 85 mm or more below the vertex in the back
   half of the cavity (cerebellum, or brainstem within 10 mm of the midline); deep when at least 30
