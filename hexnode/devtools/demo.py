@@ -67,7 +67,9 @@ def sr_summary(ds: Dataset) -> dict[str, Any]:
             if vtype == "NUM" and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
                 value = float(item.MeasuredValueSequence[0].NumericValue)
                 unit = str(item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
-                if code == "118565006":
+                if code == "118565006" and "volume_ml" not in out:
+                    # the hemorrhage's own group comes first; the findings' groups after it carry
+                    # the intraventricular blood's and the oedema's volumes under the same concept
                     out["volume_ml"] = value if unit in ("cm3", "ml", "mL") else value / 1000.0
                 elif code in ("HE-P", "HE-THR"):
                     # a fraction whatever the unit: "%" now, "1" in older reports

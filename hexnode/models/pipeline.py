@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from hexnode.models import features as F
 from hexnode.models.brain import Cavity, coverage_problem, gate_mask, intracranial
+from hexnode.models.findings import measure as measure_findings
 from hexnode.models.floor import drop_floor_components
 from hexnode.models.headcheck import check_head
 from hexnode.models.predict import Booster, Calibration, MarkerScore
@@ -175,9 +176,11 @@ class Models:
     def analyse(
         self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
         extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
+        orientation: Sequence[float] | None = None,
     ) -> Analysis:
         """`extents`: each slice's extent along the normal when the slice thickness is mixed;
-        `head_up`: slice index grows towards the vertex; `hints`: the header's words (description,
+        `orientation`: the source's Image Orientation (Patient), whose directions the findings' sides
+        are read in (None: no findings measured); `head_up`: slice index grows towards the vertex; `hints`: the header's words (description,
         protocol, "agent:" + Contrast/Bolus Agent), which the image checks may take as hints.
         Raises `NotAnalysable` (not a non-contrast head, incomplete coverage, implausible
         segmentation)."""
@@ -196,7 +199,6 @@ class Models:
             raise IncompleteCoverage(problem)
         t = time.perf_counter()
         mask = self.segment(hu, spacing, max_raw_ml=2 * self.max_plausible_ml, cavity=cavity, head_up=head_up)
-        del cavity
         timings["segmentation"] = time.perf_counter() - t
         if not mask.any():
             pred = Prediction(0.0, 0.0, self.info, hemorrhage_detected=False, notes=tuple(notes))
@@ -205,10 +207,16 @@ class Models:
         volume = volume_ml(mask, spacing, extents)
         if volume > self.max_plausible_ml:
             raise ImplausibleSegmentation(volume, self.max_plausible_ml)
+        found = None
+        if orientation is not None:
+            t = time.perf_counter()
+            found = measure_findings(hu, mask, spacing, cavity, orientation, head_up=head_up, extents=extents)
+            timings["findings"] = time.perf_counter() - t
+        del cavity
         feats = self.features(hu, mask, spacing, timings, extents)
         t = time.perf_counter()
         prob = float(self.calibration.apply(self.fused.raw([feats]))[0])
         timings["fusion"] = time.perf_counter() - t
-        pred = Prediction(volume, prob, self.info, hemorrhage_detected=True, notes=tuple(notes))
+        pred = Prediction(volume, prob, self.info, hemorrhage_detected=True, notes=tuple(notes), findings=found)
         timings["total"] = time.perf_counter() - t0
         return Analysis(mask, pred, timings)

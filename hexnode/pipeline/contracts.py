@@ -47,6 +47,19 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Findings:
+    """Where the bleed is and how far it reaches (hexnode.models.findings measures them)."""
+
+    side: str  # left | right | bilateral | midline (the patient's)
+    location: str  # lobar | deep | infratentorial | intraventricular
+    site: str  # frontal | parietal | temporal | occipital | basal_ganglia | thalamus | cerebellum | brainstem | ventricles
+    ivh_ml: float  # blood in the ventricles
+    midline_shift_mm: float | None  # the septum's offset from the skull's symmetry plane, + towards the
+    # patient's left; None: the septum was not seen
+    oedema_ml: float  # perihematomal oedema
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The model stage's answer for one series."""
 
@@ -55,6 +68,7 @@ class Prediction:
     model: ModelInfo
     hemorrhage_detected: bool = True  # False: empty mask, volume 0, "no hemorrhage detected"
     notes: tuple[str, ...] = field(default=())  # e.g. "gantry tilt 18.0 degrees"
+    findings: Findings | None = None  # None: no bleed, or a model set or analyser that does not measure them
 
     @property
     def high_risk(self) -> bool:
@@ -102,10 +116,12 @@ class Analyser(Protocol):
     def analyse(
         self, hu: NDArray[np.floating[Any]], spacing: Sequence[float], notes: Sequence[str] = (), *,
         extents: Sequence[float] | None = None, head_up: bool = True, hints: Sequence[str] = (),
+        orientation: Sequence[float] | None = None,
     ) -> Analysed:
         """`hu`: (slices, rows, cols) in HU; `spacing`: (z, y, x) mm; `notes`: the series' own facts,
         carried into the prediction; `extents`: each slice's extent along the normal when the
         spacing varies (mixed thickness, overlapping slices), every millimetre counted once;
         `head_up`: slice index grows towards the vertex; `hints`: the header's words, which the
-        analyser may take as hints about what the images show, never as proof."""
+        analyser may take as hints about what the images show, never as proof; `orientation`: Image
+        Orientation (Patient) (row then column direction cosines, LPS), for the findings' sides."""
         ...

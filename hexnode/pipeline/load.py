@@ -55,6 +55,8 @@ class Volume:
     # Spacing that varies (mixed thickness, overlapping slices): each slice's share of the axis
     # along the normal (mm, `slice_extents`), for the volume and the coverage. None: all sz.
     extents: tuple[float, ...] | None = None
+    # Image Orientation (Patient): the row and column direction cosines (LPS) of the slices
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
     @property
     def head_up(self) -> bool:
@@ -440,7 +442,7 @@ def _load_single_frames(headers: list[tuple[Path, Dataset]]) -> Volume:
         sorted_paths.append(path)
     return Volume(hu=hu, spacing=(dx, dy, dz), headers=sorted_headers, tilt_deg=tilt,
                   notes=tuple(notes), paths=sorted_paths, normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
-                  extents=st.extents)
+                  extents=st.extents, orientation=(*map(float, row), *map(float, col)))
 
 
 def _nominal_thickness(ds: Dataset | None) -> float:
@@ -524,5 +526,6 @@ def _load_multiframe(path: Path) -> Volume:
     del full.PixelData
     return Volume(hu=hu, spacing=(dx, dy, dz), headers=[full], tilt_deg=tilt, notes=tuple(notes),
                   paths=[path], normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
-                  frames=[int(i) + 1 for i in order], extents=st.extents)
+                  frames=[int(i) + 1 for i in order], extents=st.extents,
+                  orientation=(*map(float, row), *map(float, col)))
 

@@ -160,7 +160,8 @@ def produce(paths: Sequence[Path], models: Analyser, *, revision: int = 0, selec
 
     try:
         analysis = models.analyse(vol.hu, vol.spacing, notes=notes, extents=vol.extents, head_up=vol.head_up,
-                                  hints=header_words(vol.headers[0]) if vol.headers else ())
+                                  hints=header_words(vol.headers[0]) if vol.headers else (),
+                                  orientation=vol.orientation)
     except NotAnalysable as exc:
         # Deterministic for this series and model: a retry would give the same answer.
         del vol

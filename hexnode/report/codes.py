@@ -68,3 +68,23 @@ YES = Code("373066001", "SCT", "Yes")
 NO = Code("373067005", "SCT", "No")
 DECREASED = Code("1250004", "SCT", "Decreased")
 HOUR = Code("h", "UCUM", "hour")
+
+# --- findings: where the bleed is and how far it reaches (hexnode/report/findings.py) ---------
+LEFT = codes.SCT.Left  # 7771000
+RIGHT = codes.SCT.Right  # 24028007
+BILATERAL = codes.SCT.Bilateral  # 51440002
+MIDLINE = codes.SCT.Midline  # 261129000
+SITES = {
+    "frontal": codes.SCT.FrontalLobe,  # 83251001
+    "parietal": codes.SCT.ParietalLobe,  # 16630005
+    "temporal": codes.SCT.TemporalLobe,  # 78277001
+    "occipital": codes.SCT.OccipitalLobe,  # 31065004
+    "basal_ganglia": Code("11000004", "SCT", "Basal ganglia"),  # not in pydicom's dictionary: to verify
+    "thalamus": codes.SCT.Thalamus,  # 42695009
+    "cerebellum": codes.SCT.Cerebellum,  # 113305005
+    "brainstem": codes.SCT.BrainStem,  # 119238007
+    "ventricles": codes.SCT.LateralVentricle,  # 66720007
+}
+EDEMA = codes.SCT.Edema  # 79654002
+MILLILITER = Code("ml", "UCUM", "milliliter")
+MIDLINE_SHIFT = Code("HE-MLS", PRIVATE_SCHEME, "Midline shift")

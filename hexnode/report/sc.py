@@ -153,6 +153,7 @@ def summary_lines(
             Line(f"Expansion probability {prob} (threshold {thr})", 16),
             Line(f"Hematoma volume {round_volume_ml(prediction.volume_ml):.1f} ml", 16),
         ]
+        top.extend(findings_lines(prediction))
         if roi is not None:
             top.append(Line(
                 f"ABC/2 {round_volume_ml(roi.abc2_ml):.1f} ml; axes {round_length_mm(roi.long_axis_mm):.0f} x "
@@ -174,6 +175,17 @@ def summary_lines(
     ]
     top += [Line("", 8), Line(risk_meaning(model), 14)]  # read with the result it qualifies
     return top, bottom
+
+
+def findings_lines(prediction: Prediction) -> list[Line]:
+    """The findings section of the text band: side, site, IVH and midline shift in one line, the
+    oedema below it (report/findings.py)."""
+    from hexnode.report import findings as section
+
+    head = section.headline(prediction)
+    if head is None or prediction.findings is None:
+        return []
+    return [Line(head, 16), Line(f"Perihematomal oedema {prediction.findings.oedema_ml:.1f} ml", 14)]
 
 
 def build_sc(

@@ -280,8 +280,10 @@ def key_slice_text(sources: Sequence[Dataset], key: int, roi: KeySliceROI, predi
 
 
 def measurement_group(
-    seg: Dataset, series_uid: str, prediction: Prediction, revision: int
+    seg: Dataset, series_uid: str, prediction: Prediction, revision: int,
+    sites: Sequence[hd.sr.FindingSite] | None = None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """`sites`: where the bleed is (report/findings.py); None: the brain."""
     model = prediction.model
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -294,7 +296,7 @@ def measurement_group(
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         ),
         finding_type=codes.HEMORRHAGE,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
+        finding_sites=list(sites) if sites else [hd.sr.FindingSite(anatomic_location=codes.BRAIN)],
         algorithm_id=algorithm_id(model),
         measurements=[
             volume_measurement(prediction),
@@ -347,18 +349,26 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """`key`: the key slice and its measured outline (outline.key_slice_roi); None: no hematoma.
     `source_notes`: what the results supplied that the source lacked (with_frame_of_reference)."""
+    from hexnode.report import findings as section  # it builds on this module's helpers
+
     src = first_image(sources)
     series_uid = str(src.SeriesInstanceUID)
+    sites = section.finding_sites(prediction.findings) if prediction.hemorrhage_detected else None
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
-        measurement_group(seg, series_uid, prediction, revision)
+        measurement_group(seg, series_uid, prediction, revision, sites)
     ]
     key_text = None
     if key is not None and prediction.hemorrhage_detected:
         groups.append(planar_group(sources, key[0], key[1], prediction, revision))
         key_text = key_slice_text(sources, key[0], key[1], prediction)
-    report = measurement_report(prediction.model, groups, sources,
-                                result_comments(prediction, selection_note, revision, key_text, source_notes))
+    # the findings section: side, site, intraventricular blood, midline shift, oedema
+    groups.extend(section.findings_groups(series_uid, prediction, revision))
+    comments = result_comments(prediction, selection_note, revision, key_text, source_notes)
+    findings_text = section.summary_text(prediction)
+    if findings_text:
+        comments.insert(1, findings_text)
+    report = measurement_report(prediction.model, groups, sources, comments)
     return document(
         sources, report, prediction.model, revision=revision, not_analysed=False, extra_evidence=[seg]
     )

@@ -10,7 +10,7 @@ ventricle obliquely shows the grey rim a real scanner shows, and thin slices sho
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,9 @@ from scipy import ndimage
 F32 = np.float32
 #: the Gaussian blur of the skull-base option's slice sensitivity profile, per mm of thickness
 SSP_SIGMA = 0.25
+#: ventricles centred below this level (head frame w, mm) are infratentorial (the fourth): a
+#: supratentorial mass effect leaves them where they are
+FOURTH_VENTRICLE_W = -25.0
 #: a HU value or a per-pixel HU map
 Value = float | np.floating[Any] | np.ndarray
 
@@ -310,6 +313,16 @@ class Head:
     muscle_hu: float = 50.0
     # None: the default smooth floor (every case drawn before the option renders unchanged)
     base: SkullBase | None = None
+    # Mass effect: how far (mm, + towards the patient's left) the supratentorial ventricles and the
+    # septum between them are pushed off the midline (0: none, every case without the option)
+    midline_shift_mm: float = 0.0
+
+    def shift_ventricles(self, shift_mm: float) -> None:
+        """Push the supratentorial ventricles sideways by `shift_mm` (the falx and the skull stay):
+        the subfalcine shift a large bleed causes, with the septum pellucidum moving with them."""
+        self.midline_shift_mm = shift_mm
+        self.ventricles = [replace(e, c=(e.c[0] + shift_mm, e.c[1], e.c[2])) if e.c[2] > FOURTH_VENTRICLE_W
+                           else e for e in self.ventricles]
 
     # ---- drawing ---------------------------------------------------------------------------
     @staticmethod

@@ -47,6 +47,16 @@ class Truth:
     model_version: str = hemodel.MODEL_VERSION
     normal: bool = False  # a head without blood
     thickness_runs: list[list[float]] = field(default_factory=list)  # mixed: [thickness mm, slices] bottom up
+    # What the radiologist reads (hexnode.models.findings measures the same): the patient's side of the
+    # bleed (left | right | bilateral | none), its site by the findings' anatomical rule (a lobe,
+    # basal_ganglia | thalamus, cerebellum, ventricles), blood inside the ventricles and oedema
+    # (at least half-way to the oedema value, in parenchyma) in ml, and the septum's shift off the
+    # midline (mm, + towards the patient's left; only `generate_case(mass_effect=True)` shifts it)
+    side: str = ""
+    site: str = ""
+    ivh_ml: float = 0.0
+    oedema_ml: float = 0.0
+    midline_shift_mm: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -67,6 +67,12 @@ from hexnode.synth.geometry import Run
 from hexnode.synth.hemodel import Markers, bayes_auc
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
 from hexnode.synth.scanner import profile_named, stack
+from hexnode.synth.sites import truth_side, truth_site
+
+#: mass effect (`generate_case(mass_effect=True)`): the septum's shift per ml of a supratentorial
+#: bleed, and its cap (a 30 ml bleed shifts it about 4 mm)
+MLS_MM_PER_ML = 0.13
+MLS_MAX_MM = 10.0
 
 #: the random stream of the skull-base option (1-12 are the case's others, 21+ the look-alikes')
 SKULL_BASE_STREAM = 13
@@ -77,7 +83,7 @@ __all__ = ["LABELS", "Acquisition", "Case", "FOLLOWUP_HOURS", "Truth", "bayes_au
 def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = False,
                   tilt_deg: float = 0.0, n_slices: int | None = None, with_labels: bool = False,
                   normal: bool = False, mixed: tuple[Run, ...] | None = None, skull_base: bool = False,
-                  slice_mm: float | None = None, profile: str | None = None) -> Case:
+                  slice_mm: float | None = None, profile: str | None = None, mass_effect: bool = False) -> Case:
     """One synthetic head NCCT with its ground truth (deterministic per (seed, index)).
 
     `n_slices` overrides the drawn slice count with a stack centred on the bleed (tests use it to
@@ -94,6 +100,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     `profile`: another scanner's look by name (`scanner.PROFILES`: kernel, noise, skull-base beam
     hardening, calibration, its slice thickness unless `slice_mm` says otherwise); the same head,
     bleed and mask as without it. None (default): the generator's own look, unchanged.
+    `mass_effect`: a supratentorial parenchymal bleed pushes the ventricles and the septum away
+    from its side by `MLS_MM_PER_ML` mm per drawn ml (at most `MLS_MAX_MM`), recorded in
+    `Truth.midline_shift_mm`; off by default, so every case drawn without it renders unchanged.
     """
     look = profile_named(profile)
     if look is not None and slice_mm is None:
@@ -102,6 +111,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
                                                                               tilt_deg=tilt_deg, slice_mm=slice_mm)
     if skull_base:
         head.base = SkullBase.draw(rng_for(seed, index, SKULL_BASE_STREAM))
+    if mass_effect and not normal and location in ("deep", "lobar", "lobar_flat"):
+        head.shift_ventricles(-hem.side * min(MLS_MM_PER_ML * markers.volume_ml, MLS_MAX_MM))
     r_label = rng_for(seed, index, 7)
     geo = stack(geo, hem, head, n_slices=n_slices, mixed=mixed, normal=normal)
     # calcifications that would sit inside the bleed are dropped (blood and calcium never share a voxel)
@@ -154,6 +165,8 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         calcifications=calcification_truth(head, geo), centre_voxel=(cz, cy, cx),
         artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
         normal=normal, thickness_runs=[[float(r[0]), int(r[1]), *map(float, r[2:])] for r in mixed] if mixed else [],
+        side="none" if normal else truth_side(hem), site="none" if normal else truth_site(hem, head),
+        ivh_ml=float(stats["ivh_ml"]), oedema_ml=float(stats["oedema_ml"]), midline_shift_mm=head.midline_shift_mm,
     )
     case = Case(hu=hu, mask=mask, spacing=(sx, sy, sz), truth=truth, geometry=geo, acquisition=acq,
                 seed=seed, index=index, labels=labels)

@@ -43,7 +43,8 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
     w_lo, w_hi = hem.w_range(head)
     if normal:  # nothing to paint anywhere
         w_lo, w_hi = math.inf, -math.inf
-    stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
+    stats = {"hypo": 0, "ivh": 0, "islands": set(), "ivh_ml": 0.0, "oedema_ml": 0.0}  # type: dict[str, Any]
+    extents = geo.extents_mm()
 
     chunk = 8
     for k0 in range(0, nz, chunk):
@@ -82,8 +83,10 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
                 vent = up2(lay.vent[None])[0]
                 brain = up2(lay.brain[None])[0]
                 fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
-                _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
-                                None if labels is None else labels[k])
+                oedema_px, ivh_px = _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain,
+                                                    stats, None if labels is None else labels[k])
+                stats["oedema_ml"] += oedema_px * px * px * extents[k] / 1000.0
+                stats["ivh_ml"] += ivh_px * px * px * extents[k] / 1000.0
             if k in streak_slices:
                 img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
             if k in motion_slices:
@@ -157,7 +160,9 @@ def _classify(lay: Any, head: Head) -> np.ndarray:
 
 def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float,
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
-                    stats: dict[str, Any], labels: np.ndarray | None) -> None:
+                    stats: dict[str, Any], labels: np.ndarray | None) -> tuple[int, int]:
+    """Paint one slice of the bleed; returns its truth counts (pixels): oedema (at least half-way
+    to the oedema value, in parenchyma, outside the blood) and blood inside the ventricles."""
     px = grid.px
     # blood fills only the part of a voxel that calcium leaves free, so that a calcification inside
     # a bleed (the choroid plexus in an intraventricular cast) stays visible where the mask leaves it out
@@ -167,6 +172,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
     # oedema first (outside the blood, brain parenchyma only)
     b = hem.main
     sec = b.section_radius(w, hem.oedema_mm + 2.0)
+    oedema: tuple[tuple[slice, slice], np.ndarray] | None = None
     if hem.parenchymal and sec > 0:
         win = grid.window(b.centre[0], b.centre[1], sec)
         if win is not None:
@@ -175,6 +181,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
             depth, _ = b.signed_depth(u, v, w, reach=hem.oedema_mm)
             wt = np.clip(1.0 + depth / F32(hem.oedema_mm), 0.0, 1.0) * (depth < 0) * brain[win]
             lerp_into(img[win], F32(hem.oedema_hu), (wt ** F32(0.8)).astype(F32))
+            oedema = (win, wt ** F32(0.8) >= 0.5)
     for name, blob in blobs:
         sec = blob.section_radius(w, thk / 2 + 1.0)
         if sec <= 0:
@@ -217,6 +224,8 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
     mask[calcified] = 0
     if labels is not None:
         labels[calcified] = LABELS["other"]
+    oedema_px = 0 if oedema is None else int(np.count_nonzero(oedema[1] & (mask[oedema[0]] == 0)))
+    return oedema_px, int(np.count_nonzero((mask > 0) & (vent >= 0.5)))
 
 
 def _calcium(grid: Grid, head: Head, w: float, thk: float) -> np.ndarray:
@@ -238,7 +247,7 @@ def _paint_ivh(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, hea
                calcium: np.ndarray, stats: dict[str, Any], labels: np.ndarray | None) -> None:
     px = grid.px
     if hem.parenchymal:  # extension into the ipsilateral lateral ventricle
-        side_vents = [e for e in head.ventricles if e.c[0] * hem.ivh_side > 1.0][:3]
+        side_vents = [e for e in head.ventricles if (e.c[0] - head.midline_shift_mm) * hem.ivh_side > 1.0][:3]
     else:  # primary intraventricular bleed: both lateral ventricles and the third
         side_vents = [e for e in head.ventricles if abs(e.c[2]) < 16.0 and e.semi[0] > 1.0]
     for e in side_vents:
