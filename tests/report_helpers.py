@@ -184,3 +184,21 @@ def require(tool: str) -> str:
     if found is None:
         raise RuntimeError(f"{tool} not installed: run `make install` (scripts/bootstrap.sh)")
     return found
+
+
+# PixelMed's TID 1500 rules apply TID 1410 to every Measurement Group once any group holds an
+# Image Region (its XSL tests the container's children, not each group): the volumetric group is
+# then reported for lacking TID 1410's conditional region. Exactly those two lines are allowed on
+# the full SR, and each group is validated on its own with zero errors.
+PIXELMED_1410_ON_1411 = (
+    'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 5] SCOORD',
+    'Error: Template 1410 PlanarROIMeasurements/[Row 1] CONTAINER (125007,DCM,"Measurement Group")/[Row 7] IMAGE',
+)
+# Procedure reported is LOINC's non-contrast head CT (30799-1): CID 100 lists no head CT without
+# contrast (only "CT unspecified body region" and a perfusion CT) and is extensible, so the standard
+# allows the more exact code; PixelMed checks membership only. Exactly this line is allowed.
+PIXELMED_HEAD_CT_NOT_IN_CID_100 = (
+    'Error: Template 1500 MeasurementReport/[Row 1] CONTAINER CID 7021/[Row 4] CODE (121058,DCM,"Procedure reported"): '
+    '1.7: /CONTAINER (126000,DCM,"Imaging Measurement Report")/CODE (121058,DCM,"Procedure reported"): '
+    'Code (30799-1,LN,"CT Head WO contrast") not found in context group 100'
+)

@@ -220,9 +220,6 @@ def test_sr_opens_with_outline_and_label(viewer: Viewer) -> None:
     page.close()
 
 
-@pytest.mark.xfail(strict=True, reason="OHIF 3.13's SR loader reads the first SCOORD of every measurement group "
-                   "(_checkIfCanAddMeasurementsToDisplaySet: measurement.coords[0]); the findings' TID 1501 "
-                   "groups have none, and the SR opens on no image")
 def test_sr_with_findings_opens_on_its_key_slice(viewer: Viewer) -> None:
     study = viewer.studies["findings"]
     page = _open(viewer, study)

@@ -4,12 +4,9 @@ midline shift and oedema (`Prediction.findings`, measured by hexnode.models.find
 from __future__ import annotations
 
 import highdicom as hd
-from pydicom.sr.coding import Code
 
 from hexnode.pipeline.contracts import Findings, Prediction
 from hexnode.report import codes
-from hexnode.report.sr import algorithm_id
-from hexnode.report.uids import derive_uid
 
 LATERALITY = {"left": codes.LEFT, "right": codes.RIGHT, "bilateral": codes.BILATERAL, "midline": codes.MIDLINE}
 SITE_WORDS = {"basal_ganglia": "deep (basal ganglia)", "thalamus": "deep (thalamus)", "cerebellum": "cerebellar",
@@ -55,32 +52,23 @@ def summary_text(prediction: Prediction) -> str | None:
     return f"{head}; perihematomal oedema {prediction.findings.oedema_ml:.1f} ml."
 
 
-def _group(series_uid: str, prediction: Prediction, revision: int, kind: tuple[str, str], finding: Code,
-           sites: list[hd.sr.FindingSite], measurement: hd.sr.Measurement) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    model = prediction.model
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(series_uid, model.version, f"tracking-{kind[0]}", revision), identifier=kind[1]),
-        finding_type=finding, finding_sites=sites, algorithm_id=algorithm_id(model), measurements=[measurement])
+def findings_measurements(prediction: Prediction) -> list[hd.sr.Measurement]:
+    """Intraventricular blood (ml), midline shift (mm, when the septum was seen) and perihematomal
+    oedema (ml), each with its own finding site, as measurements of the hemorrhage's own group.
 
-
-def findings_groups(series_uid: str, prediction: Prediction, revision: int
-                    ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """TID 1501 groups: intraventricular blood (ml), midline shift (mm, when the septum was seen),
-    perihematomal oedema (ml)."""
+    Not groups of their own: OHIF (3.13) loads every measurement group of an SR by its first
+    spatial coordinate and opens no image at all when a group has none."""
     f = prediction.findings
     if f is None or not prediction.hemorrhage_detected:
         return []
-    ivh_side = LATERALITY.get(f.side)
-    out = [_group(series_uid, prediction, revision, ("ivh", "Intraventricular hemorrhage"), codes.HEMORRHAGE,
-                  [hd.sr.FindingSite(anatomic_location=codes.SITES["ventricles"], laterality=ivh_side)],
-                  hd.sr.Measurement(name=codes.VOLUME, value=round(f.ivh_ml, 1), unit=codes.MILLILITER))]
+    out = [hd.sr.Measurement(name=codes.VOLUME, value=round(f.ivh_ml, 1), unit=codes.MILLILITER,
+                             finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SITES["ventricles"],
+                                                              laterality=LATERALITY.get(f.side))])]
     if f.midline_shift_mm is not None:
         towards = codes.LEFT if f.midline_shift_mm > 0 else codes.RIGHT
-        out.append(_group(series_uid, prediction, revision, ("mls", "Midline shift"), codes.MIDLINE_SHIFT,
-                          [hd.sr.FindingSite(anatomic_location=codes.BRAIN, laterality=towards)],
-                          hd.sr.Measurement(name=codes.MIDLINE_SHIFT, value=round(abs(f.midline_shift_mm), 1),
-                                            unit=codes.MILLIMETER)))
-    out.append(_group(series_uid, prediction, revision, ("oedema", "Perihematomal oedema"), codes.EDEMA, finding_sites(f),
-                      hd.sr.Measurement(name=codes.VOLUME, value=round(f.oedema_ml, 1), unit=codes.MILLILITER)))
+        out.append(hd.sr.Measurement(name=codes.MIDLINE_SHIFT, value=round(abs(f.midline_shift_mm), 1),
+                                     unit=codes.MILLIMETER,
+                                     finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BRAIN, laterality=towards)]))
+    out.append(hd.sr.Measurement(name=codes.EDEMA, value=round(f.oedema_ml, 1), unit=codes.MILLILITER,
+                                 finding_sites=finding_sites(f)))
     return out

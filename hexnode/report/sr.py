@@ -281,9 +281,10 @@ def key_slice_text(sources: Sequence[Dataset], key: int, roi: KeySliceROI, predi
 
 def measurement_group(
     seg: Dataset, series_uid: str, prediction: Prediction, revision: int,
-    sites: Sequence[hd.sr.FindingSite] | None = None,
+    sites: Sequence[hd.sr.FindingSite] | None = None, extra: Sequence[hd.sr.Measurement] = (),
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """`sites`: where the bleed is (report/findings.py); None: the brain."""
+    """`sites`: where the bleed is (report/findings.py); None: the brain. `extra`: the findings'
+    measurements (intraventricular blood, midline shift, oedema), each with its own site."""
     model = prediction.model
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -302,6 +303,7 @@ def measurement_group(
             volume_measurement(prediction),
             probability_measurement(prediction),
             hd.sr.Measurement(name=codes.HE_THRESHOLD, value=percent(model.threshold), unit=codes.PERCENT),
+            *extra,
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
@@ -356,14 +358,12 @@ def build_sr(
     sites = section.finding_sites(prediction.findings) if prediction.hemorrhage_detected else None
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
-        measurement_group(seg, series_uid, prediction, revision, sites)
+        measurement_group(seg, series_uid, prediction, revision, sites, section.findings_measurements(prediction))
     ]
     key_text = None
     if key is not None and prediction.hemorrhage_detected:
         groups.append(planar_group(sources, key[0], key[1], prediction, revision))
         key_text = key_slice_text(sources, key[0], key[1], prediction)
-    # the findings section: side, site, intraventricular blood, midline shift, oedema
-    groups.extend(section.findings_groups(series_uid, prediction, revision))
     comments = result_comments(prediction, selection_note, revision, key_text, source_notes)
     findings_text = section.summary_text(prediction)
     if findings_text:

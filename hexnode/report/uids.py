@@ -15,8 +15,7 @@ from typing import Literal
 # which of the two was sent before. The worker must build a not-analysed set only for a terminal
 # outcome of a revision.
 Kind = Literal["seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking"]
-KINDS: tuple[str, ...] = ("seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking",
-                          "tracking-ivh", "tracking-mls", "tracking-oedema")
+KINDS: tuple[str, ...] = ("seg", "seg-series", "sr", "sr-series", "sc", "sc-series", "tracking")
 
 
 def derive_uid(series_uid: str, model_version: str, kind: str, revision: int = 0) -> str:
