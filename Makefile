@@ -20,6 +20,6 @@ lint: install
 	$(VENV)/bin/ruff check hexnode tests bench
 	$(VENV)/bin/mypy
 
-# docs/sc-example.png, the README's summary image, from the committed models (tests/test_sc_example.py)
+# docs/sc-example.png, the README's summary image, from the committed models (tests/report/test_sc_example.py)
 sc-example: install
 	$(VENV)/bin/python -m hexnode.report.example docs/sc-example.png

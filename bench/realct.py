@@ -26,7 +26,7 @@ hexnode said what it should (`yes`, `NO`, or `reason?` when it refused as it sho
 name what the manifest expects). The table is also written to OUT/table.txt, each case's full
 output to OUT/runs/<id>/stdout.txt.
 
-`expected` grammar (checked by tests/test_realct_manifest.py):
+`expected` grammar (checked by tests/worker/test_realct_manifest.py):
   "analysed, no hemorrhage"            analysed; no hemorrhage detected
   "analysed, hemorrhage"               analysed; hemorrhage detected (any volume)
   "analysed, hemorrhage 20-45 ml"      analysed; hemorrhage detected, volume within the range

@@ -22,7 +22,7 @@ defaults (one destination `pacs`), so `HEXNODE_DESTINATIONS_0_HOST` works withou
 
 Schema style: every setting is a field with a default of a dataclass here; a nested table is a
 field whose default is a dataclass, an array of tables a `list[SomeDataclass]` field. The loader,
-the environment overrides and the docs test (tests/test_docs.py) read the schema from those
+the environment overrides and the docs test (tests/deploy/test_docs.py) read the schema from those
 declarations, so a new key needs nothing else here.
 """
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 
-# docker.io + debootstrap: tests/test_compose.py builds the images on a local Debian base and runs the stack.
+# docker.io + debootstrap: tests/deploy/test_compose.py builds the images on a local Debian base and runs the stack.
 # chromium: the browser tests (OHIF, the status page).
 debs=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools docker-compose docker.io debootstrap pixelmed-apps chromium)
 missing=()

@@ -1,4 +1,4 @@
-"""Fixtures shared by the receive tests (tests/test_receive.py, tests/test_hostile.py)."""
+"""Fixtures shared by the receive tests (tests/receive/test_receive.py, tests/receive/test_hostile.py)."""
 
 from __future__ import annotations
 

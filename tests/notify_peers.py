@@ -1,4 +1,4 @@
-"""Real notification receivers on loopback for tests/test_notify.py: an HTTP(S) webhook receiver
+"""Real notification receivers on loopback for tests/notify/test_notify.py: an HTTP(S) webhook receiver
 (http.server; it can answer a redirect, and records GETs too), an SMTP server with STARTTLS and
 AUTH (aiosmtpd, a self-signed certificate made with openssl for the test), and an MLLP listener
 answering AA or AE (python-hl7's asyncio server), in clear or over TLS. Each can stall its first

@@ -1,5 +1,5 @@
 """Result objects compared with their UIDs and dates masked: what "the same result" means when a
-change must not alter the SEG/SR/SC beyond the UIDs (bench/memory.py, tests/test_result_identity.py).
+change must not alter the SEG/SR/SC beyond the UIDs (bench/memory.py, tests/worker/test_result_identity.py).
 
 Every element of every (nested) dataset becomes one line "tag VR value"; UI, DA, TM and DT values
 are masked, bulk values (Pixel Data) are kept as their length and sha256, so pixel data compare

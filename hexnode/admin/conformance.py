@@ -15,7 +15,7 @@ Nothing here restates a fact by hand; each table comes from the object the node 
 * Settings: the dataclass defaults of :mod:`hexnode.config`.
 
 The document keeps each table between ``BEGIN GENERATED name`` / ``END GENERATED name`` comments;
-``--write`` replaces them, ``--check`` exits 1 when one is stale (tests/test_conformance.py does
+``--write`` replaces them, ``--check`` exits 1 when one is stale (tests/report/test_conformance.py does
 the same and negotiates every listed context with a running receiver, ``hexnode receive`` under ``hexnode serve``).
 """
 

@@ -194,7 +194,7 @@ def scan_explicit_le(prefix: bytes) -> tuple[dict[int, bytes], bool] | None:
     pass over defined-length elements (pydicom's element generator costs ~100 us per instance on
     the response path). Returns (complete values by tag, whether an element past (0020,000E) was
     reached), or None for anything it does not handle (an undefined length, a VR that is not two
-    capitals) so that pydicom reads it; tests/test_fuzz_receive.py checks the two agree."""
+    capitals) so that pydicom reads it; tests/receive/test_fuzz_receive.py checks the two agree."""
     found: dict[int, bytes] = {}
     pos, end = 0, len(prefix)
     unpack = struct.unpack_from

@@ -222,7 +222,7 @@ class Gate:
                        reply: bytes = b"", kind: str | None = None) -> None:
         self.refused += 1
         # logged before the peer hears it: by the time a refused sender reports the refusal, the
-        # node's log already says why (tests/test_receive.py reads both right after storescu exits)
+        # node's log already says why (tests/receive/test_receive.py reads both right after storescu exits)
         self.peers.warn(address, reason, calling_ae, kind)
         if reply:
             try:
@@ -406,7 +406,7 @@ class Screening:
 
 def screen_request(head: bytes) -> Screening:
     """Judge the first bytes a connection sent (at most PEEK_LIMIT of them) without consuming
-    them: a peer's bytes, so no exception escapes (tests/test_fuzz_receive.py drives it)."""
+    them: a peer's bytes, so no exception escapes (tests/receive/test_fuzz_receive.py drives it)."""
     if head[0] != A_ASSOCIATE_RQ_TYPE:
         return Screening("drop", f"closed: first PDU is not an A-ASSOCIATE-RQ (type 0x{head[0]:02X})")
     if len(head) < 6:

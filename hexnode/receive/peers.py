@@ -74,7 +74,7 @@ class WithholdText(logging.Filter):
 
     pydicom logs what it warns about as well (``warn_and_log``), with the offending value: a peer
     that sends a dataset with a broken length gets its next elements, patient name among them,
-    quoted as a "UID" (found by tests/test_hostile.py). hexnode.runtime withholds the text of
+    quoted as a "UID" (found by tests/receive/test_hostile.py). hexnode.runtime withholds the text of
     the warnings; this does the same for the log records, in the receiving processes.
     """
 

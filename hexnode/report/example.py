@@ -3,7 +3,7 @@ path (files -> load -> committed models -> SEG/SR/SC) and the SC's pixels saved 
 
     .venv/bin/python -m hexnode.report.example [OUT.png] [--models DIR]    (make sc-example)
 
-tests/test_sc_example.py regenerates it and compares it with the committed file, so the picture
+tests/report/test_sc_example.py regenerates it and compares it with the committed file, so the picture
 in the README is what the node sends today.
 """
 

@@ -66,7 +66,7 @@ def build_seg(sources: Sequence[Dataset], mask: np.ndarray, model: ModelInfo, *,
     frames in its own order along the normal; each keeps its own reference and position). With
     mixed slice thickness each frame's slab is its source slice's: the Pixel Measures stay shared
     as highdicom writes them (the pinned OHIF cannot open a SEG whose Pixel Measures are per
-    frame, tests/test_viewer.py), so a reader takes each frame's thickness from its source.
+    frame, tests/web/test_viewer.py), so a reader takes each frame's thickness from its source.
 
     One Enhanced CT multi-frame source is also accepted (mask in the loader's z order).
     `sources` may be headers read with stop_before_pixels: highdicom takes the geometry (position,

@@ -17,7 +17,7 @@ The Image Library is written last, after the findings and the comments, not at r
 a text renderer (dcmtk dsr2html, a PACS's SR text view) prints the tree in order, and a reader
 must meet the findings and the summary before a list of every source image. This is
 the one departure from the template's row order; dciodvfy and PixelMed's DicomSRValidator accept
-it (tests/test_report.py, tests/test_sr_text.py).
+it (tests/report/test_report.py, tests/report/test_sr_text.py).
 
 The two groups share one Tracking Unique Identifier (and the SEG segment's): one hematoma,
 measured two ways. Viewers that draw SR regions (OHIF) merge groups by that UID, so the outline
@@ -162,7 +162,7 @@ def measurement_report(
     of the tree, +170 ms for a 320-image library; test_report re-reads the SR with it instead.)
 
     Not `MeasurementReport(referenced_images=...)`: its TID 1600 library writes ~16 descriptors
-    under every image (the screen of Image Position footnotes, tests/test_sr_text.py)
+    under every image (the screen of Image Position footnotes, tests/report/test_sr_text.py)
     and takes 31 x as long as library.py's (534 vs 17 ms for 40 images), and the constructor
     has no row 12 (Qualitative Evaluations) for the comments."""
     measurements = hd.sr.ContainerContentItem(

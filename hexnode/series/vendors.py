@@ -11,7 +11,7 @@ Dose pages ("Dose Report", "Dose Info", "Patient Protocol", "Exam Summary") and 
 Names are matched as whole words: a word ends where a letter does not follow, so "iDose" is not
 "dose" and "BONEPLUS" needs its own entry, while "B_SOFT_B", "STD+" and "Topogram 0.6" still match
 (digits, '_' and punctuation end a word). `NAMES` lists real names with what each must mean; the
-tests run every one through the rule engine (tests/test_route_vendors.py).
+tests run every one through the rule engine (tests/route/test_route_vendors.py).
 """
 
 from __future__ import annotations

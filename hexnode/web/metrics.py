@@ -7,7 +7,7 @@ never beat, a destination never delivered to) is +Inf, so a `> limit` alert fire
 
 `hexnode metrics` prints the table; `--write [DOC]` replaces it in the document between
 ``BEGIN GENERATED metrics`` / ``END GENERATED metrics``, `--check [DOC]` exits 1 when that copy
-is stale (tests/test_web.py runs it).
+is stale (tests/web/test_web.py runs it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An empty database gets every table here. A database made by hexnode's own migrat
 legacy_v1_v4) gets only the tables it lacks: notifications, scans and outcomes were added to
 those databases by ``create_all`` at start-up, without a version of their own, so a database made
 before them has none. A table that exists is left alone (legacy_v1_v4 has already brought its
-columns to this schema); tests/test_migrations.py checks that either path ends with no
+columns to this schema); tests/store/test_migrations.py checks that either path ends with no
 difference from Base.metadata.
 
 Frozen: never edit this file to change the schema. A change is a new revision after this one

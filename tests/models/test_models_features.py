@@ -161,7 +161,7 @@ def test_only_the_boosters_features_are_computed_with_the_full_extractions_value
 
     from hexnode.synth.phantom import generate_case
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     manifest = json.loads((repo / "models" / "manifest.json").read_text())
     selected = manifest["preprocessing"]["features"]["radiomics_selected"]
     assert len(selected) >= 20

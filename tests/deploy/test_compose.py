@@ -53,7 +53,7 @@ from hexnode.devtools.demo import SC_CLASSES, SEG_CLASS, SR_CLASSES, ResultSet, 
 from hexnode.devtools.net import free_port, wait_for
 from hexnode.store.db import Event, Job, Outbox, Series, open_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "output" / "compose"
 PROJECT = "hexnode-compose-test"
 BASE_IMAGE = "hexnode-base:bookworm"

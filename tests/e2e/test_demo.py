@@ -43,7 +43,7 @@ def _kill_all(work: Path) -> None:
 
 def _check_viewer_url(text: str) -> None:
     """The printed OHIF URL serves OHIF, isolated (COOP/COEP), with Orthanc's DICOMweb at the same
-    origin holding the demo's study (the browser test, tests/test_viewer.py, opens it for real)."""
+    origin holding the demo's study (the browser test, tests/web/test_viewer.py, opens it for real)."""
     match = re.search(r"read it: +(http://127\.0\.0\.1:\d+)/viewer\?StudyInstanceUIDs=([0-9.]+)", text)
     assert match, text[-3000:]
     origin, study = match.groups()
@@ -61,7 +61,7 @@ def _check_viewer_url(text: str) -> None:
 
 def _look_in_ohif(text: str, tmp_path: Path) -> None:
     """The printed OHIF URL in chromium: the SEG overlay and the SR's outline with its label show,
-    with no page error (the geometry itself is measured in tests/test_viewer.py)."""
+    with no page error (the geometry itself is measured in tests/web/test_viewer.py)."""
     import playwright.sync_api as pw_api  # installed by `make install`
     from report_helpers import OUTPUT
     from viewer_helpers import launch, open_ohif

@@ -15,7 +15,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from test_chaos import models_dir
+from plumbing_helpers import models_dir
 
 from hexnode.devtools.demo import DemoStack
 

@@ -19,7 +19,7 @@ from ruamel.yaml import YAML  # installed with pyradiomics (via pykwalify)
 from hexnode.cli import build_parser
 from hexnode.config import Config, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
@@ -156,7 +156,7 @@ def test_example_config_documents_every_key_with_its_default() -> None:
     raw = tomllib.loads(path.read_text())
     missing = []
     for key in _keys(Config):
-        if key == "notifications":  # none by default: commented examples (tests/test_notify.py checks them)
+        if key == "notifications":  # none by default: commented examples (tests/notify/test_notify.py checks them)
             continue
         try:
             _lookup(raw, key)

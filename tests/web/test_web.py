@@ -28,7 +28,7 @@ from hexnode.web.server import StatusServer, host_allowed
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.4242"
 TOKEN = "s3cret-status-token-0042"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ from hexnode.pipeline.contracts import ModelInfo, Prediction
 from hexnode.report import build_not_analysed, build_results
 from hexnode.report.common import series_number_text
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 OUT = OUTPUT / "sr-text"
 SCREEN = {"width": 1920, "height": 1080}  # a reading-room desktop screen

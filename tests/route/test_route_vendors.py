@@ -157,6 +157,6 @@ def test_head_in_the_headers_is_confirmed_without_a_hint(over: dict[str, object]
 
 
 def test_deploy_toml_documents_the_default_soft_kernel_regex() -> None:
-    text = (Path(__file__).resolve().parent.parent / "deploy" / "hexnode.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "hexnode.toml").read_text()
     line = next(x for x in text.splitlines() if x.startswith("# soft_kernel_regex = "))
     assert tomllib.loads(line[2:])["soft_kernel_regex"] == DEFAULT_SOFT_KERNEL

@@ -27,7 +27,7 @@ from hexnode.store.db import Event, Job, Outbox, Result, Series, Store, open_sto
 from hexnode.store.spool import Spool
 from hexnode.worker import Worker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 

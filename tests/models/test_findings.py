@@ -161,7 +161,7 @@ def test_findings_objects_validate(reported: tuple[dict[str, Path], str], kind: 
     assert errors == [], text
     if kind == "sr" and shutil.which("DicomSRValidator"):
         errs, text = sr_validator(files["sr"])
-        # the same two allowances as tests/test_report.py: the LOINC head CT outside CID 100, and
+        # the same two allowances as tests/report/test_report.py: the LOINC head CT outside CID 100, and
         # PixelMed's TID 1410 rule applied to the volumetric group (1.8.1) that carries the findings
         unexplained = [e for e in errs if "context group 100" not in e
                        and not (e.startswith(PIXELMED_1410_ON_1411) and "within 1.8.1:" in e)]

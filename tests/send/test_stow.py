@@ -1,6 +1,6 @@
 """STOW-RS (dicomweb-client) against a recording DICOMweb peer on loopback: what goes on the wire
 (bearer token, Accept, Part 10 parts), what each response status records, TLS with a client
-certificate. tests/test_send.py sends to a real Orthanc's DICOMweb plugin."""
+certificate. tests/send/test_send.py sends to a real Orthanc's DICOMweb plugin."""
 
 from __future__ import annotations
 

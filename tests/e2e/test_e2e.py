@@ -23,7 +23,7 @@ from hexnode.devtools.demo import DemoStack, sr_summary
 from hexnode.devtools.net import wait_for
 from hexnode.store.db import Event, Job, Series, open_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DCIODVFY = "/usr/bin/dciodvfy"
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/Orthanc").exists(), reason="Debian orthanc not installed")
 

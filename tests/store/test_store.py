@@ -194,7 +194,7 @@ def test_two_threads_claim_each_job_exactly_once_on_sqlite(store) -> None:
 def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     """Today's schema with the columns of versions 2-4 taken out, as hexnode's own migrations
     recorded it (hexnode_meta.schema_version 1, no alembic_version): the legacy revision adds
-    them back. tests/test_migrations.py does the same from the real DDL of each old version."""
+    them back. tests/store/test_migrations.py does the same from the real DDL of each old version."""
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"

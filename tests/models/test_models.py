@@ -17,7 +17,7 @@ import pytest
 
 from hexnode.models.registry import ModelIntegrityError, load_manifest, sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 
 

@@ -22,7 +22,7 @@ from hexnode.models import brain
 from hexnode.models.headcheck import check_head, contrast_hint
 from hexnode.synth.lookalikes import generate_lookalike, write_lookalike
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 3101  # not a seed any training or evaluation run uses
 
 

@@ -36,7 +36,7 @@ from hexnode.notify.message import message_id
 from hexnode.store.db import Event, Notification, Series, Store, Study, open_store
 from hexnode.store.spool import Spool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VIEWER = "https://ohif.hospital.example"
 
 

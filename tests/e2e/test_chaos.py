@@ -22,7 +22,7 @@ from hexnode.route.service import check_once
 from hexnode.store.db import Series, open_store, utcnow
 from hexnode.store.spool import Spool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 

@@ -100,7 +100,7 @@ def test_the_committed_unet_imported_from_onnx_is_the_same_function():
     from hexnode.train.nets import SegUNet
     from hexnode.train.onnx_import import freeze_batchnorm, seg_from_onnx
 
-    path = Path(__file__).resolve().parents[1] / "models" / "seg.onnx"
+    path = Path(__file__).resolve().parents[2] / "models" / "seg.onnx"
     net = SegUNet(width=8)
     net.load_state_dict(seg_from_onnx(path, 8))
     x = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
@@ -124,7 +124,7 @@ def test_the_committed_campaign_is_where_the_next_run_starts(tmp_path):
     from hexnode.train.campaign import write_campaign
     from hexnode.train.nets import HECNN, SegUNet
 
-    campaign = Path(__file__).resolve().parents[1] / "models" / "campaign"
+    campaign = Path(__file__).resolve().parents[2] / "models" / "campaign"
     weights, frozen = _seg_init(campaign, 8)
     assert frozen
     SegUNet(width=8).load_state_dict(weights)

@@ -17,7 +17,7 @@ from hexnode import __version__
 from hexnode.cli import build_parser
 from hexnode.config import Config, ConfigError, env_target
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 SPAN = re.compile(r"`([^`\n]+)`")
@@ -35,7 +35,7 @@ GENERATED = re.compile(r"<!-- BEGIN GENERATED.*?<!-- END GENERATED[^>]*-->", re.
 
 def _spans(text: str) -> list[str]:
     """Inline code spans, outside fenced blocks and outside generated tables (the tables of
-    docs/conformance.md are the code's own output, kept current by tests/test_conformance.py)."""
+    docs/conformance.md are the code's own output, kept current by tests/report/test_conformance.py)."""
     return [m.group(1) for m in SPAN.finditer(FENCE.sub("", GENERATED.sub("", text)))]
 
 

@@ -19,7 +19,7 @@ from tls_helpers import TestCA
 
 from hexnode.devtools.net import dcmtk_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

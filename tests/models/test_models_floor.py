@@ -20,7 +20,7 @@ from hexnode.synth.draw import draw, rng_for
 from hexnode.synth.phantom import SKULL_BASE_STREAM, Case, generate_case
 from hexnode.train import metrics as M
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 #: a normal head, tilted 20 degrees, 6 mm slices: the U-Net calls 3.5 ml on its anterior and
 #: middle fossa floors (found with bench/skullbase.py's generator on a seed of its own)
 SEED, INDEX, TILT, SLICE_MM = 4244, 1, 20.0, 6.0

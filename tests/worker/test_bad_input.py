@@ -29,7 +29,7 @@ from sqlalchemy import select
 from hexnode.devtools.demo import sr_summary
 from hexnode.store.db import Instance, Series
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TABLE_PATH = REPO / "tests" / "output" / "bad_input_table.md"
 TABLE: list[tuple[str, str, str]] = []  # (kind, level, outcome)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "hexnode"
+PACKAGE = Path(__file__).resolve().parents[2] / "hexnode"
 
 STAGES = ("hexnode.receive", "hexnode.route", "hexnode.pipeline", "hexnode.worker", "hexnode.send", "hexnode.web",
           "hexnode.node")
