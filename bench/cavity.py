@@ -97,7 +97,7 @@ def speed(ref: ModuleType, repeats: int) -> None:
 
 def agreement(ref: ModuleType, counts: dict[str, int], models_dir: str) -> None:
     from hexnode.models import brain
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.models.segment import clean_mask, predict_mask, volume_ml
     from hexnode.synth.phantom import generate_case
 

@@ -129,7 +129,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     models = None
     if args.unet:
-        from hexnode.models.pipeline import Models
+        from hexnode.models.analyser import Models
 
         models = Models.load(args.models, ["CPUExecutionProvider"])
     rows = []

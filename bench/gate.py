@@ -33,7 +33,7 @@ _W: dict[str, Any] = {}
 
 
 def _init(models_dir: str, sweep: list[float], lesion: list[float]) -> None:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     _W["models"] = Models.load(models_dir, threads=1)
     _W["sweep"] = sweep

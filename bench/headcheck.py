@@ -65,9 +65,9 @@ def _job(job: tuple[str, int]) -> dict[str, Any]:
 
 
 def timing(repeats: int, models_dir: str) -> None:
+    from hexnode.models.analyser import Models
     from hexnode.models.brain import intracranial
     from hexnode.models.headcheck import check_head
-    from hexnode.models.pipeline import Models
     from hexnode.synth.phantom import generate_case
 
     models = Models.load(models_dir)

@@ -47,7 +47,7 @@ paths = sorted(Path(sys.argv[1]).glob("*.dcm"))
 import threading
 import hexnode.pipeline.run as P
 import hexnode.report as R
-from hexnode.models.pipeline import Models
+from hexnode.models.analyser import Models
 models = Models.load(Path(sys.argv[2]), ["CPUExecutionProvider"])
 after_load = rss_mb()
 peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -80,7 +80,7 @@ def wrap_load():
             stage[0] = prev
     P.load_volume = g
 wrap_load()
-import hexnode.models.pipeline as MP
+import hexnode.models.analyser as MP
 for obj, name, label in ((MP, "intracranial", "cavity"), (MP, "check_head", "head check"),
                          (MP, "predict_mask", "segmentation: U-Net"), (MP, "gate_mask", "segmentation: gate"),
                          (MP, "clean_mask", "segmentation: post-processing"),

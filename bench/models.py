@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="also the 102 ml hematoma, thick and thin")
     args = ap.parse_args()
 
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.synth.phantom import generate_case
 
     t = time.perf_counter()
@@ -79,7 +79,7 @@ def main() -> None:
 
 def big(models: object, repeats: int) -> None:
     from hexnode.models import features as F
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.synth.phantom import generate_case
 
     assert isinstance(models, Models)

@@ -40,7 +40,7 @@ _W: dict[str, Any] = {}
 
 
 def _init(models_dir: str, skull_base: bool) -> None:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     _W["models"] = Models.load(models_dir, threads=1)
     _W["skull_base"] = skull_base

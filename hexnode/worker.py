@@ -128,7 +128,7 @@ class Worker:
         current = active(self.store)
         if current is None or current[0] == self.models.info.version:
             return
-        from hexnode.models.pipeline import Models
+        from hexnode.models.analyser import Models
 
         self.models = Models.load(current[1], self.cfg.models.providers)
         log.info("worker %s: switched to model version %s", self.owner, self.models.info.version)
@@ -299,7 +299,7 @@ def _record_answer(s: Session, task: Task, produced: Produced) -> None:
 
 
 def load_models(cfg: Config, store: Store | None = None) -> Analyser:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.store.model_versions import active_dir
 
     return Models.load(active_dir(store, cfg) if store is not None else cfg.models_path, cfg.models.providers)

@@ -76,7 +76,7 @@ heartbeat_seconds = 1.0
         wait_port(self.port, 90)
         self.store: Store = open_store(self.cfg.database_url, create=False)
         self.spool = Spool(self.cfg.spool_path)
-        from hexnode.models.pipeline import Models
+        from hexnode.models.analyser import Models
         from hexnode.worker import Worker
 
         self.models = Models.load(self.cfg.models_path, ["CPUExecutionProvider"])

@@ -1,6 +1,6 @@
 """The contract between the model stage and the rest: typed values and the analyser's shape.
 
-The worker (and `hexnode run`) calls an `Analyser` (hexnode.models.pipeline.Models is the one
+The worker (and `hexnode run`) calls an `Analyser` (hexnode.models.analyser.Models is the one
 the node loads) and gets an `Analysed`: a mask and a `Prediction`, which it hands to
 `hexnode.report`; neither side imports the other. An analyser that cannot make a statement about
 a series raises `NotAnalysable` (with a `reason` for the report), `IncompleteCoverage` when the

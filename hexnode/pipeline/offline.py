@@ -83,7 +83,7 @@ def run_offline(args: argparse.Namespace) -> int:
             print(f"hexnode run: {folder} is not a folder", file=sys.stderr)
             return 2
     cfg = load_config(getattr(args, "config", None)) if getattr(args, "config", None) else None
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     models_dir = Path(args.models) if getattr(args, "models", None) else (cfg.models_path if cfg else None)
     if models_dir is None:

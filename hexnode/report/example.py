@@ -27,7 +27,7 @@ SELECTION = "series 2 of 2 chosen: soft-tissue kernel, 5 mm"
 
 def example_pixels(models_dir: Path = DEFAULT_MODELS) -> np.ndarray:
     """The SC's RGB pixels for the example case, as the worker makes them."""
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.pipeline.run import produce
     from hexnode.synth.dicom import write_series
     from hexnode.synth.phantom import generate_case

@@ -131,7 +131,7 @@ def verdict(site: dict[str, dict[str, Any]], synth: dict[str, dict[str, Any]]) -
 
 def compare(store: Store, cfg: Config, candidate: str, *, site_dir: str | None = None, synth: int = SYNTH_CASES,
             against: str | None = None) -> dict[str, Any]:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.store.model_versions import COMPARISON, active_version, find, os_user
     from hexnode.train.data import site_case, synth_case
 

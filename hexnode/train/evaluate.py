@@ -63,7 +63,7 @@ _W: dict[str, Any] = {}
 
 
 def _init(models_dir: str, threads: int) -> None:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     route_warnings()
     _W["models"] = Models.load(models_dir, threads=threads)

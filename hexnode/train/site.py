@@ -190,7 +190,7 @@ def _refit_calibration(folder: Path, data: dict[str, Any], site: SiteSet) -> str
                 f"outcome ({n_pos} expanded); a refit needs {MIN_OUTCOMES} with {MIN_PER_CLASS} of each class")
     # the manifest as it stands (new seg.onnx hashes) is what the session loader verifies
     (folder / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.train import metrics as M
     from hexnode.train.data import site_case
     from hexnode.train.recalibrate import fit_platt, logit, sigmoid

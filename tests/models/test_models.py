@@ -52,7 +52,7 @@ def test_gpu_providers_without_their_runtime_are_skipped_quietly(monkeypatch, ca
     import onnxruntime as ort
 
     from hexnode.models import registry
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     libc = "libc.so.6"
     monkeypatch.setattr(registry, "_PROVIDER_LIBS", {"TensorrtExecutionProvider": ("libnvinfer-absent.so.99",),
@@ -73,7 +73,7 @@ def test_gpu_providers_without_their_runtime_are_skipped_quietly(monkeypatch, ca
 
 
 def test_tampered_or_missing_file_is_refused(tmp_path):
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     bad = tmp_path / "models"
     shutil.copytree(MODELS, bad)
@@ -92,7 +92,7 @@ def test_tampered_or_missing_file_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def committed():
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     return Models.load(MODELS, providers=["CPUExecutionProvider"])
 
@@ -125,7 +125,7 @@ def test_reports_carry_the_manifests_own_held_out_figures(committed, tmp_path):
 
 
 def test_air_is_not_a_head_and_gets_no_statement(committed):
-    from hexnode.models.pipeline import IncompleteCoverage
+    from hexnode.models.analyser import IncompleteCoverage
 
     hu = np.full((4, 512, 512), -1000.0, np.float32)  # air only: no skull, no brain
     with pytest.raises(IncompleteCoverage, match="no intracranial cavity found"):
@@ -182,7 +182,7 @@ def _write_site_layout(root: Path, n: int) -> None:
 
 @pytest.mark.slow
 def test_quick_train_on_site_layout_then_analyse_and_evaluate(tmp_path):
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.train.data import read_labels, site_case
 
     data = tmp_path / "site"

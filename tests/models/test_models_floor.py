@@ -28,7 +28,7 @@ SEED, INDEX, TILT, SLICE_MM = 4244, 1, 20.0, 6.0
 
 @pytest.fixture(scope="module")
 def committed():  # type: ignore[no-untyped-def]
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     return Models.load(MODELS, providers=["CPUExecutionProvider"])
 

@@ -808,7 +808,7 @@ def test_produce_names_why_a_series_was_not_analysed(tmp_path: Path) -> None:
     not_analysed trigger listens to (the SCP path of the first is in the node scenario above)."""
     from plumbing_helpers import models_dir
 
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
     from hexnode.pipeline.run import produce
     from hexnode.synth.dicom import write_series as synth_series
     from hexnode.synth.phantom import generate_case

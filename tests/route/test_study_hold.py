@@ -31,7 +31,7 @@ from hexnode.worker import Worker
 
 @pytest.fixture(scope="module")
 def models() -> Any:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     return Models.load(models_dir(), ["CPUExecutionProvider"])
 

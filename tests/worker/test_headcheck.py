@@ -28,7 +28,7 @@ SEED = 3101  # not a seed any training or evaluation run uses
 
 @pytest.fixture(scope="module")
 def models() -> Any:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     return Models.load(REPO / "models", ["CPUExecutionProvider"])
 

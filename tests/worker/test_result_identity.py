@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 from result_identity import canonical, first_difference
 from scipy import ndimage as ndi
 
+import hexnode.models.analyser as mp
 import hexnode.models.brain as brain
 import hexnode.models.features as features
-import hexnode.models.pipeline as mp
 import hexnode.models.segment as segment
 import hexnode.report.outline as outline
 import hexnode.report.render as render

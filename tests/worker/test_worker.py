@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def models() -> Any:
-    from hexnode.models.pipeline import Models
+    from hexnode.models.analyser import Models
 
     return Models.load(models_dir(), ["CPUExecutionProvider"])
 
@@ -218,7 +218,7 @@ class ThresholdModels:
 
     def analyse(self, hu: Any, spacing: Any, notes: Any = (), **_geometry: Any) -> Any:
         # extents / head_up feed the real models' coverage rule, which a threshold does not need
-        from hexnode.models.pipeline import Analysis
+        from hexnode.models.analyser import Analysis
         from hexnode.pipeline.contracts import Prediction
 
         mask = ((hu >= 50) & (hu <= 90)).astype(np.uint8)
