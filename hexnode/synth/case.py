@@ -47,6 +47,8 @@ class Truth:
     model_version: str = hemodel.MODEL_VERSION
     normal: bool = False  # a head without blood
     thickness_runs: list[list[float]] = field(default_factory=list)  # mixed: [thickness mm, slices] bottom up
+    # the NCCT expansion signs as drawn (hexnode.synth.signtruth: 1.0 present, 0.0 absent); empty: normal head
+    signs: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -39,7 +39,8 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
     w_lo, w_hi = hem.w_range(head)
     if normal:  # nothing to paint anywhere
         w_lo, w_hi = math.inf, -math.inf
-    stats = {"hypo": 0, "ivh": 0, "islands": set()}  # type: dict[str, Any]
+    # "hypo_map": the hypodense voxels of the main blob as drawn (the sign truth is derived from it)
+    stats = {"hypo": 0, "ivh": 0, "islands": set(), "hypo_map": np.zeros((nz, n, n), dtype=bool)}  # type: dict[str, Any]
 
     chunk = 8
     for k0 in range(0, nz, chunk):
@@ -75,7 +76,7 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
                 brain = up2(lay.brain[None])[0]
                 fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
                 _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain, stats,
-                                None if labels is None else labels[k])
+                                None if labels is None else labels[k], stats["hypo_map"][k])
             if k in streak_slices:
                 img[j] += streak_slices[k](Grid.full(geo.uv_affine(k, 1), n, px))
             if k in motion_slices:
@@ -138,7 +139,7 @@ def _classify(lay: Any, head: Head) -> np.ndarray:
 
 def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float,
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
-                    stats: dict[str, Any], labels: np.ndarray | None) -> None:
+                    stats: dict[str, Any], labels: np.ndarray | None, hypo_map: np.ndarray) -> None:
     px = grid.px
     # blood fills only the part of a voxel that calcium leaves free, so that a calcification inside
     # a bleed (the choroid plexus in an intraventricular cast) stays visible where the mask leaves it out
@@ -183,6 +184,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
             val += hw * F32(hem.hypo_hu - hem.hem_hu)
             hypo = inside & (hw > 0.5)
             stats["hypo"] += int(np.count_nonzero(hypo & (mask[win] == 0)))
+            hypo_map[win] |= hypo
         lerp_into(img[win], val, frac)
         if labels is not None:
             lw = labels[win]
