@@ -79,6 +79,7 @@ def stage_case(job: CaseJob) -> Staged:
     if cached.exists():
         with open(cached, "rb") as fh:
             staged: Staged = pickle.load(fh)
+        staged.rec.split = job.split  # the case is the same whichever split asks for it
         return staged
     t = time.perf_counter()
     models = _W["models"]
