@@ -257,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-seconds", type=float, default=0, help="HE CNN training time budget (default 150; quick 8)")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and feature extraction")
     p.add_argument("--refit", metavar="WORKDIR", help="refit only the fusion stage from WORKDIR/features.pkl")
+    p.add_argument("--restage", metavar="MODELS",
+                   help="keep MODELS' U-Net and CNN; run the fusion, val and test cases of --synth N --seed S "
+                        "through the node's own inference (cached in --workdir), then refit the marker score, "
+                        "LightGBM and the calibration into --out (which must hold copies of MODELS' files)")
+    p.add_argument("--test-synth", type=int, default=0, metavar="N",
+                   help="with --restage: the test figures on N cases of --test-seed (never trained on) instead of "
+                        "the training run's test split")
+    p.add_argument("--test-seed", type=int, default=0, metavar="S")
     p.add_argument("--resume", metavar="WORKDIR",
                    help="continue a stopped run from its checkpoints and feature cache (its own arguments)")
     p.add_argument("--init-from", metavar="DIR",

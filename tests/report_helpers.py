@@ -144,6 +144,9 @@ def write_series(
 
 
 def prediction(series: Series, *, probability: float = 0.6123, notes: Sequence[str] = ()) -> Prediction:
+    """The phantom's prediction, with the NCCT signs measured on it as the analyser does."""
+    from hexnode.models.signs import measure_signs
+
     voxel_ml = series.spacing[0] * series.spacing[1] * series.spacing[2] / 1000.0
     volume = float(series.mask.sum()) * voxel_ml
     return Prediction(
@@ -152,6 +155,7 @@ def prediction(series: Series, *, probability: float = 0.6123, notes: Sequence[s
         model=MODEL,
         hemorrhage_detected=volume > 0,
         notes=tuple(notes),
+        signs=measure_signs(series.hu, series.mask, series.spacing).signs if volume > 0 else (),
     )
 
 

@@ -136,18 +136,22 @@ def _build_all(sources: Sequence[Any], scenarios: Sequence[str] = SCENARIOS) -> 
     """(scenario, datasets) for every outcome the worker writes."""
     import numpy as np
 
-    from hexnode.pipeline.contracts import ModelInfo, Prediction
+    from hexnode.models.signs import SIGN_NAMES, TITLES
+    from hexnode.pipeline.contracts import ExpansionSign, ModelInfo, Prediction
     from hexnode.report import build_not_analysed, build_results
     from hexnode.report.study import Listed, build_study_not_analysed
 
     model = ModelInfo(name="hexnode-he", version="conformance", threshold=0.5, synthetic_trained=True)
+    # every sign coded, both values (Present, Absent) used
+    signs = tuple(ExpansionSign(name, TITLES[name], name in ("blend", "island"), 3.0, f"{TITLES[name]}: example")
+                  for name in SIGN_NAMES)
     n, size = len(sources), int(sources[0].Rows)
     hu = np.full((n, size, size), 40.0, dtype=np.float32)
     mask = np.zeros((n, size, size), dtype=np.uint8)
     mask[:, 4:8, 4:8] = 1
     empty = np.zeros_like(mask)
     builds: dict[str, Callable[[], list[Any]]] = {
-        "high risk": lambda: build_results(sources, hu, mask, Prediction(1.2, 0.9, model)),
+        "high risk": lambda: build_results(sources, hu, mask, Prediction(1.2, 0.9, model, signs=signs)),
         "low risk": lambda: build_results(sources, hu, mask, Prediction(1.2, 0.1, model)),
         "no hemorrhage": lambda: build_results(
             sources, hu, empty, Prediction(0.0, 0.1, model, hemorrhage_detected=False)),

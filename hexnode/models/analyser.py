@@ -30,6 +30,7 @@ from hexnode.models.registry import (
     make_session,
 )
 from hexnode.models.segment import PostProcessing, clean_mask, predict_mask, volume_ml
+from hexnode.models.signs import NO_SIGNS, Signs, measure_signs
 from hexnode.pipeline.contracts import IncompleteCoverage, ModelInfo, NotAnalysable, Prediction
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Analysis:
     mask: NDArray[np.uint8]
     prediction: Prediction
     timings: dict[str, float] = field(default_factory=dict)
+    signs: Signs = NO_SIGNS  # the NCCT expansion signs with their measures (also in prediction.signs)
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,15 @@ class Models:
 
     def features(
         self, hu: NDArray[np.floating[Any]], mask: NDArray[np.generic], spacing: Sequence[float], timings: dict[str, float],
-        extents: Sequence[float] | None = None,
+        extents: Sequence[float] | None = None, *, signs: Signs | None = None,
     ) -> dict[str, float]:
+        """Every feature the boosters may read; `signs`: already measured on this mask (else measured here)."""
         t = time.perf_counter()
         feats = dict(self.radiomics.extract(hu, mask, spacing))
         timings["radiomics"] = time.perf_counter() - t
         t = time.perf_counter()
         feats.update(F.context_features(hu, mask, spacing))
+        feats.update((signs if signs is not None else measure_signs(hu, mask, spacing)).features())
         if extents is not None:
             # mixed slice thickness: texture and shape on the stacked slices with the mean spacing,
             # but the volume exact, slice by slice
@@ -213,10 +217,14 @@ class Models:
             found = measure_findings(hu, mask, spacing, cavity, orientation, head_up=head_up, extents=extents)
             timings["findings"] = time.perf_counter() - t
         del cavity
-        feats = self.features(hu, mask, spacing, timings, extents)
+        t = time.perf_counter()
+        signs = measure_signs(hu, mask, spacing)
+        timings["signs"] = time.perf_counter() - t
+        feats = self.features(hu, mask, spacing, timings, extents, signs=signs)
         t = time.perf_counter()
         prob = float(self.calibration.apply(self.fused.raw([feats]))[0])
         timings["fusion"] = time.perf_counter() - t
-        pred = Prediction(volume, prob, self.info, hemorrhage_detected=True, notes=tuple(notes), findings=found)
+        pred = Prediction(volume, prob, self.info, hemorrhage_detected=True, notes=tuple(notes), findings=found,
+                          signs=signs.signs)
         timings["total"] = time.perf_counter() - t0
-        return Analysis(mask, pred, timings)
+        return Analysis(mask, pred, timings, signs)

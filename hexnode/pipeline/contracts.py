@@ -60,6 +60,18 @@ class Findings:
 
 
 @dataclass(frozen=True)
+class ExpansionSign:
+    """One NCCT sign of hematoma expansion as measured (hexnode.models.signs): present or absent,
+    the deciding measure and the evidence in words, for the SR and the SC."""
+
+    name: str  # blend | island | swirl | black_hole | hypodensity | irregular
+    title: str  # "blend sign", ..., as a reader names it
+    present: bool
+    value: float  # the deciding measure (islands: their count)
+    evidence: str  # e.g. "island sign: 3 separate small hematomas within 12 mm of the main one"
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The model stage's answer for one series."""
 
@@ -69,6 +81,8 @@ class Prediction:
     hemorrhage_detected: bool = True  # False: empty mask, volume 0, "no hemorrhage detected"
     notes: tuple[str, ...] = field(default=())  # e.g. "gantry tilt 18.0 degrees"
     findings: Findings | None = None  # None: no bleed, or a model set or analyser that does not measure them
+    # the NCCT expansion signs, in hexnode.models.signs.SIGN_NAMES order; empty: none measured
+    signs: tuple[ExpansionSign, ...] = field(default=())
 
     @property
     def high_risk(self) -> bool:

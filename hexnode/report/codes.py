@@ -88,3 +88,18 @@ SITES = {
 EDEMA = codes.SCT.Edema  # 79654002
 MILLILITER = Code("ml", "UCUM", "milliliter")
 MIDLINE_SHIFT = Code("HE-MLS", PRIVATE_SCHEME, "Midline shift")
+
+# --- NCCT signs of hematoma expansion (hexnode/models/signs.py) --------------------------------
+# SNOMED CT and RadLex name none of these signs (searched: blend, island, swirl, black hole sign,
+# hypodensities; irregular hematoma shape), so each is a private concept whose meaning is the
+# publication's definition, cited in models/model_card.md; its value is SNOMED CT Present / Absent.
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("2667000", "SCT", "Absent")
+SIGN_CODES: dict[str, Code] = {
+    "blend": Code("HE-SGN-BLEND", PRIVATE_SCHEME, "Blend sign (Li 2015)"),
+    "island": Code("HE-SGN-ISLAND", PRIVATE_SCHEME, "Island sign (Li 2017)"),
+    "swirl": Code("HE-SGN-SWIRL", PRIVATE_SCHEME, "Swirl sign (Selariu 2012)"),
+    "black_hole": Code("HE-SGN-BLKHOLE", PRIVATE_SCHEME, "Black hole sign (Li 2016)"),
+    "hypodensity": Code("HE-SGN-HYPODENS", PRIVATE_SCHEME, "Hypodensities (Boulouis 2016)"),
+    "irregular": Code("HE-SGN-IRREG", PRIVATE_SCHEME, "Irregular hematoma shape (Barras 2009)"),
+}

@@ -139,6 +139,20 @@ def sc_dataset(
     return sc
 
 
+SIGN_WORDS = {"blend": "blend", "island": "island", "swirl": "swirl", "black_hole": "black hole",
+              "hypodensity": "hypodensities", "irregular": "irregular shape"}
+
+
+def signs_line(prediction: Prediction) -> str | None:
+    """'Signs: blend, island (3), hypodensities' / 'Signs: none of 6 (blend, island, ...)'; None
+    when no signs were measured (no hematoma, or an analyser without them)."""
+    if not prediction.hemorrhage_detected or not prediction.signs:
+        return None
+    words = [SIGN_WORDS.get(s.name, s.name) + (f" ({int(s.value)})" if s.name == "island" else "")
+             for s in prediction.signs if s.present]
+    return "Signs: " + (", ".join(words) if words else f"none of {len(prediction.signs)} read")
+
+
 def summary_lines(
     prediction: Prediction, selection_note: str | None, key_index: int, n_slices: int,
     roi: KeySliceROI | None = None,
@@ -158,6 +172,9 @@ def summary_lines(
             top.append(Line(
                 f"ABC/2 {round_volume_ml(roi.abc2_ml):.1f} ml; axes {round_length_mm(roi.long_axis_mm):.0f} x "
                 f"{round_length_mm(roi.short_axis_mm):.0f} mm on this slice", 14))
+        signs = signs_line(prediction)
+        if signs:
+            top.append(Line(signs, 14))
     else:
         top = [
             Line("No hemorrhage detected", 26, HEADLINE_RGB),

@@ -5,12 +5,15 @@ Layout:
     language, device observer (the algorithm), procedure reported (LN 30799-1 CT Head WO contrast)
     Imaging Measurements
       Measurement Group (TID 1411): finding Hemorrhage in the Brain, referencing SEG segment 1,
-        algorithm (name, version), Volume (cm3), HE probability (%), threshold (%), risk High/Low
+        algorithm (name, version), Volume (cm3), HE probability (%), threshold (%), risk High/Low,
+        and each NCCT expansion sign (blend, island, swirl, black hole, hypodensities, irregular
+        shape) as a qualitative evaluation Present / Absent
       Measurement Group (TID 1410), only with a hematoma: the same finding (same tracking UID)
         on the key slice (largest area): its closed POLYLINE outline on that CT image, the ABC/2
         estimate, area, long and short axis
     Qualitative Evaluations (TID 1500 row 12): TEXT comments, the one-line summary first, then
-        what the risk means (expansion definition, the threshold's held-out figures, disclaimer)
+        what the risk means (expansion definition, the threshold's held-out figures, disclaimer),
+        then the evidence of each sign (present ones first)
     Image Library (row 5): every CT image of the series (shared descriptors per group, library.py)
 
 The Image Library is written last, after the findings and the comments, not at row 5's place:
@@ -308,9 +311,26 @@ def measurement_group(
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
                 name=codes.HE_RISK, value=codes.HIGH if prediction.high_risk else codes.LOW
-            )
+            ),
+            *sign_evaluations(prediction),
         ],
     )
+
+
+def sign_evaluations(prediction: Prediction) -> list[hd.sr.QualitativeEvaluation]:
+    """Each NCCT expansion sign as a coded finding of the hematoma: present or absent."""
+    if not prediction.hemorrhage_detected:
+        return []
+    return [hd.sr.QualitativeEvaluation(name=codes.SIGN_CODES[s.name], value=codes.PRESENT if s.present else codes.ABSENT)
+            for s in prediction.signs]
+
+
+def sign_comments(prediction: Prediction) -> list[str]:
+    """The evidence behind each sign, one comment each, the signs present first."""
+    if not prediction.hemorrhage_detected or not prediction.signs:
+        return []
+    ordered = [s for s in prediction.signs if s.present] + [s for s in prediction.signs if not s.present]
+    return [("Present: " if s.present else "Absent: ") + s.evidence + "." for s in ordered]
 
 
 def result_comments(
@@ -334,6 +354,7 @@ def result_comments(
         texts.append(selection_note)
     if key_slice:
         texts.append(key_slice)
+    texts.extend(sign_comments(prediction))
     texts.append(f"Model {model_label(model)}.")
     texts.append(supersedes_text(revision) or "")
     return texts

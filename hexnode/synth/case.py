@@ -57,6 +57,8 @@ class Truth:
     ivh_ml: float = 0.0
     oedema_ml: float = 0.0
     midline_shift_mm: float = 0.0
+    # the NCCT expansion signs as drawn (hexnode.synth.signtruth: 1.0 present, 0.0 absent); empty: normal head
+    signs: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

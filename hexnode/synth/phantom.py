@@ -67,6 +67,7 @@ from hexnode.synth.geometry import Run
 from hexnode.synth.hemodel import Markers, bayes_auc
 from hexnode.synth.render import calcification_truth, mask_ml, render_stack
 from hexnode.synth.scanner import profile_named, stack
+from hexnode.synth.signtruth import sign_truth
 from hexnode.synth.sites import truth_side, truth_site
 
 #: mass effect (`generate_case(mass_effect=True)`): the septum's shift per ml of a supratentorial
@@ -148,6 +149,9 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
     followup = hemodel.draw_followup(r_label, volume_ml, label)
     if normal:  # no blood: no expansion (the logit is a floor, not -inf, so truth.json stays JSON)
         p, label, followup, logit = 0.0, False, 0.0, -99.0
+    signs = {} if normal else sign_truth(
+        hypo_mode=hem.hypo_mode, hem_hu=hem.hem_hu, hypo_hu=hem.hypo_hu, irregularity=realised.irregularity,
+        islands=realised.islands, mask=mask, hypo_map=stats["hypo_map"], spacing=(sx, sy, sz))
     cz = geo.slice_of(float(hem.centre[2]))
     cx, cy = geo.pixel_of(cz, float(hem.centre[0]), float(hem.centre[1]))
     truth = Truth(
@@ -164,7 +168,7 @@ def generate_case(seed: int, index: int, *, thin: bool = False, hard: bool = Fal
         tissue_hu={"grey": head.gm_hu, "white": head.wm_hu, "csf": head.csf_hu},
         calcifications=calcification_truth(head, geo), centre_voxel=(cz, cy, cx),
         artefact_slices={"motion": sorted(motion_slices), "streaks": sorted(streak_slices)},
-        normal=normal, thickness_runs=[[float(r[0]), int(r[1]), *map(float, r[2:])] for r in mixed] if mixed else [],
+        normal=normal, signs=signs, thickness_runs=[[float(r[0]), int(r[1]), *map(float, r[2:])] for r in mixed] if mixed else [],
         side="none" if normal else truth_side(hem), site="none" if normal else truth_site(hem, head),
         ivh_ml=float(stats["ivh_ml"]), oedema_ml=float(stats["oedema_ml"]), midline_shift_mm=head.midline_shift_mm,
     )

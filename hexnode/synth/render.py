@@ -43,7 +43,9 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
     w_lo, w_hi = hem.w_range(head)
     if normal:  # nothing to paint anywhere
         w_lo, w_hi = math.inf, -math.inf
-    stats = {"hypo": 0, "ivh": 0, "islands": set(), "ivh_ml": 0.0, "oedema_ml": 0.0}  # type: dict[str, Any]
+    # "hypo_map": the hypodense voxels of the main blob as drawn (the sign truth is derived from it)
+    stats = {"hypo": 0, "ivh": 0, "islands": set(), "ivh_ml": 0.0, "oedema_ml": 0.0,
+             "hypo_map": np.zeros((nz, n, n), dtype=bool)}  # type: dict[str, Any]
     extents = geo.extents_mm()
 
     chunk = 8
@@ -84,7 +86,8 @@ def render_stack(geo: Geometry, head: Head, hem: Hematoma, *, noise_sd: float, r
                 brain = up2(lay.brain[None])[0]
                 fgrid = Grid.full(geo.uv_affine(k, 1), n, px)
                 oedema_px, ivh_px = _paint_hematoma(img[j], mask[k], fgrid, hem, head, w, thk, ic, vent, brain,
-                                                    stats, None if labels is None else labels[k])
+                                                    stats, None if labels is None else labels[k],
+                                                    stats["hypo_map"][k])
                 stats["oedema_ml"] += oedema_px * px * px * extents[k] / 1000.0
                 stats["ivh_ml"] += ivh_px * px * px * extents[k] / 1000.0
             if k in streak_slices:
@@ -160,7 +163,7 @@ def _classify(lay: Any, head: Head) -> np.ndarray:
 
 def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma, head: Head, w: float,
                     thk: float, ic: np.ndarray, vent: np.ndarray, brain: np.ndarray,
-                    stats: dict[str, Any], labels: np.ndarray | None) -> tuple[int, int]:
+                    stats: dict[str, Any], labels: np.ndarray | None, hypo_map: np.ndarray) -> tuple[int, int]:
     """Paint one slice of the bleed; returns its truth counts (pixels): oedema (at least half-way
     to the oedema value, in parenchyma, outside the blood) and blood inside the ventricles."""
     px = grid.px
@@ -209,6 +212,7 @@ def _paint_hematoma(img: np.ndarray, mask: np.ndarray, grid: Grid, hem: Hematoma
             val += hw * F32(hem.hypo_hu - hem.hem_hu)
             hypo = inside & (hw > 0.5)
             stats["hypo"] += int(np.count_nonzero(hypo & (mask[win] == 0)))
+            hypo_map[win] |= hypo
         lerp_into(img[win], val, frac)
         if labels is not None:
             lw = labels[win]

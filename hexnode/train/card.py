@@ -61,6 +61,10 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         "spread rays from the centroid, also after the inertia ellipsoid is made a sphere, and the ellipsoid's axis "
         "ratio (irregularity vs. a smooth flattened bleed), perihematomal ring density (oedema), CSF contact and "
         "blood in components bordered by CSF (intraventricular extension).",
+        "- NCCT expansion signs (`hexnode/models/signs.py`): blend (Li 2015), island (Li 2017), swirl (Selariu 2012), "
+        "black hole (Li 2016), hypodensities (Boulouis 2016), irregular shape (Barras 2009, quantitative), each present "
+        "or absent with its evidence, reported in the SR and on the SC; their measures (`sign_*`) are context features "
+        "the booster may read.",
         "- Marker score (`markers.json`): a logistic regression (standardised, C = 1) of HE on "
         f"{len(m['preprocessing']['features'].get('marker_score', []))} of these "
         f"({', '.join(m['preprocessing']['features'].get('marker_score', []))}), fitted on the fusion split; "

@@ -64,6 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
         with open(Path(args.refit) / "features.pkl", "rb") as fh:
             finish(Path(args.out), pickle.load(fh))
         return 0
+    if getattr(args, "restage", None):
+        return restage_and_refit(args)
     if getattr(args, "resume", None):
         # the same run, continued: its own arguments, its own work dir
         saved = json.loads((Path(args.resume) / "args.json").read_text())
@@ -72,3 +74,34 @@ def run_train(args: argparse.Namespace) -> int:
         args.workdir = args.resume
         log.info("resuming the run in %s", args.resume)
     return train(args, plan_of(args))
+
+
+def restage_and_refit(args: argparse.Namespace) -> int:
+    """`--restage MODELS`: the fusion stage refitted on what the node's inference computes today
+    (hexnode.train.restage), the networks kept."""
+    import time
+
+    from hexnode.models.registry import load_manifest
+    from hexnode.train.fit import finish
+    from hexnode.train.restage import CaseJob, refit_state, stage_all, training_jobs
+
+    if not args.workdir or not args.synth:
+        raise SystemExit("--restage needs --synth N --seed S (the training run's) and --workdir (the case cache)")
+    manifest = load_manifest(args.restage, verify=True).data
+    work = Path(args.workdir)
+    t = time.monotonic()
+    jobs = training_jobs(args.seed, args.synth)
+    test_n = int(getattr(args, "test_synth", 0) or 0)
+    if test_n:
+        if args.test_seed == args.seed:
+            raise SystemExit("--test-seed must differ from the training --seed")
+        jobs = [j for j in jobs if j.split != "test"] + [CaseJob("test", args.test_seed, i) for i in range(test_n)]
+    staged = stage_all(Path(args.restage), jobs, work / "cases", workers=args.workers)
+    state = refit_state(staged, manifest, time.monotonic() - t)
+    if test_n:
+        state["splits"] = dict(state["splits"], test=test_n)
+        state["desc"]["source"] += f"; test figures on {test_n} cases of seed {args.test_seed}"
+    with open(work / "features.pkl", "wb") as fh:
+        pickle.dump(state, fh)
+    finish(Path(args.out), state)
+    return 0

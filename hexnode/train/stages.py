@@ -17,6 +17,7 @@ import numpy as np
 from hexnode.models import features as F
 from hexnode.models.brain import intracranial
 from hexnode.models.segment import MIN_LESION_ML, PostProcessing, postprocess, predict_probability
+from hexnode.models.signs import measure_signs
 from hexnode.train import metrics as M
 from hexnode.train.splits import Job
 from hexnode.train.state import Record
@@ -85,6 +86,7 @@ def stage2(job: Job) -> Record:
         if pred.any():
             rec.feats = dict(_G["extractor"].extract(hu, pred, spacing))
             rec.feats.update(F.context_features(hu, pred, spacing))
+            rec.feats.update(measure_signs(hu, pred, spacing).features())
             x = F.cnn_input(hu, pred, spacing)
             emb, logit = _G["cnn"].run(["embedding", "logit"], {"crop": x})
             rec.feats.update({f"cnn_{i:02d}": float(v) for i, v in enumerate(np.asarray(emb)[0])})

@@ -178,6 +178,12 @@ def test_sr_values_reread_by_highdicom(built: Built) -> None:
     risk = g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value
     assert (risk.value, risk.scheme_designator) == ("75540009", "SCT")  # 0.612 >= 0.35: High
     assert g.finding_type.value == "50960005"  # category only in the SEG: "Hemorrhage" says it here
+    # every NCCT expansion sign as a coded finding, Present or Absent as measured, evidence in the comments
+    assert len(pred.signs) == 6
+    for sign in pred.signs:
+        value = g.get_qualitative_evaluations(name=codes.SIGN_CODES[sign.name])[0].value
+        assert (value.value, value.scheme_designator) == (("52101004" if sign.present else "2667000"), "SCT")
+        assert any(sign.evidence in t for t in _comments(sr))
     ref = g.referenced_segment
     assert ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
     assert ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 1

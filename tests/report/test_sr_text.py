@@ -68,7 +68,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, str, st
         ds.save_as(path, enforce_file_format=True)
     base = prediction(series, probability=0.732)
     pred = Prediction(volume_ml=base.volume_ml, probability=base.probability, model=committed_model(),
-                      hemorrhage_detected=base.hemorrhage_detected)
+                      hemorrhage_detected=base.hemorrhage_detected, signs=base.signs)
     seg, sr, _sc = build_results(series.headers(), series.hu, series.mask, pred,
                                  selection_note="analysed series without number ('Head 5mm soft tissue', 5 mm, 24 slices)")
     OUT.mkdir(parents=True, exist_ok=True)
