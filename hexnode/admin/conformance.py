@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "conformance.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 BEGIN = "<!-- BEGIN GENERATED {name}: `hexnode conformance --write` rewrites this table -->"
 END = "<!-- END GENERATED {name} -->"
 _BLOCK = re.compile(r"<!-- BEGIN GENERATED ([a-z0-9-]+):[^\n]*-->\n(.*?)<!-- END GENERATED \1 -->", re.S)
