@@ -35,8 +35,7 @@ from hexnode.pipeline.contracts import IncompleteCoverage, ModelInfo, NotAnalysa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Analysis", "ImplausibleSegmentation", "IncompleteCoverage", "Models", "ModelIntegrityError",
-           "NotAnalysable", "NotANonContrastHead", "Scores"]
+__all__ = ["Analysis", "ImplausibleSegmentation", "Models", "ModelIntegrityError", "NotANonContrastHead", "Scores"]
 
 # The largest spontaneous hemorrhages reported are about 200-300 ml; far more than that means the
 # segmentation failed (e.g. a scanner or reconstruction the model never saw), and running the

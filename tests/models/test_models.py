@@ -125,7 +125,7 @@ def test_reports_carry_the_manifests_own_held_out_figures(committed, tmp_path):
 
 
 def test_air_is_not_a_head_and_gets_no_statement(committed):
-    from hexnode.models.analyser import IncompleteCoverage
+    from hexnode.pipeline.contracts import IncompleteCoverage
 
     hu = np.full((4, 512, 512), -1000.0, np.float32)  # air only: no skull, no brain
     with pytest.raises(IncompleteCoverage, match="no intracranial cavity found"):

@@ -343,7 +343,7 @@ def test_mixed_thickness_series_as_ge_writes_it(tmp_path: Path) -> None:
     assert "slice thickness 4 mm (14 slices) and 7 mm (14 slices)" in vol.notes
     assert any(n.startswith("gantry tilt 18.5 degrees") for n in vol.notes)
     # a missing slice inside either run is still a gap
-    from hexnode.pipeline.load import VolumeError
+    from hexnode.series.header import VolumeError
 
     ordered = sorted(paths, key=lambda p: p.name)
     for missing, step in ((5, 4.0), (20, 7.0)):

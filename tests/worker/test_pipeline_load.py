@@ -22,7 +22,8 @@ from pydicom.uid import (
 )
 from series_helpers import phantom, write_series
 
-from hexnode.pipeline.load import VolumeError, load_volume
+from hexnode.pipeline.load import load_volume
+from hexnode.series.header import VolumeError
 
 
 def test_sorted_by_position_not_file_order(tmp_path: Path) -> None:
