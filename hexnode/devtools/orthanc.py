@@ -152,18 +152,3 @@ class Orthanc:
         """Instances matching DICOM tags (Orthanc /tools/find), with their tags expanded."""
         found = self.post("/tools/find", {"Level": "Instance", "Query": query, "Expand": True})
         return list(found)
-
-    def series_by_modality(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for sid in self.get("/series"):
-            modality = self.get(f"/series/{sid}").get("MainDicomTags", {}).get("Modality", "")
-            out.setdefault(modality, []).append(sid)
-        return out
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
