@@ -219,7 +219,7 @@ def test_scanner_profile_is_opt_in_and_keeps_the_truth() -> None:
     plain = generate_case(SEED, 1, n_slices=3)
     shifted = generate_case(SEED, 1, n_slices=3, profile=PROFILE)
     assert shifted.geometry.slice_thickness_mm == 7.0 and plain.geometry.slice_thickness_mm == 5.0
-    assert shifted.acquisition.kernel == "H60s" and shifted.extra["scanner_profile"] == PROFILE
+    assert shifted.acquisition.kernel == "H45s" and shifted.extra["scanner_profile"] == PROFILE
     # on the same 5 mm slices: the same mask and label, brain reading about 8 HU higher
     same = generate_case(SEED, 1, n_slices=3, profile=PROFILE, slice_mm=5.0)
     assert np.array_equal(same.mask, plain.mask) and same.truth.he_label == plain.truth.he_label

@@ -32,6 +32,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 from sqlalchemy import select
 
+from hexnode.devtools.reader_seg import reader_seg
 from hexnode.store.db import Correction, Event, Result, Series
 
 SECRET = "test-site-secret-0123456789abcdef"
@@ -84,31 +85,6 @@ def _own_mask(site: Site, sources: list[pydicom.Dataset], own_seg: Path | None =
     px = own.get_pixels_by_source_instance([str(d.SOPInstanceUID) for d in sources], segment_numbers=[1],
                                            dtype=np.uint8)
     return (np.asarray(px)[..., 0] > 0).astype(np.uint8)
-
-
-def reader_seg(sources: list[pydicom.Dataset], mask: np.ndarray, *, label: str = "Hemorrhage",
-               extra_segments: int = 0, kind: str = "BINARY", algorithm: str = "") -> pydicom.Dataset:
-    """What a viewer writes for an edited mask: a manual segment, the viewer as manufacturer
-    (`algorithm`: an automatic segment of that algorithm instead)."""
-    descriptions = []
-    for n in range(1, 2 + extra_segments):
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=n, segment_label=label if n == 1 else f"Other {n}",
-            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure"),
-            segmented_property_type=(hd.sr.CodedConcept("50960005", "SCT", "Hemorrhage") if n == 1
-                                     else hd.sr.CodedConcept("85756007", "SCT", "Tissue")),
-            algorithm_type=(hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algorithm
-                            else hd.seg.SegmentAlgorithmTypeValues.MANUAL),
-            algorithm_identification=(hd.AlgorithmIdentificationSequence(
-                name=algorithm, version="1", family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
-                if algorithm else None)))
-    pixels = mask if not extra_segments else np.stack([mask] + [np.zeros_like(mask)] * extra_segments, axis=-1)
-    return hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues(kind),
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=99,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="Reading Room Viewer",
-        manufacturer_model_name="viewer", software_versions="1", device_serial_number="1",
-        omit_empty_frames=True)
 
 
 def _send(site: Site, ds: pydicom.Dataset, name: str) -> Path:
