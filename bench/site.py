@@ -89,7 +89,7 @@ def print_comparison(result: dict[str, Any]) -> None:
 
 
 def through_dicom(args: argparse.Namespace) -> int:
-    from hexnode.devtools.siteloop import SiteCase, SiteNode, corrected_seg, write_site_case
+    from hexnode.devtools.siteloop import SiteCase, SiteNode, as_new_scan, corrected_seg, write_site_case
 
     out = Path(args.out or str(REPO / "bench" / "output" / "site-dicom"))
     shutil.rmtree(out, ignore_errors=True)
@@ -168,11 +168,14 @@ def through_dicom(args: argparse.Namespace) -> int:
             sys.exit(f"the gate's decision ({'accepted' if accepted else 'refused'}) contradicts compare.json")
         if accepted:  # the running worker switches before its next job: one held-out case again, as new
             t = time.monotonic()
-            again = _resent(out / "again", held[0] if held else cases[0])
+            again = as_new_scan(next((c for c in held if not c.normal), cases[0]), out / "again")
             node.storescu(again[0])
             node.wait_delivered([again[1]], timeout=300)
             seconds["one case after activation"] = time.monotonic() - t
-            print(f"after activation the node's SEG is made by {node.seg_model_version(again[1])}")
+            made_by = node.seg_model_version(again[1])
+            print(f"after activation the node's SEG is made by {made_by}", flush=True)
+            if made_by != candidate:
+                sys.exit(f"the node still runs {made_by} after activating {candidate}")
     finally:
         node.stop()
 
@@ -202,23 +205,6 @@ def measured_on_site(cases: list[Any], by_case: dict[str, Any]) -> None:
             print(f"  the node at the site, {name}: {len(blood)} with blood: Dice mean {dice.mean():.3f} "
                   f"(median {np.median(dice):.3f}), IoU mean {iou.mean():.3f}, volume error {err.mean():.2f} ml; "
                   f"{len(normal)} without: false blood {fb.mean() if len(fb) else float('nan'):.2f} ml", flush=True)
-
-
-def _resent(root: Path, case: Any) -> tuple[list[Path], str]:
-    """`case`'s slices as a new study and series (new UIDs): a scan the node never saw."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    root.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for p in case.paths:
-        ds = pydicom.dcmread(p)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(root / p.name)
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths, series
 
 
 def _ok(ran: tuple[subprocess.CompletedProcess[str], float]) -> tuple[subprocess.CompletedProcess[str], float]:

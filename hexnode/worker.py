@@ -143,6 +143,9 @@ class Worker:
             task = Task.from_job(s, job, self.spool)
         if self.on_claim is not None:
             self.on_claim()
+        # the idle check above runs every few seconds; a job claimed within them of an activation
+        # must still run on the version active now (one read of a row; the load only on a change)
+        self.sync_models(every=0.0)
         log.info("job %d: series %s revision %d, %d instances, attempt %d%s", task.job_id, task.name, task.revision,
                  len(task.paths), task.attempts,
                  "" if task.study_revision is None else f", study report revision {task.study_revision}")

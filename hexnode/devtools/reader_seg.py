@@ -15,8 +15,8 @@ def reader_seg(sources: Sequence[pydicom.Dataset], mask: np.ndarray, *, label: s
     """A SEG of `mask` (slice, row, column; slice k on `sources[k]`): one manual Hemorrhage segment
     with the viewer as manufacturer, as a viewer writes an edited mask. `extra_segments`: empty
     segments after it; `algorithm`: an automatic segment of that algorithm instead of a manual one;
-    `kind`: BINARY or LABELMAP. Empty frames are left out (highdicom keeps them all when the whole
-    mask is empty: a reader confirming "no hemorrhage")."""
+    `kind`: BINARY or LABELMAP. Empty frames are left out, unless the whole mask is empty (a reader
+    confirming "no hemorrhage"): then every frame is written, as a SEG needs at least one."""
     import highdicom as hd
     from pydicom.uid import generate_uid
 
@@ -39,4 +39,4 @@ def reader_seg(sources: Sequence[pydicom.Dataset], mask: np.ndarray, *, label: s
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=99,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="Reading Room Viewer",
         manufacturer_model_name="viewer", software_versions="1", device_serial_number="1",
-        omit_empty_frames=True)
+        omit_empty_frames=bool(mask.any()))

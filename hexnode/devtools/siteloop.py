@@ -257,3 +257,21 @@ def corrected_seg(case: SiteCase, out: Path) -> tuple[Path, str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out, enforce_file_format=True)
     return out, str(seg.SOPInstanceUID)
+
+
+def as_new_scan(case: SiteCase, root: Path) -> tuple[list[Path], str]:
+    """`case`'s slices as a new study and series (new UIDs) under `root`: a scan the node never saw;
+    returns the paths and the new Series Instance UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    root.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for p in case.paths:
+        ds = pydicom.dcmread(p)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(root / p.name)
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths, series

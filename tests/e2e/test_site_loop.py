@@ -4,7 +4,8 @@ storescp as the PACS) analyses each series sent with dcmtk's storescu; each case
 (the generator's truth, as a radiologist's correction, a highdicom SEG checked with dciodvfy) goes
 back to hexnode's SCP with storescu and becomes the series' reference; then the commands a site
 runs: `hexnode dataset export`, `hexnode train --site --init-from`, `hexnode models compare`,
-`hexnode models activate` (accepted or refused as compare.json says), `hexnode models rollback`.
+`hexnode models activate` (accepted or refused as compare.json says; the next scan's SEG is the
+candidate's), `hexnode models rollback`.
 
 The node runs deploy/hexnode.toml's settings except the series' stable and study-settle waits
 (10 s each shipped, 1 s here), so that the four series are decided within seconds.
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 pytest.importorskip("torch")
 
-from hexnode.devtools.siteloop import SiteCase, SiteNode, corrected_seg, write_site_case  # noqa: E402
+from hexnode.devtools.siteloop import SiteCase, SiteNode, as_new_scan, corrected_seg, write_site_case  # noqa: E402
 from hexnode.store.db import Event  # noqa: E402
 
 PROFILE = "sharp-7mm"
@@ -114,6 +115,11 @@ def test_corrections_through_dicom_make_a_candidate_the_gate_decides_and_rollbac
     assert f"activated {candidate} " in proc.stdout
     listed, _ = node.cli("models", "list")
     assert any(line.startswith("*") and candidate in line for line in listed.stdout.splitlines()), listed.stdout
+    # the running worker takes the next scan on the candidate, even one sent at once
+    paths, series_uid = as_new_scan(cases[0], tmp_path / "again")
+    node.storescu(paths)
+    assert node.wait_delivered([series_uid], timeout=120)[series_uid][0] == "delivered"
+    assert node.seg_model_version(series_uid) == candidate
 
     # one command back to the version before
     proc, _ = node.cli("models", "rollback")
