@@ -23,7 +23,9 @@ writes it, storescu); once route stored them all, `hexnode dataset export`, `hex
 --init-from ACTIVE`, `hexnode models compare` and `hexnode models activate` run as the CLI. Besides
 the before/after table it prints the active model as the node measured it on every case (the
 Dice of hexnode's SEG against the reader's correction, from the corrections table), the
-corrections stored and kept aside, and each phase's time.
+corrections stored and kept aside, and each phase's time. Once the candidate is active, the
+held-out scans go in again as new studies: the running node must analyse them on the candidate,
+and their corrections measure it through DICOM as they measured the model before.
 
 Usage: nice -n 10 python bench/site.py [--through-dicom] [--train 40] [--steps N | --seconds S] [--synth 8] [--device cpu]
 """
@@ -145,7 +147,8 @@ def through_dicom(args: argparse.Namespace) -> int:
         print(f"hexnode status: {line}", flush=True)
         for k, v in kept.items():
             print(f"  correction of {k}: {v.state}: {v.reason}")
-        measured_on_site(cases, by_case)
+        print(measured_on_site("all cases", cases, by_case))
+        print(measured_on_site("held out", held, by_case), flush=True)
 
         site = out / "export"
         proc, seconds["dataset export"] = _ok(node.cli("dataset", "export", str(site)))
@@ -166,16 +169,22 @@ def through_dicom(args: argparse.Namespace) -> int:
         print(proc.stdout.strip() if accepted else "activation refused: " + proc.stderr.strip().splitlines()[-1])
         if accepted != (not result["worse"]):
             sys.exit(f"the gate's decision ({'accepted' if accepted else 'refused'}) contradicts compare.json")
-        if accepted:  # the running worker switches before its next job: one held-out case again, as new
+        if accepted:  # the held-out scans again, as new ones: the node now analyses them on the candidate
             t = time.monotonic()
-            again = as_new_scan(next((c for c in held if not c.normal), cases[0]), out / "again")
-            node.storescu(again[0])
-            node.wait_delivered([again[1]], timeout=300)
-            seconds["one case after activation"] = time.monotonic() - t
-            made_by = node.seg_model_version(again[1])
-            print(f"after activation the node's SEG is made by {made_by}", flush=True)
-            if made_by != candidate:
+            again = [as_new_scan(c, out / "again" / c.case_id) for c in held]
+            for c in again:
+                node.storescu(c.paths)
+            node.wait_delivered([c.series_uid for c in again], timeout=120 + 90 * len(again))
+            made_by = {node.seg_model_version(c.series_uid) for c in again}
+            print(f"after activation the node's SEGs are made by {', '.join(sorted(made_by))}", flush=True)
+            if made_by != {candidate}:
                 sys.exit(f"the node still runs {made_by} after activating {candidate}")
+            segs_again = [corrected_seg(c, out / "corrections-again" / f"{c.case_id}.dcm") for c in again]
+            node.send_corrections([p for p, _ in segs_again])
+            taken = node.wait_taken([uid for _, uid in segs_again], timeout=60 + 10 * len(segs_again))
+            seconds["held out again, analysed + corrected"] = time.monotonic() - t
+            after = {c.case_id: taken[uid] for c, (_, uid) in zip(again, segs_again, strict=True)}
+            print(measured_on_site("held out, after activation", again, after), flush=True)
     finally:
         node.stop()
 
@@ -189,22 +198,20 @@ def through_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
-def measured_on_site(cases: list[Any], by_case: dict[str, Any]) -> None:
-    """The active model as the node measured it at the site: each correction's Dice against
-    hexnode's own SEG, and the volumes, from the corrections table."""
+def measured_on_site(name: str, cases: list[Any], by_case: dict[str, Any]) -> str:
+    """The model as the node measured it at the site: the Dice of hexnode's own SEG against each
+    reader's correction, and the volumes, from the corrections table."""
     import numpy as np
 
-    for name, part in (("all cases", cases), ("held out", [c for c in cases if c.held_out])):
-        blood = [by_case[c.case_id] for c in part if not c.normal and by_case[c.case_id].state == "stored"]
-        normal = [by_case[c.case_id] for c in part if c.normal and by_case[c.case_id].state == "stored"]
-        dice = np.array([t.dice for t in blood], float)
-        iou = dice / (2.0 - dice)
-        err = np.array([abs(t.hexnode_ml - t.reference_ml) for t in blood], float)
-        fb = np.array([t.hexnode_ml for t in normal], float)
-        if len(blood):
-            print(f"  the node at the site, {name}: {len(blood)} with blood: Dice mean {dice.mean():.3f} "
-                  f"(median {np.median(dice):.3f}), IoU mean {iou.mean():.3f}, volume error {err.mean():.2f} ml; "
-                  f"{len(normal)} without: false blood {fb.mean() if len(fb) else float('nan'):.2f} ml", flush=True)
+    blood = [by_case[c.case_id] for c in cases if not c.normal and by_case[c.case_id].state == "stored"]
+    normal = [by_case[c.case_id] for c in cases if c.normal and by_case[c.case_id].state == "stored"]
+    dice = np.array([t.dice for t in blood], float)
+    iou = dice / (2.0 - dice)
+    err = np.array([abs(t.hexnode_ml - t.reference_ml) for t in blood], float)
+    fb = np.array([t.hexnode_ml for t in normal], float)
+    return (f"  the node at the site, {name}: {len(blood)} with blood: IoU mean {iou.mean():.3f}, Dice mean "
+            f"{dice.mean():.3f} (median {np.median(dice):.3f}), volume error {err.mean():.2f} ml; {len(normal)} "
+            f"without: false blood {fb.mean() if len(fb) else float('nan'):.2f} ml")
 
 
 def _ok(ran: tuple[subprocess.CompletedProcess[str], float]) -> tuple[subprocess.CompletedProcess[str], float]:

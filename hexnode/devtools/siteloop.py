@@ -259,11 +259,15 @@ def corrected_seg(case: SiteCase, out: Path) -> tuple[Path, str]:
     return out, str(seg.SOPInstanceUID)
 
 
-def as_new_scan(case: SiteCase, root: Path) -> tuple[list[Path], str]:
-    """`case`'s slices as a new study and series (new UIDs) under `root`: a scan the node never saw;
-    returns the paths and the new Series Instance UID."""
+def as_new_scan(case: SiteCase, root: Path) -> SiteCase:
+    """`case`'s slices as a new study and series (new UIDs) under `root`: a scan the node never saw,
+    with the same truth."""
+    import dataclasses
+
     import pydicom
     from pydicom.uid import generate_uid
+
+    from hexnode.store.spool import uid_hash
 
     root.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -274,4 +278,4 @@ def as_new_scan(case: SiteCase, root: Path) -> tuple[list[Path], str]:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         paths.append(root / p.name)
         ds.save_as(paths[-1], enforce_file_format=True)
-    return paths, series
+    return dataclasses.replace(case, case_id=uid_hash(series), series_uid=series, paths=paths)

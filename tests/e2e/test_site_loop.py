@@ -116,10 +116,10 @@ def test_corrections_through_dicom_make_a_candidate_the_gate_decides_and_rollbac
     listed, _ = node.cli("models", "list")
     assert any(line.startswith("*") and candidate in line for line in listed.stdout.splitlines()), listed.stdout
     # the running worker takes the next scan on the candidate, even one sent at once
-    paths, series_uid = as_new_scan(cases[0], tmp_path / "again")
-    node.storescu(paths)
-    assert node.wait_delivered([series_uid], timeout=120)[series_uid][0] == "delivered"
-    assert node.seg_model_version(series_uid) == candidate
+    again = as_new_scan(cases[0], tmp_path / "again")
+    node.storescu(again.paths)
+    assert node.wait_delivered([again.series_uid], timeout=120)[again.series_uid][0] == "delivered"
+    assert node.seg_model_version(again.series_uid) == candidate
 
     # one command back to the version before
     proc, _ = node.cli("models", "rollback")
