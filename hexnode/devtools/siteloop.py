@@ -1,5 +1,5 @@
 """A site's learning loop through DICOM on loopback (`bench/site.py --through-dicom`,
-tests/test_site_loop.py): shifted-scanner cases in, hexnode's SEG out to a PACS, the readers'
+tests/e2e/test_site_loop.py): shifted-scanner cases in, hexnode's SEG out to a PACS, the readers'
 corrected SEGs back in, then the commands a site runs.
 
 * `SiteNode`: `hexnode node` (receive, route, worker, send as its children) on the shipped
