@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from hexnode.devtools.demo import sr_summary
 from hexnode.report.study import study_uids
-from hexnode.store.db import Job, Result, Series, Study
+from hexnode.store.db import Correction, Job, Result, Series, Study
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk not installed")
 
@@ -188,8 +188,21 @@ def test_own_results_routed_back_are_ignored(node: Node, tmp_path: Path) -> None
     # (-R: propose exactly the files' SOP classes; storescu's default list has no Segmentation)
     proc = node.storescu([p for _, _, p in results], extra=["-R"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    back = sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for _, _, p in results})
+    # the SR and SC become series of their own, rejected as not CT; the SEG is filed as a reader's
+    # correction and recognised as hexnode's own (hexnode/labels/take.py), never a series
+    seg_uid = next(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for _, k, p in results if k == "SEG")
+    back = sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+                   for _, k, p in results if k != "SEG"})
     node.wait_decided(back, 30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with node.store.transaction() as s:
+            seg_state = s.execute(select(Correction.state).where(Correction.sop_instance_uid == seg_uid)
+                                  ).scalar_one_or_none()
+        if seg_state not in (None, "received"):
+            break
+        time.sleep(0.2)
+    assert seg_state == "own", seg_state
     time.sleep(2 * node.cfg.series.study_settle_seconds)  # past the study's settle time: nothing follows
     node.drain()
     assert study_results(node, study) == results  # no new report
@@ -197,7 +210,7 @@ def test_own_results_routed_back_are_ignored(node: Node, tmp_path: Path) -> None
         assert s.execute(select(func.count()).select_from(Job)).scalar_one() == jobs_before
         assert s.execute(select(Study.answer_sr_uid).where(Study.study_uid == study)).scalar_one() == answer_before
     states = reasons(node, back)
-    assert len(states) == 3 and {st for st, _ in states.values()} == {"rejected"}, states
+    assert len(states) == 2 and {st for st, _ in states.values()} == {"rejected"}, states
     assert all("is not CT" in r for _, r in states.values()), states
 
 
