@@ -31,7 +31,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from hexnode.devtools.net import free_port, wait_port
+from hexnode.devtools.net import free_port, stop_processes, wait_port
 from hexnode.devtools.orthanc import Orthanc, OrthancConfig
 from hexnode.viewer import ViewerServer, ohif_installed
 
@@ -214,15 +214,7 @@ backoff_initial_seconds = 0.5
         return proc
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(30 if name == "node" else 15)  # node: its children stop first
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, node_wait=30, other_wait=15)  # node: its children stop first
         if self.orthanc is not None:
             self.orthanc.stop()
 

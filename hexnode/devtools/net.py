@@ -4,6 +4,7 @@ listener or any condition, and the environment dcmtk's tools need to be measured
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -49,3 +50,17 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, every: float = 0.
 def dcmtk_env() -> dict[str, str]:
     # Without TCP_NODELAY dcmtk's small PDUs wait on Nagle's algorithm (40 ms each).
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def stop_processes(procs: dict[str, subprocess.Popen[bytes]], node_wait: float, other_wait: float) -> None:
+    """SIGTERM to every process still running, then wait for each (`node_wait` for the one named
+    "node", whose children stop first, `other_wait` for the rest) and kill what is still there."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in procs.items():
+        try:
+            proc.wait(node_wait if name == "node" else other_wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

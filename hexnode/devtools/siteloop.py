@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hexnode.devtools.net import dcmtk_env, free_port, wait_port
+from hexnode.devtools.net import dcmtk_env, free_port, stop_processes, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "hexnode.toml"
@@ -139,15 +138,7 @@ class SiteNode:
         if self._store is not None:
             self._store.dispose()
             self._store = None
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(40 if name == "node" else 10)  # node: its children stop first
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, node_wait=40, other_wait=10)  # node: its children stop first
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
