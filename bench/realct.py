@@ -304,7 +304,7 @@ class Row:
 
 _VOL = re.compile(r"^volume: ([\d.]+) ml")
 _PROB = re.compile(r"^probability of expansion: ([\d.]+)")
-_RISK = re.compile(r"^risk: (\w+)")
+_RISK = re.compile(r"^risk: (\w[\w ]*)")
 _NOT = re.compile(r"^not analysed: (.*)$")
 
 

@@ -235,7 +235,7 @@ class Worker:
         if produced.prediction is not None:
             p = produced.prediction
             log.info("job %d: series %s reported: %.1f ml, p=%.2f (%s), %.2f s", job_id, name, p.volume_ml,
-                     p.probability, "High" if p.high_risk else "Low", produced.timings["total"])
+                     p.probability, p.risk, produced.timings["total"])
         elif task.study_revision is not None:
             log.info("job %d: study report revision %d (filed under series %s), not analysed: %s", job_id,
                      task.study_revision, name, produced.reason)

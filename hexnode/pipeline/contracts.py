@@ -89,6 +89,14 @@ class Prediction:
         return self.hemorrhage_detected and self.probability >= self.model.threshold
 
     @property
+    def risk(self) -> str:
+        """"High" or "Low"; "Not applicable" without a hematoma (there is nothing to expand, and
+        "Low" would read as a statement about a bleed)."""
+        if not self.hemorrhage_detected:
+            return "Not applicable"
+        return "High" if self.high_risk else "Low"
+
+    @property
     def threshold(self) -> float:
         return self.model.threshold
 

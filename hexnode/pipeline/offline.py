@@ -175,11 +175,10 @@ def _analyse(folder: Path, study: Study, out: Path, cfg: Any, models: Any,
         print(f"not analysed: {produced.reason}")
     else:
         p = produced.prediction
-        risk = "High" if p.high_risk else "Low"
         limit = f", none of {p.model.min_lesion_ml:g} ml or more" if p.model.min_lesion_ml > 0 else ""
         print(f"volume: {p.volume_ml:.1f} ml" + ("" if p.hemorrhage_detected else f" (no hemorrhage detected{limit})"))
         print(f"probability of expansion: {p.probability:.3f} (threshold {p.threshold:.3f})")
-        print(f"risk: {risk}")
+        print(f"risk: {p.risk}")
         print(f"model: {p.model.name} {p.model.version}" + (" (synthetic-trained, not for clinical use)"
                                                             if p.model.synthetic_trained else ""))
     print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in produced.timings.items()))

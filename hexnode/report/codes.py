@@ -46,6 +46,8 @@ HE_THRESHOLD = Code("HE-THR", PRIVATE_SCHEME, "Hematoma expansion probability th
 HE_RISK = Code("HE-RISK", PRIVATE_SCHEME, "Risk of hematoma expansion")
 HIGH = Code("75540009", "SCT", "High")
 LOW = Code("62482003", "SCT", "Low")
+NOT_APPLICABLE = Code("385432009", "SCT", "Not applicable")
+RISKS = {"High": HIGH, "Low": LOW, "Not applicable": NOT_APPLICABLE}
 
 # --- "not analysed" -------------------------------------------------------------------------
 ANALYSIS_STATUS = Code("HE-STATUS", PRIVATE_SCHEME, "Hematoma expansion analysis status")

@@ -89,7 +89,7 @@ def summary_sentence(prediction: Prediction) -> str:
         finding = (f"Hematoma {round_volume_ml(prediction.volume_ml):.1f} ml; expansion probability {prob} "
                    f"(threshold {thr}): {risk} risk.")
     else:
-        finding = f"No hemorrhage detected (hematoma 0.0 ml): Low risk of expansion (threshold {thr})."
+        finding = "No hemorrhage detected (hematoma 0.0 ml): expansion risk not applicable."
     kind = "Synthetic-trained model" if model.synthetic_trained else "Research model"
     return f"{finding} {kind}, not for clinical use."
 

@@ -10,6 +10,7 @@ Summaries without an image (not analysed) keep text boxes on black (`annotate`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,18 @@ MARKER_RGB = (200, 200, 200)
 FRAME = 26  # the margin around the slice that holds the orientation markers
 BAND = 420  # the text band beside the slice
 BAND_GAP = 16  # between the band's top block (the result) and its bottom block (what qualifies it)
+
+
+# Joins words the wrap must never part ("MLS 3 mm"): drawn as a plain space.
+KEEP = "\u00a0"
+
+
+# a quantity with its unit and its comparison ("> 33 %", "12.4 ml"): never parted by a wrap
+QUANTITY = re.compile(r"(?:[<>≤≥] )?\d+(?:\.\d+)? (?:%|ml|mm|HU|cm2)(?![\w])")
+
+
+def keep_together(phrase: str) -> str:
+    return phrase.replace(" ", KEEP)
 
 
 @dataclass(frozen=True)
@@ -76,26 +89,29 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, line: Line, width: int) -> list[Line]:
+def wrap(draw: ImageDraw.ImageDraw, line: Line, width: int) -> list[Line]:
+    """`line` as the lines it takes at `width` pixels, broken at plain spaces only."""
     font = _font(line.size)
     if not line.text:
         return [line]  # a spacer
-    words, out, current = line.text.split(), [], ""
+    # split on plain spaces only: str.split() would also part the KEEP-joined phrases
+    text = QUANTITY.sub(lambda m: keep_together(m.group(0)), line.text)
+    words, out, current = [w for w in text.split(" ") if w], [], ""
     for word in words:
         trial = f"{current} {word}".strip()
-        if current and draw.textlength(trial, font=font) > width:
-            out.append(Line(current, line.size, line.rgb))
+        if current and draw.textlength(trial.replace(KEEP, " "), font=font) > width:
+            out.append(Line(current.replace(KEEP, " "), line.size, line.rgb))
             current = word
         else:
             current = trial
     if current:
-        out.append(Line(current, line.size, line.rgb))
+        out.append(Line(current.replace(KEEP, " "), line.size, line.rgb))
     return out
 
 
 def _block(draw: ImageDraw.ImageDraw, lines: Sequence[Line], *, top: bool) -> None:
     width = SIZE - 2 * MARGIN - 8
-    wrapped = [w for line in lines for w in _wrap(draw, line, width)]
+    wrapped = [w for line in lines for w in wrap(draw, line, width)]
     if not wrapped:
         return
     heights = [line.size + 4 for line in wrapped]
@@ -120,7 +136,7 @@ class Markers:
 
 
 def _wrapped(draw: ImageDraw.ImageDraw, lines: Sequence[Line], width: int) -> list[Line]:
-    return [w for line in lines for w in _wrap(draw, line, width)]
+    return [w for line in lines for w in wrap(draw, line, width)]
 
 
 def _height(lines: Sequence[Line]) -> int:

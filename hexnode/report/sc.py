@@ -35,6 +35,7 @@ from hexnode.report.render import (
     annotate,
     blank,
     compose,
+    keep_together,
     key_slice,
     slice_rgb,
 )
@@ -178,7 +179,7 @@ def summary_lines(
     else:
         top = [
             Line("No hemorrhage detected", 26, HEADLINE_RGB),
-            Line(f"Hematoma volume 0.0 ml; expansion risk LOW (threshold {thr})", 16),
+            Line("Hematoma volume 0.0 ml; expansion risk not applicable", 16),
         ]
         if model.min_lesion_ml > 0:
             # what "none" means: islands below the model set's floor are not called a hemorrhage
@@ -202,6 +203,9 @@ def findings_lines(prediction: Prediction) -> list[Line]:
     head = section.headline(prediction)
     if head is None or prediction.findings is None:
         return []
+    # wrap between the headline's phrases, never inside one ("MLS 3 mm", "12.4 ml")
+    first, *rest = head.split(", ")
+    head = ", ".join([first, *(keep_together(part) for part in rest)])
     return [Line(head, 16), Line(f"Perihematomal oedema {prediction.findings.oedema_ml:.1f} ml", 14)]
 
 

@@ -310,7 +310,7 @@ def measurement_group(
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
-                name=codes.HE_RISK, value=codes.HIGH if prediction.high_risk else codes.LOW
+                name=codes.HE_RISK, value=codes.RISKS[prediction.risk]
             ),
             *sign_evaluations(prediction),
         ],

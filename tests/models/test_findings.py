@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from report_helpers import PIXELMED_1410_ON_1411, dciodvfy, prediction, require, sr_validator, write_series
+from report_helpers import (
+    MODEL,
+    PIXELMED_1410_ON_1411,
+    dciodvfy,
+    prediction,
+    require,
+    sr_validator,
+    write_series,
+)
 
 from hexnode.models.brain import intracranial
 from hexnode.models.findings import measure
-from hexnode.pipeline.contracts import Findings
+from hexnode.pipeline.contracts import Findings, Prediction
 from hexnode.report import build_results
 from hexnode.report.findings import headline
 from hexnode.synth.phantom import Case, generate_case
@@ -135,6 +143,27 @@ def test_headline_names_side_site_ivh_and_shift(reported: tuple[dict[str, Path],
     _, head = reported
     assert head.startswith("Left deep (basal ganglia) hemorrhage ")
     assert "IVH 2.1 ml" in head and "MLS 3 mm to the right" in head
+
+
+@pytest.mark.parametrize("site", ["basal_ganglia", "thalamus", "temporal", "cerebellum", "brainstem"])
+@pytest.mark.parametrize("volume", [3.4, 48.7, 112.0])
+def test_sc_band_breaks_the_headline_between_phrases_only(site: str, volume: float) -> None:
+    """The SC's text band wraps the findings headline at its commas: "MLS 3 mm to the right" or
+    "48.7 ml" is never split over two lines (a reader scanning the band would misread "MLS" alone)."""
+    from PIL import Image, ImageDraw
+
+    from hexnode.report.render import BAND, MARGIN, wrap
+    from hexnode.report.sc import findings_lines
+
+    pred = Prediction(volume_ml=volume, probability=0.4, model=MODEL,
+                      findings=replace(FINDINGS, site=site, midline_shift_mm=-13.6, ivh_ml=12.25))
+    head = findings_lines(pred)[0]
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [w.text for w in wrap(draw, head, BAND - 2 * MARGIN)]
+    assert len(lines) >= 2, lines  # long enough to wrap, or the test proves nothing
+    assert " ".join(lines) == str(headline(pred))  # nothing lost, drawn with plain spaces
+    for phrase in ("MLS 14 mm to the right", f"{volume:.1f} ml", "IVH 12.2 ml"):
+        assert any(phrase in line for line in lines), (phrase, lines)
 
 
 def test_sr_finding_site_laterality_and_measurements(reported: tuple[dict[str, Path], str]) -> None:

@@ -502,11 +502,13 @@ def test_no_hemorrhage(tmp_path: Path) -> None:
     assert not np.any(hd.seg.segread(files["seg"]).get_volume(combine_segments=False).array)
     g = hd.sr.srread(files["sr"]).content.get_volumetric_roi_measurement_groups()[0]
     assert g.get_measurements(name=codes.VOLUME)[0].value == 0.0
-    assert g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value.value == "62482003"  # Low
+    # no hematoma, nothing to expand: neither High nor Low (a "Low" reads as a statement on a bleed)
+    assert g.get_qualitative_evaluations(name=codes.HE_RISK)[0].value.value == "385432009"  # Not applicable
     assert "No hemorrhage detected." in _texts(sr)
     # nothing to outline: no planar group, and the summary says so first
     assert hd.sr.srread(files["sr"]).content.get_planar_roi_measurement_groups() == []
-    assert _comments(sr)[0].startswith("No hemorrhage detected (hematoma 0.0 ml): Low risk")
+    assert _comments(sr)[0].startswith("No hemorrhage detected (hematoma 0.0 ml): expansion risk not applicable.")
+    assert not any("Low risk" in t or "High risk" in t for t in _comments(sr))
     assert not any("Smallest hemorrhage reported" in t for t in _comments(sr))  # this model names no limit
 
 
@@ -525,7 +527,8 @@ def test_no_hemorrhage_names_the_model_sets_smallest_reported_hemorrhage(tmp_pat
     top, _bottom = summary_lines(pred, None, 4, 8)
     assert [line.text for line in top[:1]] == ["No hemorrhage detected"]
     assert "Smallest hemorrhage reported: 0.1 ml" in [line.text for line in top]
-    assert not any("HIGH" in line.text for line in top)
+    assert not any("HIGH" in line.text or "LOW" in line.text for line in top)
+    assert "Hematoma volume 0.0 ml; expansion risk not applicable" in [line.text for line in top]
 
 
 def test_revision_supersedes(tmp_path: Path) -> None:

@@ -101,6 +101,9 @@ def test_parse_output_reads_hexnode_run() -> None:
                        "(threshold 0.286)\nrisk: Low\n", 0, "", row)
     assert (row.outcome, row.volume_ml, row.probability, row.risk) == ("analysed, no hemorrhage", 0.0, 0.01, "Low")
     row = bench.Row("x", "analysed")
+    bench.parse_output("series: 1\nvolume: 0.0 ml (no hemorrhage detected)\nrisk: Not applicable\n", 0, "", row)
+    assert row.risk == "Not applicable"
+    row = bench.Row("x", "analysed")
     bench.parse_output("", 1, "Traceback ...\nValueError: bad\n", row)
     assert row.outcome == "error (rc 1): ValueError: bad"
 
