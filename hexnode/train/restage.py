@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+# Models is imported here, not in _init: a Pool re-spawns workers whose initializer fails, forever
 from hexnode.models import features as F
+from hexnode.models.analyser import Models
 from hexnode.train import metrics as M
 from hexnode.train.state import Record
 
@@ -62,7 +64,6 @@ _W: dict[str, Any] = {}
 
 
 def _init(models_dir: str, cache: str) -> None:
-    from hexnode.models.pipeline import Models
     from hexnode.runtime import route_warnings
 
     route_warnings()
