@@ -12,7 +12,8 @@ alike), each starting empty (hexnode: a fresh data dir and a fresh `hexnode rece
 instance is a duplicate). Printed per round and as medians: seconds for the transfer (storescu
 start → exit, i.e. until the last Success), MB/s and the rate ratio against storescp (docs/architecture.md §10
 target ≥ 0.5), for hexnode also the time until the last instance was indexed and the CPU seconds
-the receiving process used during the transfer (less sensitive to other load); then the fast
+the receiving process used during the transfer (less sensitive to other load) and its indexer
+child until the last instance was indexed; then the fast
 path's gain over plain pynetdicom and over hexnode without it (issue 17 keeps the fast path only
 for ≥ 1.3 × over plain pynetdicom). "Without the fast path" is `hexnode receive` with
 ``[dicom] fast_receive = false``. ``hexnode-minus-NAME`` (not run by default; NAME one of
@@ -112,8 +113,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
-                  mode: str = "hexnode", before: str | None = None) -> tuple[float, float, float]:
+                  mode: str = "hexnode", before: str | None = None) -> tuple[float, float, float, float]:
     data = work / f"{mode}-var"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
@@ -137,6 +149,8 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
     try:
         wait_port(port)
         cpu0 = cpu_seconds(proc.pid)
+        kids = children(proc.pid)  # the indexer
+        kid0 = sum(cpu_seconds(k) for k in kids)
         t0 = time.perf_counter()
         dt = send(port, folder, "HEXNODE")
         cpu = cpu_seconds(proc.pid) - cpu0  # the receiving process (the indexer is a child)
@@ -144,7 +158,8 @@ def round_hexnode(folder: Path, work: Path, n: int, fsync: bool = False,
             if time.perf_counter() - t0 > 120:
                 raise TimeoutError("instances were not indexed within 120 s")
             time.sleep(0.02)
-        return dt, time.perf_counter() - t0, cpu
+        t_indexed = time.perf_counter() - t0
+        return dt, t_indexed, cpu, sum(cpu_seconds(k) for k in kids) - kid0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -180,6 +195,7 @@ def main() -> int:
     times: dict[str, list[float]] = {m: [] for m in modes}
     indexed: dict[str, list[float]] = {m: [] for m in modes if m.startswith("hexnode")}
     cpu: dict[str, list[float]] = {m: [] for m in indexed}
+    idx_cpu: dict[str, list[float]] = {m: [] for m in indexed}
     for r in range(args.rounds):
         cells = []
         for mode in modes:
@@ -188,9 +204,11 @@ def main() -> int:
             elif mode == "pynetdicom":
                 t = round_pynetdicom(folder, work)
             else:
-                t, t_idx, t_cpu = round_hexnode(folder, work, args.n, args.fsync_before_success, mode, args.before)
+                t, t_idx, t_cpu, t_idx_cpu = round_hexnode(folder, work, args.n, args.fsync_before_success, mode,
+                                                           args.before)
                 indexed[mode].append(t_idx)
                 cpu[mode].append(t_cpu)
+                idx_cpu[mode].append(t_idx_cpu)
             times[mode].append(t)
             cells.append(f"{mode} {t:.3f} s ({mb / t:.0f} MB/s)")
         print(f"round {r + 1}: " + "  ".join(cells))
@@ -198,8 +216,8 @@ def main() -> int:
     print(f"median of {args.rounds}:")
     for m in modes:
         ratio = f"  {med['storescp'] / med[m]:.2f} x storescp" if "storescp" in med else ""
-        idx = (f"  (all indexed {statistics.median(indexed[m]):.3f} s, receiver CPU {statistics.median(cpu[m]):.2f} s)"
-               if m in indexed else "")
+        idx = (f"  (all indexed {statistics.median(indexed[m]):.3f} s, receiver CPU {statistics.median(cpu[m]):.2f} s, "
+               f"indexer CPU {statistics.median(idx_cpu[m]):.2f} s)" if m in indexed else "")
         print(f"  {m:<15} {med[m]:.3f} s  {mb / med[m]:6.0f} MB/s{ratio}{idx}")
     if "hexnode" in med:
         gains = [f"{med[o] / med['hexnode']:.2f} x {o}" for o in ("pynetdicom", "hexnode-nofast") if o in med]

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from hexnode.receive.corrections import file_correction
-from hexnode.receive.index import HeaderError, index_header, record_instance
+from hexnode.receive.index import Arrival, HeaderError, index_header, record_instances
 from hexnode.receive.peers import withhold_pydicom_text
 from hexnode.runtime import setup_logging
 from hexnode.sop import is_segmentation
@@ -182,6 +182,7 @@ class Indexer:
             return
         filed: list[str] = []
         with self.store.transaction() as s:
+            images = []
             for item, header in parsed:
                 if is_segmentation(header.sop_class_uid):
                     # a reader's corrected mask (or hexnode's own SEG come back): filed for the
@@ -190,13 +191,14 @@ class Indexer:
                                     sop_class_uid=header.sop_class_uid, calling_ae=item.calling_ae,
                                     peer=item.peer, received_at=item.received_at)
                     filed.append(item.relpath)
-                    continue
-                rec = record_instance(s, header, item.relpath, item.size, item.calling_ae, item.received_at,
-                                      policy.header_keywords)
-                if not rec.created and item.relpath != instance_relpath(header.sop_instance_uid):
+                else:
+                    images.append(Arrival(header, item.relpath, item.size, item.calling_ae, item.received_at))
+            recorded = record_instances(s, images, policy.header_keywords)
+            for arrival, rec in zip(images, recorded, strict=True):
+                if not rec.created and arrival.relpath != instance_relpath(arrival.header.sop_instance_uid):
                     # The same SOP Instance UID arrived under another name (the C-STORE command
                     # and the dataset disagreed): keep only the copy that is indexed.
-                    self.spool.path(item.relpath).unlink(missing_ok=True)
+                    self.spool.path(arrival.relpath).unlink(missing_ok=True)
         for relpath in filed:  # linked under corrections/ and recorded: the instances/ name goes
             self.spool.path(relpath).unlink(missing_ok=True)
         self.indexed += len(parsed)
