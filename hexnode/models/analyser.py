@@ -122,16 +122,19 @@ class Models:
                 ) -> NDArray[np.uint8]:
         """The hematoma mask: U-Net, then the intracranial gate (`cavity`, computed when not
         given), the skull-base partial-volume rule, then the post-processing."""
-        # thresholded batch by batch: no float32 probability volume next to the HU volume
-        mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold)
+        if cavity is None:
+            cavity = intracranial(hu, spacing, head_up=head_up)
+        # thresholded batch by batch: no float32 probability volume next to the HU volume; only on
+        # the slices the cavity reaches (the gate empties the others: the face and neck below the
+        # skull base, the vertex above it)
+        mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold,
+                            slices=cavity.mask.any(axis=(1, 2)))
         if max_raw_ml is not None:
             # Labelling the components of a whole-head mask costs GBs; post-processing only removes
             # small islands (PostProcessing), so it cannot rescue a mask this large.
             raw = volume_ml(mask, spacing)
             if raw > max_raw_ml:
                 raise ImplausibleSegmentation(raw, self.max_plausible_ml)
-        if cavity is None:
-            cavity = intracranial(hu, spacing, head_up=head_up)
         gate_mask(mask, cavity, spacing)
         drop_floor_components(mask, hu, cavity, head_up=head_up, share=self.post.floor_share)
         return clean_mask(mask, spacing, self.post)

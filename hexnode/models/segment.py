@@ -85,20 +85,23 @@ BATCH = 2
 
 
 def _probability_batches(
-    session: Any, hu: NDArray[np.floating[Any]], batch: int
-) -> Iterator[tuple[int, NDArray[np.float32]]]:
-    """(first slice, probabilities of the batch's slices) for each batch of slices, in z order."""
+    session: Any, hu: NDArray[np.floating[Any]], batch: int, slices: NDArray[np.intp] | None = None
+) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32]]]:
+    """(slice indices, probabilities of those slices) for each batch of `slices` (default: all), in
+    z order. The net is 2D: a slice's probabilities do not depend on the others in its batch."""
     z, h, w = hu.shape
     (pt, pb), (pl, pr) = _pad_amounts(h, w)
     in_name = session.get_inputs()[0].name
-    for s in range(0, z, batch):
-        chunk = np.asarray(hu[s : s + batch], np.float32)
+    todo = np.arange(z) if slices is None else np.asarray(slices, np.intp)
+    for s in range(0, len(todo), batch):
+        idx = todo[s : s + batch]
+        chunk = np.asarray(hu[idx[0] : idx[-1] + 1] if idx[-1] - idx[0] == len(idx) - 1 else hu[idx], np.float32)
         chunk = np.pad(chunk, ((0, 0), (pt, pb), (pl, pr)), constant_values=-1000.0)
-        last = s + batch >= z
+        last = s + batch >= len(todo)
         logits = session.run(None, {in_name: window(chunk)}, shrink_arena() if last else None)[0][:, 0]
         del chunk
         prob = 1.0 / (1.0 + np.exp(-logits))
-        yield s, prob[:, pt : pt + h, pl : pl + w]
+        yield idx, prob[:, pt : pt + h, pl : pl + w]
 
 
 def shrink_arena() -> Any:
@@ -117,23 +120,35 @@ def shrink_arena() -> Any:
 def predict_probability(session: Any, hu: NDArray[np.floating[Any]], *, batch: int = BATCH) -> NDArray[np.float32]:
     """Hematoma probability per voxel, (z, y, x) float32, slices batched through the ONNX net."""
     out = np.empty(hu.shape, np.float32)
-    for s, prob in _probability_batches(session, hu, batch):
-        out[s : s + len(prob)] = prob
+    for idx, prob in _probability_batches(session, hu, batch):
+        out[idx[0] : idx[-1] + 1] = prob
     return out
 
 
 def predict_mask(
-    session: Any, hu: NDArray[np.floating[Any]], threshold: float, *, batch: int = BATCH
+    session: Any, hu: NDArray[np.floating[Any]], threshold: float, *, batch: int = BATCH,
+    slices: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.bool_]:
-    """`predict_probability(...) >= threshold`, thresholded batch by batch.
+    """`predict_probability(...) >= threshold`, thresholded batch by batch; with `slices` (one
+    bool per slice) the net runs on those slices only and the others are False.
 
     The worker never needs the probabilities themselves, and a float32 probability volume of a
     600 x 512^2 series is 630 MB next to the 630 MB HU volume (bench/memory.py); the bool mask is
     a quarter of that.
     """
-    out = np.empty(hu.shape, bool)
-    for s, prob in _probability_batches(session, hu, batch):
-        np.greater_equal(prob, threshold, out=out[s : s + len(prob)])
+    if slices is None:
+        out = np.empty(hu.shape, bool)
+        todo = None
+    else:
+        out = np.zeros(hu.shape, bool)
+        todo = np.flatnonzero(slices)
+        if todo.size == 0:
+            return out
+    for idx, prob in _probability_batches(session, hu, batch, todo):
+        if idx[-1] - idx[0] == len(idx) - 1:
+            np.greater_equal(prob, threshold, out=out[idx[0] : idx[-1] + 1])
+        else:
+            out[idx] = prob >= threshold
     return out
 
 
