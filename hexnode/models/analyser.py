@@ -128,7 +128,7 @@ class Models:
         # the slices the cavity reaches (the gate empties the others: the face and neck below the
         # skull base, the vertex above it)
         mask = predict_mask(self.seg, np.asarray(hu, np.float32), self.post.threshold,
-                            slices=cavity.mask.any(axis=(1, 2)))
+                            slices=np.asarray(cavity.mask.any(axis=(1, 2)), bool))
         if max_raw_ml is not None:
             # Labelling the components of a whole-head mask costs GBs; post-processing only removes
             # small islands (PostProcessing), so it cannot rescue a mask this large.
