@@ -131,7 +131,7 @@ class DatabaseConfig:
 @dataclass
 class SeriesConfig:
     stable_seconds: float = 10.0
-    check_interval_seconds: float = 0.5
+    check_interval_seconds: float = 0.25
     # After a sender stopped part-way (A-ABORT, or failed C-STOREs), how long completion waits for
     # the rest (a PACS retries the failed part); then the series is analysed only if whole.
     aborted_wait_seconds: float = 120.0

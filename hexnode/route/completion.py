@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 # Skull base to vertex is 120-160 mm; a contiguous stack this long is a whole head.
 WHOLE_HEAD_MM = 150.0
 # Even a provably whole series waits this long after its last instance (a burst may not be over;
-# an instance after it re-opens the series and a corrected result follows).
-MIN_QUIET_SECONDS = 0.5
+# an instance after it re-opens the series and a corrected result follows). A sender's instances
+# follow each other within milliseconds: 0.25 s is still a hundred such gaps.
+MIN_QUIET_SECONDS = 0.25
 # A series whose own headers say it is incomplete (Images in Acquisition not reached) waits this
 # many stable periods before it is completed anyway: a sender or node that died mid-series resends
 # within that time (Orthanc's routing retries after 1, 2, 4, 8 s), and completing early would send
