@@ -41,6 +41,7 @@ from hexnode.report.uids import derive_uid
 from hexnode.report.warm import warm_up
 from hexnode.store.answers import record_answer
 from hexnode.store.db import Job, Store
+from hexnode.store.doorbell import Doorbell, ring
 from hexnode.store.process import stage_process
 from hexnode.store.queue import (
     LeaseLost,
@@ -321,19 +322,21 @@ def run_worker(args: argparse.Namespace) -> int:
         beater.start()
         worker.on_claim = beater.busy
         log.info("worker %s ready (models %s %s)", worker.owner, models.info.name, models.info.version)
-        while not stop.is_set():
-            try:
-                outcome = worker.run_once()
-            except Exception:  # the database away for a moment: the job's lease brings it back later
-                log.exception("worker loop: claim or commit failed; retrying")
-                beater.idle()
-                stop.wait(max(2.0, 10 * cfg.worker.poll_seconds))
-                continue
-            if outcome is not None:
-                beater.idle()
-                continue
-            beater.beat()
-            if getattr(args, "once", False):
-                break
-            stop.wait(cfg.worker.poll_seconds)
+        with Doorbell(cfg.data_path, "worker") as bell:  # route rings it when it queues a job
+            while not stop.is_set():
+                try:
+                    outcome = worker.run_once()
+                except Exception:  # the database away for a moment: the job's lease brings it back later
+                    log.exception("worker loop: claim or commit failed; retrying")
+                    beater.idle()
+                    stop.wait(max(2.0, 10 * cfg.worker.poll_seconds))
+                    continue
+                if outcome is not None:
+                    ring(cfg.data_path, "send")  # its results are in the outbox now
+                    beater.idle()
+                    continue
+                beater.beat()
+                if getattr(args, "once", False):
+                    break
+                bell.wait(stop, cfg.worker.poll_seconds)
     return 0

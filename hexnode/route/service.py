@@ -20,6 +20,7 @@ from hexnode.route.completion import CountWatch, complete_ready, settle_arrivals
 from hexnode.route.decide import Tick, select_complete
 from hexnode.series.select import Selector
 from hexnode.store.db import Store, utcnow
+from hexnode.store.doorbell import ring
 from hexnode.store.heartbeat import Beater
 from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool
@@ -61,10 +62,14 @@ def start_scheduler(store: Store, cfg: Config, spool: Spool, beater: Beater | No
 
     def job() -> None:
         try:
-            check_once(store, cfg, spool, selector, watch=watch)
+            tick = check_once(store, cfg, spool, selector, watch=watch)
         except Exception:  # a tick must never kill the scheduler; the next one retries
             log.exception("series completion check failed")
             return
+        if tick.queued or tick.not_analysed or tick.study_reports or tick.held:
+            ring(cfg.data_path, "worker")
+        if tick.released:
+            ring(cfg.data_path, "send")
         try:  # the reference masks readers sent back (hexnode/labels/take.py)
             take_received(store, spool)
         except Exception:

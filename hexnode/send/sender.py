@@ -34,6 +34,7 @@ from hexnode.send import outbox
 from hexnode.send.scu import Outcome, store_files
 from hexnode.send.stow import stow_files
 from hexnode.store.db import Store, open_store
+from hexnode.store.doorbell import Doorbell
 from hexnode.store.process import stage_process
 from hexnode.store.spool import Spool
 
@@ -108,8 +109,10 @@ class Sender:
         else:
             log.info("%s: %d objects delivered", name, delivered)
 
-    def run(self, stop: threading.Event, *, once: bool = False, beat: Callable[[], None] | None = None) -> None:
-        """Until `stop`; `beat` (the stage heartbeat) after every pass that did not fail."""
+    def run(self, stop: threading.Event, *, once: bool = False, beat: Callable[[], None] | None = None,
+            bell: Doorbell | None = None) -> None:
+        """Until `stop`; `beat` (the stage heartbeat) after every pass that did not fail; `bell`
+        (rung by the worker and route when there is something to send) ends an idle wait early."""
         while not stop.is_set():
             try:
                 n = self.run_once()
@@ -122,7 +125,10 @@ class Sender:
             if once and n == 0:
                 return
             if n == 0:
-                stop.wait(self.cfg.send.poll_seconds)
+                if bell is not None:
+                    bell.wait(stop, self.cfg.send.poll_seconds)
+                else:
+                    stop.wait(self.cfg.send.poll_seconds)
 
 
 
@@ -136,7 +142,8 @@ def run_send(args: argparse.Namespace) -> int:
             log.info("notifying %s",
                      ", ".join(f"{n.name} ({n.kind}: {', '.join(n.triggers)})" for n in cfg.notifications))
         proc.beater.start()
-        sender.run(proc.stop, once=bool(getattr(args, "once", False)), beat=proc.beater.beat)
+        with Doorbell(cfg.data_path, "send") as bell:
+            sender.run(proc.stop, once=bool(getattr(args, "once", False)), beat=proc.beater.beat, bell=bell)
     return 0
 
 
