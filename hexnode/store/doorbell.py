@@ -29,12 +29,13 @@ class Doorbell:
     """The bell of one waiting process of `stage` (worker | send)."""
 
     def __init__(self, data_dir: Path, stage: str) -> None:
-        self.path = bell_dir(data_dir, stage) / f"{os.getpid()}.sock"
+        # host and pid: two containers sharing data_dir may each run a worker as pid 7
+        self.path = bell_dir(data_dir, stage) / f"{socket.gethostname()[:32]}-{os.getpid()}.sock"
         self._sock: socket.socket | None = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.unlink(missing_ok=True)  # a process that had this pid before us
+            self.path.unlink(missing_ok=True)  # a process of this host that had this pid before us
             sock.bind(str(self.path))
             sock.setblocking(False)
         except OSError as exc:  # e.g. a path over the 107 bytes AF_UNIX allows: polling only

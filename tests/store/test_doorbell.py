@@ -55,9 +55,9 @@ def test_a_dead_process_socket_is_removed_and_polling_is_the_fallback(tmp_path: 
     assert ring(long_dir, "worker") == 0
 
 
-def test_the_bell_of_a_process_is_named_by_its_pid(tmp_path: Path) -> None:
+def test_the_bell_of_a_process_is_named_by_its_host_and_pid(tmp_path: Path) -> None:
     with Doorbell(tmp_path, "worker") as bell:
-        assert bell.path == bell_dir(tmp_path, "worker") / f"{os.getpid()}.sock"
+        assert bell.path == bell_dir(tmp_path, "worker") / f"{socket.gethostname()[:32]}-{os.getpid()}.sock"
         again = Doorbell(tmp_path, "worker")  # the same pid again (a restart in place): takes the name over
         try:
             assert again.listening and ring(tmp_path, "worker") == 1
