@@ -117,7 +117,7 @@ def stage_all(models_dir: Path, jobs: Iterable[CaseJob], cache: Path, workers: i
     """Every job through `stage_case` in `workers` processes (one ONNX/BLAS thread each)."""
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # never fork: a parent with threads (ONNX Runtime, a test run) can deadlock its children
     out: list[Staged] = []
     jobs = list(jobs)
     t0 = time.monotonic()
