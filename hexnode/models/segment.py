@@ -95,7 +95,7 @@ def _probability_batches(
     todo = np.arange(z) if slices is None else np.asarray(slices, np.intp)
     for s in range(0, len(todo), batch):
         idx = todo[s : s + batch]
-        chunk = np.asarray(hu[idx[0] : idx[-1] + 1] if idx[-1] - idx[0] == len(idx) - 1 else hu[idx], np.float32)
+        chunk = np.asarray(hu[idx], np.float32)
         chunk = np.pad(chunk, ((0, 0), (pt, pb), (pl, pr)), constant_values=-1000.0)
         last = s + batch >= len(todo)
         logits = session.run(None, {in_name: window(chunk)}, shrink_arena() if last else None)[0][:, 0]
@@ -121,7 +121,7 @@ def predict_probability(session: Any, hu: NDArray[np.floating[Any]], *, batch: i
     """Hematoma probability per voxel, (z, y, x) float32, slices batched through the ONNX net."""
     out = np.empty(hu.shape, np.float32)
     for idx, prob in _probability_batches(session, hu, batch):
-        out[idx[0] : idx[-1] + 1] = prob
+        out[idx] = prob
     return out
 
 
@@ -136,19 +136,10 @@ def predict_mask(
     600 x 512^2 series is 630 MB next to the 630 MB HU volume (bench/memory.py); the bool mask is
     a quarter of that.
     """
-    if slices is None:
-        out = np.empty(hu.shape, bool)
-        todo = None
-    else:
-        out = np.zeros(hu.shape, bool)
-        todo = np.flatnonzero(slices)
-        if todo.size == 0:
-            return out
+    out = np.zeros(hu.shape, bool)
+    todo = None if slices is None else np.flatnonzero(slices)
     for idx, prob in _probability_batches(session, hu, batch, todo):
-        if idx[-1] - idx[0] == len(idx) - 1:
-            np.greater_equal(prob, threshold, out=out[idx[0] : idx[-1] + 1])
-        else:
-            out[idx] = prob >= threshold
+        out[idx] = prob >= threshold
     return out
 
 
