@@ -4,7 +4,8 @@ Writes a synthetic thin series (hexnode.synth, 600 × 512², 0.625-1.25 mm) once
 bench/output/memory/, then runs the worker's own code path in a fresh process — Models.load (ONNX
 sessions), `hexnode.pipeline.run.produce` (load volume → segment → features → predict → SEG/SR/SC) and
 the DICOM encoding the worker writes to the spool — and reads that process' peak RSS
-(getrusage ru_maxrss), the seconds of each stage and the RSS sampled every 10 ms per stage. The same
+(VmHWM: ru_maxrss would do, but Linux carries it across exec, so a child of the process that just
+generated the series started at that process' 1.6 GB), the seconds of each stage and the RSS sampled every 10 ms per stage. The same
 process' RSS right after loading the models, and right after loading the volume, are printed as the
 references, so the figure for the series itself is visible.
 
@@ -32,16 +33,20 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_MB = 1500.0  # issue 37: 600 slices within 1.5 GB
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 sys.path.append(sys.argv[3])  # tests/: result_identity
 
-def rss_mb():
+def status_mb(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024.0
     return 0.0
+def rss_mb():
+    return status_mb("VmRSS:")
+def maxrss_mb():
+    return status_mb("VmHWM:")  # this process image's own peak, unlike ru_maxrss
 
 paths = sorted(Path(sys.argv[1]).glob("*.dcm"))
 import threading
@@ -50,11 +55,14 @@ import hexnode.report as R
 from hexnode.models.analyser import Models
 models = Models.load(Path(sys.argv[2]), ["CPUExecutionProvider"])
 after_load = rss_mb()
-peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+peak_load = maxrss_mb()
 
 # which stage holds the memory: label the running stage, sample VmRSS every 50 ms
 stage = ["other"]
 stage_peak = {}
+# the process' high-water mark when each stage ends: sampling can miss a spike shorter than 10 ms,
+# the kernel's high-water mark cannot, so the first stage after which it reaches the peak is the one
+high_water = []
 def wrap(obj, name, label):
     f = getattr(obj, name)
     def g(*a, **k):
@@ -63,6 +71,7 @@ def wrap(obj, name, label):
             return f(*a, **k)
         finally:
             stage[0] = prev
+            high_water.append((label, maxrss_mb()))
     setattr(obj, name, g)
 import hexnode.models.brain as B
 import hexnode.models.headcheck as H
@@ -78,6 +87,7 @@ def wrap_load():
             return v
         finally:
             stage[0] = prev
+            high_water.append(("load volume", maxrss_mb()))
     P.load_volume = g
 wrap_load()
 import hexnode.models.analyser as MP
@@ -100,6 +110,7 @@ t = time.perf_counter()
 produced = P.produce(paths, models)
 stage[0] = "encode"
 sizes = [len(P.encode(ds)) for ds in produced.datasets]
+high_water.append(("encode", maxrss_mb()))
 seconds = time.perf_counter() - t
 done.set()
 import hashlib
@@ -113,9 +124,10 @@ Path(sys.argv[4]).write_text(json.dumps({
     "prediction": None if produced.prediction is None else [produced.prediction.volume_ml, produced.prediction.probability],
 }))
 print(json.dumps({"code": str(Path(hexnode.__file__).parent), "slices": len(paths), "after_load_mb": after_load, "after_volume_mb": after_volume[0], "peak_after_load_mb": peak_load,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                  "peak_mb": maxrss_mb(),
                   "seconds": seconds, "analysed": produced.analysed, "reason": produced.reason,
                   "shape": produced.shape, "outputs_mb": sum(sizes) / 2**20, "timings": produced.timings, "stage_peak_mb": stage_peak,
+                  "high_water_mb": high_water,
                   "mask_ml": produced.prediction.volume_ml if produced.prediction else None}))
 """
 
@@ -159,6 +171,13 @@ def show(label: str, r: dict[str, Any]) -> None:
           f"{'analysed' if r['analysed'] else 'NOT analysed: ' + str(r['reason'])}, {r['seconds']:.1f} s")
     print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))
     print("sampled RSS peak per stage: " + ", ".join(f"{k} {v:.0f} MB" for k, v in r["stage_peak_mb"].items()))
+    # the stage during which the process reached each new high-water mark
+    marks, last = [], r.get("peak_after_load_mb", 0.0)
+    for label, mb in r.get("high_water_mb", []):
+        if mb > last + 1:
+            marks.append(f"{label} {mb:.0f} MB")
+            last = mb
+    print("high-water mark first reached in: " + ", ".join(marks))
     if r.get("mask_ml") is not None:
         print(f"segmented volume {r['mask_ml']:.1f} ml (radiomics and CNN work on the mask's bounding box)")
     print(f"RSS after loading the models (reference):             {r['after_load_mb']:.0f} MB")
