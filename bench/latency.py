@@ -7,6 +7,8 @@ hexnode's four stages as processes (`hexnode receive`, `route`, `worker`, `send`
 would; dcmtk's `storescp` is the PACS the results go to. Each run is a new study; the figures are
 read from hexnode's database (one clock): last instance (C-STORE time of the newest instance) →
 series complete → job started → reported (job done) → delivered (newest outbox row delivered).
+Each stage's CPU seconds from sending to delivered (its process tree, /proc) are printed beside
+them: what the other stages take from the worker's two cores.
 
 Three kinds of series: `whole` carries Images in Acquisition (0020,1002), so it is provably whole as
 soon as the last instance is in; `unproven` leaves it out (completion then needs the contiguous
@@ -109,6 +111,32 @@ class Stack:
                 p.kill()
                 p.wait()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each stage's process and its descendants (the
+        receiver's indexer child included), read from /proc: what the stages spend beside the
+        worker while a series is analysed."""
+        tick = os.sysconf("SC_CLK_TCK")
+        parent: dict[int, int] = {}
+        used: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone since listed
+                continue
+            parent[int(entry.name)] = int(fields[1])
+            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        names = {p.pid: name for p, name in zip(self.procs, ("pacs", *STAGES), strict=True)}
+        out = dict.fromkeys(names.values(), 0.0)
+        for pid, cpu in used.items():
+            up = pid
+            while up > 1 and up not in names:
+                up = parent.get(up, 0)
+            if up in names:
+                out[names[up]] += cpu
+        return out
+
     def alive(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
@@ -191,8 +219,11 @@ def main() -> int:
                 from pydicom import dcmread
 
                 uid = str(dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+                before = stack.cpu_seconds()
                 stack.send(paths)
                 spans = stack.spans(uid)
+                after = stack.cpu_seconds()
+                spans.update({f"  cpu: {k}": after[k] - before[k] for k in after})
                 if i:
                     runs.append(spans)
                 print(f"  {kind} run {i}{' (warm-up)' if not i else ''}: "
