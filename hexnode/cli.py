@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --restage: the test figures on N cases of --test-seed (never trained on) instead of "
                         "the training run's test split")
     p.add_argument("--test-seed", type=int, default=0, metavar="S")
+    p.add_argument("--extra-synth", type=int, default=0, metavar="N",
+                   help="with --restage: N more fusion and val cases of --extra-seed (a seed the networks never "
+                        "saw), for the booster and the calibration")
+    p.add_argument("--extra-seed", type=int, default=0, metavar="S")
     p.add_argument("--resume", metavar="WORKDIR",
                    help="continue a stopped run from its checkpoints and feature cache (its own arguments)")
     p.add_argument("--init-from", metavar="DIR",

@@ -98,7 +98,8 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
         f"- HE AUC {_v(t.get('auc'))}; Bayes AUC of the same cases {_v(t.get('bayes_auc'))}; radiomics-only "
         f"{_v(t.get('auc_radiomics'))}, CNN-only {_v(t.get('auc_cnn'))}, volume-only {_v(t.get('auc_volume'))}, "
         f"marker-score-only {_v(t.get('auc_markers'))}",
-        f"- ECE {_v(t.get('ece'))}, sensitivity {_v(t.get('sensitivity'))}, specificity {_v(t.get('specificity'))}",
+        f"- ECE {_v(t.get('ece'))}{_ci(t.get('ece_ci'))} (10 bins; the true probability's on the same cases "
+        f"{_v(t.get('bayes_ece'))}), sensitivity {_v(t.get('sensitivity'))}, specificity {_v(t.get('specificity'))}",
         "",
     ]
     if evaluation:
@@ -107,6 +108,11 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
               "The seeds are real patients; these figures are synthetic, where the ceiling (Bayes AUC) is known. "
               "They are not comparable as clinical performance.", ""]
     return "\n".join(lines)
+
+
+def _ci(ci: Any) -> str:
+    """' [lo, hi]' of a 95 % interval stored as a pair; '' for a manifest from before intervals."""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
 
 
 def _campaign_lines(totals: dict[str, Any] | None) -> list[str]:

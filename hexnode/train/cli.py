@@ -83,7 +83,7 @@ def restage_and_refit(args: argparse.Namespace) -> int:
 
     from hexnode.models.registry import load_manifest
     from hexnode.train.fit import finish
-    from hexnode.train.restage import CaseJob, refit_state, stage_all, training_jobs
+    from hexnode.train.restage import CaseJob, extra_jobs, refit_state, stage_all, training_jobs
 
     if not args.workdir or not args.synth:
         raise SystemExit("--restage needs --synth N --seed S (the training run's) and --workdir (the case cache)")
@@ -92,15 +92,24 @@ def restage_and_refit(args: argparse.Namespace) -> int:
     t = time.monotonic()
     jobs = training_jobs(args.seed, args.synth)
     test_n = int(getattr(args, "test_synth", 0) or 0)
+    extra_n = int(getattr(args, "extra_synth", 0) or 0)
     if test_n:
         if args.test_seed == args.seed:
             raise SystemExit("--test-seed must differ from the training --seed")
         jobs = [j for j in jobs if j.split != "test"] + [CaseJob("test", args.test_seed, i) for i in range(test_n)]
+    if extra_n:
+        if args.extra_seed in (args.seed, args.test_seed if test_n else None):
+            raise SystemExit("--extra-seed must differ from the training --seed and the --test-seed")
+        jobs += extra_jobs(args.extra_seed, extra_n)
     staged = stage_all(Path(args.restage), jobs, work / "cases", workers=args.workers)
     state = refit_state(staged, manifest, time.monotonic() - t)
     if test_n:
         state["splits"] = dict(state["splits"], test=test_n)
         state["desc"]["source"] += f"; test figures on {test_n} cases of seed {args.test_seed}"
+    if extra_n:
+        state["splits"] = dict(state["splits"], fusion=len(state["fus"]), val=len(state["val"]))
+        state["desc"]["source"] += (f"; fusion and calibration also on {extra_n} cases of seed {args.extra_seed} "
+                                    "(never seen by the networks)")
     with open(work / "features.pkl", "wb") as fh:
         pickle.dump(state, fh)
     finish(Path(args.out), state)

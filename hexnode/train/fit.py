@@ -98,10 +98,14 @@ def summarise(test: list[Record], fused: Any, rad_only: Any, cal: Any, threshold
     p = cal.apply(fused.raw([r.feats for r in test]))
     stats = M.binary_stats(y, p, threshold)
     slice_iou = [v for r in test for v in r.seg.get("slice_ious", [])]
+    # with its 95 % interval; beside it (below) the true probability's ECE on the same cases: what
+    # finite bins and Bernoulli labels alone produce, the floor a calibrated model is read against
+    ece = M.bootstrap(lambda i: M.ece(y[i], p[i]), len(y))
     out: dict[str, Any] = {
         "n": len(test),
         "auc": M.bootstrap(lambda i: M.auc(y[i], p[i]), len(y)).__dict__,
-        "ece": M.ece(y, p),
+        "ece": ece.value,
+        "ece_ci": [ece.lo, ece.hi],
         "sensitivity": stats.sensitivity,
         "specificity": stats.specificity,
         "npv": stats.npv,  # the reports state it beside the threshold (hexnode.report.common.risk_meaning)
@@ -113,5 +117,7 @@ def summarise(test: list[Record], fused: Any, rad_only: Any, cal: Any, threshold
         "iou_slice": float(np.mean(slice_iou)) if slice_iou else float("nan"),
     }
     if all(r.he_probability is not None for r in test):
-        out["bayes_auc"] = M.auc(y, np.array([r.he_probability for r in test]))
+        tp = np.array([r.he_probability for r in test], float)
+        out["bayes_auc"] = M.auc(y, tp)
+        out["bayes_ece"] = M.ece(y, tp)
     return out

@@ -146,6 +146,20 @@ def training_jobs(seed: int, synth: int) -> list[CaseJob]:
     return out
 
 
+def extra_jobs(seed: int, n: int) -> list[CaseJob]:
+    """`n` more fusion and val cases from `seed`, a seed the networks never trained on, split between
+    the two in the training run's proportions by a hash of the case id (every tenth --hard, as in
+    training): more cases for the booster and the calibration than the training run's split holds."""
+    import hashlib
+
+    from hexnode.train.splits import SPLITS
+
+    cases = [CaseJob("", seed, i, hard=i % 10 == 9) for i in range(n)]
+    cases.sort(key=lambda j: hashlib.sha256(j.case_id.encode()).hexdigest())
+    n_fusion = round(n * SPLITS["fusion"] / (SPLITS["fusion"] + SPLITS["val"]))
+    return [CaseJob("fusion" if r < n_fusion else "val", j.seed, j.index, j.hard) for r, j in enumerate(cases)]
+
+
 def with_signs(staged: Staged) -> Record:
     """The case's Record with the signs measured on its cached crop: the crop holds the signs'
     whole reach (`CROP_MARGIN_MM` > `signs.MARGIN_MM`), so the values are those of the volume."""
