@@ -169,7 +169,7 @@ def show(label: str, r: dict[str, Any]) -> None:
     print(f"-- {label}: hexnode from {r['code']}")
     print(f"series: {r['slices']} slices, volume {r['shape']}, "
           f"{'analysed' if r['analysed'] else 'NOT analysed: ' + str(r['reason'])}, {r['seconds']:.1f} s")
-    print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))
+    print("stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items()))
     print("sampled RSS peak per stage: " + ", ".join(f"{k} {v:.0f} MB" for k, v in r["stage_peak_mb"].items()))
     # the stage during which the process reached each new high-water mark
     marks, last = [], r.get("peak_after_load_mb", 0.0)
