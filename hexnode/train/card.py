@@ -111,8 +111,11 @@ def render(m: dict[str, Any], evaluation: str | None = None) -> str:
 
 
 def _ci(ci: Any) -> str:
-    """' [lo, hi]' of a 95 % interval stored as a pair; '' for a manifest from before intervals."""
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
+    """' [lo, hi]' of a 95 % interval stored as a pair; '' for a manifest from before intervals, or
+    where there was none (one test case: the manifest stores NaN as null)."""
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, float) and v == v for v in ci):
+        return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return ""
 
 
 def _campaign_lines(totals: dict[str, Any] | None) -> list[str]:

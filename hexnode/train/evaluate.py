@@ -256,7 +256,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     workers = max(1, int(getattr(args, "workers", 2) or 1))
     threads = 1 if workers > 1 else 0
     t0 = time.monotonic()
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # never fork: a caller with ONNX Runtime or torch threads can deadlock its children
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.data:
         from hexnode.train.data import read_labels

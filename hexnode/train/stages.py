@@ -42,7 +42,10 @@ def _init_worker(params_yaml: str, cache: str, seg_path: str | None, cnn_path: s
 
 def pool(workers: int, init_args: tuple[Any, ...]) -> Any:
     """`init_args`: (radiomics yaml, stage-2 cache dir, seg.onnx or None, cnn.onnx or None)."""
-    ctx = mp.get_context("fork")
+    # spawned, never forked: stage 2 starts after the networks were trained in this process (torch's
+    # and ONNX Runtime's thread pools), and a forked child of a threaded parent can deadlock
+    ctx = mp.get_context("spawn")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # a spawned child reads it before its imports
     return ctx.Pool(workers, initializer=_init_worker, initargs=init_args, maxtasksperchild=50)
 
 

@@ -52,5 +52,7 @@ def test_the_model_card_states_the_test_ece_with_its_interval_and_floor() -> Non
     m["metrics"]["test"].update(ece=0.0312, ece_ci=[0.0211, 0.0394], bayes_ece=0.0268)
     line = next(x for x in render(m).splitlines() if x.startswith("- ECE"))
     assert line.startswith("- ECE 0.031 [0.021, 0.039] (10 bins; the true probability's on the same cases 0.027)")
+    m["metrics"]["test"]["ece_ci"] = [None, None]  # one test case: no interval (NaN stored as null)
+    assert next(x for x in render(m).splitlines() if x.startswith("- ECE")).startswith("- ECE 0.031 (10 bins")
     del m["metrics"]["test"]["ece_ci"]  # a manifest from before the interval still renders
     assert next(x for x in render(m).splitlines() if x.startswith("- ECE")).startswith("- ECE 0.031 (10 bins")
