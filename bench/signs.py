@@ -108,6 +108,11 @@ def main() -> int:
             auc = M.bootstrap(lambda i, p=p: M.auc(y[i], p[i]), len(y))
             ece = M.bootstrap(lambda i, p=p: M.ece(y[i], p[i]), len(y))
             print(f"{name:40s} {auc.fmt():>24s} {ece.fmt():>24s}   mean p {p.mean():.3f}")
+        base_name, base = rows[1]
+        for name, p in rows[2:]:
+            # paired: the same resampled cases for both sets, so the shared case mix cancels out
+            gain = M.bootstrap(lambda i, p=p: M.auc(y[i], p[i]) - M.auc(y[i], base[i]), len(y))
+            print(f"AUC of {name} minus {base_name} (paired bootstrap): {gain.value:+.3f} [{gain.lo:+.3f}, {gain.hi:+.3f}]")
     return 0
 
 

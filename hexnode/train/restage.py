@@ -185,6 +185,8 @@ def refit_state(staged: list[Staged], manifest: dict[str, Any], seconds: float) 
                 width=int(tr["seg_width"]), seg_hypo_weight=float(tr.get("seg_hypo_weight", 3.0)),
                 seg_hypo_share=float(tr.get("seg_hypo_share", 0.3)), k_features=60, workers=2)
     desc = {k: v for k, v in manifest["training_data"].items() if k != "splits"}
+    # a set refitted before says so already: the description starts again from the training run's
+    desc["source"] = desc["source"].split("; fusion and calibration refitted")[0]
     desc["source"] += ("; fusion and calibration refitted on the committed U-Net and CNN through the node's own "
                        "inference (intracranial gate, skull-base rule, 0.1 ml floor), with the NCCT signs")
     files = manifest["files"]

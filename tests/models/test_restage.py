@@ -56,3 +56,16 @@ def test_the_model_card_states_the_test_ece_with_its_interval_and_floor() -> Non
     assert next(x for x in render(m).splitlines() if x.startswith("- ECE")).startswith("- ECE 0.031 (10 bins")
     del m["metrics"]["test"]["ece_ci"]  # a manifest from before the interval still renders
     assert next(x for x in render(m).splitlines() if x.startswith("- ECE")).startswith("- ECE 0.031 (10 bins")
+
+
+def test_a_refit_of_a_refitted_set_describes_its_data_once() -> None:
+    import json
+
+    from hexnode.train.restage import refit_state
+
+    m = json.loads((MODELS / "manifest.json").read_text())
+    m["training_data"]["source"] = ("generator, seed 1, 800 cases; fusion and calibration refitted on the committed "
+                                    "U-Net and CNN through the node's own inference; test figures on 300 cases of seed 61")
+    source = refit_state([], m, 0.0)["desc"]["source"]
+    assert source.startswith("generator, seed 1, 800 cases; fusion and calibration refitted")
+    assert source.count("fusion and calibration refitted") == 1 and "300 cases of seed 61" not in source
