@@ -385,7 +385,7 @@ class Scenario:
         from hexnode.synth.dicom import write_series as synth_series
         from hexnode.synth.phantom import generate_case
 
-        # seed 5, case 1: a 12 ml bleed the bundled models call High (p 0.54 >= 0.29), 34 slices
+        # seed 5, case 1: a 12 ml bleed the bundled models call High (p 0.34 >= 0.30), 34 slices
         self.paths = synth_series(generate_case(5, 1), workdir / "high")
         self.partial = synth_series(generate_case(5, 4, n_slices=10), workdir / "partial")  # does not cover the brain
         self.stopped = sorted(synth_series(generate_case(5, 7), workdir / "stopped"))[:10]  # sent, then A-ABORT
