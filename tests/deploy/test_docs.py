@@ -221,15 +221,17 @@ def test_the_checks_can_fail() -> None:
 
 def test_nothing_points_outside_the_repository() -> None:
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    # the first design document lives outside the repository; the needles are assembled so that
+    # this file names no such path either, and is checked like every other
+    design = "DE" + "SIGN"
+    needles = (f"{design}.md", f"{design} §", f"shared/{design}", f"{design}:")
     bad = []
     for name in files:
         path = REPO / name
         if path.suffix not in (".py", ".md", ".toml", ".yml", ".yaml", ".sh", ".service", ".txt") or not path.is_file():
             continue
         text = path.read_text(errors="replace")
-        for needle in ("DESIGN.md", "DESIGN §", "shared/DESIGN", "DESIGN:"):
-            if needle in text and path.name != "test_docs.py":
-                bad.append(f"{name}: {needle}")
+        bad += [f"{name}: {needle}" for needle in needles if needle in text]
     assert not bad, bad
 
 
