@@ -21,16 +21,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from latency import Stack  # noqa: E402
+from latency import Stack, process_times  # noqa: E402
 
 REFERENCE = "import time\nwhile True:\n    time.sleep(0.25)\n"
 
 
 def cpu_of(pid: int) -> float:
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_times()[pid][1]
 
 
 def main() -> int:

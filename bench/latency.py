@@ -70,6 +70,21 @@ def shipped_config(work: Path, port: int, pacs_port: int) -> Path:
     return path
 
 
+def process_times() -> dict[int, tuple[int, float]]:
+    """Every process's (parent pid, CPU seconds used so far: user + system), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone since listed
+            continue
+        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
 class Stack:
     def __init__(self, work: Path, src: Path | None) -> None:
         self.work, self.src = work, src
@@ -115,24 +130,13 @@ class Stack:
         """CPU seconds (user + system) used so far by each stage's process and its descendants (the
         receiver's indexer child included), read from /proc: what the stages spend beside the
         worker while a series is analysed."""
-        tick = os.sysconf("SC_CLK_TCK")
-        parent: dict[int, int] = {}
-        used: dict[int, float] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone since listed
-                continue
-            parent[int(entry.name)] = int(fields[1])
-            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        procs = process_times()
         names = {p.pid: name for p, name in zip(self.procs, ("pacs", *STAGES), strict=True)}
         out = dict.fromkeys(names.values(), 0.0)
-        for pid, cpu in used.items():
+        for pid, (_, cpu) in procs.items():
             up = pid
             while up > 1 and up not in names:
-                up = parent.get(up, 0)
+                up = procs.get(up, (0, 0.0))[0]
             if up in names:
                 out[names[up]] += cpu
         return out

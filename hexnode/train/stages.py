@@ -30,7 +30,6 @@ _G: dict[str, Any] = {}
 
 
 def _init_worker(params_yaml: str, cache: str, seg_path: str | None, cnn_path: str | None) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     _G["extractor"] = F.RadiomicsExtractor(Path(params_yaml))
     _G["cache"] = Path(cache)
     if seg_path:
